@@ -1,1 +1,56 @@
-"""diffusers-unlearn."""
+"""diffusers-unlearn: continual, locality-aware concept removal for diffusers pipelines.
+
+Each removal is a small LoRA adapter, saved in diffusers' own format, made on top of the removals already
+loaded so that earlier ones stay removed and related concepts stay intact.
+
+Example:
+    ```py
+    >>> import diffusers_unlearn  # adds pipe.load_unlearning / pipe.unload_unlearning / pipe.unlearning
+    >>> adapter = diffusers_unlearn.erase(pipe, "Van Gogh", neighbors=["Monet", "Cezanne"])
+    >>> adapter.save_pretrained("no-van-gogh")
+    >>> pipe.load_unlearning("no-van-gogh")
+    ```
+"""
+
+__version__ = "0.1.0"
+
+from .adapter import UnlearningAdapter
+from .erase import erase
+from .errors import (
+    AdapterFormatError,
+    AdapterNameError,
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    InvalidConceptError,
+    UnlearningError,
+    UnsupportedPipelineError,
+    VerificationError,
+)
+from .families import FAMILIES, ModelFamily
+from .methods import ClosedFormConfig
+from .pipeline import LoadedUnlearning, load_unlearning, unlearning, unload_unlearning
+from .prompts import DEFAULT_TEMPLATES
+
+pipeline._install()
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "FAMILIES",
+    "AdapterFormatError",
+    "AdapterNameError",
+    "AdapterNotFoundError",
+    "BaseModelMismatchError",
+    "ClosedFormConfig",
+    "InvalidConceptError",
+    "LoadedUnlearning",
+    "ModelFamily",
+    "UnlearningAdapter",
+    "UnlearningError",
+    "UnsupportedPipelineError",
+    "VerificationError",
+    "__version__",
+    "erase",
+    "load_unlearning",
+    "unlearning",
+    "unload_unlearning",
+]

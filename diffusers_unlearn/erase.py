@@ -1,0 +1,358 @@
+"""`erase`: one locality-aware removal, made on top of whatever is loaded on the pipeline (DESIGN §2-3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from diffusers import DiffusionPipeline
+
+from . import __version__
+from .adapter import FORMAT_VERSION, UnlearningAdapter, slugify
+from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
+from .errors import InvalidConceptError
+from .families import family_of
+from .layers import current_weight, edited_layers, pooled_layer
+from .methods.closed_form import ClosedFormConfig, Remap, moment, solve_remap
+from .pipeline import base_fingerprint, loaded_adapters
+from .prompts import DEFAULT_TEMPLATES, Context, check_names, contexts_from_prompts
+
+logger = logging.getLogger(__name__)
+
+_MAX_PROBE_DIRECTIONS = 128
+_MINING_POOL = 200
+
+
+def erase(
+    pipe: DiffusionPipeline,
+    concept: str,
+    *,
+    aliases: Sequence[str] = (),
+    prompts: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    mapping_candidates: Sequence[str] | None = None,
+    category: str | None = None,
+    neighbors: Sequence[str] | None = None,
+    mine_neighbors: int = 0,
+    protect_top_k: int | None = None,
+    preserve: Sequence[str] = (),
+    method: Literal["closed_form"] = "closed_form",
+    distance: DistanceKind = "proxy",
+    distance_samples: int = 16,
+    rank: int | None = None,
+    config: ClosedFormConfig | None = None,
+    redact: bool = False,
+    name: str | None = None,
+    seed: int = 0,
+) -> UnlearningAdapter:
+    """Makes a removal of `concept` for `pipe`, on top of the removals already loaded on it.
+
+    The pipeline is not modified: load the returned adapter with `pipe.load_unlearning(adapter)`.
+
+    1. *Forget prompts*: each context (from `prompts`, else `templates`) filled with the concept and each alias.
+    2. *Fine-grained targets*: per context, the candidate (each of `mapping_candidates` in the context, the
+       context without the concept, `category` in the context) nearest to the forget prompts for the model
+       itself, by `distance`. Aliases share their context's target.
+    3. *Local protection*: `neighbors` (plus `mine_neighbors` words mined from the vocabulary) ranked by the
+       same distance; the nearest `protect_top_k` are protected in every context, as are the empty prompt,
+       the chosen targets, the contexts without the concept, `preserve`, and every removal already loaded.
+    4. *Closed-form solve* on the cross-attention key / value projections (and, for SDXL, the pooled-text
+       input of `add_embedding`), factored into a LoRA with `lora_alpha == r`.
+
+    Args:
+        pipe (`DiffusionPipeline`): A Stable Diffusion (1.x / 2.x) or SDXL pipeline, removals possibly loaded.
+        concept (`str`): What to remove, as prompts name it ("Van Gogh", "seven").
+        aliases (`Sequence[str]`): Other names of the concept ("7"); removed along with it.
+        prompts (`Sequence[str]`, *optional*): Forget prompts, each mentioning the concept or an alias.
+        templates (`Sequence[str]`, *optional*): Contexts with a `{}` slot, used when `prompts` is not given;
+            default `DEFAULT_TEMPLATES`.
+        mapping_candidates (`Sequence[str]`, *optional*): Replacements the concept may be mapped to
+            ("a rabbit", "an animal"); placed into each context.
+        category (`str`, *optional*): A generic category ("a cartoon character"), also a candidate.
+        neighbors (`Sequence[str]`, *optional*): Related concepts to keep intact ("Monet", "Pikachu's friends").
+        mine_neighbors (`int`): How many more neighbours to mine from the tokenizer vocabulary (0: none).
+        protect_top_k (`int`, *optional*): Protect only the nearest `k` neighbours (default all).
+        preserve (`Sequence[str]`): Further prompts to keep unchanged (general prompts).
+        method (`str`): `"closed_form"` (seconds on a CPU).
+        distance (`str`): `"proxy"` (key / value projections, no denoiser call) or `"score"` (noise-prediction
+            distance over `distance_samples` random latent / timestep pairs; slower, needs no proxy).
+        distance_samples (`int`): Samples of the score distance.
+        rank (`int`, *optional*): LoRA rank; default the smallest that keeps 99% of the edit (at most 12).
+        config ([`ClosedFormConfig`], *optional*): Solve weights (`lambda_protect`, `lambda_reg`, ...).
+        redact (`bool`): Keep the concept, aliases and forget prompts out of the saved files (a salted hash
+            identifies the concept instead).
+        name (`str`, *optional*): Adapter name; default `"no-<concept>"`.
+        seed (`int`): Seed of the score distance's samples.
+
+    Returns:
+        [`UnlearningAdapter`]: the removal, with its chosen targets, protected set and figures in `metadata`.
+
+    Raises:
+        UnsupportedPipelineError: The pipeline's family cannot be edited.
+        InvalidConceptError: Empty concept, unknown tokens, prompts without the concept or too long,
+            a neighbour equal to the concept.
+
+    Example:
+        ```py
+        >>> import diffusers_unlearn
+        >>> from diffusers_unlearn import digits
+        >>> pipe = digits.load_pipeline()
+        >>> adapter = diffusers_unlearn.erase(pipe, "seven", aliases=["7"], templates=digits.TEMPLATES,
+        ...                                   neighbors=["one", "four", "nine"])
+        >>> adapter.metadata["figures"]["forget_residual"] < 0.5
+        True
+        >>> pipe.load_unlearning(adapter)
+        ```
+    """
+    started = time.perf_counter()
+    if method != "closed_form":
+        raise ValueError(f"Unknown method {method!r}; available: 'closed_form'.")
+    if distance not in ("proxy", "score"):
+        raise ValueError(f"Unknown distance {distance!r}; use 'proxy' or 'score'.")
+    config = config or ClosedFormConfig()
+    if rank is not None:
+        config = dataclasses.replace(config, rank=rank)
+
+    family = family_of(pipe)
+    denoiser = getattr(pipe, family.denoiser)
+    layers = edited_layers(denoiser, family)
+    names = check_names(pipe.tokenizer, concept, aliases)
+    lowered = {n.lower() for n in names}
+    if prompts is not None:
+        if not prompts:
+            raise InvalidConceptError("`prompts` is empty: pass forget prompts or leave it out to use templates.")
+        contexts = list(dict.fromkeys(contexts_from_prompts(prompts, names)))
+    else:
+        contexts = [Context(t) for t in dict.fromkeys(templates or DEFAULT_TEMPLATES)]
+        if not all("{}" in c.template for c in contexts):
+            raise InvalidConceptError("Every template needs a '{}' slot where the concept goes.")
+
+    neighbor_words = [n.strip() for n in (neighbors or ()) if n.strip()]
+    clashes = [n for n in neighbor_words if n.lower() in lowered]
+    if clashes:
+        raise InvalidConceptError(
+            f"{clashes} would be both erased and protected; remove them from `neighbors` (or from `aliases`)."
+        )
+
+    bank = PromptBank(pipe, family)
+    forget_prompts = {c: [c.fill(n) for n in names] for c in contexts}
+    bank.add([p for ps in forget_prompts.values() for p in ps])
+
+    weights = {layer: current_weight(module) for layer, module in layers.items()}
+    gram = projection_gram(list(weights.values()))
+
+    def distances(pairs: list[tuple[str, str]]) -> torch.Tensor:
+        if distance == "score":
+            return score_distances(bank, pairs, samples=distance_samples, seed=seed)
+        return proxy_distances(bank, gram, pairs)
+
+    # 2. fine-grained mapping targets: one per context, shared by the concept and its aliases.
+    targets: dict[Context, str] = {}
+    target_records = []
+    for context in contexts:
+        candidates = [context.fill(c) for c in (mapping_candidates or ())]
+        candidates += [context.fill("")] + ([context.fill(category)] if category else [])
+        candidates = [c for c in dict.fromkeys(candidates) if c not in forget_prompts[context]]
+        pairs = [(f, c) for c in candidates for f in forget_prompts[context]]
+        scores = distances(pairs).view(len(candidates), len(names)).sum(dim=1)
+        best = int(scores.argmin())
+        targets[context] = candidates[best]
+        target_records.append(
+            {"context": context.template, "target": candidates[best], "distance": float(scores[best] / len(names))}
+        )
+
+    # 3. local protection: neighbours ranked by the same distance, nearest first.
+    def ranked(words: list[str]) -> list[tuple[str, float]]:
+        if not words:
+            return []
+        pairs = [(c.fill(concept), c.fill(n)) for n in words for c in contexts]
+        scores = distances(pairs).view(len(words), len(contexts)).mean(dim=1)
+        return [(words[i], float(scores[i])) for i in scores.argsort().tolist()]
+
+    neighbor_ranking = ranked(neighbor_words)
+    if mine_neighbors:
+        mined = ranked(_mine_vocabulary(pipe, names, neighbor_words, mine_neighbors * 4))[:mine_neighbors]
+        neighbor_ranking = sorted(neighbor_ranking + mined, key=lambda item: item[1])
+    if protect_top_k is not None:
+        neighbor_ranking = neighbor_ranking[:protect_top_k]
+    protected = [""] + [context.fill(n) for n, _ in neighbor_ranking for context in contexts]
+    protected += list(targets.values()) + [c.fill("") for c in contexts] + list(preserve)
+    protected = list(dict.fromkeys(protected))
+    bank.add(protected)
+
+    # 4. the closed-form solve.
+    forget_rows, target_rows = [], []
+    for context in contexts:
+        for prompt in forget_prompts[context]:
+            f, t = bank.aligned(prompt, targets[context])
+            forget_rows.append(f)
+            target_rows.append(t)
+    forget, target = torch.cat(forget_rows), torch.cat(target_rows)
+    protect = torch.cat([bank.embeds(p) for p in protected])
+    previous = loaded_adapters(pipe)
+    protect_moment = moment(protect)
+    for adapter in previous:
+        if "forget_moment" in adapter.probes:  # keep earlier removals removed
+            factor = adapter.probes["forget_moment"].double()
+            protect_moment = protect_moment + factor.T @ factor
+    remap = solve_remap(forget, target, protect_moment, config)
+
+    lora = {}
+    for layer, weight in weights.items():
+        lora[f"{family.denoiser}.{layer}.lora_A.weight"] = remap.down.clone()
+        lora[f"{family.denoiser}.{layer}.lora_B.weight"] = weight @ remap.up
+    pooled_record = None
+    if family.pooled_layer is not None:
+        pooled_record = _edit_pooled(pipe, family, bank, forget_prompts, targets, protected, config, remap.rank, lora)
+
+    # figures, aggregated over all edited layers through the Gram matrix (exact: sum_l ||W_l x||^2 = x^T G x).
+    g = (remap.up @ remap.down).double()
+    residual = (forget.double() @ g.T + forget.double() - target.double()).double()
+    gap = (forget - target).double()
+    drift = protect.double() @ g.T
+    figures = {
+        "forget_residual": _ratio(residual, gap, gram),
+        "protect_drift": _ratio(drift, protect.double(), gram),
+        "edit_norm_ratio": max(
+            float((weight @ remap.up @ remap.down).norm() / weight.norm()) for weight in weights.values()
+        ),
+        "rank_energy": remap.energy,
+        "full_rank": remap.full_rank,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if pooled_record is not None:
+        figures["pooled_forget_residual"] = pooled_record
+
+    metadata = _metadata(
+        pipe, family, concept, names, redact, name, config, remap, target_records, neighbor_ranking,
+        protected, previous, figures, distance, forget_prompts,
+    )  # fmt: skip
+    probes = {
+        "forget_moment": _moment_factor(moment(forget)),
+        "protect_moment": _moment_factor(protect_moment.float()),
+        "remap_up": remap.up.contiguous(),
+        "remap_down": remap.down.contiguous(),
+    }
+    adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=probes)
+    adapter.metadata["adapter_id"] = _content_id(lora)
+    logger.info(
+        "Erased %r in %.2fs (rank %d, residual %.3f)",
+        concept,
+        figures["seconds"],
+        remap.rank,
+        figures["forget_residual"],
+    )
+    return adapter
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, gram: torch.Tensor) -> float:
+    top = ((numerator @ gram) * numerator).sum()
+    bottom = ((denominator @ gram) * denominator).sum().clamp_min(1e-30)
+    return float((top / bottom).sqrt())
+
+
+def _moment_factor(moment_matrix: torch.Tensor) -> torch.Tensor:
+    """Rows `P` with `P^T P ~= moment` (top eigen-directions, 99.9% of the trace, at most 128 rows)."""
+    values, vectors = torch.linalg.eigh(moment_matrix.double())
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    kept = int(((values.cumsum(0) / values.sum().clamp_min(1e-30)) < 0.999).sum()) + 1
+    kept = min(kept, _MAX_PROBE_DIRECTIONS, len(values))
+    return (vectors[:, :kept] * values[:kept].sqrt()).T.float().contiguous()
+
+
+def _content_id(lora: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(lora):
+        digest.update(key.encode())
+        digest.update(lora[key].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> list[str]:
+    """Whole words of the vocabulary whose input embeddings are closest (cosine) to the concept's."""
+    tokenizer = pipe.tokenizer
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().float()
+    concept_ids = [i for n in names for i in tokenizer(n, add_special_tokens=False).input_ids]
+    query = table[concept_ids].mean(0)
+    skip = {w.lower() for w in [*names, *exclude]} | {w.lower() for n in names for w in n.split()}
+    words, ids = [], []
+    for token, index in tokenizer.get_vocab().items():
+        word = token.removesuffix("</w>")
+        if token.endswith("</w>") and word.isalpha() and len(word) >= 3 and word.lower() not in skip:
+            words.append(word)
+            ids.append(index)
+    if not words:
+        return []
+    similarity = torch.nn.functional.cosine_similarity(table[ids], query[None], dim=1)
+    top = similarity.topk(min(count, _MINING_POOL, len(words))).indices.tolist()
+    return [words[i] for i in top]
+
+
+def _edit_pooled(pipe, family, bank, forget_prompts, targets, protected, config, rank, lora) -> float:
+    """SDXL: the same remap in the pooled text embedding's space, on the pooled columns of `add_embedding`.
+
+    The pooled embedding conditions the UNet through `add_embedding`; leaving it unedited lets a concept leak
+    back (see docs/method.md). Returns the pooled forget residual.
+    """
+    forget = torch.stack([bank.pooled(p) for c, ps in forget_prompts.items() for p in ps])
+    target = torch.stack([bank.pooled(targets[c]) for c, ps in forget_prompts.items() for _ in ps])
+    protect = torch.stack([bank.pooled(p) for p in protected])
+    pooled_config = dataclasses.replace(config, rank=rank)
+    remap = solve_remap(forget, target, moment(protect), pooled_config)
+    module = pooled_layer(getattr(pipe, family.denoiser), family)
+    weight = current_weight(module)
+    width = forget.shape[1]
+    down = torch.zeros(rank, weight.shape[1])
+    down[: remap.rank, :width] = remap.down
+    up = torch.zeros(width, rank)
+    up[:, : remap.rank] = remap.up
+    lora[f"{family.denoiser}.{family.pooled_layer}.lora_A.weight"] = down
+    lora[f"{family.denoiser}.{family.pooled_layer}.lora_B.weight"] = weight[:, :width] @ up
+    g = up @ down[:, :width]
+    residual = forget @ g.T + forget - target
+    return float(residual.norm() / (forget - target).norm().clamp_min(1e-30))
+
+
+def _metadata(
+    pipe, family, concept, names, redact, name, config, remap: Remap, target_records, neighbor_ranking,
+    protected, previous, figures, distance, forget_prompts,
+) -> dict:  # fmt: skip
+    salt = secrets.token_hex(8)
+    concept_hash = "sha256:" + hashlib.sha256((salt + concept.strip().lower()).encode()).hexdigest()
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "library": f"diffusers-unlearn {__version__}",
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "name": name or (f"removal-{concept_hash[7:15]}" if redact else f"no-{slugify(concept)}"),
+        "redacted": redact,
+        "concept": None if redact else concept,
+        "concept_hash": concept_hash,
+        "concept_salt": salt,
+        "aliases": [] if redact else names[1:],
+        "forget_prompts": [] if redact else [p for ps in forget_prompts.values() for p in ps],
+        "targets": target_records,
+        "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
+        "protected_prompts": protected,
+        "method": "closed_form",
+        "hyperparameters": {**dataclasses.asdict(config), "distance": distance},
+        "family": family.name,
+        "denoiser": family.denoiser,
+        "base_model": getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path"),
+        "base_fingerprint": base_fingerprint(pipe),
+        "rank": remap.rank,
+        "parents": [{"name": a.name, "adapter_id": a.metadata.get("adapter_id")} for a in previous],
+        "figures": figures,
+    }
+    if redact:  # the targets and protected prompts are contexts without the concept, but a user prompt
+        # may name it twice: drop any record that still mentions a name.
+        lowered = [n.lower() for n in names]
+        metadata["targets"] = [r for r in target_records if not any(n in r["context"].lower() for n in lowered)]
+        metadata["protected_prompts"] = [p for p in protected if not any(n in p.lower() for n in lowered)]
+    return metadata

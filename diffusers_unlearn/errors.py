@@ -1,0 +1,40 @@
+"""Every error the package raises on purpose, in one hierarchy users can catch.
+
+All of them derive from [`UnlearningError`]; each also derives from the built-in exception a
+diffusers user would expect (`ValueError` for bad arguments, `FileNotFoundError` for missing
+files), so existing `except ValueError:` code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UnlearningError(Exception):
+    """Base class of every error raised by diffusers-unlearn."""
+
+
+class UnsupportedPipelineError(UnlearningError, TypeError):
+    """The pipeline's model family cannot be edited (yet)."""
+
+
+class InvalidConceptError(UnlearningError, ValueError):
+    """The concept, its aliases, prompts or neighbours cannot be used as given."""
+
+
+class AdapterFormatError(UnlearningError, ValueError):
+    """A saved removal is malformed: missing or corrupted file, unknown format version, bad tensors."""
+
+
+class AdapterNotFoundError(UnlearningError, FileNotFoundError):
+    """No removal was found where one was expected."""
+
+
+class BaseModelMismatchError(UnlearningError, ValueError):
+    """A removal was made for other base weights than the pipeline's."""
+
+
+class AdapterNameError(UnlearningError, ValueError):
+    """An adapter name is already in use on the pipeline, or unknown to it."""
+
+
+class VerificationError(UnlearningError, RuntimeError):
+    """A removal was loaded but the model does not carry its edit: refusing to pretend it is active."""

@@ -1,0 +1,113 @@
+"""Closed-form, locality-aware editing of the layers that read the text embeddings (DESIGN §3).
+
+For every edited layer `W` (out x d) the removal solves
+
+    min_D  mean_f || (W + D) c_f - W c_m(f) ||^2  +  lambda_protect * mean_p || D c_p ||^2  +  lambda_reg * s * ||D||^2
+
+whose solution is `D = W G` with one `d x d` matrix `G` shared by all layers: the whole edit is a linear remap
+of the text embedding. `G` is factored once (`G ~= up @ down`), so the LoRA of layer `W` is
+`B = W @ up`, `A = down` with `lora_alpha == r`: a removal costs one `d x d` solve and one small SVD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ClosedFormConfig:
+    """Hyper-parameters of the closed-form solve.
+
+    Args:
+        lambda_protect (`float`): Weight of the local-protection term against the forget term. Higher keeps
+            neighbours closer to unchanged and erases less. Both terms are means over their token vectors, so
+            the setting carries across models.
+        lambda_reg (`float`): Ridge weight, relative to the mean energy of the embeddings; keeps the edit small
+            along directions no prompt constrains.
+        rank (`int | None`): LoRA rank. `None` picks the smallest rank that keeps `min_energy` of the edit,
+            at most `max_rank`.
+        max_rank (`int`): Upper bound on the automatic rank (size: ~100 kB per rank for SD 1.5 in fp16).
+        min_energy (`float`): Share of the edit's energy (squared singular values) the automatic rank keeps.
+    """
+
+    lambda_protect: float = 1.0
+    lambda_reg: float = 0.01
+    rank: int | None = None
+    max_rank: int = 12
+    min_energy: float = 0.99
+
+    def __post_init__(self):
+        if self.lambda_protect < 0 or self.lambda_reg <= 0:
+            raise ValueError("lambda_protect must be >= 0 and lambda_reg > 0.")
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"rank must be a positive integer or None, got {self.rank}.")
+        if self.max_rank < 1 or not 0 < self.min_energy <= 1:
+            raise ValueError("max_rank must be >= 1 and min_energy in (0, 1].")
+
+
+@dataclass
+class Remap:
+    """The removal as a low-rank remap of the text embedding: `G ~= up @ down`, `D_layer = W_layer @ G`.
+
+    Attributes:
+        up (`torch.Tensor`): `(d, r)`, singular values folded in.
+        down (`torch.Tensor`): `(r, d)`, orthonormal rows: the LoRA `A` of every layer.
+        energy (`float`): Share of the full remap's squared singular values kept at rank `r`.
+        full_rank (`int`): Numerical rank of the untruncated remap.
+    """
+
+    up: torch.Tensor
+    down: torch.Tensor
+    energy: float
+    full_rank: int
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+
+def moment(vectors: torch.Tensor) -> torch.Tensor:
+    """Mean outer product `mean_i v_i v_i^T` of row vectors `(n, d)`, in float64."""
+    vectors = vectors.double()
+    return vectors.T @ vectors / max(vectors.shape[0], 1)
+
+
+def solve_remap(
+    forget: torch.Tensor, targets: torch.Tensor, protect_moment: torch.Tensor, config: ClosedFormConfig
+) -> Remap:
+    """Solves the closed-form objective for the shared remap `G`.
+
+    Args:
+        forget (`torch.Tensor`): `(n, d)` token embeddings of the forget prompts (positions that differ from
+            their targets).
+        targets (`torch.Tensor`): `(n, d)` embeddings at the aligned positions of the mapping targets.
+        protect_moment (`torch.Tensor`): `(d, d)` mean outer product of the protected embeddings.
+        config ([`ClosedFormConfig`]): Weights and rank.
+    """
+    forget, targets = forget.double(), targets.double()
+    d = forget.shape[1]
+    forget_moment = moment(forget)
+    data = forget_moment + config.lambda_protect * protect_moment.double()
+    scale = torch.trace(data) / d
+    system = data + config.lambda_reg * scale * torch.eye(d, dtype=torch.float64)
+    shift = (targets - forget).T @ forget / forget.shape[0]  # (d, d): mean (c_m - c_f) c_f^T
+    remap = torch.linalg.solve(system, shift.T).T  # shift @ system^-1 (system is symmetric)
+    u, s, vh = torch.linalg.svd(remap)
+    energy = s.square()
+    total = energy.sum().clamp_min(1e-300)
+    cumulative = energy.cumsum(0) / total
+    full_rank = int((s > s[0] * 1e-7).sum()) if s[0] > 0 else 0
+    if config.rank is not None:
+        rank = config.rank
+    else:
+        rank = int((cumulative < config.min_energy).sum()) + 1
+        rank = min(rank, config.max_rank, max(full_rank, 1))
+    rank = min(rank, d)
+    return Remap(
+        up=(u[:, :rank] * s[:rank]).float(),
+        down=vh[:rank].float(),
+        energy=float(cumulative[rank - 1]),
+        full_rank=full_rank,
+    )

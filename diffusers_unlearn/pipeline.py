@@ -1,0 +1,387 @@
+"""Loading removals onto a pipeline: `load_unlearning`, `unload_unlearning`, `pipe.unlearning`.
+
+Unfused removals are ordinary PEFT adapters (loaded with diffusers' own `load_lora_weights`, so
+`pipe.get_list_adapters()` lists them); fused removals are added into the edited weights, with a copy of the
+original weights kept so that unloading restores them bit for bit. Every load is checked first (base
+fingerprint, layer names, shapes) and verified after (each layer carries the expected delta); a failure
+anywhere rolls the pipeline back to exactly what it was.
+
+`import diffusers_unlearn` adds `load_unlearning`, `unload_unlearning` and the read-only `unlearning`
+property to `DiffusionPipeline`; nothing diffusers defines is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DiffusionPipeline
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from .adapter import UnlearningAdapter
+from .errors import AdapterNameError, AdapterNotFoundError, BaseModelMismatchError, VerificationError
+from .families import family_of
+from .layers import base_linear, edited_layers, fingerprint
+
+logger = logging.getLogger(__name__)
+
+AdapterSource = str | os.PathLike | UnlearningAdapter
+
+_VERIFY_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class LoadedUnlearning:
+    """One removal as loaded on a pipeline (what `pipe.unlearning` lists).
+
+    Attributes:
+        name (`str`): Adapter name on the pipeline.
+        concept (`str | None`): The erased concept, `None` if redacted.
+        fused (`bool`): Whether the edit was added into the weights.
+        rank (`int`): LoRA rank.
+        verified (`bool`): The layers were checked to carry the removal's exact delta after loading.
+    """
+
+    name: str
+    concept: str | None
+    fused: bool
+    rank: int
+    verified: bool
+
+
+@dataclass
+class _Entry:
+    adapter: UnlearningAdapter
+    name: str
+    fused: bool
+
+
+@dataclass
+class _State:
+    base_fingerprint: str
+    entries: list[_Entry] = field(default_factory=list)
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> weight before any fusing
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(pipe: DiffusionPipeline) -> _State | None:
+    return _STATES.get(pipe)
+
+
+def loaded_adapters(pipe: DiffusionPipeline) -> list[UnlearningAdapter]:
+    """The removals loaded on `pipe`, in load order (the stack a new removal is made on top of)."""
+    state = _state(pipe)
+    return [entry.adapter for entry in state.entries] if state else []
+
+
+def base_fingerprint(pipe: DiffusionPipeline) -> str:
+    """Fingerprint of the pipeline's base weights, as they were before any removal was fused."""
+    state = _state(pipe)
+    if state is not None:
+        return state.base_fingerprint
+    family = family_of(pipe)
+    return fingerprint(edited_layers(getattr(pipe, family.denoiser), family))
+
+
+def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
+    """What is loaded on `pipe`, in order, re-verified against the model now.
+
+    Example:
+        ```py
+        >>> pipe.load_unlearning("no-seven")
+        >>> pipe.unlearning
+        (LoadedUnlearning(name='no-seven', concept='seven', fused=False, rank=8, verified=True),)
+        ```
+    """
+    state = _state(pipe)
+    if state is None:
+        return ()
+    denoiser = getattr(pipe, family_of(pipe).denoiser)
+    fused_total = _fused_deltas(state)
+    report = []
+    for entry in state.entries:
+        verified = _is_applied(denoiser, entry, state, fused_total)
+        report.append(LoadedUnlearning(entry.name, entry.adapter.concept, entry.fused, entry.adapter.rank, verified))
+    return tuple(report)
+
+
+def _resolve(source: AdapterSource) -> UnlearningAdapter:
+    if isinstance(source, UnlearningAdapter):
+        return source
+    if isinstance(source, str | os.PathLike):
+        if not os.path.exists(source):
+            raise AdapterNotFoundError(
+                f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` "
+                "or an `UnlearningAdapter`."
+            )
+        return UnlearningAdapter.from_pretrained(source)
+    raise TypeError(f"Cannot load a removal from {type(source).__name__}; pass a folder path or an UnlearningAdapter.")
+
+
+def load_unlearning(
+    pipe: DiffusionPipeline,
+    source: AdapterSource | Sequence[AdapterSource],
+    *,
+    adapter_name: str | None = None,
+    fuse: bool = False,
+) -> tuple[LoadedUnlearning, ...]:
+    """Loads one removal, or several in order, onto `pipe`; all or nothing.
+
+    Each removal is checked before the pipeline is touched (format, base-model fingerprint, layer names and
+    shapes, unique adapter names) and verified after (every edited layer carries exactly its delta). If any
+    step fails the pipeline is restored to its previous state and the error is raised.
+
+    Args:
+        pipe (`DiffusionPipeline`): A Stable Diffusion or SDXL pipeline.
+        source (`str`, `os.PathLike`, [`UnlearningAdapter`], or a list of them): What to load; a folder
+            written by `UnlearningAdapter.save_pretrained` or an adapter object.
+        adapter_name (`str`, *optional*): Name on the pipeline (single source only); defaults to the removal's
+            own name, e.g. `"no-van-gogh"`.
+        fuse (`bool`, defaults to `False`): Add the edit into the weights (zero inference overhead; unloading
+            restores the original weights exactly). Unfused removals are regular PEFT adapters.
+
+    Returns:
+        `tuple[LoadedUnlearning, ...]`: everything loaded on the pipeline now, in order (as `pipe.unlearning`).
+
+    Raises:
+        AdapterNotFoundError, AdapterFormatError: The source cannot be read.
+        BaseModelMismatchError: The removal was made for other base weights.
+        AdapterNameError: The name is already used on the pipeline.
+        VerificationError: The model does not carry the edit after loading (nothing is left loaded).
+
+    Example:
+        ```py
+        >>> import diffusers_unlearn
+        >>> pipe = diffusers_unlearn.digits.load_pipeline()
+        >>> adapter = diffusers_unlearn.erase(pipe, "seven", aliases=["7"])
+        >>> adapter.save_pretrained("no-seven")
+        >>> pipe.unload_unlearning()
+        >>> pipe.load_unlearning("no-seven", fuse=True)
+        ```
+    """
+    sources = list(source) if isinstance(source, list | tuple) else [source]
+    if not sources:
+        raise ValueError("Nothing to load: `source` is an empty list.")
+    if adapter_name is not None and len(sources) > 1:
+        raise AdapterNameError("`adapter_name` names a single removal; several are loaded under their own names.")
+    adapters = [_resolve(s) for s in sources]
+    names = [adapter_name] if adapter_name is not None else [a.name for a in adapters]
+
+    family = family_of(pipe)
+    denoiser = getattr(pipe, family.denoiser)
+    state = _state(pipe)
+    expected_fingerprint = base_fingerprint(pipe)
+    _check_compatible(pipe, denoiser, adapters, names, expected_fingerprint)
+
+    new_state = state is None
+    if new_state:
+        state = _State(base_fingerprint=expected_fingerprint)
+        _STATES[pipe] = state
+    snapshot = (list(state.entries), dict(state.originals))
+    active_before = _active_adapters(denoiser)
+    weights_before = {
+        layer: base_linear(denoiser.get_submodule(layer)).weight.detach().clone() for layer in state.originals
+    }
+    loaded_peft: list[str] = []
+    try:
+        for adapter, name in zip(adapters, names, strict=True):
+            entry = _Entry(adapter=adapter, name=name, fused=fuse)
+            if fuse:
+                _fuse(denoiser, state, adapter)
+            else:
+                loaded_peft.append(name)
+                pipe.load_lora_weights(dict(adapter.lora_weights), adapter_name=name)
+                _activate(denoiser, [*active_before, *loaded_peft])
+            state.entries.append(entry)
+            if not _is_applied(denoiser, entry, state, _fused_deltas(state)):
+                raise VerificationError(
+                    f"Removal {name!r} was loaded but the model does not carry its edit; nothing was changed. "
+                    "Another tool may have patched the attention layers; reload the pipeline and try again."
+                )
+    except BaseException:
+        _rollback(pipe, denoiser, state, snapshot, weights_before, loaded_peft, active_before)
+        if new_state:
+            del _STATES[pipe]
+        raise
+    logger.info("Loaded %d removal(s): %s", len(adapters), ", ".join(names))
+    return unlearning(pipe)
+
+
+def unload_unlearning(pipe: DiffusionPipeline, names: str | Sequence[str] | None = None) -> None:
+    """Unloads removals from `pipe` (all of them by default), restoring fused weights exactly.
+
+    Args:
+        pipe (`DiffusionPipeline`): The pipeline.
+        names (`str` or `list[str]`, *optional*): Adapter names to unload; default all.
+
+    Raises:
+        AdapterNameError: A name is not loaded.
+
+    Example:
+        ```py
+        >>> pipe.unload_unlearning()  # back to the base model
+        ```
+    """
+    state = _state(pipe)
+    if state is None:
+        if names:
+            raise AdapterNameError(f"No removal is loaded; cannot unload {names!r}.")
+        return
+    loaded = [entry.name for entry in state.entries]
+    wanted = loaded if names is None else ([names] if isinstance(names, str) else list(names))
+    unknown = [name for name in wanted if name not in loaded]
+    if unknown:
+        raise AdapterNameError(f"Not loaded: {unknown}. Loaded removals: {loaded}.")
+    denoiser = getattr(pipe, family_of(pipe).denoiser)
+    peft_names = [e.name for e in state.entries if e.name in wanted and not e.fused]
+    if peft_names:
+        pipe.delete_adapters(peft_names)
+    removed_fused = any(e.fused for e in state.entries if e.name in wanted)
+    state.entries = [e for e in state.entries if e.name not in wanted]
+    if removed_fused:
+        _restore_originals(denoiser, state)
+        for entry in state.entries:
+            if entry.fused:
+                _fuse(denoiser, state, entry.adapter)
+    if not state.entries:
+        del _STATES[pipe]
+
+
+# ------------------------------------------------------------------------------------------------ internals
+def _check_compatible(pipe, denoiser, adapters, names, expected_fingerprint) -> None:
+    taken = {name for names_ in pipe.get_list_adapters().values() for name in names_} if _has_peft(denoiser) else set()
+    taken |= {entry.name for entry in (_state(pipe).entries if _state(pipe) else [])}
+    seen = set()
+    for adapter, name in zip(adapters, names, strict=True):
+        if name in taken or name in seen:
+            raise AdapterNameError(
+                f"An adapter named {name!r} is already loaded; pass `adapter_name=` to load it under another name, "
+                "or unload the other one first."
+            )
+        seen.add(name)
+        if adapter.base_fingerprint != expected_fingerprint:
+            raise BaseModelMismatchError(
+                f"Removal {name!r} was made for base weights {adapter.base_fingerprint} "
+                f"({adapter.metadata.get('base_model') or 'unknown model'}), but this pipeline's are "
+                f"{expected_fingerprint}. Load it on the model it was made for, or erase the concept again here."
+            )
+        for layer in adapter.layer_names:
+            try:
+                module = base_linear(denoiser.get_submodule(layer))
+            except AttributeError:
+                raise BaseModelMismatchError(f"Removal {name!r} edits {layer!r}, which this model lacks.") from None
+            a, b = adapter.factors(layer)
+            if a.shape[1] != module.in_features or b.shape[0] != module.out_features:
+                raise BaseModelMismatchError(
+                    f"Removal {name!r} has shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} for {layer!r}; "
+                    f"the model's layer is {(module.out_features, module.in_features)}."
+                )
+
+
+def _has_peft(denoiser) -> bool:
+    return any(isinstance(m, BaseTunerLayer) for m in denoiser.modules())
+
+
+def _active_adapters(denoiser) -> list[str]:
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer):
+            return list(module.active_adapters)
+    return []
+
+
+def _activate(denoiser, names: list[str]) -> None:
+    """Makes exactly `names` active (diffusers leaves only the last loaded adapter active)."""
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.set_adapter(names, inference_mode=True)
+
+
+def _fuse(denoiser, state: _State, adapter: UnlearningAdapter) -> None:
+    with torch.no_grad():
+        for layer in adapter.layer_names:
+            weight = base_linear(denoiser.get_submodule(layer)).weight
+            if layer not in state.originals:
+                state.originals[layer] = weight.detach().clone()
+            weight.copy_((weight.float() + adapter.delta(layer).to(weight.device)).to(weight.dtype))
+
+
+def _restore_originals(denoiser, state: _State) -> None:
+    with torch.no_grad():
+        for layer, original in state.originals.items():
+            base_linear(denoiser.get_submodule(layer)).weight.copy_(original)
+    state.originals.clear()
+
+
+def _fused_deltas(state: _State) -> dict[str, torch.Tensor]:
+    total: dict[str, torch.Tensor] = {}
+    for entry in state.entries:
+        if entry.fused:
+            for layer in entry.adapter.layer_names:
+                delta = entry.adapter.delta(layer)
+                total[layer] = total[layer] + delta if layer in total else delta
+    return total
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    scale = expected.norm().clamp_min(1e-12)
+    return bool((actual.float().cpu() - expected.cpu()).norm() <= _VERIFY_RTOL * scale + 1e-6)
+
+
+def _is_applied(denoiser, entry: _Entry, state: _State, fused_total: dict[str, torch.Tensor]) -> bool:
+    """Checks the layers carry the removal: its own PEFT delta, or the fused weights' total change."""
+    for layer in entry.adapter.layer_names:
+        module = denoiser.get_submodule(layer)
+        if entry.fused:
+            if layer not in state.originals:
+                return False
+            change = base_linear(module).weight.float() - state.originals[layer].float()
+            if not _close(change, fused_total[layer]):
+                return False
+        else:
+            if not isinstance(module, BaseTunerLayer) or module.disable_adapters:
+                return False
+            if entry.name not in module.lora_A or entry.name not in module.active_adapters:
+                return False
+            if entry.name in module.merged_adapters:
+                return False
+            if not _close(module.get_delta_weight(entry.name).detach(), entry.adapter.delta(layer)):
+                return False
+    return True
+
+
+def _rollback(pipe, denoiser, state, snapshot, weights_before, loaded_peft, active_before) -> None:
+    present = {name for names in pipe.get_list_adapters().values() for name in names} if _has_peft(denoiser) else set()
+    partial = [name for name in loaded_peft if name in present]
+    if partial:
+        pipe.delete_adapters(partial)
+    with torch.no_grad():
+        for layer, original in state.originals.items():  # fused during this call: back to the saved originals
+            target = weights_before.get(layer, original)
+            base_linear(denoiser.get_submodule(layer)).weight.copy_(target)
+    state.entries, state.originals = snapshot
+    if active_before:
+        _activate(denoiser, active_before)
+
+
+# ----------------------------------------------------------------------------------------- pipeline methods
+def _install() -> None:
+    """Adds the methods to `DiffusionPipeline` without replacing anything diffusers defines."""
+    additions = {
+        "load_unlearning": load_unlearning,
+        "unload_unlearning": unload_unlearning,
+        "unlearning": property(unlearning, doc=unlearning.__doc__),
+    }
+    for attribute, value in additions.items():
+        existing = getattr(DiffusionPipeline, attribute, None)
+        if existing is None:
+            setattr(DiffusionPipeline, attribute, value)
+        elif existing is not value and not (isinstance(existing, property) and existing.fget is unlearning):
+            logger.warning(
+                "DiffusionPipeline already defines %r; use diffusers_unlearn.%s(pipe, ...)", attribute, attribute
+            )
