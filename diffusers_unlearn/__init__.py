@@ -14,6 +14,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from . import pipeline as _pipeline  # noqa: E402
 from .adapter import UnlearningAdapter
 from .erase import erase
 from .errors import (
@@ -31,7 +32,7 @@ from .methods import ClosedFormConfig
 from .pipeline import LoadedUnlearning, load_unlearning, unlearning, unload_unlearning
 from .prompts import DEFAULT_TEMPLATES
 
-pipeline._install()
+_pipeline._install()
 
 __all__ = [
     "DEFAULT_TEMPLATES",
