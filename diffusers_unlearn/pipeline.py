@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,7 +197,9 @@ def load_unlearning(
                 _fuse(denoiser, state, adapter)
             else:
                 loaded_peft.append(name)
-                pipe.load_lora_weights(dict(adapter.lora_weights), adapter_name=name)
+                with warnings.catch_warnings():  # several adapters on one model is the point of a stack
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    pipe.load_lora_weights(dict(adapter.lora_weights), adapter_name=name)
                 _activate(denoiser, [*active_before, *loaded_peft])
             state.entries.append(entry)
             if not _is_applied(denoiser, entry, state, _fused_deltas(state)):
@@ -242,6 +245,7 @@ def unload_unlearning(pipe: DiffusionPipeline, names: str | Sequence[str] | None
     peft_names = [e.name for e in state.entries if e.name in wanted and not e.fused]
     if peft_names:
         pipe.delete_adapters(peft_names)
+        _drop_empty_peft_layers(pipe)
     removed_fused = any(e.fused for e in state.entries if e.name in wanted)
     state.entries = [e for e in state.entries if e.name not in wanted]
     if removed_fused:
@@ -255,7 +259,7 @@ def unload_unlearning(pipe: DiffusionPipeline, names: str | Sequence[str] | None
 
 # ------------------------------------------------------------------------------------------------ internals
 def _check_compatible(pipe, denoiser, adapters, names, expected_fingerprint) -> None:
-    taken = {name for names_ in pipe.get_list_adapters().values() for name in names_} if _has_peft(denoiser) else set()
+    taken = _peft_adapter_names(pipe)
     taken |= {entry.name for entry in (_state(pipe).entries if _state(pipe) else [])}
     seen = set()
     for adapter, name in zip(adapters, names, strict=True):
@@ -286,6 +290,19 @@ def _check_compatible(pipe, denoiser, adapters, names, expected_fingerprint) -> 
 
 def _has_peft(denoiser) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in denoiser.modules())
+
+
+def _peft_adapter_names(pipe) -> set[str]:
+    family = family_of(pipe)
+    if not _has_peft(getattr(pipe, family.denoiser)):
+        return set()
+    return {name for names in pipe.get_list_adapters().values() for name in names}
+
+
+def _drop_empty_peft_layers(pipe) -> None:
+    """Once no adapter is left, removes the PEFT wrappers too: the modules are back to plain layers."""
+    if _has_peft(getattr(pipe, family_of(pipe).denoiser)) and not _peft_adapter_names(pipe):
+        pipe.unload_lora_weights()
 
 
 def _active_adapters(denoiser) -> list[str]:
@@ -356,10 +373,10 @@ def _is_applied(denoiser, entry: _Entry, state: _State, fused_total: dict[str, t
 
 
 def _rollback(pipe, denoiser, state, snapshot, weights_before, loaded_peft, active_before) -> None:
-    present = {name for names in pipe.get_list_adapters().values() for name in names} if _has_peft(denoiser) else set()
-    partial = [name for name in loaded_peft if name in present]
+    partial = [name for name in loaded_peft if name in _peft_adapter_names(pipe)]
     if partial:
         pipe.delete_adapters(partial)
+    _drop_empty_peft_layers(pipe)
     with torch.no_grad():
         for layer, original in state.originals.items():  # fused during this call: back to the saved originals
             target = weights_before.get(layer, original)

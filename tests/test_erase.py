@@ -1,0 +1,179 @@
+"""`erase`: the closed-form removal's mechanics on tiny SD and SDXL pipelines.
+
+Random tiny models have degenerate text embeddings, so these tests check the mechanics (targets reached,
+protection working, stacking), not image-level quality: that is measured on the digits model.
+"""
+
+import pytest
+import torch
+from conftest import generate, make_sd_pipeline, make_sdxl_pipeline
+
+import diffusers_unlearn as du
+from diffusers_unlearn.distance import PromptBank
+from diffusers_unlearn.families import family_of
+from diffusers_unlearn.layers import current_weight, edited_layers
+
+NEIGHBORS = ["dog", "tree", "rabbit"]
+PROTECTED = ["", "a photo of a dog", "a painting of a tree", "dog", "a drawing of a rabbit"]
+PIPELINES = {"sd": make_sd_pipeline, "sdxl": make_sdxl_pipeline}
+
+
+def kv_outputs(pipe, prompts, deltas=None):
+    """Key / value outputs of every edited layer, `(layers, N, L, out)` stacked per layer in a list."""
+    family = family_of(pipe)
+    embeds, _ = family.encode(pipe, prompts)
+    outputs = []
+    for name, module in edited_layers(pipe.unet, family).items():
+        weight = current_weight(module) + (deltas[name] if deltas else 0)
+        outputs.append(embeds @ weight.T)
+    return outputs
+
+
+def relative_change(pipe, adapter, prompts):
+    before = kv_outputs(pipe, prompts)
+    after = kv_outputs(pipe, prompts, {n: adapter.delta(n) for n in adapter.layer_names if "attn2" in n})
+    num = sum((a - b).square().sum(dim=(1, 2)) for a, b in zip(after, before, strict=True))
+    den = sum(b.square().sum(dim=(1, 2)) for b in before)
+    return (num / den).sqrt()
+
+
+def forget_residuals(pipe, adapter, concept):
+    """Per forget prompt: remaining distance to its target after the edit, over the distance before."""
+    family = family_of(pipe)
+    bank = PromptBank(pipe, family)
+    layers = edited_layers(pipe.unet, family)
+    residuals = []
+    for record in adapter.metadata["targets"]:
+        forget, target = bank.aligned(record["context"].replace("{}", concept).strip(), record["target"])
+        gap = left = 0.0
+        for name, module in layers.items():
+            weight = current_weight(module)
+            gap += ((forget - target) @ weight.T).square().sum()
+            left += (forget @ (weight + adapter.delta(name)).T - target @ weight.T).square().sum()
+        residuals.append(float((left / gap).sqrt()))
+    return torch.tensor(residuals)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_forget_moves_to_targets_and_protection_is_local(family):
+    pipe = PIPELINES[family]()
+    protected = du.erase(pipe, "cat", neighbors=NEIGHBORS)
+    unprotected = du.erase(pipe, "cat", neighbors=NEIGHBORS, config=du.ClosedFormConfig(lambda_protect=0.0))
+
+    residuals = forget_residuals(pipe, protected, "cat")
+    assert (residuals < 0.8).all(), residuals  # every forget prompt moves toward its target
+    progress = 1 - residuals.mean()
+
+    drift = relative_change(pipe, protected, PROTECTED)
+    drift_unprotected = relative_change(pipe, unprotected, PROTECTED)
+    assert drift.max() <= progress / 5, (drift, progress)
+    assert drift.mean() * 2.5 <= drift_unprotected.mean(), (drift, drift_unprotected)
+    # the empty prompt (classifier-free guidance) is always protected
+    assert "" in protected.metadata["protected_prompts"]
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_second_removal_keeps_the_first_removed(family):
+    pipe = PIPELINES[family]()
+    first = du.erase(pipe, "cat", neighbors=NEIGHBORS)
+    pipe.load_unlearning(first)
+    first_prompts = [r["context"].replace("{}", "cat").strip() for r in first.metadata["targets"]]
+    after_first = torch.cat([o.flatten() for o in kv_outputs(pipe, first_prompts)])
+
+    second = du.erase(pipe, "dog", neighbors=["cat", "horse"])
+    assert second.metadata["parents"] == [{"name": "no-cat", "adapter_id": first.metadata["adapter_id"]}]
+    pipe.load_unlearning(second)
+    after_both = torch.cat([o.flatten() for o in kv_outputs(pipe, first_prompts)])
+    # the second removal barely moves what the first one set: "cat" stays mapped where it was
+    undo = (after_both - after_first).norm() / after_first.norm()
+    first_edit = relative_change(pipe, first, first_prompts).mean()
+    assert undo < 0.25 * first_edit, (undo, first_edit)
+    assert [u.name for u in pipe.unlearning] == ["no-cat", "no-dog"]
+    assert all(u.verified for u in pipe.unlearning)
+
+
+def test_targets_are_chosen_per_context_from_candidates(sd_pipe):
+    adapter = du.erase(
+        sd_pipe, "cat", aliases=["pikachu"], mapping_candidates=["a dog", "a rabbit"], category="an animal"
+    )
+    records = adapter.metadata["targets"]
+    assert len(records) == len(du.DEFAULT_TEMPLATES)
+    for record in records:
+        options = [record["context"].replace("{}", c).strip() for c in ("a dog", "a rabbit", "an animal", "")]
+        assert record["target"] in [" ".join(o.split()) for o in options]
+    assert adapter.metadata["aliases"] == ["pikachu"]
+    assert "a photo of pikachu" in adapter.metadata["forget_prompts"]
+
+
+def test_user_prompts_and_score_distance(sd_pipe):
+    prompts = ["a photo of a cat on a hill", "a cat in the city"]
+    adapter = du.erase(sd_pipe, "cat", prompts=prompts, mapping_candidates=["dog"], distance="score")
+    contexts = [r["context"] for r in adapter.metadata["targets"]]
+    assert contexts == ["a photo of a {} on a hill", "a {} in the city"]
+    assert adapter.metadata["hyperparameters"]["distance"] == "score"
+
+
+def test_neighbors_ranked_top_k_and_mined(sd_pipe):
+    adapter = du.erase(sd_pipe, "cat", neighbors=["dog", "tree", "rabbit", "car"], protect_top_k=2, mine_neighbors=2)
+    ranking = adapter.metadata["protected_neighbors"]
+    assert len(ranking) == 2
+    assert ranking[0]["distance"] <= ranking[1]["distance"]
+    mined = du.erase(sd_pipe, "cat", mine_neighbors=3).metadata["protected_neighbors"]
+    assert len(mined) == 3 and all(m["neighbor"].isalpha() for m in mined)
+
+
+def test_rank_and_lora_alpha(sd_pipe):
+    adapter = du.erase(sd_pipe, "cat", rank=4)
+    assert adapter.rank == 4 and adapter.lora_config()["lora_alpha"] == 4
+    assert 0 < adapter.metadata["figures"]["rank_energy"] <= 1
+    for layer in adapter.layer_names:
+        a, b = adapter.factors(layer)
+        assert a.shape[0] == 4 and b.shape[1] == 4
+
+
+def test_sdxl_edits_pooled_path(sdxl_pipe):
+    adapter = du.erase(sdxl_pipe, "cat", neighbors=NEIGHBORS)
+    assert "add_embedding.linear_1" in adapter.layer_names
+    assert adapter.metadata["figures"]["pooled_forget_residual"] < 0.8
+
+
+def test_redacted_removal_hides_the_concept(sd_pipe, tmp_path):
+    adapter = du.erase(sd_pipe, "pikachu", aliases=["cat"], redact=True)
+    assert adapter.concept is None and adapter.name.startswith("removal-")
+    folder = adapter.save_pretrained(tmp_path / "r")
+    for path in folder.iterdir():
+        assert b"pikachu" not in path.read_bytes().lower(), path.name
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"concept": "  "}, "empty"),
+        ({"concept": "café"}, "does not know"),
+        ({"concept": "cat", "aliases": [" "]}, "empty"),
+        ({"concept": "cat", "prompts": ["a photo of a dog"]}, "mentions neither"),
+        ({"concept": "cat", "prompts": ["a cat " + "and a dog " * 12]}, "tokens long"),
+        ({"concept": "cat", "neighbors": ["dog", "Cat"]}, "both erased and protected"),
+    ],
+)
+def test_bad_input_raises_clearly_and_changes_nothing(sd_pipe, kwargs, message):
+    before = generate(sd_pipe, "a photo of a cat")
+    with pytest.raises(du.InvalidConceptError, match=message):
+        du.erase(sd_pipe, **kwargs)
+    assert (generate(sd_pipe, "a photo of a cat") == before).all()
+    assert sd_pipe.unlearning == ()
+
+
+def test_unsupported_pipeline():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=16,
+    )
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    with pytest.raises(du.UnsupportedPipelineError, match="StableDiffusionPipeline"):
+        du.erase(pipe, "cat")

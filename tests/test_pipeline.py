@@ -1,0 +1,147 @@
+"""`pipe.load_unlearning` / `unload_unlearning` / `unlearning`: verified, all-or-nothing, reversible."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import generate, make_sd_pipeline
+
+import diffusers_unlearn as du
+
+PROMPT = "a photo of a cat"
+
+
+def weights(pipe):
+    return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+
+
+def assert_same_weights(pipe, reference):
+    current = pipe.unet.state_dict()
+    assert current.keys() == reference.keys()
+    assert all(torch.equal(current[k], reference[k]) for k in reference)
+
+
+@pytest.fixture
+def removals(sd_pipe):
+    cat = du.erase(sd_pipe, "cat", neighbors=["dog"])
+    dog = du.erase(sd_pipe, "dog", neighbors=["cat"])
+    return cat, dog
+
+
+def test_methods_added_without_replacing_diffusers():
+    script = (
+        "from diffusers import DiffusionPipeline as P\n"
+        "before = dict(vars(P))\n"
+        "import diffusers_unlearn\n"
+        "after = dict(vars(P))\n"
+        "assert all(after[k] is v for k, v in before.items()), 'something was replaced'\n"
+        "print(sorted(set(after) - set(before)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "['load_unlearning', 'unlearning', 'unload_unlearning']"
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_load_then_unload_restores_the_exact_model(sd_pipe, removals, fuse):
+    reference, base_image = weights(sd_pipe), generate(sd_pipe, PROMPT)
+    loaded = sd_pipe.load_unlearning(list(removals), fuse=fuse)
+    assert [entry.name for entry in loaded] == ["no-cat", "no-dog"]
+    assert all(entry.verified and entry.fused == fuse for entry in loaded)
+    assert not np.array_equal(generate(sd_pipe, PROMPT), base_image)
+    sd_pipe.unload_unlearning()
+    assert sd_pipe.unlearning == ()
+    assert_same_weights(sd_pipe, reference)
+    assert np.array_equal(generate(sd_pipe, PROMPT), base_image)
+
+
+def test_fused_and_unfused_give_the_same_images(sd_pipe, removals):
+    sd_pipe.load_unlearning(list(removals))
+    unfused = generate(sd_pipe, PROMPT)
+    sd_pipe.unload_unlearning()
+    sd_pipe.load_unlearning(list(removals), fuse=True)
+    assert np.allclose(generate(sd_pipe, PROMPT), unfused, atol=1e-4)
+
+
+def test_both_removals_active_after_two_loads(sd_pipe, removals):
+    """diffusers activates only the last loaded adapter; we keep every removal active."""
+    cat, dog = removals
+    sd_pipe.load_unlearning(cat)
+    sd_pipe.load_unlearning(dog)
+    assert sorted(sd_pipe.get_active_adapters()) == ["no-cat", "no-dog"]
+    sd_pipe.unload_unlearning("no-cat")
+    assert [u.name for u in sd_pipe.unlearning] == ["no-dog"]
+    assert sd_pipe.get_active_adapters() == ["no-dog"]
+
+
+def test_coexists_with_a_users_own_lora(sd_pipe, removals, tmp_path):
+    cat, dog = removals
+    dog.save_pretrained(tmp_path / "style")
+    sd_pipe.load_lora_weights(tmp_path / "style", adapter_name="style")  # any plain LoRA
+    sd_pipe.load_unlearning(cat)
+    assert sorted(sd_pipe.get_active_adapters()) == ["no-cat", "style"]
+    sd_pipe.unload_unlearning()
+    assert sd_pipe.get_active_adapters() == ["style"]
+
+
+def test_name_clash_and_adapter_name(sd_pipe, removals):
+    cat, _ = removals
+    sd_pipe.load_unlearning(cat)
+    with pytest.raises(du.AdapterNameError, match="already loaded"):
+        sd_pipe.load_unlearning(cat)
+    sd_pipe.load_unlearning(cat, adapter_name="cat-again")
+    assert [u.name for u in sd_pipe.unlearning] == ["no-cat", "cat-again"]
+    with pytest.raises(du.AdapterNameError, match="Not loaded"):
+        sd_pipe.unload_unlearning("nope")
+
+
+def test_plain_function_form(sd_pipe, removals):
+    du.load_unlearning(sd_pipe, removals[0], fuse=True)
+    assert du.unlearning(sd_pipe) == sd_pipe.unlearning
+    du.unload_unlearning(sd_pipe)
+    assert du.unlearning(sd_pipe) == ()
+
+
+def test_base_mismatch_leaves_the_pipeline_untouched(removals):
+    other = make_sd_pipeline(seed=1)
+    reference, image = weights(other), generate(other, PROMPT)
+    with pytest.raises(du.BaseModelMismatchError, match="made for base weights"):
+        other.load_unlearning(removals[0])
+    assert other.unlearning == ()
+    assert_same_weights(other, reference)
+    assert np.array_equal(generate(other, PROMPT), image)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_failure_in_the_middle_of_a_load_rolls_back(sd_pipe, removals, monkeypatch, fuse):
+    cat, dog = removals
+    sd_pipe.load_unlearning(cat)  # something already loaded must survive the failed load
+    reference, image = weights(sd_pipe), generate(sd_pipe, PROMPT)
+    adapters_before = sd_pipe.get_list_adapters()
+
+    real = du.pipeline._is_applied
+    monkeypatch.setattr(du.pipeline, "_is_applied", lambda d, entry, *a: entry.name != "third" and real(d, entry, *a))
+    third = du.UnlearningAdapter(dict(dog.lora_weights), {**dog.metadata, "name": "third"}, dog.probes)
+    with pytest.raises(du.VerificationError, match="does not carry its edit"):
+        sd_pipe.load_unlearning([dog, third], fuse=fuse)
+    assert [u.name for u in sd_pipe.unlearning] == ["no-cat"]
+    assert sd_pipe.get_list_adapters() == adapters_before
+    assert_same_weights(sd_pipe, reference)
+    assert np.array_equal(generate(sd_pipe, PROMPT), image)
+
+
+def test_missing_source_and_bad_type(sd_pipe, tmp_path):
+    with pytest.raises(du.AdapterNotFoundError):
+        sd_pipe.load_unlearning(tmp_path / "nothing-here")
+    with pytest.raises(TypeError, match="folder path"):
+        sd_pipe.load_unlearning(42)
+    assert sd_pipe.unlearning == ()
+
+
+def test_verification_detects_a_disabled_removal(sd_pipe, removals):
+    sd_pipe.load_unlearning(removals[0])
+    sd_pipe.disable_lora()
+    assert sd_pipe.unlearning[0].verified is False
+    sd_pipe.enable_lora()
+    assert sd_pipe.unlearning[0].verified is True
