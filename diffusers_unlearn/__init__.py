@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 from . import pipeline as _pipeline  # noqa: E402
 from .adapter import UnlearningAdapter
-from .erase import erase
+from .erasure import erase
 from .errors import (
     AdapterFormatError,
     AdapterNameError,

@@ -95,6 +95,7 @@ def projection_gram(weights: Sequence[torch.Tensor], seed: int = 0) -> torch.Ten
 
 def proxy_distances(bank: PromptBank, gram: torch.Tensor, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
     """Key / value-projection distance for each `(a, b)` pair, float64 `(len(pairs),)`."""
+    bank.add([p for pair in pairs for p in pair])  # one batched encoding
     out = torch.empty(len(pairs), dtype=torch.float64)
     for i, (a, b) in enumerate(pairs):
         ea, eb = bank.aligned(a, b)
@@ -122,6 +123,7 @@ def score_distances(
     timesteps = timesteps.to(pipe.device)
     scale = getattr(pipe, "vae_scale_factor", 8)
 
+    bank.add([p for pair in pairs for p in pair])
     predictions: dict[str, torch.Tensor] = {}
     for prompt in dict.fromkeys(p for pair in pairs for p in pair):
         embeds = bank.embeds(prompt).to(pipe.device, denoiser.dtype).expand(samples, -1, -1)

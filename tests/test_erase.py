@@ -9,7 +9,7 @@ import torch
 from conftest import generate, make_sd_pipeline, make_sdxl_pipeline
 
 import diffusers_unlearn as du
-from diffusers_unlearn.distance import PromptBank
+from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
 
@@ -132,9 +132,26 @@ def test_rank_and_lora_alpha(sd_pipe):
 
 
 def test_sdxl_edits_pooled_path(sdxl_pipe):
+    """SDXL also conditions on the pooled text embedding; leaving it unedited lets the concept leak back."""
     adapter = du.erase(sdxl_pipe, "cat", neighbors=NEIGHBORS)
     assert "add_embedding.linear_1" in adapter.layer_names
     assert adapter.metadata["figures"]["pooled_forget_residual"] < 0.8
+    kv_only = du.UnlearningAdapter(
+        {k: v for k, v in adapter.lora_weights.items() if "add_embedding" not in k},
+        {**adapter.metadata, "name": "kv-only"},
+    )
+    pairs = [(r["context"].replace("{}", "cat").strip(), r["target"]) for r in adapter.metadata["targets"]]
+
+    def gap_to_targets():  # noise-prediction distance from each forget prompt to its target
+        return score_distances(PromptBank(sdxl_pipe, family_of(sdxl_pipe)), pairs, samples=8).mean()
+
+    before = gap_to_targets()
+    sdxl_pipe.load_unlearning(kv_only)
+    after_kv = gap_to_targets()
+    sdxl_pipe.unload_unlearning()
+    sdxl_pipe.load_unlearning(adapter)
+    after_both = gap_to_targets()
+    assert after_kv < before and after_both < 0.75 * after_kv, (before, after_kv, after_both)
 
 
 def test_redacted_removal_hides_the_concept(sd_pipe, tmp_path):

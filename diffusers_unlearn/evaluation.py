@@ -1,0 +1,274 @@
+"""Measuring a removal by generating images: forget accuracy, related retention, general retention.
+
+A *probe* is a concept with the prompts that ask for it and a *check* that a scorer can test on an image
+(for the digits model `{"digit": 7, "colour": "red"}`, for real models a text and its contrast texts).
+
+- forget accuracy: share of images, generated from a removed concept's prompts, that still show it
+  (lower is better; "chance" is what a model that never learnt the concept would score);
+- related retention: share of images of neighbouring concepts that still show what their prompt asks;
+- general retention: the same for unrelated concepts.
+
+Every image of prompt `p` is generated with the seed `seed + j` (`j` = its index), so two evaluations of the
+same probes (before / after a removal, step `t` / step `t + 1`) compare images made from the same noise.
+Scorers are pluggable: [`DigitsConceptScorer`] for the embedded model, [`CLIPConceptScorer`] for real models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class ConceptProbe:
+    """A concept to measure: the prompts that ask for it and what its images must show.
+
+    Args:
+        concept (`str`): Label in reports ("seven", "blue three").
+        prompts (`tuple[str, ...]`): Prompts that ask for the concept.
+        check (`Any`): What the scorer tests each image for; its meaning is the scorer's.
+    """
+
+    concept: str
+    prompts: tuple[str, ...]
+    check: Any
+
+
+@runtime_checkable
+class ConceptScorer(Protocol):
+    """Tells, for each image, whether it shows what its check describes."""
+
+    def shows(self, images: np.ndarray, checks: Sequence[Any]) -> np.ndarray:
+        """`images` `(N, H, W, 3)` floats in [0, 1], one check per image; returns a bool array `(N,)`."""
+        ...
+
+
+@dataclass
+class EvaluationResult:
+    """Per-concept rates and their means. Rates are shares of images in [0, 1].
+
+    Attributes:
+        forget (`dict[str, float]`): Per removed concept, share of images still showing it.
+        related (`dict[str, float]`): Per related concept, share of images showing it.
+        general (`dict[str, float]`): Per general concept, share of images showing it.
+        images_per_prompt (`int`): Images generated per prompt.
+    """
+
+    forget: dict[str, float] = field(default_factory=dict)
+    related: dict[str, float] = field(default_factory=dict)
+    general: dict[str, float] = field(default_factory=dict)
+    images_per_prompt: int = 0
+
+    @property
+    def forget_accuracy(self) -> float:
+        return _mean(self.forget)
+
+    @property
+    def related_retention(self) -> float:
+        return _mean(self.related)
+
+    @property
+    def general_retention(self) -> float:
+        return _mean(self.general)
+
+    def summary(self) -> dict[str, float]:
+        """The three means, as a dict (NaN where a group is empty)."""
+        return {
+            "forget_accuracy": self.forget_accuracy,
+            "related_retention": self.related_retention,
+            "general_retention": self.general_retention,
+        }
+
+
+def _mean(values: Mapping[str, float]) -> float:
+    return float(np.mean(list(values.values()))) if values else float("nan")
+
+
+@torch.no_grad()
+def generate_images(
+    pipe: DiffusionPipeline,
+    prompts: Sequence[str],
+    *,
+    images_per_prompt: int = 20,
+    seed: int = 0,
+    batch_size: int = 200,
+    progress: bool = True,
+    **pipeline_kwargs,
+) -> np.ndarray:
+    """Generates `images_per_prompt` images per prompt, image `j` of every prompt from seed `seed + j`.
+
+    Returns:
+        `np.ndarray` `(len(prompts) * images_per_prompt, H, W, 3)`, floats in [0, 1], grouped by prompt.
+
+    Example:
+        ```py
+        >>> images = generate_images(pipe, ["a red seven", "a blue three"], images_per_prompt=4,
+        ...                          num_inference_steps=20)
+        >>> images.shape
+        (8, 16, 16, 3)
+        ```
+    """
+    jobs = [(prompt, seed + j) for prompt in prompts for j in range(images_per_prompt)]
+    out = []
+    for start in tqdm(range(0, len(jobs), batch_size), desc="generating", disable=not progress, leave=False):
+        chunk = jobs[start : start + batch_size]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
+        result = pipe(prompt=[p for p, _ in chunk], generator=generators, output_type="np", **pipeline_kwargs)
+        out.append(np.asarray(result.images, dtype=np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.float32)
+
+
+def evaluate(
+    pipe: DiffusionPipeline,
+    scorer: ConceptScorer,
+    *,
+    forget: Sequence[ConceptProbe] = (),
+    related: Sequence[ConceptProbe] = (),
+    general: Sequence[ConceptProbe] = (),
+    images_per_prompt: int = 20,
+    seed: int = 0,
+    batch_size: int = 200,
+    progress: bool = True,
+    **pipeline_kwargs,
+) -> EvaluationResult:
+    """Generates images for every probe's prompts (with whatever removals are loaded) and scores them.
+
+    Args:
+        pipe (`DiffusionPipeline`): The pipeline, removals loaded or not.
+        scorer ([`ConceptScorer`]): Tests what an image shows.
+        forget, related, general (`Sequence[ConceptProbe]`): The removed, neighbouring and unrelated concepts.
+        images_per_prompt (`int`): Images per prompt (image `j` from seed `seed + j`).
+        batch_size (`int`): Images per pipeline call.
+        progress (`bool`): Show a progress bar.
+        **pipeline_kwargs: Passed to the pipeline call (`num_inference_steps`, `guidance_scale`, ...).
+
+    Returns:
+        [`EvaluationResult`]
+
+    Example:
+        ```py
+        >>> from diffusers_unlearn import digits, evaluation
+        >>> pipe = digits.load_pipeline()
+        >>> seven = evaluation.ConceptProbe("seven", ("a seven", "a red 7"), {"digit": 7})
+        >>> result = evaluation.evaluate(pipe, evaluation.DigitsConceptScorer(), forget=[seven],
+        ...                              images_per_prompt=10)
+        >>> result.forget_accuracy  # before any removal: close to 1
+        ```
+    """
+    groups = {"forget": list(forget), "related": list(related), "general": list(general)}
+    probes = [probe for group in groups.values() for probe in group]
+    prompts = [prompt for probe in probes for prompt in probe.prompts]
+    images = generate_images(
+        pipe,
+        prompts,
+        images_per_prompt=images_per_prompt,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        **pipeline_kwargs,
+    )
+    checks = [probe.check for probe in probes for _ in probe.prompts for _ in range(images_per_prompt)]
+    hits = np.asarray(scorer.shows(images, checks), dtype=bool)
+    result = EvaluationResult(images_per_prompt=images_per_prompt)
+    start = 0
+    for name, group in groups.items():
+        rates = getattr(result, name)
+        for probe in group:
+            count = len(probe.prompts) * images_per_prompt
+            rates[probe.concept] = float(hits[start : start + count].mean()) if count else float("nan")
+            start += count
+    return result
+
+
+class DigitsConceptScorer:
+    """[`ConceptScorer`] for the embedded digits model; a check is a dict of the attributes that must match.
+
+    Keys: `"digit"` (int 0-9), `"colour"` (one of `digits.COLOURS`), `"stroke"` (one of `digits.STROKES`).
+
+    Example:
+        ```py
+        >>> scorer = DigitsConceptScorer()
+        >>> scorer.shows(images, [{"digit": 7, "colour": "red"}] * len(images))
+        ```
+    """
+
+    def __init__(self, scorer=None):
+        from .digits import COLOURS, STROKES, load_scorer
+
+        self._scorer = scorer or load_scorer()
+        self._colours, self._strokes = COLOURS, STROKES
+
+    def shows(self, images: np.ndarray, checks: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        predicted = self._scorer(images)
+        out = np.ones(len(checks), dtype=bool)
+        for i, check in enumerate(checks):
+            if "digit" in check:
+                out[i] &= int(predicted.digit[i]) == int(check["digit"])
+            if "colour" in check:
+                out[i] &= int(predicted.colour[i]) == self._colours.index(check["colour"])
+            if "stroke" in check:
+                out[i] &= int(predicted.stroke[i]) == self._strokes.index(check["stroke"])
+        return out
+
+
+class CLIPConceptScorer:
+    """[`ConceptScorer`] for real models: an image shows a concept when CLIP finds it closer to the concept's
+    text than to every contrast text. A check is `(text, contrast_texts)`.
+
+    Args:
+        model (`transformers.CLIPModel`): Any CLIP model (e.g. `openai/clip-vit-large-patch14`).
+        tokenizer: Its tokenizer.
+        batch_size (`int`): Images per forward pass.
+
+    Example:
+        ```py
+        >>> from transformers import CLIPModel, CLIPTokenizer
+        >>> scorer = CLIPConceptScorer(CLIPModel.from_pretrained(name), CLIPTokenizer.from_pretrained(name))
+        >>> check = ("a painting by Van Gogh", ["a painting by Monet", "a painting"])
+        >>> scorer.shows(images, [check] * len(images))
+        ```
+    """
+
+    _MEAN = (0.48145466, 0.4578275, 0.40821073)
+    _STD = (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+
+    @torch.no_grad()
+    def _image_features(self, images: np.ndarray) -> torch.Tensor:
+        size = self.model.config.vision_config.image_size
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
+        pixels = (pixels - torch.tensor(self._MEAN)[:, None, None]) / torch.tensor(self._STD)[:, None, None]
+        features = [
+            _features(self.model.get_image_features(pixel_values=pixels[i : i + self.batch_size]))
+            for i in range(0, len(pixels), self.batch_size)
+        ]
+        return torch.nn.functional.normalize(torch.cat(features), dim=-1)
+
+    @torch.no_grad()
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return torch.nn.functional.normalize(_features(self.model.get_text_features(**tokens)), dim=-1)
+
+    def shows(self, images: np.ndarray, checks: Sequence[tuple[str, Sequence[str]]]) -> np.ndarray:
+        image_features = self._image_features(images)
+        texts = list(dict.fromkeys(t for text, contrast in checks for t in (text, *contrast)))
+        text_features = dict(zip(texts, self._text_features(texts), strict=True))
+        out = np.zeros(len(checks), dtype=bool)
+        for i, (text, contrast) in enumerate(checks):
+            similarity = float(image_features[i] @ text_features[text])
+            out[i] = all(similarity > float(image_features[i] @ text_features[c]) for c in contrast)
+        return out
+
+
+def _features(output) -> torch.Tensor:
+    """transformers 5 returns a model output from `get_*_features`; older versions return the tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
