@@ -39,6 +39,7 @@ def erase(
     templates: Sequence[str] | None = None,
     mapping_candidates: Sequence[str] | None = None,
     category: str | None = None,
+    anchor: str | None = None,
     neighbors: Sequence[str] | None = None,
     mine_neighbors: int = 0,
     protect_top_k: int | None = None,
@@ -76,6 +77,8 @@ def erase(
         mapping_candidates (`Sequence[str]`, *optional*): Replacements the concept may be mapped to
             ("a rabbit", "an animal"); placed into each context.
         category (`str`, *optional*): A generic category ("a cartoon character"), also a candidate.
+        anchor (`str`, *optional*): Map every forget prompt to this one prompt instead (the coarse target of
+            ESD / UCE, e.g. `""`); turns fine-grained targets off. For comparisons, not recommended.
         neighbors (`Sequence[str]`, *optional*): Related concepts to keep intact ("Monet", "Pikachu's friends").
         mine_neighbors (`int`): How many more neighbours to mine from the tokenizer vocabulary (0: none).
         protect_top_k (`int`, *optional*): Protect only the nearest `k` neighbours (default all).
@@ -157,8 +160,11 @@ def erase(
     targets: dict[Context, str] = {}
     target_records = []
     for context in contexts:
-        candidates = [context.fill(c) for c in (mapping_candidates or ())]
-        candidates += [context.fill("")] + ([context.fill(category)] if category else [])
+        if anchor is not None:
+            candidates = [anchor]
+        else:
+            candidates = [context.fill(c) for c in (mapping_candidates or ())]
+            candidates += [context.fill("")] + ([context.fill(category)] if category else [])
         candidates = [c for c in dict.fromkeys(candidates) if c not in forget_prompts[context]]
         pairs = [(f, c) for c in candidates for f in forget_prompts[context]]
         scores = distances(pairs).view(len(candidates), len(names)).sum(dim=1)

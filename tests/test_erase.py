@@ -194,3 +194,8 @@ def test_unsupported_pipeline():
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     with pytest.raises(du.UnsupportedPipelineError, match="StableDiffusionPipeline"):
         du.erase(pipe, "cat")
+
+
+def test_anchor_maps_every_prompt_to_one_target(sd_pipe):
+    adapter = du.erase(sd_pipe, "cat", anchor="")
+    assert {r["target"] for r in adapter.metadata["targets"]} == {""}

@@ -1,0 +1,248 @@
+"""Continual removal on the embedded digits model: 25 sequential removals, measured after every step.
+
+Methods, all built from the same code:
+
+- `ours`: closed form, fine-grained targets, local protection, each removal made on top of the stack;
+- `coarse target`: the same, but every forget prompt mapped to "" (ESD / UCE-style anchor);
+- `no local protection`: the same, with `lambda_protect=0` (no neighbours, no empty prompt, no earlier removals);
+- `naive stacking`: locality-aware removals each made independently on the untouched model, then summed.
+
+After every step: forget accuracy over all removals so far (share of images still showing a removed concept;
+chance is 10% for digits and combinations, 25% for colours), related retention (look-alike digits, the same
+digit in other colours / strokes) and general retention (every other cell not removed), both as a percentage of
+the untouched model on the same prompts and seeds. Writes docs/benchmarks/continual.md and continual.png.
+
+    python benchmarks/continual.py            # full run (25 removals x 4 methods)
+    python benchmarks/continual.py --quick    # 6 removals, fewer images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import diffusers_unlearn as du
+from diffusers_unlearn import digits
+from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
+from diffusers_unlearn.evaluation import DigitsConceptScorer, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SEQUENCE: tuple[Concept, ...] = (
+    Concept(7),
+    Concept(3, "blue"),
+    Concept(colour="red"),
+    Concept(5, "green", "bold"),
+    Concept(8, "yellow"),
+    Concept(0, "blue", "thin"),
+    Concept(4),
+    Concept(2, "green"),
+    Concept(9, "yellow", "bold"),
+    Concept(6, "blue", "bold"),
+    Concept(1, "green", "thin"),
+    Concept(5, "yellow"),
+    Concept(2, "blue", "thin"),
+    Concept(0, "green", "bold"),
+    Concept(9, "blue"),
+    Concept(6, "yellow", "thin"),
+    Concept(8, "green", "bold"),
+    Concept(1, "yellow", "bold"),
+    Concept(3, "green", "thin"),
+    Concept(6, "green", "thin"),
+    Concept(0, "yellow", "bold"),
+    Concept(8, "blue", "thin"),
+    Concept(2, "yellow", "thin"),
+    Concept(9, "green", "thin"),
+    Concept(1, "blue", "bold"),
+)
+"""25 removals: two whole digits, one whole colour, 6 digit-colour combinations, 16 digit-colour-stroke ones."""
+
+METHODS = ("ours", "coarse target", "no local protection", "naive stacking")
+
+
+def erase_kwargs(concept: Concept, method: str) -> dict:
+    kwargs = concept.erase_kwargs()
+    if method == "coarse target":
+        kwargs["anchor"] = ""
+    if method == "no local protection":
+        kwargs.pop("neighbors", None)
+        kwargs.pop("preserve", None)
+        kwargs["config"] = du.ClosedFormConfig(lambda_protect=0.0)
+    return kwargs
+
+
+def probes_at(removed: list[Concept]):
+    """Forget probes of the removed concepts; related and general retention cells still allowed."""
+    allowed = [cell for cell in ALL_CELLS if not any(c.covers(*cell) for c in removed)]
+    related = {cell for c in removed for cell in c.related() if cell in allowed}
+    forget = [c.forget_probe() for c in removed]
+    related_probes = [cell_probe(*cell) for cell in allowed if cell in related]
+    general_probes = [cell_probe(*cell) for cell in allowed if cell not in related]
+    return forget, related_probes, general_probes
+
+
+def relative(now: dict[str, float], before: dict[str, float]) -> float:
+    """Retention now as a share of the untouched model's on the same cells."""
+    if not now:
+        return float("nan")
+    base = sum(before[k] for k in now)
+    return sum(now.values()) / base if base else float("nan")
+
+
+def run(args) -> dict:
+    scorer = DigitsConceptScorer()
+    call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False}
+    sequence = SEQUENCE[: args.removals]
+    pipe = digits.load_pipeline()
+    all_forget = [c.forget_probe() for c in sequence]
+    untouched = evaluate(pipe, scorer, forget=all_forget, general=[cell_probe(*c) for c in ALL_CELLS], **call)
+    base_cells = untouched.general
+    results = {"untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {}}
+    print(f"untouched: forget {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)
+
+    for method in args.methods:
+        pipe = digits.load_pipeline()
+        bare = digits.load_pipeline() if method == "naive stacking" else None
+        rows = []
+        for step, concept in enumerate(sequence, 1):
+            started = time.perf_counter()
+            adapter = du.erase(bare or pipe, **erase_kwargs(concept, method))
+            seconds = time.perf_counter() - started
+            pipe.load_unlearning(adapter, fuse=True)
+            removed = list(sequence[:step])
+            forget, related, general = probes_at(removed)
+            result = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
+            excess = max(result.forget[c.name] - c.chance for c in removed)
+            row = {
+                "step": step,
+                "concept": concept.name,
+                "forget_accuracy": result.forget_accuracy,
+                "chance": sum(c.chance for c in removed) / len(removed),
+                "worst_excess": excess,
+                "related": relative(result.related, base_cells),
+                "general": relative(result.general, base_cells),
+                "related_cells": len(related),
+                "general_cells": len(general),
+                "erase_seconds": seconds,
+                "per_concept_forget": result.forget,
+            }
+            rows.append(row)
+            print(
+                f"{method:>20} step {step:2d} {concept.name:>18}: forget {row['forget_accuracy']:.3f} "
+                f"(chance {row['chance']:.3f}, worst {excess:+.3f}) related {row['related']:.3f} "
+                f"general {row['general']:.3f} erase {seconds:.2f}s",
+                flush=True,
+            )
+        results["methods"][method] = rows
+    return results
+
+
+def write_report(results: dict, args) -> None:
+    lines = [
+        "# Continual removal on the digits model",
+        "",
+        f"`python benchmarks/continual.py{' --quick' if args.quick else ''}`: {args.removals} sequential removals, "
+        f"{args.images} images per prompt, {args.steps} DDIM steps, guidance 7.5, fixed seeds (image j of every "
+        "prompt from seed j, so every step sees the same noise). Each removal is fused into the weights after "
+        "it is made. Retention is a percentage of the untouched model on the same prompts and seeds; forget "
+        "accuracy is the share of images that still show a removed concept (chance: 10% for a digit or a "
+        "combination, measured on the digit; 25% for a colour). *Worst* is the largest excess over chance of a "
+        "single removed concept.",
+        "",
+        "## Summary (last step, and worst over all steps)",
+        "",
+        "| method | forget (last) | worst excess over chance (any step) | related retention (last / min) | "
+        "general retention (last / min) | seconds per removal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, rows in results["methods"].items():
+        last = rows[-1]
+        lines.append(
+            f"| {method} | {100 * last['forget_accuracy']:.1f}% (chance {100 * last['chance']:.1f}%) | "
+            f"{100 * max(r['worst_excess'] for r in rows):+.1f} pts | "
+            f"{_pct(last['related'])} / {_pct(min(r['related'] for r in rows if not math.isnan(r['related'])))} | "
+            f"{_pct(last['general'])} / {_pct(min(r['general'] for r in rows))} | "
+            f"{sum(r['erase_seconds'] for r in rows) / len(rows):.2f} |"
+        )
+    lines += ["", "![curves](continual.png)", ""]
+    for method, rows in results["methods"].items():
+        lines += [
+            f"## {method}",
+            "",
+            "| step | removed | forget acc. | chance | worst excess | related ret. | general ret. | "
+            "cells (rel / gen) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['step']} | {r['concept']} | {100 * r['forget_accuracy']:.1f}% | {100 * r['chance']:.1f}% | "
+                f"{100 * r['worst_excess']:+.1f} | {_pct(r['related'])} | {_pct(r['general'])} | "
+                f"{r['related_cells']} / {r['general_cells']} |"
+            )
+        lines.append("")
+    args.output.write_text("\n".join(lines))
+    (args.output.parent / "continual.json").write_text(json.dumps(results, indent=1))
+    _plot(results, args.output.parent / "continual.png")
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = [
+        ("forget_accuracy", "forget accuracy"),
+        ("related", "related retention"),
+        ("general", "general retention"),
+    ]
+    for axis, (key, title) in zip(axes, panels, strict=True):
+        for method, rows in results["methods"].items():
+            axis.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", markersize=3, label=method)
+        if key == "forget_accuracy":
+            rows = next(iter(results["methods"].values()))
+            axis.plot([r["step"] for r in rows], [r["chance"] for r in rows], "k--", label="chance")
+        else:
+            axis.axhline({"related": 0.9, "general": 0.95}[key], color="k", linestyle="--", label="target")
+        axis.set_title(title)
+        axis.set_xlabel("removals")
+        axis.set_ylim(0, 1.1)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="6 removals, 4 images per prompt")
+    parser.add_argument("--removals", type=int, default=len(SEQUENCE))
+    parser.add_argument("--images", type=int, default=8, help="images per prompt")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "continual.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.removals, args.images = min(args.removals, 6), 4
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    results = run(args)
+    results["seconds"] = time.perf_counter() - started
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_report(results, args)
+    print(f"done in {results['seconds'] / 60:.1f} min; wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Concepts of the digits model: what to erase, how to ask `erase` for it, and how to measure it.
+
+A concept is a whole digit (`Concept(digit=7)`, "seven" with alias "7"), a whole colour
+(`Concept(colour="red")`) or a single combination (`Concept(3, "blue")`, optionally with a stroke:
+`Concept(3, "blue", "bold")`). `erase_kwargs()` gives the arguments of [`diffusers_unlearn.erase`];
+`forget_probe()` the prompts and check that measure whether it is still generated.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..evaluation import ConceptProbe
+from .data import COLOURS, DIGITS, NUMERALS, STROKES, TEMPLATES, prompt
+
+LOOKALIKES: dict[int, tuple[int, ...]] = {
+    0: (6, 8), 1: (7, 4), 2: (7, 3), 3: (8, 5), 4: (9, 1), 5: (6, 3), 6: (5, 0), 7: (1, 2), 8: (3, 0), 9: (4, 8),
+}  # fmt: skip
+"""Digits that handwritten digits are most often confused with (the related concepts of a digit)."""
+
+CHANCE: dict[str, float] = {"digit": 1 / len(DIGITS), "colour": 1 / len(COLOURS), "combination": 1 / len(DIGITS)}
+"""Forget accuracy of a model that does not know the concept: a whole digit is one of ten, a whole colour one of
+four; a combination is measured on its digit (the colour is still asked for), so one in ten."""
+
+
+@dataclass(frozen=True, order=True)
+class Concept:
+    """A digits-model concept: a digit, a colour, or a combination (with an optional stroke)."""
+
+    digit: int | None = None
+    colour: str | None = None
+    stroke: str | None = None
+
+    def __post_init__(self):
+        if self.digit is None and self.colour is None:
+            raise ValueError("A concept needs a digit, a colour, or both.")
+        if self.digit is not None and not 0 <= self.digit <= 9:
+            raise ValueError(f"digit must be 0..9, got {self.digit}")
+        if self.colour is not None and self.colour not in COLOURS:
+            raise ValueError(f"colour must be one of {COLOURS}, got {self.colour!r}")
+        if self.stroke is not None and (self.stroke not in STROKES or self.digit is None or self.colour is None):
+            raise ValueError("A stroke only narrows a digit-and-colour combination.")
+
+    @property
+    def kind(self) -> str:
+        if self.colour is None:
+            return "digit"
+        return "colour" if self.digit is None else "combination"
+
+    @property
+    def name(self) -> str:
+        """`"seven"`, `"red"`, `"blue three"`, `"bold blue three"`."""
+        parts = [self.stroke, self.colour, DIGITS[self.digit] if self.digit is not None else None]
+        return " ".join(p for p in parts if p)
+
+    @property
+    def chance(self) -> float:
+        return CHANCE[self.kind]
+
+    def covers(self, digit: int, colour: str, stroke: str | None = None) -> bool:
+        """Whether the prompt for this cell asks for the concept (a cell without a stroke is covered only by
+        a concept without one)."""
+        return (
+            self.digit in (None, digit)
+            and self.colour in (None, colour)
+            and (self.stroke is None or self.stroke == stroke)
+        )
+
+    # ------------------------------------------------------------------------------------------ erasing
+    def forget_prompts(self) -> list[str]:
+        """Every caption template filled so that it asks for the concept (slot word: the digit, or the colour)."""
+        prompts = []
+        for template in TEMPLATES:
+            if self.kind == "colour" and "{colour}" not in template:
+                continue
+            if self.kind == "combination" and "{colour}" not in template:
+                continue
+            if self.stroke is not None and "{stroke}" not in template:
+                continue
+            digits = [DIGITS[self.digit]] if self.digit is not None else list(DIGITS)
+            colours = [self.colour] if self.colour else list(COLOURS)
+            strokes = [self.stroke] if self.stroke else list(STROKES)
+            for digit, colour, stroke in itertools.product(digits, colours, strokes):
+                prompts.append(template.format(digit=digit, colour=colour, stroke=stroke))
+        return list(dict.fromkeys(prompts))
+
+    def erase_kwargs(self) -> dict:
+        """Arguments of `diffusers_unlearn.erase` for this concept on the digits model.
+
+        The erased word is the digit (for a digit or a combination) or the colour; the other words of each
+        prompt are its context. Candidates: the generic word "digit" and the context without the word. Other
+        digits (or colours) are protected in the same contexts; for a combination, the same digit in the other
+        colours (and strokes) is protected too.
+        """
+        if self.kind == "colour":
+            return {
+                "concept": self.colour,
+                "prompts": self.forget_prompts(),
+                "neighbors": [c for c in COLOURS if c != self.colour],
+                "name": f"no-{self.colour}",
+            }
+        word, numeral = DIGITS[self.digit], NUMERALS[self.digit]
+        kwargs = {
+            "concept": word,
+            "aliases": [numeral],
+            "prompts": self.forget_prompts(),
+            "category": "digit",
+            "neighbors": [w for d in range(10) if d != self.digit for w in (DIGITS[d], NUMERALS[d])],
+            "name": "no-" + self.name.replace(" ", "-"),
+        }
+        if self.kind == "combination":
+            others = [
+                prompt(self.digit, colour, stroke)
+                for colour in COLOURS
+                for stroke in (None, *STROKES)
+                if not self.covers(self.digit, colour, stroke) or (stroke is None and self.stroke is not None)
+            ]
+            kwargs["preserve"] = others
+        return kwargs
+
+    # ---------------------------------------------------------------------------------------- measuring
+    def forget_probe(self) -> ConceptProbe:
+        """Prompts that ask for the concept, and the check that an image still shows it."""
+        if self.kind == "colour":
+            prompts = tuple(prompt(d, self.colour) for d in range(10))
+            return ConceptProbe(self.name, prompts, {"colour": self.colour})
+        if self.kind == "digit":
+            prompts = tuple(prompt(self.digit, c) for c in COLOURS) + (f"the number {NUMERALS[self.digit]}",)
+            return ConceptProbe(self.name, prompts, {"digit": self.digit})
+        numeral_prompt = f"the number {NUMERALS[self.digit]} in {self.colour}"
+        if self.stroke:
+            numeral_prompt += f", {self.stroke}"
+        prompts = (prompt(self.digit, self.colour, self.stroke), numeral_prompt)
+        return ConceptProbe(self.name, prompts, {"digit": self.digit})
+
+    def related(self) -> list[tuple[int, str, str]]:
+        """The (digit, colour, stroke) cells nearest the concept: look-alike digits (in the concept's colour and
+        stroke, if it has them), and for a combination the same digit in the other colours and strokes."""
+        if self.kind == "colour":
+            return []
+        colours = [self.colour] if self.colour else list(COLOURS)
+        strokes = [self.stroke] if self.stroke else list(STROKES)
+        cells = [(d, c, s) for d in LOOKALIKES[self.digit] for c in colours for s in strokes]
+        if self.kind == "combination":
+            cells += [(self.digit, c, s) for c in COLOURS for s in STROKES if not self.covers(self.digit, c, s)]
+        return cells
+
+
+def cell_probe(digit: int, colour: str, stroke: str) -> ConceptProbe:
+    """The retention probe of one cell: its canonical prompt, whose images must show that digit in that colour."""
+    return ConceptProbe(
+        f"{stroke} {colour} {DIGITS[digit]}", (prompt(digit, colour, stroke),), {"digit": digit, "colour": colour}
+    )
+
+
+ALL_CELLS: tuple[tuple[int, str, str], ...] = tuple(
+    (d, c, s) for d in range(len(DIGITS)) for c in COLOURS for s in STROKES
+)
+"""Every (digit, colour, stroke) cell of the model."""

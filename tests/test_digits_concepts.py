@@ -1,0 +1,49 @@
+"""Digits-model concepts: which prompts a removal covers, how it is erased and measured."""
+
+import pytest
+
+from diffusers_unlearn.digits import COLOURS, STROKES
+from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
+
+
+def test_kinds_names_and_chance():
+    assert Concept(7).name == "seven" and Concept(7).kind == "digit" and Concept(7).chance == 0.1
+    assert Concept(colour="red").kind == "colour" and Concept(colour="red").chance == 0.25
+    assert Concept(3, "blue", "bold").name == "bold blue three"
+    with pytest.raises(ValueError):
+        Concept()
+    with pytest.raises(ValueError):
+        Concept(3, stroke="bold")
+
+
+def test_covers():
+    assert Concept(7).covers(7, "red", "bold") and not Concept(7).covers(1, "red", "bold")
+    assert Concept(colour="red").covers(2, "red", "thin")
+    triple = Concept(3, "blue", "bold")
+    assert triple.covers(3, "blue", "bold") and not triple.covers(3, "blue", "thin")
+    assert sum(Concept(3, "blue").covers(*cell) for cell in ALL_CELLS) == len(STROKES)
+    assert len(ALL_CELLS) == 10 * len(COLOURS) * len(STROKES)
+
+
+def test_erase_kwargs():
+    seven = Concept(7).erase_kwargs()
+    assert seven["concept"] == "seven" and seven["aliases"] == ["7"] and seven["category"] == "digit"
+    assert "seven" not in seven["neighbors"] and "7" not in seven["neighbors"] and len(seven["neighbors"]) == 18
+    assert all("seven" in p for p in seven["prompts"])
+    red = Concept(colour="red").erase_kwargs()
+    assert red["concept"] == "red" and sorted(red["neighbors"]) == sorted(set(COLOURS) - {"red"})
+    assert all("red" in p for p in red["prompts"])
+    combo = Concept(3, "blue").erase_kwargs()
+    assert all("blue" in p and "three" in p for p in combo["prompts"])
+    assert "a red three" in combo["preserve"] and not any("blue" in p for p in combo["preserve"])
+    triple = Concept(3, "blue", "bold").erase_kwargs()
+    assert all("bold" in p for p in triple["prompts"]) and "a blue three, thin" in triple["preserve"]
+
+
+def test_probes_and_related_cells():
+    probe = Concept(7).forget_probe()
+    assert probe.check == {"digit": 7} and "the number 7" in probe.prompts
+    related = Concept(3, "blue").related()
+    assert (8, "blue", "bold") in related and (3, "red", "thin") in related
+    assert not any(Concept(3, "blue").covers(*cell) for cell in related)
+    assert cell_probe(3, "red", "thin").check == {"digit": 3, "colour": "red"}
