@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 from diffusers import DiffusionPipeline
+from tqdm.auto import tqdm
 
 from .families import ModelFamily
 from .prompts import align, token_ids
@@ -36,6 +37,7 @@ class PromptBank:
         self._embeds: dict[str, torch.Tensor] = {}
         self._pooled: dict[str, torch.Tensor] = {}
         self._ids: dict[str, list[int]] = {}
+        self.predictions: dict[tuple[str, int, int], torch.Tensor] = {}  # score distance: (prompt, samples, seed)
 
     def add(self, prompts: Sequence[str]) -> None:
         """Encodes the prompts not seen yet (raises if one is too long for the tokenizer)."""
@@ -124,16 +126,19 @@ def score_distances(
     scale = getattr(pipe, "vae_scale_factor", 8)
 
     bank.add([p for pair in pairs for p in pair])
-    predictions: dict[str, torch.Tensor] = {}
-    for prompt in dict.fromkeys(p for pair in pairs for p in pair):
+    predictions = bank.predictions
+    todo = [p for p in dict.fromkeys(p for pair in pairs for p in pair) if (p, samples, seed) not in predictions]
+    for prompt in tqdm(todo, desc="score distance", leave=False, disable=len(todo) < 16):
         embeds = bank.embeds(prompt).to(pipe.device, denoiser.dtype).expand(samples, -1, -1)
         pooled = bank.pooled(prompt)
         if pooled is not None:
             pooled = pooled.to(pipe.device, denoiser.dtype).expand(samples, -1)
         extra = family.denoiser_kwargs(pipe, pooled, size * scale, size * scale)
-        predictions[prompt] = denoiser(latents, timesteps, encoder_hidden_states=embeds, **extra).sample.float()
+        prediction = denoiser(latents, timesteps, encoder_hidden_states=embeds, **extra).sample.float()
+        predictions[prompt, samples, seed] = prediction
 
     out = torch.empty(len(pairs), dtype=torch.float64)
     for i, (a, b) in enumerate(pairs):
-        out[i] = (predictions[a] - predictions[b]).square().sum(dim=(1, 2, 3)).mean().double()
+        difference = predictions[a, samples, seed] - predictions[b, samples, seed]
+        out[i] = difference.square().sum(dim=(1, 2, 3)).mean().double()
     return out

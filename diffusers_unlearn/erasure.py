@@ -157,15 +157,19 @@ def erase(
         return proxy_distances(bank, gram, pairs)
 
     # 2. fine-grained mapping targets: one per context, shared by the concept and its aliases.
+    def candidates_of(context: Context) -> list[str]:
+        if anchor is not None:
+            found = [anchor]
+        else:
+            found = [context.fill(c) for c in (mapping_candidates or ())]
+            found += [context.fill("")] + ([context.fill(category)] if category else [])
+        return [c for c in dict.fromkeys(found) if c not in forget_prompts[context]]
+
+    all_candidates = {context: candidates_of(context) for context in contexts}
+    bank.add([c for found in all_candidates.values() for c in found])  # one batched encoding
     targets: dict[Context, str] = {}
     target_records = []
-    for context in contexts:
-        if anchor is not None:
-            candidates = [anchor]
-        else:
-            candidates = [context.fill(c) for c in (mapping_candidates or ())]
-            candidates += [context.fill("")] + ([context.fill(category)] if category else [])
-        candidates = [c for c in dict.fromkeys(candidates) if c not in forget_prompts[context]]
+    for context, candidates in all_candidates.items():
         pairs = [(f, c) for c in candidates for f in forget_prompts[context]]
         scores = distances(pairs).view(len(candidates), len(names)).sum(dim=1)
         best = int(scores.argmin())
