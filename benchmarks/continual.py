@@ -65,8 +65,8 @@ SEQUENCE: tuple[Concept, ...] = (
 METHODS = ("ours", "coarse target", "no local protection", "naive stacking")
 
 
-def erase_kwargs(concept: Concept, method: str) -> dict:
-    kwargs = concept.erase_kwargs()
+def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> dict:
+    kwargs = concept.erase_kwargs() | {"config": config}
     if method == "coarse target":
         kwargs["anchor"] = ""
     if method == "no local protection":
@@ -96,6 +96,7 @@ def relative(now: dict[str, float], before: dict[str, float]) -> float:
 
 def run(args) -> dict:
     scorer = DigitsConceptScorer()
+    config = du.ClosedFormConfig(lambda_protect=args.lambda_protect, lambda_reg=args.lambda_reg)
     call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False}
     sequence = SEQUENCE[: args.removals]
     pipe = digits.load_pipeline()
@@ -111,7 +112,7 @@ def run(args) -> dict:
         rows = []
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
-            adapter = du.erase(bare or pipe, **erase_kwargs(concept, method))
+            adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
             seconds = time.perf_counter() - started
             pipe.load_unlearning(adapter, fuse=True)
             removed = list(sequence[:step])
@@ -231,6 +232,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=2)
+    defaults = du.ClosedFormConfig()
+    parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)
+    parser.add_argument("--lambda-reg", type=float, default=defaults.lambda_reg)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "continual.md")
     args = parser.parse_args()
     if args.quick:

@@ -192,9 +192,15 @@ def erase(
         neighbor_ranking = sorted(neighbor_ranking + mined, key=lambda item: item[1])
     if protect_top_k is not None:
         neighbor_ranking = neighbor_ranking[:protect_top_k]
-    protected = [""] + [context.fill(n) for n, _ in neighbor_ranking for context in contexts]
-    protected += list(targets.values()) + [c.fill("") for c in contexts] + list(preserve)
-    protected = list(dict.fromkeys(protected))
+    # Three groups, each weighing the same in the objective whatever its size: a handful of `preserve` prompts
+    # must not be drowned by hundreds of neighbour prompts.
+    groups = {
+        "anchors": [""] + list(targets.values()) + [c.fill("") for c in contexts],
+        "neighbors": [context.fill(n) for n, _ in neighbor_ranking for context in contexts],
+        "preserve": list(preserve),
+    }
+    groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
+    protected = list(dict.fromkeys(p for prompts in groups.values() for p in prompts))
     bank.add(protected)
 
     # 4. the closed-form solve.
@@ -207,11 +213,10 @@ def erase(
     forget, target = torch.cat(forget_rows), torch.cat(target_rows)
     protect = torch.cat([bank.embeds(p) for p in protected])
     previous = loaded_adapters(pipe)
-    protect_moment = moment(protect)
-    for adapter in previous:
-        if "forget_moment" in adapter.probes:  # keep earlier removals removed
-            factor = adapter.probes["forget_moment"].double()
-            protect_moment = protect_moment + factor.T @ factor
+    protect_moment = sum(moment(torch.cat([bank.embeds(p) for p in prompts])) for prompts in groups.values())
+    earlier = [a.probes["forget_moment"].double() for a in previous if "forget_moment" in a.probes]
+    if earlier:  # keep earlier removals removed: one more group, the mean of their forget moments
+        protect_moment = protect_moment + sum(f.T @ f for f in earlier) / len(earlier)
     remap = solve_remap(forget, target, protect_moment, config)
 
     lora = {}

@@ -90,7 +90,9 @@ def test_vanilla_diffusers_loads_it_bit_identically(sd_pipe, adapter, tmp_path):
 def test_fp16_save_halves_the_file(adapter, tmp_path):
     full = adapter.save_pretrained(tmp_path / "fp32") / WEIGHTS_NAME
     half = adapter.save_pretrained(tmp_path / "fp16", dtype=torch.float16) / WEIGHTS_NAME
-    assert half.stat().st_size < 0.6 * full.stat().st_size
+    tensor_bytes = sum(t.numel() * 4 for t in adapter.lora_weights.values())
+    saved = full.stat().st_size - half.stat().st_size
+    assert abs(saved - tensor_bytes / 2) < 256, (saved, tensor_bytes)  # only the header's offsets differ
     assert (
         du.UnlearningAdapter.from_pretrained(half.parent).lora_weights[next(iter(adapter.lora_weights))].dtype
         == torch.float16

@@ -110,11 +110,14 @@ class Concept:
             "name": "no-" + self.name.replace(" ", "-"),
         }
         if self.kind == "combination":
+            # A prompt without a stroke may show either stroke, so it is neither erased nor protected for a
+            # concept with one: "a blue three" shares every token up to "three" with "a blue three, bold".
+            strokes = STROKES if self.stroke else (None, *STROKES)
             others = [
                 prompt(self.digit, colour, stroke)
                 for colour in COLOURS
-                for stroke in (None, *STROKES)
-                if not self.covers(self.digit, colour, stroke) or (stroke is None and self.stroke is not None)
+                for stroke in strokes
+                if not self.covers(self.digit, colour, stroke)
             ]
             kwargs["preserve"] = others
         return kwargs

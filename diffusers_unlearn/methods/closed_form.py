@@ -32,7 +32,7 @@ class ClosedFormConfig:
         min_energy (`float`): Share of the edit's energy (squared singular values) the automatic rank keeps.
     """
 
-    lambda_protect: float = 1.0
+    lambda_protect: float = 0.4
     lambda_reg: float = 0.01
     rank: int | None = None
     max_rank: int = 12
@@ -53,8 +53,9 @@ class Remap:
 
     Attributes:
         up (`torch.Tensor`): `(d, r)`, singular values folded in.
-        down (`torch.Tensor`): `(r, d)`, orthonormal rows: the LoRA `A` of every layer.
-        energy (`float`): Share of the full remap's squared singular values kept at rank `r`.
+        down (`torch.Tensor`): `(r, d)`: the LoRA `A` of every layer.
+        energy (`float`): Share of the edit's gain in the objective kept at rank `r` (squared singular values of
+            the remap in the objective's metric).
         full_rank (`int`): Numerical rank of the untruncated remap.
     """
 
@@ -93,8 +94,12 @@ def solve_remap(
     scale = torch.trace(data) / d
     system = data + config.lambda_reg * scale * torch.eye(d, dtype=torch.float64)
     shift = (targets - forget).T @ forget / forget.shape[0]  # (d, d): mean (c_m - c_f) c_f^T
-    remap = torch.linalg.solve(system, shift.T).T  # shift @ system^-1 (system is symmetric)
-    u, s, vh = torch.linalg.svd(remap)
+    # The optimum is G = shift @ system^-1. Truncating it must respect the objective, whose curvature is
+    # `system`: the best rank-r remap truncates G @ system^(1/2) = shift @ system^(-1/2) (reduced-rank
+    # regression), so directions the protected prompts pin down stay pinned after truncation.
+    values, vectors = torch.linalg.eigh(system)
+    inverse_root = (vectors * values.clamp_min(1e-300).rsqrt()) @ vectors.T
+    u, s, vh = torch.linalg.svd(shift @ inverse_root)
     energy = s.square()
     total = energy.sum().clamp_min(1e-300)
     cumulative = energy.cumsum(0) / total
@@ -107,7 +112,7 @@ def solve_remap(
     rank = min(rank, d)
     return Remap(
         up=(u[:, :rank] * s[:rank]).float(),
-        down=vh[:rank].float(),
+        down=(vh[:rank] @ inverse_root).float(),
         energy=float(cumulative[rank - 1]),
         full_rank=full_rank,
     )
