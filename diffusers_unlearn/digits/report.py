@@ -18,6 +18,15 @@ import torch
 
 from .data import COLOURS, STROKES, prompt
 
+ARCHITECTURE = [
+    "Architecture: CLIPTextModel (width 128, 3 layers, 4 heads, MLP 512, max 16 tokens, 126-token BPE vocabulary in",
+    "which every caption word and numeral is one token); AutoencoderKL 16x16x3 <-> 4x8x8 (channels 16/32, no",
+    "attention); UNet2DConditionModel on 8x8 latents (channels 32/64, DownBlock2D at 8x8, cross-attention blocks at",
+    "4x4 only, no mid block, 4 attn2 layers); DDIMScheduler (scaled_linear, epsilon, steps_offset=1). The text",
+    "encoder is trained jointly with the UNet (10% empty captions), EMA 0.999 of both. With no stroke asked, the",
+    "model draws mostly bold digits (see the stroke columns); ask for `thin` explicitly to get thin ones.",
+]
+
 
 @dataclass
 class PromptScore:
@@ -101,6 +110,7 @@ def write_markdown(path: Path, results: dict[int, list[PromptScore]], info: dict
         "",
     ]
     lines += [f"- {k}: {v}" for k, v in info["model"].items()]
+    lines += ["", *ARCHITECTURE]
     lines += ["", "## Scorer (held-out digits, every colour/stroke composition)", ""]
     lines += [f"- {k}: {v}" for k, v in info["scorer"].items()]
     lines += ["", "## Sampling throughput", ""]
