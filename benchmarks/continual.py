@@ -9,8 +9,9 @@ Methods, all built from the same code:
 
 After every step: forget accuracy over all removals so far (share of images still showing a removed concept;
 chance is 10% for digits and combinations, 25% for colours), related retention (look-alike digits, the same
-digit in other colours / strokes) and general retention (every other cell not removed), both as a percentage of
-the untouched model on the same prompts and seeds. Writes docs/benchmarks/continual.md and continual.png.
+digit in other colours / strokes) and general retention (the digits not removed, asked without colour: "a five",
+"the number 5", and the cells related to no removal), both as a percentage of the untouched model on the same
+prompts and seeds. Writes docs/benchmarks/continual.md and continual.png.
 
     python benchmarks/continual.py            # full run (25 removals x 4 methods)
     python benchmarks/continual.py --quick    # 6 removals, fewer images
@@ -29,7 +30,7 @@ import torch
 import diffusers_unlearn as du
 from diffusers_unlearn import digits
 from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
-from diffusers_unlearn.evaluation import DigitsConceptScorer, evaluate
+from diffusers_unlearn.evaluation import ConceptProbe, DigitsConceptScorer, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,13 +77,22 @@ def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> 
     return kwargs
 
 
+def digit_probe(digit: int) -> ConceptProbe:
+    """A general probe: a digit asked for without colour or stroke."""
+    word, numeral = digits.DIGITS[digit], digits.NUMERALS[digit]
+    return ConceptProbe(f"digit {word}", (f"a {word}", f"the number {numeral}"), {"digit": digit})
+
+
 def probes_at(removed: list[Concept]):
-    """Forget probes of the removed concepts; related and general retention cells still allowed."""
+    """Forget probes of the removed concepts; related cells still allowed; general: the digits not removed
+    (asked without colour) and the allowed cells related to no removal."""
     allowed = [cell for cell in ALL_CELLS if not any(c.covers(*cell) for c in removed)]
     related = {cell for c in removed for cell in c.related() if cell in allowed}
     forget = [c.forget_probe() for c in removed]
     related_probes = [cell_probe(*cell) for cell in allowed if cell in related]
-    general_probes = [cell_probe(*cell) for cell in allowed if cell not in related]
+    whole_digits = {c.digit for c in removed if c.kind == "digit"}
+    general_probes = [digit_probe(d) for d in range(10) if d not in whole_digits]
+    general_probes += [cell_probe(*cell) for cell in allowed if cell not in related]
     return forget, related_probes, general_probes
 
 
@@ -101,7 +111,8 @@ def run(args) -> dict:
     sequence = SEQUENCE[: args.removals]
     pipe = digits.load_pipeline()
     all_forget = [c.forget_probe() for c in sequence]
-    untouched = evaluate(pipe, scorer, forget=all_forget, general=[cell_probe(*c) for c in ALL_CELLS], **call)
+    every_cell = [cell_probe(*c) for c in ALL_CELLS] + [digit_probe(d) for d in range(10)]
+    untouched = evaluate(pipe, scorer, forget=all_forget, general=every_cell, **call)
     base_cells = untouched.general
     results = {"untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {}}
     print(f"untouched: forget {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)

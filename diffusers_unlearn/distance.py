@@ -11,6 +11,7 @@ Two distances, both computed with the pipeline's current weights (every loaded r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -38,12 +39,14 @@ class PromptBank:
         self._pooled: dict[str, torch.Tensor] = {}
         self._ids: dict[str, list[int]] = {}
         self.predictions: dict[tuple[str, int, int], torch.Tensor] = {}  # score distance: (prompt, samples, seed)
+        self.encode_seconds = 0.0  # time spent in the text encoders
 
     def add(self, prompts: Sequence[str]) -> None:
         """Encodes the prompts not seen yet (raises if one is too long for the tokenizer)."""
         new = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
         for prompt in new:
             self._ids[prompt] = token_ids(self.tokenizer, prompt)
+        started = time.perf_counter()
         for start in range(0, len(new), self.batch_size):
             chunk = new[start : start + self.batch_size]
             embeds, pooled = self.family.encode(self.pipe, chunk)
@@ -51,6 +54,11 @@ class PromptBank:
                 self._embeds[prompt] = embeds[i].cpu()
                 if pooled is not None:
                     self._pooled[prompt] = pooled[i].cpu()
+        self.encode_seconds += time.perf_counter() - started
+
+    def __len__(self) -> int:
+        """How many prompts have been encoded."""
+        return len(self._embeds)
 
     def embeds(self, prompt: str) -> torch.Tensor:
         """`(L, d)` float32 embeddings of a prompt, as the edited layers read them."""

@@ -241,6 +241,8 @@ def erase(
         "rank_energy": remap.energy,
         "full_rank": remap.full_rank,
         "seconds": round(time.perf_counter() - started, 3),
+        "encode_seconds": round(bank.encode_seconds, 3),
+        "prompts_encoded": len(bank),
     }
     if pooled_record is not None:
         figures["pooled_forget_residual"] = pooled_record
