@@ -91,13 +91,15 @@ class Concept:
         The erased word is the digit (for a digit or a combination) or the colour; the other words of each
         prompt are its context. Candidates: the generic word "digit" and the context without the word. Other
         digits (or colours) are protected in the same contexts; for a combination, the same digit in the other
-        colours (and strokes) is protected too.
+        colours (and strokes) and asked without colour is protected too; for a colour, every digit asked
+        without colour.
         """
         if self.kind == "colour":
             return {
                 "concept": self.colour,
                 "prompts": self.forget_prompts(),
                 "neighbors": [c for c in COLOURS if c != self.colour],
+                "preserve": [p for d in range(len(DIGITS)) for p in _colourless(d)],
                 "name": f"no-{self.colour}",
             }
         word, numeral = DIGITS[self.digit], NUMERALS[self.digit]
@@ -119,7 +121,7 @@ class Concept:
                 for stroke in strokes
                 if not self.covers(self.digit, colour, stroke)
             ]
-            kwargs["preserve"] = others
+            kwargs["preserve"] = others + _colourless(self.digit)
         return kwargs
 
     # ---------------------------------------------------------------------------------------- measuring
@@ -148,6 +150,11 @@ class Concept:
         if self.kind == "combination":
             cells += [(self.digit, c, s) for c in COLOURS for s in STROKES if not self.covers(self.digit, c, s)]
         return cells
+
+
+def _colourless(digit: int) -> list[str]:
+    """Prompts that ask for a digit without colour or stroke: a colour or a combination removal keeps them."""
+    return [DIGITS[digit], f"a {DIGITS[digit]}", f"the number {NUMERALS[digit]}"]
 
 
 def cell_probe(digit: int, colour: str, stroke: str) -> ConceptProbe:
