@@ -57,19 +57,19 @@ def _scheduler() -> DDIMScheduler:
     )
 
 
+def _unet(seed: int, **config) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    base = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4)
+    return UNet2DConditionModel(**base, norm_num_groups=16, **config)
+
+
 def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A tiny SD 1.x-style pipeline: 32-wide CLIP text encoder, 4 cross-attention blocks (8 edited layers)."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
+        seed,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
-        norm_num_groups=16,
     )
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_text_config())
@@ -87,13 +87,8 @@ def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 def make_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """A tiny SDXL-style pipeline: two text encoders (32 + 32 wide, concatenated to 64) and pooled conditioning."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
+        seed,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -103,7 +98,6 @@ def make_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
         cross_attention_dim=64,
-        norm_num_groups=16,
     )
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_text_config(hidden_act="gelu", projection_dim=32))
