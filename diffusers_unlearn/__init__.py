@@ -31,6 +31,7 @@ from .families import FAMILIES, ModelFamily
 from .methods import ClosedFormConfig
 from .pipeline import LoadedUnlearning, load_unlearning, unlearning, unload_unlearning
 from .prompts import DEFAULT_TEMPLATES
+from .stack import UnlearningStack
 
 _pipeline._install()
 
@@ -47,6 +48,7 @@ __all__ = [
     "ModelFamily",
     "UnlearningAdapter",
     "UnlearningError",
+    "UnlearningStack",
     "UnsupportedPipelineError",
     "VerificationError",
     "__version__",

@@ -30,7 +30,7 @@ from .layers import base_linear, edited_layers, fingerprint
 
 logger = logging.getLogger(__name__)
 
-AdapterSource = str | os.PathLike | UnlearningAdapter
+AdapterSource = str | os.PathLike | UnlearningAdapter  # or an UnlearningStack
 
 _VERIFY_RTOL = 1e-3
 
@@ -112,17 +112,27 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
     return tuple(report)
 
 
-def _resolve(source: AdapterSource) -> UnlearningAdapter:
+def _expand(source: AdapterSource) -> list[UnlearningAdapter]:
+    """The removals a source stands for: one adapter, or every adapter of a stack, in order."""
+    from .stack import UnlearningStack, is_stack
+
     if isinstance(source, UnlearningAdapter):
-        return source
+        return [source]
+    if isinstance(source, UnlearningStack):
+        return list(source.adapters)
     if isinstance(source, str | os.PathLike):
         if not os.path.exists(source):
             raise AdapterNotFoundError(
-                f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` "
-                "or an `UnlearningAdapter`."
+                f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` or "
+                "`UnlearningStack.save_pretrained`, or an adapter object."
             )
-        return UnlearningAdapter.from_pretrained(source)
-    raise TypeError(f"Cannot load a removal from {type(source).__name__}; pass a folder path or an UnlearningAdapter.")
+        if is_stack(source):
+            return list(UnlearningStack.from_pretrained(source).adapters)
+        return [UnlearningAdapter.from_pretrained(source)]
+    raise TypeError(
+        f"Cannot load a removal from {type(source).__name__}; pass a folder path, an UnlearningAdapter or an "
+        "UnlearningStack."
+    )
 
 
 def load_unlearning(
@@ -140,8 +150,8 @@ def load_unlearning(
 
     Args:
         pipe (`DiffusionPipeline`): A Stable Diffusion or SDXL pipeline.
-        source (`str`, `os.PathLike`, [`UnlearningAdapter`], or a list of them): What to load; a folder
-            written by `UnlearningAdapter.save_pretrained` or an adapter object.
+        source (`str`, `os.PathLike`, [`UnlearningAdapter`], [`UnlearningStack`], or a list of them): What to
+            load: an adapter folder or object, or a stack folder / manifest / object (all its removals, in order).
         adapter_name (`str`, *optional*): Name on the pipeline (single source only); defaults to the removal's
             own name, e.g. `"no-van-gogh"`.
         fuse (`bool`, defaults to `False`): Add the edit into the weights (zero inference overhead; unloading
@@ -167,11 +177,11 @@ def load_unlearning(
         ```
     """
     sources = list(source) if isinstance(source, list | tuple) else [source]
-    if not sources:
-        raise ValueError("Nothing to load: `source` is an empty list.")
-    if adapter_name is not None and len(sources) > 1:
+    adapters = [adapter for s in sources for adapter in _expand(s)]
+    if not adapters:
+        raise ValueError("Nothing to load: `source` is empty.")
+    if adapter_name is not None and len(adapters) > 1:
         raise AdapterNameError("`adapter_name` names a single removal; several are loaded under their own names.")
-    adapters = [_resolve(s) for s in sources]
     names = [adapter_name] if adapter_name is not None else [a.name for a in adapters]
 
     family = family_of(pipe)
