@@ -7,8 +7,8 @@ On disk (DESIGN §4-5)::
       adapters/001-no-seven/     # each an UnlearningAdapter folder (a diffusers LoRA)
       adapters/002-no-red/
 
-Interference checks, merging and withdrawal with re-solve are planned (see the stack issue); this module holds
-the chain, its files and its loading.
+Interference checks, the joint re-solve and withdrawal with re-solve are planned (see the stack issue); this
+module holds the chain, its files, its loading and the exact / SVD merges.
 """
 
 from __future__ import annotations
@@ -107,6 +107,70 @@ class UnlearningStack:
         from .pipeline import load_unlearning
 
         return load_unlearning(pipe, list(self._adapters), fuse=fuse)
+
+    def merge(self, method: str = "concat", *, rank: int | None = None, name: str | None = None) -> UnlearningAdapter:
+        """Merges the chain into one removal that vanilla diffusers loads.
+
+        Args:
+            method (`str`): `"concat"`: the exact sum (factors stacked; rank = sum of ranks).
+                `"svd"`: the sum compressed per layer to `rank` by a truncated SVD; the relative Frobenius error
+                of each layer is recorded in `metadata["figures"]["merge_error"]` (the largest).
+                (`"joint"`, a re-solve of all members' constraints, is not there yet.)
+            rank (`int`, *optional*): Target rank for `"svd"` (default: the largest member rank).
+            name (`str`, *optional*): Name of the merged removal (default `"merged-<n>-removals"`).
+        """
+        import torch
+
+        if not self._adapters:
+            raise ValueError("The stack is empty: nothing to merge.")
+        if method not in ("concat", "svd"):
+            raise ValueError(f"Unknown merge method {method!r}; available: 'concat', 'svd' ('joint' is planned).")
+        denoiser = self._adapters[0].denoiser
+        layers = list(dict.fromkeys(layer for a in self._adapters for layer in a.layer_names))
+        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        worst_error = 0.0
+        for layer in layers:
+            members = [a.factors(layer) for a in self._adapters if layer in a.layer_names]
+            down = torch.cat([a_.float() for a_, _ in members])
+            up = torch.cat([b_.float() for _, b_ in members], dim=1)
+            if method == "svd":
+                target = rank or max(a.rank for a in self._adapters)
+                delta = up @ down
+                u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+                up, down = u[:, :target] * sv[:target], vh[:target]
+                kept = (up @ down - delta).norm() / delta.norm().clamp_min(1e-30)
+                worst_error = max(worst_error, float(kept))
+            factors[layer] = (down, up)
+        merged_rank = max(d.shape[0] for d, _ in factors.values())
+        weights = {}
+        for layer, (down, up) in factors.items():  # pad to one rank: diffusers' LoraConfig has one r
+            pad = merged_rank - down.shape[0]
+            weights[f"{denoiser}.{layer}.lora_A.weight"] = torch.nn.functional.pad(down, (0, 0, 0, pad))
+            weights[f"{denoiser}.{layer}.lora_B.weight"] = torch.nn.functional.pad(up, (0, pad))
+        first = self._adapters[0].metadata
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "name": name or f"merged-{len(self)}-removals",
+            "concept": None,
+            "redacted": any(a.concept is None for a in self._adapters),
+            "method": f"merge:{method}",
+            "members": [
+                {"name": a.name, "concept": a.concept, "adapter_id": a.metadata.get("adapter_id")} for a in self
+            ],
+            "family": first.get("family"),
+            "denoiser": denoiser,
+            "base_model": first.get("base_model"),
+            "base_fingerprint": self.base_fingerprint,
+            "rank": merged_rank,
+            "figures": {"merge_error": worst_error},
+        }
+        probes = {}
+        moments = [a.probes["forget_moment"] for a in self if "forget_moment" in a.probes]
+        if moments:  # later removals must protect every member's forget inputs
+            probes["forget_moment"] = torch.cat([m.float() for m in moments])
+        merged = UnlearningAdapter(lora_weights=weights, metadata=metadata, probes=probes)
+        merged.validate()
+        return merged
 
     # ------------------------------------------------------------------------------------------- files
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

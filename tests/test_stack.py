@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import generate, make_sd_pipeline
 
 import diffusers_unlearn as du
@@ -77,3 +78,24 @@ def test_apply(chain, sd_pipe):
     du.UnlearningStack(adapters).apply(sd_pipe, fuse=True)
     assert all(u.fused and u.verified for u in sd_pipe.unlearning)
     assert np.allclose(generate(sd_pipe, PROMPT), image, atol=1e-4)
+
+
+def test_merge_concat_is_exact_and_svd_reports_its_error(chain, tmp_path):
+    adapters, image = chain
+    stack = du.UnlearningStack(adapters)
+    concat = stack.merge("concat")
+    assert concat.rank == sum(a.rank for a in adapters)
+    for layer in adapters[0].layer_names:
+        total = sum(a.delta(layer) for a in adapters)
+        torch.testing.assert_close(concat.delta(layer), total, rtol=1e-5, atol=1e-6)
+    full = stack.merge("svd", rank=concat.rank)
+    assert full.metadata["figures"]["merge_error"] < 1e-4
+    small = stack.merge("svd", rank=2)
+    assert small.rank == 2 and 0 < small.metadata["figures"]["merge_error"] < 1
+
+    folder = concat.save_pretrained(tmp_path / "merged")  # the merged removal is a plain diffusers LoRA
+    pipe = make_sd_pipeline()
+    pipe.load_lora_weights(folder)
+    assert np.allclose(generate(pipe, PROMPT), image, atol=1e-4)
+    with pytest.raises(ValueError, match="planned"):
+        stack.merge("joint")
