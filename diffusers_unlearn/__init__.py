@@ -28,6 +28,7 @@ from .errors import (
     VerificationError,
 )
 from .families import FAMILIES, ModelFamily
+from .interference import InterferenceReport, check_interference
 from .methods import ClosedFormConfig
 from .pipeline import LoadedUnlearning, load_unlearning, unlearning, unload_unlearning
 from .prompts import DEFAULT_TEMPLATES
@@ -38,6 +39,7 @@ _pipeline._install()
 __all__ = [
     "DEFAULT_TEMPLATES",
     "FAMILIES",
+    "InterferenceReport",
     "AdapterFormatError",
     "AdapterNameError",
     "AdapterNotFoundError",
@@ -52,6 +54,7 @@ __all__ = [
     "UnsupportedPipelineError",
     "VerificationError",
     "__version__",
+    "check_interference",
     "erase",
     "load_unlearning",
     "unlearning",

@@ -108,6 +108,20 @@ class UnlearningStack:
 
         return load_unlearning(pipe, list(self._adapters), fuse=fuse)
 
+    def check(self, pipe: DiffusionPipeline, **thresholds):
+        """Interference report of the removals on each other (see [`check_interference`]); no image generated.
+
+        Example:
+            ```py
+            >>> report = stack.check(pipe)
+            >>> print(report)  # undo matrix, collateral, verdict
+            >>> report.passed
+            ```
+        """
+        from .interference import check_interference
+
+        return check_interference(pipe, list(self._adapters), **thresholds)
+
     def merge(self, method: str = "concat", *, rank: int | None = None, name: str | None = None) -> UnlearningAdapter:
         """Merges the chain into one removal that vanilla diffusers loads.
 

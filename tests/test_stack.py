@@ -99,3 +99,26 @@ def test_merge_concat_is_exact_and_svd_reports_its_error(chain, tmp_path):
     assert np.allclose(generate(pipe, PROMPT), image, atol=1e-4)
     with pytest.raises(ValueError, match="planned"):
         stack.merge("joint")
+
+
+def test_check_measures_interference_on_the_digits_model(tmp_path):
+    """Independently made removals move each other's protected inputs; one made on top of the other does not."""
+    from diffusers_unlearn import digits
+    from diffusers_unlearn.digits.concepts import Concept
+
+    pipe = digits.load_pipeline()
+    seven = du.erase(pipe, **Concept(7).erase_kwargs())
+    red_seven_alone = du.erase(pipe, **Concept(7, "red").erase_kwargs())
+    pipe.load_unlearning(seven)
+    red_seven_on_top = du.erase(pipe, **Concept(7, "red").erase_kwargs())
+    pipe.unload_unlearning()
+
+    independent = du.UnlearningStack([seven, red_seven_alone]).check(pipe)
+    chained = du.UnlearningStack([seven, red_seven_on_top]).check(pipe)
+    assert independent.matrix.shape == (2, 2) and independent.undo.diagonal().abs().max() == 0
+    # the removal made on top protects the first one's inputs: measured 4x less collateral, asserted 3x
+    assert chained.collateral[0, 1] * 3 < independent.collateral[0, 1]
+    assert not independent.passed and "verdict: FAILED" in str(independent)
+    assert independent.failures()
+    independent.plot(tmp_path / "heatmap.png")
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000
