@@ -107,10 +107,10 @@ def erase(
         >>> import diffusers_unlearn
         >>> from diffusers_unlearn import digits
         >>> pipe = digits.load_pipeline()
-        >>> adapter = diffusers_unlearn.erase(pipe, "seven", aliases=["7"], templates=digits.TEMPLATES,
-        ...                                   neighbors=["one", "four", "nine"])
-        >>> adapter.metadata["figures"]["forget_residual"] < 0.5
-        True
+        >>> adapter = diffusers_unlearn.erase(
+        ...     pipe, "seven", aliases=["7"], templates=["a {}", "the number {}", "a red {}"],
+        ...     category="digit", neighbors=["one", "four", "nine"])
+        >>> [t["target"] for t in adapter.metadata["targets"]]  # the model's own choice per context
         >>> pipe.load_unlearning(adapter)
         ```
     """
