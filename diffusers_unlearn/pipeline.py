@@ -212,9 +212,11 @@ def load_unlearning(
                     pipe.load_lora_weights(dict(adapter.lora_weights), adapter_name=name)
                 _activate(denoiser, [*active_before, *loaded_peft])
             state.entries.append(entry)
-            if not _is_applied(denoiser, entry, state, _fused_deltas(state)):
+        fused_total = _fused_deltas(state)  # once for the whole load: the check stays linear in the stack size
+        for entry in state.entries[len(snapshot[0]) :]:
+            if not _is_applied(denoiser, entry, state, fused_total):
                 raise VerificationError(
-                    f"Removal {name!r} was loaded but the model does not carry its edit; nothing was changed. "
+                    f"Removal {entry.name!r} was loaded but the model does not carry its edit; nothing was changed. "
                     "Another tool may have patched the attention layers; reload the pipeline and try again."
                 )
     except BaseException:
@@ -269,8 +271,8 @@ def unload_unlearning(pipe: DiffusionPipeline, names: str | Sequence[str] | None
 
 # ------------------------------------------------------------------------------------------------ internals
 def _check_compatible(pipe, denoiser, adapters, names, expected_fingerprint) -> None:
-    taken = _peft_adapter_names(pipe)
-    taken |= {entry.name for entry in (_state(pipe).entries if _state(pipe) else [])}
+    state = _state(pipe)
+    taken = _peft_adapter_names(pipe) | {entry.name for entry in (state.entries if state else [])}
     seen = set()
     for adapter, name in zip(adapters, names, strict=True):
         if name in taken or name in seen:
