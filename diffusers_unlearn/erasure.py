@@ -229,14 +229,15 @@ def erase(
 
     # figures, aggregated over all edited layers through the Gram matrix (exact: sum_l ||W_l x||^2 = x^T G x).
     g = (remap.up @ remap.down).double()
-    residual = (forget.double() @ g.T + forget.double() - target.double()).double()
+    residual = forget.double() @ g.T + forget.double() - target.double()
     gap = (forget - target).double()
     drift = protect.double() @ g.T
     figures = {
         "forget_residual": _ratio(residual, gap, gram),
         "protect_drift": _ratio(drift, protect.double(), gram),
-        "edit_norm_ratio": max(
-            float((weight @ remap.up @ remap.down).norm() / weight.norm()) for weight in weights.values()
+        "edit_norm_ratio": max(  # ||B A|| / ||W||, with B = W @ up already formed above
+            float((lora[f"{family.denoiser}.{layer}.lora_B.weight"] @ remap.down).norm() / weight.norm())
+            for layer, weight in weights.items()
         ),
         "rank_energy": remap.energy,
         "full_rank": remap.full_rank,
