@@ -125,7 +125,7 @@ def run(args) -> dict:
             started = time.perf_counter()
             adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
             seconds = time.perf_counter() - started
-            pipe.load_unlearning(adapter, fuse=True)
+            pipe.load_unlearning(adapter, mode="fused")
             removed = list(sequence[:step])
             forget, related, general = probes_at(removed)
             result = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)

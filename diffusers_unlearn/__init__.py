@@ -22,13 +22,15 @@ from .errors import (
     AdapterNameError,
     AdapterNotFoundError,
     BaseModelMismatchError,
+    InterferenceError,
     InvalidConceptError,
+    ResolveError,
     UnlearningError,
     UnsupportedPipelineError,
     VerificationError,
 )
 from .families import FAMILIES, ModelFamily
-from .interference import InterferenceReport, check_interference
+from .interference import InterferenceReport, check_interference, merge_deviation
 from .methods import ClosedFormConfig
 from .pipeline import LoadedUnlearning, load_unlearning, unlearning, unload_unlearning
 from .prompts import DEFAULT_TEMPLATES
@@ -45,7 +47,9 @@ __all__ = [
     "AdapterNotFoundError",
     "BaseModelMismatchError",
     "ClosedFormConfig",
+    "InterferenceError",
     "InvalidConceptError",
+    "ResolveError",
     "LoadedUnlearning",
     "ModelFamily",
     "UnlearningAdapter",
@@ -57,6 +61,7 @@ __all__ = [
     "check_interference",
     "erase",
     "load_unlearning",
+    "merge_deviation",
     "unlearning",
     "unload_unlearning",
 ]

@@ -44,6 +44,15 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
 
 
+def content_id(lora_weights: dict[str, torch.Tensor]) -> str:
+    """A short hash of the LoRA tensors' values: the `adapter_id` that chains use to name their parents."""
+    digest = hashlib.sha256()
+    for key in sorted(lora_weights):
+        digest.update(key.encode())
+        digest.update(lora_weights[key].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import logging
 import secrets
 import time
@@ -15,18 +14,18 @@ import torch
 from diffusers import DiffusionPipeline
 
 from . import __version__
-from .adapter import FORMAT_VERSION, UnlearningAdapter, slugify
+from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
+from .constraints import Constraints, concept_hash_of, solve
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
 from .errors import InvalidConceptError
 from .families import family_of
-from .layers import current_weight, edited_layers, pooled_layer
-from .methods.closed_form import ClosedFormConfig, Remap, moment, solve_remap
+from .layers import current_weight, edited_layers
+from .methods.closed_form import ClosedFormConfig, Remap
 from .pipeline import base_fingerprint, loaded_adapters
 from .prompts import DEFAULT_TEMPLATES, Context, check_names, contexts_from_prompts
 
 logger = logging.getLogger(__name__)
 
-_MAX_PROBE_DIRECTIONS = 128
 _MINING_POOL = 200
 
 
@@ -200,66 +199,30 @@ def erase(
         "preserve": list(preserve),
     }
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
-    protected = list(dict.fromkeys(p for prompts in groups.values() for p in prompts))
-    bank.add(protected)
-
-    # 4. the closed-form solve.
-    forget_rows, target_rows = [], []
-    for context in contexts:
-        for prompt in forget_prompts[context]:
-            f, t = bank.aligned(prompt, targets[context])
-            forget_rows.append(f)
-            target_rows.append(t)
-    forget, target = torch.cat(forget_rows), torch.cat(target_rows)
-    protect = torch.cat([bank.embeds(p) for p in protected])
+    # 4. the closed-form solve, on top of every removal already loaded.
     previous = loaded_adapters(pipe)
-    protect_moment = sum(moment(torch.cat([bank.embeds(p) for p in prompts])) for prompts in groups.values())
-    earlier = [a.probes["forget_moment"].double() for a in previous if "forget_moment" in a.probes]
-    if earlier:  # keep earlier removals removed: one more group, the mean of their forget moments
-        protect_moment = protect_moment + sum(f.T @ f for f in earlier) / len(earlier)
-    remap = solve_remap(forget, target, protect_moment, config)
-
-    lora = {}
-    for layer, weight in weights.items():
-        lora[f"{family.denoiser}.{layer}.lora_A.weight"] = remap.down.clone()
-        lora[f"{family.denoiser}.{layer}.lora_B.weight"] = weight @ remap.up
-    pooled_record = None
-    if family.pooled_layer is not None:
-        pooled_record = _edit_pooled(pipe, family, bank, forget_prompts, targets, protected, config, remap.rank, lora)
-
-    # figures, aggregated over all edited layers through the Gram matrix (exact: sum_l ||W_l x||^2 = x^T G x).
-    g = (remap.up @ remap.down).double()
-    residual = forget.double() @ g.T + forget.double() - target.double()
-    gap = (forget - target).double()
-    drift = protect.double() @ g.T
+    pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
+    solution = solve(
+        pipe,
+        Constraints(forget=[pairs], protect=groups),
+        config,
+        protect_factors=[a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
+        bank=bank,
+    )
+    remap, lora = solution.remap, solution.lora
     figures = {
-        "forget_residual": _ratio(residual, gap, gram),
-        "protect_drift": _ratio(drift, protect.double(), gram),
-        "edit_norm_ratio": max(  # ||B A|| / ||W||, with B = W @ up already formed above
-            float((lora[f"{family.denoiser}.{layer}.lora_B.weight"] @ remap.down).norm() / weight.norm())
-            for layer, weight in weights.items()
-        ),
-        "rank_energy": remap.energy,
-        "full_rank": remap.full_rank,
+        **solution.figures,
         "seconds": round(time.perf_counter() - started, 3),
         "encode_seconds": round(bank.encode_seconds, 3),
         "prompts_encoded": len(bank),
     }
-    if pooled_record is not None:
-        figures["pooled_forget_residual"] = pooled_record
 
     metadata = _metadata(
         pipe, family, concept, names, redact, name, config, remap, target_records, neighbor_ranking,
-        protected, previous, figures, distance, forget_prompts,
+        groups, previous, figures, distance, forget_prompts,
     )  # fmt: skip
-    probes = {
-        "forget_moment": _moment_factor(moment(forget)),
-        "protect_moment": _moment_factor(protect_moment.float()),
-        "remap_up": remap.up.contiguous(),
-        "remap_down": remap.down.contiguous(),
-    }
-    adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=probes)
-    adapter.metadata["adapter_id"] = _content_id(lora)
+    adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=solution.probes)
+    adapter.metadata["adapter_id"] = content_id(lora)
     logger.info(
         "Erased %r in %.2fs (rank %d, residual %.3f)",
         concept,
@@ -268,29 +231,6 @@ def erase(
         figures["forget_residual"],
     )
     return adapter
-
-
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, gram: torch.Tensor) -> float:
-    top = ((numerator @ gram) * numerator).sum()
-    bottom = ((denominator @ gram) * denominator).sum().clamp_min(1e-30)
-    return float((top / bottom).sqrt())
-
-
-def _moment_factor(moment_matrix: torch.Tensor) -> torch.Tensor:
-    """Rows `P` with `P^T P ~= moment` (top eigen-directions, 99.9% of the trace, at most 128 rows)."""
-    values, vectors = torch.linalg.eigh(moment_matrix.double())
-    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-    kept = int(((values.cumsum(0) / values.sum().clamp_min(1e-30)) < 0.999).sum()) + 1
-    kept = min(kept, _MAX_PROBE_DIRECTIONS, len(values))
-    return (vectors[:, :kept] * values[:kept].sqrt()).T.float().contiguous()
-
-
-def _content_id(lora: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(lora):
-        digest.update(key.encode())
-        digest.update(lora[key].detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> list[str]:
@@ -313,37 +253,13 @@ def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> 
     return [words[i] for i in top]
 
 
-def _edit_pooled(pipe, family, bank, forget_prompts, targets, protected, config, rank, lora) -> float:
-    """SDXL: the same remap in the pooled text embedding's space, on the pooled columns of `add_embedding`.
-
-    The pooled embedding conditions the UNet through `add_embedding`; leaving it unedited lets a concept leak
-    back (see docs/method.md). Returns the pooled forget residual.
-    """
-    forget = torch.stack([bank.pooled(p) for c, ps in forget_prompts.items() for p in ps])
-    target = torch.stack([bank.pooled(targets[c]) for c, ps in forget_prompts.items() for _ in ps])
-    protect = torch.stack([bank.pooled(p) for p in protected])
-    pooled_config = dataclasses.replace(config, rank=rank)
-    remap = solve_remap(forget, target, moment(protect), pooled_config)
-    module = pooled_layer(getattr(pipe, family.denoiser), family)
-    weight = current_weight(module)
-    width = forget.shape[1]
-    down = torch.zeros(rank, weight.shape[1])
-    down[: remap.rank, :width] = remap.down
-    up = torch.zeros(width, rank)
-    up[:, : remap.rank] = remap.up
-    lora[f"{family.denoiser}.{family.pooled_layer}.lora_A.weight"] = down
-    lora[f"{family.denoiser}.{family.pooled_layer}.lora_B.weight"] = weight[:, :width] @ up
-    g = up @ down[:, :width]
-    residual = forget @ g.T + forget - target
-    return float(residual.norm() / (forget - target).norm().clamp_min(1e-30))
-
-
 def _metadata(
     pipe, family, concept, names, redact, name, config, remap: Remap, target_records, neighbor_ranking,
-    protected, previous, figures, distance, forget_prompts,
+    groups, previous, figures, distance, forget_prompts,
 ) -> dict:  # fmt: skip
     salt = secrets.token_hex(8)
-    concept_hash = "sha256:" + hashlib.sha256((salt + concept.strip().lower()).encode()).hexdigest()
+    concept_hash = concept_hash_of(salt, concept)
+    protected = list(dict.fromkeys(p for prompts in groups.values() for p in prompts))
     metadata = {
         "format_version": FORMAT_VERSION,
         "library": f"diffusers-unlearn {__version__}",
@@ -358,6 +274,7 @@ def _metadata(
         "targets": target_records,
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,
+        "preserve": groups.get("preserve", []),
         "method": "closed_form",
         "hyperparameters": {**dataclasses.asdict(config), "distance": distance},
         "family": family.name,
@@ -372,5 +289,6 @@ def _metadata(
         # may name it twice: drop any record that still mentions a name.
         lowered = [n.lower() for n in names]
         metadata["targets"] = [r for r in target_records if not any(n in r["context"].lower() for n in lowered)]
-        metadata["protected_prompts"] = [p for p in protected if not any(n in p.lower() for n in lowered)]
+        for key in ("protected_prompts", "preserve"):
+            metadata[key] = [p for p in metadata[key] if not any(n in p.lower() for n in lowered)]
     return metadata

@@ -38,3 +38,15 @@ class AdapterNameError(UnlearningError, ValueError):
 
 class VerificationError(UnlearningError, RuntimeError):
     """A removal was loaded but the model does not carry its edit: refusing to pretend it is active."""
+
+
+class ResolveError(UnlearningError, ValueError):
+    """Removals cannot be re-solved (joint merge, withdrawal): redacted, not closed-form, or no pipeline given."""
+
+
+class InterferenceError(UnlearningError, ValueError):
+    """Removals interfere beyond the check's thresholds; `error.report` holds the [`InterferenceReport`]."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report

@@ -1,8 +1,9 @@
 """Loading removals onto a pipeline: `load_unlearning`, `unload_unlearning`, `pipe.unlearning`.
 
-Unfused removals are ordinary PEFT adapters (loaded with diffusers' own `load_lora_weights`, so
-`pipe.get_list_adapters()` lists them); fused removals are added into the edited weights, with a copy of the
-original weights kept so that unloading restores them bit for bit. Every load is checked first (base
+Three ways to load (`mode=`): `"adapters"`, each removal an ordinary PEFT adapter (loaded with diffusers' own
+`load_lora_weights`, so `pipe.get_list_adapters()` lists them); `"merged"`, all of them summed exactly into one
+PEFT adapter (one LoRA pass at inference whatever the stack's size); `"fused"`, added into the edited weights,
+with a copy of the original weights kept so that unloading restores them bit for bit. Every load is checked first (base
 fingerprint, layer names, shapes) and verified after (each layer carries the expected delta); a failure
 anywhere rolls the pipeline back to exactly what it was.
 
@@ -18,19 +19,27 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .adapter import UnlearningAdapter
-from .errors import AdapterNameError, AdapterNotFoundError, BaseModelMismatchError, VerificationError
+from .errors import (
+    AdapterNameError,
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    InterferenceError,
+    VerificationError,
+)
 from .families import family_of
 from .layers import base_linear, edited_layers, fingerprint
 
 logger = logging.getLogger(__name__)
 
 AdapterSource = str | os.PathLike | UnlearningAdapter  # or an UnlearningStack
+LoadMode = Literal["adapters", "merged", "fused"]
 
 _VERIFY_RTOL = 1e-3
 
@@ -41,24 +50,36 @@ class LoadedUnlearning:
 
     Attributes:
         name (`str`): Adapter name on the pipeline.
-        concept (`str | None`): The erased concept, `None` if redacted.
-        fused (`bool`): Whether the edit was added into the weights.
+        concept (`str | None`): The erased concept; `None` if redacted or for a merged entry.
+        mode (`str`): `"adapters"` (its own PEFT adapter), `"merged"` (one PEFT adapter holding several
+            removals, listed in `members`) or `"fused"` (added into the weights).
         rank (`int`): LoRA rank.
         verified (`bool`): The layers were checked to carry the removal's exact delta after loading.
+        members (`tuple[str, ...]`): The removals this entry holds (several for a merged entry).
     """
 
     name: str
     concept: str | None
-    fused: bool
+    mode: str
     rank: int
     verified: bool
+    members: tuple[str, ...] = ()
+
+    @property
+    def fused(self) -> bool:
+        return self.mode == "fused"
 
 
 @dataclass
 class _Entry:
     adapter: UnlearningAdapter
     name: str
-    fused: bool
+    mode: str
+    members: tuple[str, ...]
+
+    @property
+    def fused(self) -> bool:
+        return self.mode == "fused"
 
 
 @dataclass
@@ -108,7 +129,8 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
     report = []
     for entry in state.entries:
         verified = _is_applied(denoiser, entry, state, fused_total)
-        report.append(LoadedUnlearning(entry.name, entry.adapter.concept, entry.fused, entry.adapter.rank, verified))
+        adapter = entry.adapter
+        report.append(LoadedUnlearning(entry.name, adapter.concept, entry.mode, adapter.rank, verified, entry.members))
     return tuple(report)
 
 
@@ -140,7 +162,8 @@ def load_unlearning(
     source: AdapterSource | Sequence[AdapterSource],
     *,
     adapter_name: str | None = None,
-    fuse: bool = False,
+    mode: LoadMode = "adapters",
+    check: bool | Literal["warn"] = False,
 ) -> tuple[LoadedUnlearning, ...]:
     """Loads one removal, or several in order, onto `pipe`; all or nothing.
 
@@ -152,10 +175,15 @@ def load_unlearning(
         pipe (`DiffusionPipeline`): A Stable Diffusion or SDXL pipeline.
         source (`str`, `os.PathLike`, [`UnlearningAdapter`], [`UnlearningStack`], or a list of them): What to
             load: an adapter folder or object, or a stack folder / manifest / object (all its removals, in order).
-        adapter_name (`str`, *optional*): Name on the pipeline (single source only); defaults to the removal's
-            own name, e.g. `"no-van-gogh"`.
-        fuse (`bool`, defaults to `False`): Add the edit into the weights (zero inference overhead; unloading
-            restores the original weights exactly). Unfused removals are regular PEFT adapters.
+        adapter_name (`str`, *optional*): Name on the pipeline of a single removal, or of the merged adapter
+            (`mode="merged"`); defaults to the removal's own name (`"no-van-gogh"`), or `"merged-<n>-removals"`.
+        mode (`str`, defaults to `"adapters"`):
+            - `"adapters"`: each removal its own PEFT adapter (listed by `pipe.get_list_adapters()`);
+            - `"merged"`: the removals summed exactly into one PEFT adapter: one LoRA pass at inference;
+            - `"fused"`: added into the weights (no inference overhead); unloading restores them exactly.
+        check (`bool` or `"warn"`, defaults to `False`): Measure interference between the new removals and those
+            already loaded (see [`check_interference`]) before touching the pipeline; raise on failure, or warn
+            with `"warn"`.
 
     Returns:
         `tuple[LoadedUnlearning, ...]`: everything loaded on the pipeline now, in order (as `pipe.unlearning`).
@@ -164,6 +192,7 @@ def load_unlearning(
         AdapterNotFoundError, AdapterFormatError: The source cannot be read.
         BaseModelMismatchError: The removal was made for other base weights.
         AdapterNameError: The name is already used on the pipeline.
+        InterferenceError: `check=True` and the removals interfere (`error.report` has the figures).
         VerificationError: The model does not carry the edit after loading (nothing is left loaded).
 
     Example:
@@ -173,22 +202,36 @@ def load_unlearning(
         >>> adapter = diffusers_unlearn.erase(pipe, "seven", aliases=["7"])
         >>> adapter.save_pretrained("no-seven")
         >>> pipe.unload_unlearning()
-        >>> pipe.load_unlearning("no-seven", fuse=True)
+        >>> pipe.load_unlearning("no-seven", mode="fused", check=True)
         ```
     """
+    if mode not in ("adapters", "merged", "fused"):
+        raise ValueError(f"Unknown mode {mode!r}; use 'adapters', 'merged' or 'fused'.")
+    if check not in (True, False, "warn"):
+        raise ValueError(f"check must be True, False or 'warn', got {check!r}.")
     sources = list(source) if isinstance(source, list | tuple) else [source]
     adapters = [adapter for s in sources for adapter in _expand(s)]
     if not adapters:
         raise ValueError("Nothing to load: `source` is empty.")
-    if adapter_name is not None and len(adapters) > 1:
+    if adapter_name is not None and len(adapters) > 1 and mode != "merged":
         raise AdapterNameError("`adapter_name` names a single removal; several are loaded under their own names.")
-    names = [adapter_name] if adapter_name is not None else [a.name for a in adapters]
+    if mode == "merged":
+        from .stack import UnlearningStack
+
+        members = tuple(a.name for a in adapters)
+        merged = UnlearningStack(adapters).merge("concat", name=adapter_name) if len(adapters) > 1 else adapters[0]
+        entries = [_Entry(merged, adapter_name or merged.name, mode, members)]
+    else:
+        names = [adapter_name] if adapter_name is not None else [a.name for a in adapters]
+        entries = [_Entry(a, name, mode, (a.name,)) for a, name in zip(adapters, names, strict=True)]
 
     family = family_of(pipe)
     denoiser = getattr(pipe, family.denoiser)
     state = _state(pipe)
     expected_fingerprint = base_fingerprint(pipe)
-    _check_compatible(pipe, denoiser, adapters, names, expected_fingerprint)
+    _check_compatible(pipe, denoiser, entries, expected_fingerprint)
+    if check:
+        _check_interference(pipe, adapters, warn_only=check == "warn")
 
     new_state = state is None
     if new_state:
@@ -201,15 +244,14 @@ def load_unlearning(
     }
     loaded_peft: list[str] = []
     try:
-        for adapter, name in zip(adapters, names, strict=True):
-            entry = _Entry(adapter=adapter, name=name, fused=fuse)
-            if fuse:
-                _fuse(denoiser, state, adapter)
+        for entry in entries:
+            if entry.fused:
+                _fuse(denoiser, state, entry.adapter)
             else:
-                loaded_peft.append(name)
+                loaded_peft.append(entry.name)
                 with warnings.catch_warnings():  # several adapters on one model is the point of a stack
                     warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                    pipe.load_lora_weights(dict(adapter.lora_weights), adapter_name=name)
+                    pipe.load_lora_weights(dict(entry.adapter.lora_weights), adapter_name=entry.name)
                 _activate(denoiser, [*active_before, *loaded_peft])
             state.entries.append(entry)
         fused_total = _fused_deltas(state)  # once for the whole load: the check stays linear in the stack size
@@ -224,8 +266,25 @@ def load_unlearning(
         if new_state:
             del _STATES[pipe]
         raise
-    logger.info("Loaded %d removal(s): %s", len(adapters), ", ".join(names))
+    logger.info("Loaded %d removal(s) (%s): %s", len(adapters), mode, ", ".join(a.name for a in adapters))
     return unlearning(pipe)
+
+
+def _check_interference(pipe: DiffusionPipeline, adapters: list[UnlearningAdapter], warn_only: bool) -> None:
+    from .interference import check_interference
+
+    report = check_interference(pipe, [*loaded_adapters(pipe), *adapters])
+    if report.passed:
+        return
+    message = "The removals interfere:\n" + str(report)
+    if warn_only:
+        warnings.warn(message, stacklevel=3)
+        return
+    raise InterferenceError(
+        message + "\nMerge them with `UnlearningStack(...).merge('joint', pipe=pipe)`, re-make the later ones on top "
+        "of the earlier ones, or pass check='warn' to load anyway.",
+        report,
+    )
 
 
 def unload_unlearning(pipe: DiffusionPipeline, names: str | Sequence[str] | None = None) -> None:
@@ -270,11 +329,12 @@ def unload_unlearning(pipe: DiffusionPipeline, names: str | Sequence[str] | None
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _check_compatible(pipe, denoiser, adapters, names, expected_fingerprint) -> None:
+def _check_compatible(pipe, denoiser, entries: list[_Entry], expected_fingerprint) -> None:
     state = _state(pipe)
     taken = _peft_adapter_names(pipe) | {entry.name for entry in (state.entries if state else [])}
     seen = set()
-    for adapter, name in zip(adapters, names, strict=True):
+    for entry in entries:
+        adapter, name = entry.adapter, entry.name
         if name in taken or name in seen:
             raise AdapterNameError(
                 f"An adapter named {name!r} is already loaded; pass `adapter_name=` to load it under another name, "

@@ -7,23 +7,45 @@ On disk (DESIGN §4-5)::
       adapters/001-no-seven/     # each an UnlearningAdapter folder (a diffusers LoRA)
       adapters/002-no-red/
 
-Interference checks, the joint re-solve and withdrawal with re-solve are planned (see the stack issue); this
-module holds the chain, its files, its loading and the exact / SVD merges.
+The stack checks its removals for interference ([`check_interference`]), merges them (exact sum, SVD
+compression, or a joint closed-form re-solve) and withdraws one from the middle of a chain by re-solving the
+removals that were made on top of it.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
+import torch
 from diffusers import DiffusionPipeline
 
-from .adapter import FORMAT_VERSION, WEIGHTS_NAME, UnlearningAdapter, atomic_write, sha256_file
-from .errors import AdapterFormatError, AdapterNameError, AdapterNotFoundError, BaseModelMismatchError
+from .adapter import FORMAT_VERSION, WEIGHTS_NAME, UnlearningAdapter, atomic_write, content_id, sha256_file
+from .constraints import config_of, constraints_of, forget_pairs, joint_constraints, moment_factor, solve
+from .errors import (
+    AdapterFormatError,
+    AdapterNameError,
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    ResolveError,
+)
+from .interference import InterferenceReport, check_interference
+from .pipeline import (
+    LoadedUnlearning,
+    LoadMode,
+    base_fingerprint,
+    load_unlearning,
+    loaded_adapters,
+    unload_unlearning,
+)
 
 MANIFEST_NAME = "unlearning_stack.json"
+_JOINT_MIN_ENERGY = 0.999  # members' remaps are already truncated: keep nearly all of the joint edit
 
 
 class UnlearningStack:
@@ -91,10 +113,62 @@ class UnlearningStack:
             )
         self._adapters.append(adapter)
 
-    def remove(self, name: str) -> UnlearningAdapter:
-        """Takes a removal out of the chain and returns it. Later removals are kept as they are (re-solving
-        them without it is planned)."""
-        return self._adapters.pop(self._index(name))
+    def remove(self, name: str, *, pipe: DiffusionPipeline | None = None, resolve: bool = True) -> UnlearningAdapter:
+        """Withdraws a removal from the chain and returns it.
+
+        Removals made on top of it (it is among their `parents`) were solved on a model that carried it: their
+        weights depend on it. With `pipe`, each of them is re-solved, in order, from its stored constraints (same
+        forget prompts, targets and protected prompts) on the base model with the remaining earlier removals
+        loaded; the re-solved removals keep their names and record what they replace under `"resolved"`.
+
+        Args:
+            name (`str`): The removal to withdraw.
+            pipe (`DiffusionPipeline`, *optional*): The base pipeline, with no removal loaded; needed when later
+                removals depend on the withdrawn one. It is left as it was.
+            resolve (`bool`, defaults to `True`): `False` keeps the later removals as they are (they then still
+                carry a share of the withdrawn edit, as protection of its inputs).
+
+        Raises:
+            AdapterNameError: No removal of that name.
+            ResolveError: Later removals depend on it and `pipe` is missing, or one of them cannot be re-solved
+                (redacted or not closed-form); the stack is unchanged.
+
+        Example:
+            ```py
+            >>> stack.remove("no-red", pipe=pipe)  # "no-blue-three", made on top, is re-solved without it
+            ```
+        """
+        index = self._index(name)
+        withdrawn = self._adapters[index]
+        changed = {withdrawn.name}
+        dependents = []
+        for adapter in self._adapters[index + 1 :]:
+            if {parent["name"] for parent in adapter.metadata.get("parents", [])} & changed:
+                dependents.append(adapter.name)
+                changed.add(adapter.name)
+        if not dependents or not resolve:
+            return self._adapters.pop(index)
+        if pipe is None:
+            raise ResolveError(
+                f"{dependents} were made on top of {name!r}; pass `pipe=` (the base pipeline) to re-solve them "
+                "without it, or `resolve=False` to keep them as they are."
+            )
+        for dependent in dependents:
+            forget_pairs(self[dependent])  # raises now, before any work, if one cannot be re-solved
+        _require_base(pipe, self, "withdraw a removal")
+        chain = self._adapters[:index]
+        try:
+            if chain:
+                load_unlearning(pipe, chain)
+            for adapter in self._adapters[index + 1 :]:
+                if adapter.name in dependents:
+                    adapter = _resolved(pipe, adapter, withdrawn)
+                load_unlearning(pipe, adapter)
+                chain.append(adapter)
+        finally:
+            unload_unlearning(pipe)
+        self._adapters = chain
+        return withdrawn
 
     def reorder(self, names: Sequence[str]) -> None:
         """Puts the removals in the given order (every name exactly once)."""
@@ -102,13 +176,13 @@ class UnlearningStack:
             raise AdapterNameError(f"reorder needs each of {self.names} exactly once, got {list(names)}.")
         self._adapters = [self[name] for name in names]
 
-    def apply(self, pipe: DiffusionPipeline, *, fuse: bool = False):
-        """Loads every removal onto `pipe`, in order, all or nothing (see [`load_unlearning`])."""
-        from .pipeline import load_unlearning
+    def apply(
+        self, pipe: DiffusionPipeline, *, mode: LoadMode = "adapters", check: bool | Literal["warn"] = False
+    ) -> tuple[LoadedUnlearning, ...]:
+        """Loads every removal onto `pipe`, in order, all or nothing (see [`load_unlearning`] for `mode`, `check`)."""
+        return load_unlearning(pipe, list(self._adapters), mode=mode, check=check)
 
-        return load_unlearning(pipe, list(self._adapters), fuse=fuse)
-
-    def check(self, pipe: DiffusionPipeline, **thresholds):
+    def check(self, pipe: DiffusionPipeline, **thresholds: float) -> InterferenceReport:
         """Interference report of the removals on each other (see [`check_interference`]); no image generated.
 
         Example:
@@ -118,27 +192,48 @@ class UnlearningStack:
             >>> report.passed
             ```
         """
-        from .interference import check_interference
-
         return check_interference(pipe, list(self._adapters), **thresholds)
 
-    def merge(self, method: str = "concat", *, rank: int | None = None, name: str | None = None) -> UnlearningAdapter:
+    def merge(
+        self,
+        method: Literal["concat", "svd", "joint"] = "concat",
+        *,
+        pipe: DiffusionPipeline | None = None,
+        rank: int | None = None,
+        name: str | None = None,
+    ) -> UnlearningAdapter:
         """Merges the chain into one removal that vanilla diffusers loads.
 
         Args:
-            method (`str`): `"concat"`: the exact sum (factors stacked; rank = sum of ranks).
-                `"svd"`: the sum compressed per layer to `rank` by a truncated SVD; the relative Frobenius error
-                of each layer is recorded in `metadata["figures"]["merge_error"]` (the largest).
-                (`"joint"`, a re-solve of all members' constraints, is not there yet.)
-            rank (`int`, *optional*): Target rank for `"svd"` (default: the largest member rank).
+            method (`str`):
+                - `"concat"`: the exact sum (factors stacked; rank = sum of ranks).
+                - `"svd"`: the sum compressed per layer to `rank` by a truncated SVD; the largest relative
+                  Frobenius error over the layers is recorded in `metadata["figures"]["merge_error"]`.
+                - `"joint"`: every member's constraints re-solved at once on the base model (closed-form members
+                  only; needs `pipe`). Where the members interfere (one erases what another protects, or both
+                  move the same prompts), the joint solve finds the one edit that serves all of them instead of
+                  adding their edits; a protected prompt that some member erases is not protected.
+            pipe (`DiffusionPipeline`, *optional*): The base pipeline with no removal loaded (`"joint"` only).
+            rank (`int`, *optional*): Target rank: for `"svd"` default the largest member rank; for `"joint"`
+                default the smallest keeping 99.9% of the edit, at most the sum of the member ranks.
             name (`str`, *optional*): Name of the merged removal (default `"merged-<n>-removals"`).
-        """
-        import torch
 
+        Raises:
+            ResolveError: `"joint"` without `pipe`, with removals loaded on it, or with members that cannot be
+                re-solved.
+
+        Example:
+            ```py
+            >>> merged = stack.merge("joint", pipe=pipe)
+            >>> merged.save_pretrained("no-sevens")  # one diffusers LoRA for the whole chain
+            ```
+        """
         if not self._adapters:
             raise ValueError("The stack is empty: nothing to merge.")
+        if method == "joint":
+            return self._merge_joint(pipe, rank, name)
         if method not in ("concat", "svd"):
-            raise ValueError(f"Unknown merge method {method!r}; available: 'concat', 'svd' ('joint' is planned).")
+            raise ValueError(f"Unknown merge method {method!r}; available: 'concat', 'svd', 'joint'.")
         denoiser = self._adapters[0].denoiser
         layers = list(dict.fromkeys(layer for a in self._adapters for layer in a.layer_names))
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -161,8 +256,33 @@ class UnlearningStack:
             pad = merged_rank - down.shape[0]
             weights[f"{denoiser}.{layer}.lora_A.weight"] = torch.nn.functional.pad(down, (0, 0, 0, pad))
             weights[f"{denoiser}.{layer}.lora_B.weight"] = torch.nn.functional.pad(up, (0, pad))
+        probes = {}
+        for key in ("forget_moment", "protect_moment"):  # the members' mean moment, as the chain protects them
+            factors_ = [a.probes[key].double() for a in self if key in a.probes]
+            if factors_:
+                probes[key] = moment_factor(sum(f.T @ f for f in factors_) / len(factors_))
+        metadata = self._merged_metadata(method, name, merged_rank, {"merge_error": worst_error})
+        return self._merged(weights, metadata, probes)
+
+    def _merge_joint(self, pipe: DiffusionPipeline | None, rank: int | None, name: str | None) -> UnlearningAdapter:
+        if pipe is None:
+            raise ResolveError("merge('joint') re-solves on the base model: pass `pipe=` (the base pipeline).")
+        joint = joint_constraints(list(self))  # raises for members that cannot be re-solved
+        _require_base(pipe, self, "merge('joint')")
+        config = dataclasses.replace(
+            config_of(self._adapters[0]),
+            rank=rank,
+            max_rank=sum(a.rank for a in self._adapters),
+            min_energy=_JOINT_MIN_ENERGY,
+        )
+        solution = solve(pipe, joint, config)
+        metadata = self._merged_metadata("joint", name, solution.remap.rank, solution.figures)
+        metadata["hyperparameters"] = dataclasses.asdict(config)
+        return self._merged(solution.lora, metadata, solution.probes)
+
+    def _merged_metadata(self, method: str, name: str | None, rank: int, figures: dict) -> dict:
         first = self._adapters[0].metadata
-        metadata = {
+        return {
             "format_version": FORMAT_VERSION,
             "name": name or f"merged-{len(self)}-removals",
             "concept": None,
@@ -172,17 +292,17 @@ class UnlearningStack:
                 {"name": a.name, "concept": a.concept, "adapter_id": a.metadata.get("adapter_id")} for a in self
             ],
             "family": first.get("family"),
-            "denoiser": denoiser,
+            "denoiser": first.get("denoiser", "unet"),
             "base_model": first.get("base_model"),
             "base_fingerprint": self.base_fingerprint,
-            "rank": merged_rank,
-            "figures": {"merge_error": worst_error},
+            "rank": rank,
+            "figures": figures,
         }
-        probes = {}
-        moments = [a.probes["forget_moment"] for a in self if "forget_moment" in a.probes]
-        if moments:  # later removals must protect every member's forget inputs
-            probes["forget_moment"] = torch.cat([m.float() for m in moments])
+
+    @staticmethod
+    def _merged(weights: dict, metadata: dict, probes: dict) -> UnlearningAdapter:
         merged = UnlearningAdapter(lora_weights=weights, metadata=metadata, probes=probes)
+        merged.metadata["adapter_id"] = content_id(weights)
         merged.validate()
         return merged
 
@@ -249,6 +369,41 @@ class UnlearningStack:
                 )
             adapters.append(UnlearningAdapter.from_pretrained(folder))
         return cls(adapters)
+
+
+def _require_base(pipe: DiffusionPipeline, stack: UnlearningStack, action: str) -> None:
+    """Re-solving needs the bare base model: nothing of ours loaded, the stack's base weights."""
+    if loaded_adapters(pipe):
+        raise ResolveError(
+            f"To {action}, pass the base pipeline: unload its removals first (pipe.unload_unlearning())."
+        )
+    if base_fingerprint(pipe) != stack.base_fingerprint:
+        raise BaseModelMismatchError(
+            f"The stack was made for base weights {stack.base_fingerprint}; this pipeline's are "
+            f"{base_fingerprint(pipe)}."
+        )
+
+
+def _resolved(pipe: DiffusionPipeline, adapter: UnlearningAdapter, withdrawn: UnlearningAdapter) -> UnlearningAdapter:
+    """`adapter` re-solved from its constraints on `pipe` as loaded now (its earlier removals, without `withdrawn`)."""
+    previous = loaded_adapters(pipe)
+    solution = solve(
+        pipe,
+        constraints_of(adapter),
+        config_of(adapter),
+        protect_factors=[a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
+    )
+    metadata = copy.deepcopy(adapter.metadata)
+    metadata.update(
+        rank=solution.remap.rank,
+        parents=[{"name": a.name, "adapter_id": a.metadata.get("adapter_id")} for a in previous],
+        figures={**adapter.metadata.get("figures", {}), **solution.figures},
+        adapter_id=content_id(solution.lora),
+        resolved={"withdrawn": withdrawn.name, "replaces": adapter.metadata.get("adapter_id")},
+    )
+    resolved = UnlearningAdapter(lora_weights=solution.lora, metadata=metadata, probes=solution.probes)
+    resolved.validate()
+    return resolved
 
 
 def is_stack(path: str | os.PathLike) -> bool:

@@ -43,12 +43,16 @@ def test_methods_added_without_replacing_diffusers():
     assert out.strip() == "['load_unlearning', 'unlearning', 'unload_unlearning']"
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-def test_load_then_unload_restores_the_exact_model(sd_pipe, removals, fuse):
+@pytest.mark.parametrize("mode", ["adapters", "merged", "fused"])
+def test_load_then_unload_restores_the_exact_model(sd_pipe, removals, mode):
     reference, base_image = weights(sd_pipe), generate(sd_pipe, PROMPT)
-    loaded = sd_pipe.load_unlearning(list(removals), fuse=fuse)
-    assert [entry.name for entry in loaded] == ["no-cat", "no-dog"]
-    assert all(entry.verified and entry.fused == fuse for entry in loaded)
+    loaded = sd_pipe.load_unlearning(list(removals), mode=mode)
+    if mode == "merged":  # one PEFT adapter holding both removals
+        assert [(e.name, e.members) for e in loaded] == [("merged-2-removals", ("no-cat", "no-dog"))]
+        assert sd_pipe.get_list_adapters() == {"unet": ["merged-2-removals"]}
+    else:
+        assert [(e.name, e.members) for e in loaded] == [("no-cat", ("no-cat",)), ("no-dog", ("no-dog",))]
+    assert all(entry.verified and entry.mode == mode for entry in loaded)
     assert not np.array_equal(generate(sd_pipe, PROMPT), base_image)
     sd_pipe.unload_unlearning()
     assert sd_pipe.unlearning == ()
@@ -56,12 +60,21 @@ def test_load_then_unload_restores_the_exact_model(sd_pipe, removals, fuse):
     assert np.array_equal(generate(sd_pipe, PROMPT), base_image)
 
 
-def test_fused_and_unfused_give_the_same_images(sd_pipe, removals):
+def test_the_three_modes_give_the_same_images(sd_pipe, removals):
     sd_pipe.load_unlearning(list(removals))
     unfused = generate(sd_pipe, PROMPT)
-    sd_pipe.unload_unlearning()
-    sd_pipe.load_unlearning(list(removals), fuse=True)
-    assert np.allclose(generate(sd_pipe, PROMPT), unfused, atol=1e-4)
+    for mode in ("merged", "fused"):
+        sd_pipe.unload_unlearning()
+        sd_pipe.load_unlearning(list(removals), mode=mode)
+        assert np.allclose(generate(sd_pipe, PROMPT), unfused, atol=1e-4)
+
+
+def test_bad_mode_and_check_values(sd_pipe, removals):
+    with pytest.raises(ValueError, match="Unknown mode"):
+        sd_pipe.load_unlearning(removals[0], mode="fuse")
+    with pytest.raises(ValueError, match="check must be"):
+        sd_pipe.load_unlearning(removals[0], check="raise")
+    assert sd_pipe.unlearning == ()
 
 
 def test_both_removals_active_after_two_loads(sd_pipe, removals):
@@ -97,7 +110,7 @@ def test_name_clash_and_adapter_name(sd_pipe, removals):
 
 
 def test_plain_function_form(sd_pipe, removals):
-    du.load_unlearning(sd_pipe, removals[0], fuse=True)
+    du.load_unlearning(sd_pipe, removals[0], mode="fused")
     assert du.unlearning(sd_pipe) == sd_pipe.unlearning
     du.unload_unlearning(sd_pipe)
     assert du.unlearning(sd_pipe) == ()
@@ -113,18 +126,20 @@ def test_base_mismatch_leaves_the_pipeline_untouched(removals):
     assert np.array_equal(generate(other, PROMPT), image)
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-def test_failure_in_the_middle_of_a_load_rolls_back(sd_pipe, removals, monkeypatch, fuse):
+@pytest.mark.parametrize("mode", ["adapters", "merged", "fused"])
+def test_failure_in_the_middle_of_a_load_rolls_back(sd_pipe, removals, monkeypatch, mode):
     cat, dog = removals
     sd_pipe.load_unlearning(cat)  # something already loaded must survive the failed load
     reference, image = weights(sd_pipe), generate(sd_pipe, PROMPT)
     adapters_before = sd_pipe.get_list_adapters()
 
     real = du.pipeline._is_applied
-    monkeypatch.setattr(du.pipeline, "_is_applied", lambda d, entry, *a: entry.name != "third" and real(d, entry, *a))
+    monkeypatch.setattr(
+        du.pipeline, "_is_applied", lambda d, entry, *a: "third" not in entry.members and real(d, entry, *a)
+    )
     third = du.UnlearningAdapter(dict(dog.lora_weights), {**dog.metadata, "name": "third"}, dog.probes)
     with pytest.raises(du.VerificationError, match="does not carry its edit"):
-        sd_pipe.load_unlearning([dog, third], fuse=fuse)
+        sd_pipe.load_unlearning([dog, third], mode=mode)
     assert [u.name for u in sd_pipe.unlearning] == ["no-cat"]
     assert sd_pipe.get_list_adapters() == adapters_before
     assert_same_weights(sd_pipe, reference)

@@ -87,19 +87,38 @@ def solve_remap(
         protect_moment (`torch.Tensor`): `(d, d)` mean outer product of the protected embeddings.
         config ([`ClosedFormConfig`]): Weights and rank.
     """
+    forget_moment, shift = forget_statistics(forget, targets)
+    return solve_statistics(forget_moment, shift, protect_moment, config)
+
+
+def forget_statistics(forget: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forget term's sufficient statistics: `(mean c_f c_f^T, mean (c_m - c_f) c_f^T)`, float64 `(d, d)`."""
     forget, targets = forget.double(), targets.double()
-    d = forget.shape[1]
-    forget_moment = moment(forget)
-    data = forget_moment + config.lambda_protect * protect_moment.double()
-    scale = torch.trace(data) / d
-    system = data + config.lambda_reg * scale * torch.eye(d, dtype=torch.float64)
-    shift = (targets - forget).T @ forget / forget.shape[0]  # (d, d): mean (c_m - c_f) c_f^T
-    # The optimum is G = shift @ system^-1. Truncating it must respect the objective, whose curvature is
-    # `system`: the best rank-r remap truncates G @ system^(1/2) = shift @ system^(-1/2) (reduced-rank
-    # regression), so directions the protected prompts pin down stay pinned after truncation.
+    return moment(forget), (targets - forget).T @ forget / max(forget.shape[0], 1)
+
+
+def normal_system(forget_moment: torch.Tensor, protect_moment: torch.Tensor, config: ClosedFormConfig) -> torch.Tensor:
+    """The objective's curvature `F + lambda_protect * Q + lambda_reg * (trace / d) * I`, float64."""
+    data = forget_moment.double() + config.lambda_protect * protect_moment.double()
+    d = data.shape[0]
+    return data + config.lambda_reg * torch.trace(data) / d * torch.eye(d, dtype=torch.float64)
+
+
+def solve_statistics(
+    forget_moment: torch.Tensor, shift: torch.Tensor, protect_moment: torch.Tensor, config: ClosedFormConfig
+) -> Remap:
+    """[`solve_remap`] from the sufficient statistics: the optimum is `G = shift @ system^-1`.
+
+    Joint re-solves add several removals' statistics and solve once.
+    """
+    system = normal_system(forget_moment, protect_moment, config)
+    d = system.shape[0]
+    # Truncating G must respect the objective, whose curvature is `system`: the best rank-r remap truncates
+    # G @ system^(1/2) = shift @ system^(-1/2) (reduced-rank regression), so directions the protected prompts
+    # pin down stay pinned after truncation.
     values, vectors = torch.linalg.eigh(system)
     inverse_root = (vectors * values.clamp_min(1e-300).rsqrt()) @ vectors.T
-    u, s, vh = torch.linalg.svd(shift @ inverse_root)
+    u, s, vh = torch.linalg.svd(shift.double() @ inverse_root)
     energy = s.square()
     total = energy.sum().clamp_min(1e-300)
     cumulative = energy.cumsum(0) / total

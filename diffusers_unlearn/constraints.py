@@ -1,0 +1,327 @@
+"""What a closed-form removal is solved from, and the solve itself.
+
+A removal is fully described by its *constraints*: forget prompts paired with their mapping targets, and
+groups of protected prompts. `erase` chooses them; the stack re-solves from them (a joint merge of several
+removals, or the later removals of a chain after one is withdrawn), so all three share [`solve`].
+
+Constraints are stored in each removal's metadata (`targets`, `aliases`, `protected_neighbors`,
+`preserve`, `protected_prompts`), so they can be rebuilt without the original call. Redacted removals keep
+their forget prompts out of the files; a joint merge then uses their stored forget statistics instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DiffusionPipeline
+
+from .adapter import UnlearningAdapter
+from .distance import PromptBank, projection_gram
+from .errors import ResolveError
+from .families import family_of
+from .layers import current_weight, edited_layers, pooled_layer
+from .methods.closed_form import ClosedFormConfig, Remap, forget_statistics, moment, normal_system, solve_statistics
+from .prompts import Context
+
+_MAX_PROBE_DIRECTIONS = 256
+_GROUPS = ("anchors", "neighbors", "preserve")
+
+
+@dataclass
+class Constraints:
+    """The data of one closed-form solve.
+
+    Attributes:
+        forget (`list[list[tuple[str, str]]]`): Per removal, `(forget prompt, target prompt)` pairs. Each
+            removal's forget term weighs the same, whatever its number of prompts.
+        protect (`dict[str, list[str]]`): Groups of protected prompts; each group weighs the same.
+        statistics (`list[tuple[torch.Tensor, torch.Tensor]]`): Forget statistics `(moment, shift)` of
+            removals known only by their stored probes (redacted removals in a joint merge).
+    """
+
+    forget: list[list[tuple[str, str]]] = field(default_factory=list)
+    protect: dict[str, list[str]] = field(default_factory=dict)
+    statistics: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def protected(self) -> list[str]:
+        """Every protected prompt once, in group order."""
+        return list(dict.fromkeys(p for prompts in self.protect.values() for p in prompts))
+
+
+@dataclass
+class Solution:
+    """A solved removal: its LoRA tensors, remap, figures and probes (see [`UnlearningAdapter`])."""
+
+    lora: dict[str, torch.Tensor]
+    remap: Remap
+    figures: dict[str, float]
+    probes: dict[str, torch.Tensor]
+
+
+def solve(
+    pipe: DiffusionPipeline,
+    constraints: Constraints,
+    config: ClosedFormConfig,
+    *,
+    protect_factors: list[torch.Tensor] = (),
+    bank: PromptBank | None = None,
+) -> Solution:
+    """Solves `constraints` on the pipeline's current weights (every loaded removal applied).
+
+    Args:
+        pipe (`DiffusionPipeline`): The model the removal is made for.
+        constraints ([`Constraints`]): Forget pairs and protected groups.
+        config ([`ClosedFormConfig`]): Weights and rank.
+        protect_factors (`list[torch.Tensor]`): Forget-moment factors of earlier removals, which must stay
+            removed: their mean is one more protected group.
+        bank ([`PromptBank`], *optional*): Embeddings already computed.
+    """
+    family = family_of(pipe)
+    bank = bank or PromptBank(pipe, family)
+    pairs = [pair for member in constraints.forget for pair in member]
+    protected = constraints.protected
+    bank.add([p for pair in pairs for p in pair] + protected)  # one batched encoding
+    layers = edited_layers(getattr(pipe, family.denoiser), family)
+    weights = {layer: current_weight(module) for layer, module in layers.items()}
+    d = next(iter(weights.values())).shape[1]
+
+    members = len(constraints.forget) + len(constraints.statistics)
+    if members == 0:
+        raise ResolveError("Nothing to erase: the constraints hold no forget prompts.")
+    forget_moment = torch.zeros(d, d, dtype=torch.float64)
+    shift = torch.zeros(d, d, dtype=torch.float64)
+    forget_rows, target_rows = [], []
+    for member in constraints.forget:
+        aligned = [bank.aligned(f, t) for f, t in member]
+        rows, targets = torch.cat([f for f, _ in aligned]), torch.cat([t for _, t in aligned])
+        member_moment, member_shift = forget_statistics(rows, targets)
+        forget_moment += member_moment / members
+        shift += member_shift / members
+        forget_rows.append(rows)
+        target_rows.append(targets)
+    for member_moment, member_shift in constraints.statistics:
+        forget_moment += member_moment.double() / members
+        shift += member_shift.double() / members
+
+    protect_moment = sum(
+        (moment(torch.cat([bank.embeds(p) for p in prompts])) for prompts in constraints.protect.values() if prompts),
+        torch.zeros(d, d, dtype=torch.float64),
+    )
+    if protect_factors:  # keep earlier removals removed: one more group, the mean of their forget moments
+        earlier = sum(f.double().T @ f.double() for f in protect_factors) / len(protect_factors)
+        protect_moment = protect_moment + earlier
+    remap = solve_statistics(forget_moment, shift, protect_moment, config)
+
+    lora = {}
+    for layer, weight in weights.items():
+        lora[f"{family.denoiser}.{layer}.lora_A.weight"] = remap.down.clone()
+        lora[f"{family.denoiser}.{layer}.lora_B.weight"] = weight @ remap.up
+    figures = {}
+    if family.pooled_layer is not None:
+        if constraints.statistics:
+            raise ResolveError(
+                "Redacted removals cannot be re-solved on a model with a pooled text input (SDXL): their forget "
+                "prompts are not stored. Merge with method='concat' or 'svd' instead."
+            )
+        pooled_residual = _edit_pooled(pipe, family, bank, pairs, protected, config, remap.rank, lora)
+        figures["pooled_forget_residual"] = pooled_residual
+
+    # figures, aggregated over all edited layers through the Gram matrix (exact: sum_l ||W_l x||^2 = x^T G x).
+    gram = projection_gram(list(weights.values()))
+    g = (remap.up @ remap.down).double()
+    protect = torch.cat([bank.embeds(p) for p in protected]) if protected else torch.zeros(0, d)
+    if forget_rows:
+        forget, target = torch.cat(forget_rows).double(), torch.cat(target_rows).double()
+        figures["forget_residual"] = _ratio(forget @ g.T + forget - target, forget - target, gram)
+    figures.update(
+        {
+            "protect_drift": _ratio(protect.double() @ g.T, protect.double(), gram),
+            "edit_norm_ratio": max(  # ||B A|| / ||W||, with B = W @ up already formed above
+                float((lora[f"{family.denoiser}.{layer}.lora_B.weight"] @ remap.down).norm() / weight.norm())
+                for layer, weight in weights.items()
+            ),
+            "rank_energy": remap.energy,
+            "full_rank": remap.full_rank,
+        }
+    )
+    probes = {
+        "forget_moment": moment_factor(forget_moment),
+        "protect_moment": moment_factor(protect_moment),
+        "remap_up": remap.up.contiguous(),
+        "remap_down": remap.down.contiguous(),
+    }
+    return Solution(lora=lora, remap=remap, figures=figures, probes=probes)
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, gram: torch.Tensor) -> float:
+    top = ((numerator @ gram) * numerator).sum()
+    bottom = ((denominator @ gram) * denominator).sum().clamp_min(1e-30)
+    return float((top / bottom).sqrt())
+
+
+def moment_factor(moment_matrix: torch.Tensor) -> torch.Tensor:
+    """Rows `P` with `P^T P ~= moment` (top eigen-directions, 99.999% of the trace, at most 256 rows)."""
+    values, vectors = torch.linalg.eigh(moment_matrix.double())
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    kept = int(((values.cumsum(0) / values.sum().clamp_min(1e-30)) < 0.99999).sum()) + 1
+    kept = min(kept, _MAX_PROBE_DIRECTIONS, len(values))
+    return (vectors[:, :kept] * values[:kept].sqrt()).T.float().contiguous()
+
+
+def _edit_pooled(pipe, family, bank, pairs, protected, config, rank, lora) -> float:
+    """SDXL: the same remap in the pooled text embedding's space, on the pooled columns of `add_embedding`.
+
+    The pooled embedding conditions the UNet through `add_embedding`; leaving it unedited lets a concept leak
+    back (see docs/method.md). Returns the pooled forget residual.
+    """
+    forget = torch.stack([bank.pooled(f) for f, _ in pairs])
+    target = torch.stack([bank.pooled(t) for _, t in pairs])
+    protect = torch.stack([bank.pooled(p) for p in protected])
+    pooled_config = dataclasses.replace(config, rank=rank)
+    forget_moment, shift = forget_statistics(forget, target)
+    remap = solve_statistics(forget_moment, shift, moment(protect), pooled_config)
+    weight = current_weight(pooled_layer(getattr(pipe, family.denoiser), family))
+    width = forget.shape[1]
+    down = torch.zeros(rank, weight.shape[1])
+    down[: remap.rank, :width] = remap.down
+    up = torch.zeros(width, rank)
+    up[:, : remap.rank] = remap.up
+    lora[f"{family.denoiser}.{family.pooled_layer}.lora_A.weight"] = down
+    lora[f"{family.denoiser}.{family.pooled_layer}.lora_B.weight"] = weight[:, :width] @ up
+    g = up @ down[:, :width]
+    residual = forget @ g.T + forget - target
+    return float(residual.norm() / (forget - target).norm().clamp_min(1e-30))
+
+
+# ------------------------------------------------------------------------------- constraints from metadata
+def config_of(adapter: UnlearningAdapter) -> ClosedFormConfig:
+    """The solve weights a removal was made with."""
+    fields = {f.name for f in dataclasses.fields(ClosedFormConfig)}
+    stored = adapter.metadata.get("hyperparameters", {})
+    return ClosedFormConfig(**{k: v for k, v in stored.items() if k in fields})
+
+
+def _require_closed_form(adapter: UnlearningAdapter) -> None:
+    if adapter.metadata.get("method") != "closed_form":
+        raise ResolveError(
+            f"Removal {adapter.name!r} was made with method {adapter.metadata.get('method')!r}; only closed-form "
+            "removals can be re-solved. Merge with method='concat' or 'svd' instead."
+        )
+
+
+def names_of(adapter: UnlearningAdapter) -> list[str]:
+    """The concept and its aliases (empty when redacted)."""
+    return [] if adapter.concept is None else [adapter.concept, *adapter.metadata.get("aliases", [])]
+
+
+def forget_pairs(adapter: UnlearningAdapter) -> list[tuple[str, str]]:
+    """`(forget prompt, target)` pairs of a removal, rebuilt from its metadata.
+
+    Raises:
+        ResolveError: The removal is redacted (its forget prompts are not stored) or not closed-form.
+    """
+    _require_closed_form(adapter)
+    if adapter.concept is None:
+        raise ResolveError(
+            f"Removal {adapter.name!r} is redacted: its forget prompts are not stored, so it cannot be re-solved "
+            "from prompts. Re-create it with `erase(..., redact=True)` on the new chain."
+        )
+    return [
+        (Context(record["context"]).fill(name), record["target"])
+        for record in adapter.metadata["targets"]
+        for name in names_of(adapter)
+    ]
+
+
+def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
+    """The protected prompt groups of a removal (anchors, neighbours, preserve), rebuilt from its metadata."""
+    metadata = adapter.metadata
+    contexts = [Context(record["context"]) for record in metadata["targets"]]
+    anchors = [""] + [record["target"] for record in metadata["targets"]] + [c.fill("") for c in contexts]
+    neighbors = [c.fill(record["neighbor"]) for record in metadata["protected_neighbors"] for c in contexts]
+    if "preserve" in metadata:
+        preserve = list(metadata["preserve"])
+    else:  # made before `preserve` was recorded: what is neither an anchor nor a neighbour
+        preserve = [p for p in metadata["protected_prompts"] if p not in set(anchors) | set(neighbors)]
+    groups = {"anchors": anchors, "neighbors": neighbors, "preserve": preserve}
+    return {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
+
+
+def constraints_of(adapter: UnlearningAdapter) -> Constraints:
+    """The constraints a removal was solved from (its earlier removals aside: they come from the pipeline)."""
+    return Constraints(forget=[forget_pairs(adapter)], protect=protect_groups(adapter))
+
+
+def stored_statistics(adapter: UnlearningAdapter) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(forget moment, shift)` of a removal from its probes alone.
+
+    The shift is recovered from the stored remap through the removal's own normal equations,
+    `shift = G (F + lambda Q + reg)`: exact for an untruncated remap, and missing only the share of the edit
+    the rank truncation dropped (`1 - figures["rank_energy"]`).
+    """
+    _require_closed_form(adapter)
+    missing = [k for k in ("forget_moment", "protect_moment", "remap_up", "remap_down") if k not in adapter.probes]
+    if missing:
+        raise ResolveError(f"Removal {adapter.name!r} lacks the probes {missing}; it cannot be re-solved.")
+    forget = adapter.probes["forget_moment"].double()
+    protect = adapter.probes["protect_moment"].double()
+    forget_moment = forget.T @ forget
+    system = normal_system(forget_moment, protect.T @ protect, config_of(adapter))
+    remap = adapter.probes["remap_up"].double() @ adapter.probes["remap_down"].double()
+    return forget_moment, remap @ system
+
+
+def joint_constraints(adapters: list[UnlearningAdapter]) -> Constraints:
+    """One set of constraints for several removals at once.
+
+    The union of their forget pairs (each removal weighing the same) and of their protected groups, where a
+    protected prompt that another removal erases is dropped: it is a forget prompt of one of them, names one
+    of their concepts or aliases as a word, or (redacted removals) hashes to a redacted concept. Independently
+    made removals protect each other's concepts as neighbours; solved together, erasing wins.
+    """
+    joint = Constraints()
+    erased_prompts: set[str] = set()
+    names: list[str] = []
+    hashes: list[tuple[str, str]] = []
+    for adapter in adapters:
+        _require_closed_form(adapter)
+        if adapter.concept is None:
+            joint.statistics.append(stored_statistics(adapter))
+            hashes.append((adapter.metadata.get("concept_salt", ""), adapter.metadata.get("concept_hash", "")))
+        else:
+            pairs = forget_pairs(adapter)
+            joint.forget.append(pairs)
+            erased_prompts.update(f for f, _ in pairs)
+            names.extend(names_of(adapter))
+    pattern = _names_pattern(names)
+
+    def erased(prompt: str) -> bool:
+        if prompt in erased_prompts or (pattern is not None and pattern.search(prompt)):
+            return True
+        words = prompt.lower().split()
+        spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(i + 5, len(words) + 1))}
+        return any(concept_hash_of(salt, span) == digest for salt, digest in hashes for span in spans)
+
+    for group in _GROUPS:
+        prompts = [p for adapter in adapters for p in protect_groups(adapter).get(group, [])]
+        kept = [p for p in dict.fromkeys(prompts) if not erased(p)]
+        if kept:
+            joint.protect[group] = kept
+    return joint
+
+
+def _names_pattern(names: list[str]) -> re.Pattern | None:
+    if not names:
+        return None
+    by_length = sorted({n.lower() for n in names}, key=len, reverse=True)
+    return re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in by_length) + r")(?!\w)", re.IGNORECASE)
+
+
+def concept_hash_of(salt: str, concept: str) -> str:
+    """The salted hash a redacted removal records instead of its concept (see `erase(..., redact=True)`)."""
+    return "sha256:" + hashlib.sha256((salt + concept.strip().lower()).encode()).hexdigest()
