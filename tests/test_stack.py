@@ -187,6 +187,10 @@ def test_interference_and_joint_repair_on_the_digits_model(tmp_path):
     joint = du.merge_deviation(list(overlapping), overlapping.merge("joint", pipe=pipe))
     torch.testing.assert_close(concat, report.stack_shift)  # the plain sum deviates by exactly the shift
     assert (joint < concat / 2).all() and joint.max() < 0.4  # measured 0.12 and 0.24
+    # a redacted member is re-solved from its stored statistics; its concept is matched by its salted hash
+    secret = du.UnlearningStack([du.erase(pipe, **Concept(7).erase_kwargs(), redact=True), red_seven])
+    secret_joint = du.merge_deviation(list(secret), secret.merge("joint", pipe=pipe))
+    assert (secret_joint < concat / 2).all()  # measured 0.11 and 0.24
 
     assert du.UnlearningStack([seven, three]).check(pipe).passed
     chain = du.UnlearningStack([seven, three_on_top])
