@@ -5,7 +5,8 @@ Methods, all built from the same code:
 - `ours`: closed form, fine-grained targets, local protection, each removal made on top of the stack;
 - `coarse target`: the same, but every forget prompt mapped to "" (ESD / UCE-style anchor);
 - `no local protection`: the same, with `lambda_protect=0` (no neighbours, no empty prompt, no earlier removals);
-- `naive stacking`: locality-aware removals each made independently on the untouched model, then summed.
+- `naive stacking`: locality-aware removals each made independently on the untouched model, then summed;
+- `joint merge`: the same independent removals, re-solved together at every step (`stack.merge("joint")`).
 
 After every step: forget accuracy over all removals so far (share of images still showing a removed concept;
 chance is 10% for digits and combinations, 25% for colours), related retention (look-alike digits, the same
@@ -63,7 +64,7 @@ SEQUENCE: tuple[Concept, ...] = (
 )
 """25 removals: two whole digits, one whole colour, 6 digit-colour combinations, 16 digit-colour-stroke ones."""
 
-METHODS = ("ours", "coarse target", "no local protection", "naive stacking")
+METHODS = ("ours", "coarse target", "no local protection", "naive stacking", "joint merge")
 
 
 def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> dict:
@@ -119,11 +120,15 @@ def run(args) -> dict:
 
     for method in args.methods:
         pipe = digits.load_pipeline()
-        bare = digits.load_pipeline() if method == "naive stacking" else None
-        rows = []
+        bare = digits.load_pipeline() if method in ("naive stacking", "joint merge") else None
+        rows, made = [], []
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
             adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
+            made.append(adapter)
+            if method == "joint merge":
+                adapter = du.UnlearningStack(made).merge("joint", pipe=bare)
+                pipe.unload_unlearning()
             seconds = time.perf_counter() - started
             pipe.load_unlearning(adapter, mode="fused")
             removed = list(sequence[:step])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +29,6 @@ from .methods.closed_form import ClosedFormConfig, Remap, forget_statistics, mom
 from .prompts import Context
 
 _MAX_PROBE_DIRECTIONS = 256
-_GROUPS = ("anchors", "neighbors", "preserve")
 
 
 @dataclass
@@ -38,13 +38,16 @@ class Constraints:
     Attributes:
         forget (`list[list[tuple[str, str]]]`): Per removal, `(forget prompt, target prompt)` pairs. Each
             removal's forget term weighs the same, whatever its number of prompts.
-        protect (`dict[str, list[str]]`): Groups of protected prompts; each group weighs the same.
+        protect (`dict[str, list[str]]`): Groups of protected prompts; each group's mean outer product weighs
+            `weights.get(group, 1.0)`.
+        weights (`dict[str, float]`): Group weights (a joint solve gives each member's groups `1 / k`).
         statistics (`list[tuple[torch.Tensor, torch.Tensor]]`): Forget statistics `(moment, shift)` of
             removals known only by their stored probes (redacted removals in a joint merge).
     """
 
     forget: list[list[tuple[str, str]]] = field(default_factory=list)
     protect: dict[str, list[str]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
     statistics: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @property
@@ -108,10 +111,12 @@ def solve(
         forget_moment += member_moment.double() / members
         shift += member_shift.double() / members
 
-    protect_moment = sum(
-        (moment(torch.cat([bank.embeds(p) for p in prompts])) for prompts in constraints.protect.values() if prompts),
-        torch.zeros(d, d, dtype=torch.float64),
-    )
+    protect_moment = torch.zeros(d, d, dtype=torch.float64)
+    for group, prompts in constraints.protect.items():
+        if prompts:
+            protect_moment += constraints.weights.get(group, 1.0) * moment(
+                torch.cat([bank.embeds(p) for p in prompts])
+            )
     if protect_factors:  # keep earlier removals removed: one more group, the mean of their forget moments
         earlier = sum(f.double().T @ f.double() for f in protect_factors) / len(protect_factors)
         protect_moment = protect_moment + earlier
@@ -279,47 +284,54 @@ def stored_statistics(adapter: UnlearningAdapter) -> tuple[torch.Tensor, torch.T
 def joint_constraints(adapters: list[UnlearningAdapter]) -> Constraints:
     """One set of constraints for several removals at once.
 
-    The union of their forget pairs (each removal weighing the same) and of their protected groups, where a
-    protected prompt that another removal erases is dropped: it is a forget prompt of one of them, names one
-    of their concepts or aliases as a word, or (redacted removals) hashes to a redacted concept. Independently
-    made removals protect each other's concepts as neighbours; solved together, erasing wins.
+    The mean of their objectives: each removal's forget term and each of its protected groups weigh `1 / k`, so
+    every removal keeps the balance between erasing and protecting it was made with, and a joint merge of one
+    removal gives it back. A protected prompt that names one of the removals' concepts or aliases as a word (a
+    redacted removal: words that hash to its salted concept hash) is dropped, unless that removal protects it
+    itself ("blue three" protects "a red three"): independently made removals protect each other's concepts as
+    neighbours, and solved together, erasing wins.
+
+    Where two removals map the same prompt to different targets ("seven" maps "a red seven" to "a red digit",
+    "red" maps it to "a seven"), the solve averages the targets; a chain (one made on top of the other) composes
+    them. A joint merge repairs a few independently made removals; continual removal is better served by the
+    chain (see docs/benchmarks/continual_analysis.md).
     """
     joint = Constraints()
-    erased_prompts: set[str] = set()
-    names: list[str] = []
-    hashes: list[tuple[str, str]] = []
+    erasers: list[tuple[set[str], Callable[[str], bool]]] = []  # (prompts it protects, does a prompt name it)
     for adapter in adapters:
         _require_closed_form(adapter)
+        own = {p for prompts in protect_groups(adapter).values() for p in prompts}
         if adapter.concept is None:
             joint.statistics.append(stored_statistics(adapter))
-            hashes.append((adapter.metadata.get("concept_salt", ""), adapter.metadata.get("concept_hash", "")))
+            salt, digest = adapter.metadata.get("concept_salt", ""), adapter.metadata.get("concept_hash", "")
+            erasers.append((own, lambda p, salt=salt, digest=digest: _names_hashed(p, salt, digest)))
         else:
-            pairs = forget_pairs(adapter)
-            joint.forget.append(pairs)
-            erased_prompts.update(f for f, _ in pairs)
-            names.extend(names_of(adapter))
-    pattern = _names_pattern(names)
+            joint.forget.append(forget_pairs(adapter))
+            pattern = _names_pattern(names_of(adapter))
+            erasers.append((own, lambda p, pattern=pattern: pattern.search(p) is not None))
 
     def erased(prompt: str) -> bool:
-        if prompt in erased_prompts or (pattern is not None and pattern.search(prompt)):
-            return True
-        words = prompt.lower().split()
-        spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(i + 5, len(words) + 1))}
-        return any(concept_hash_of(salt, span) == digest for salt, digest in hashes for span in spans)
+        return any(prompt not in own and names(prompt) for own, names in erasers)
 
-    for group in _GROUPS:
-        prompts = [p for adapter in adapters for p in protect_groups(adapter).get(group, [])]
-        kept = [p for p in dict.fromkeys(prompts) if not erased(p)]
-        if kept:
-            joint.protect[group] = kept
+    for index, adapter in enumerate(adapters):
+        for group, prompts in protect_groups(adapter).items():
+            kept = [p for p in prompts if not erased(p)]
+            if kept:
+                key = f"{index}:{group}"
+                joint.protect[key], joint.weights[key] = kept, 1 / len(adapters)
     return joint
 
 
-def _names_pattern(names: list[str]) -> re.Pattern | None:
-    if not names:
-        return None
+def _names_pattern(names: list[str]) -> re.Pattern:
     by_length = sorted({n.lower() for n in names}, key=len, reverse=True)
     return re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in by_length) + r")(?!\w)", re.IGNORECASE)
+
+
+def _names_hashed(prompt: str, salt: str, digest: str) -> bool:
+    """Whether a run of up to four words of `prompt` hashes to a redacted removal's concept hash."""
+    words = re.findall(r"[\w'-]+", prompt.lower())
+    spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(i + 5, len(words) + 1))}
+    return any(concept_hash_of(salt, span) == digest for span in spans)
 
 
 def concept_hash_of(salt: str, concept: str) -> str:

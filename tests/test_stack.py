@@ -42,6 +42,9 @@ def test_save_load_and_stacking_equals_the_chain_built_step_by_step(chain, tmp_p
     loaded = pipe.load_unlearning(folder)  # a stack folder loads every removal, in order
     assert [u.name for u in loaded] == ["no-cat", "no-dog", "no-tree"]
     assert np.allclose(generate(pipe, PROMPT), chained_image, atol=1e-5)
+    pipe.unload_unlearning()
+    pipe.load_unlearning(sorted((folder / "adapters").iterdir()))  # or the three adapter folders
+    assert np.allclose(generate(pipe, PROMPT), chained_image, atol=1e-5)
     assert du.UnlearningStack.from_pretrained(folder / MANIFEST_NAME).names == ["no-cat", "no-dog", "no-tree"]
 
 
