@@ -217,3 +217,15 @@ def test_interference_and_joint_repair_on_the_digits_model(tmp_path):
         result = evaluate(pipe, scorer, **probes, images_per_prompt=4, num_inference_steps=20)
         pipe.unload_unlearning()
         assert result.forget_accuracy <= 0.1 and result.related_retention >= 0.9, source
+
+
+def test_check_without_probes_falls_back_to_an_approximate_estimate(chain, sd_pipe, tmp_path):
+    adapters, _ = chain
+    folder = adapters[1].save_pretrained(tmp_path / "no-dog")
+    (folder / "unlearning_probes.safetensors").unlink()  # e.g. shipped without its probes
+    stripped = du.UnlearningAdapter.from_pretrained(folder)
+    horse = du.erase(sd_pipe, "horse")  # made independently of "dog"
+    report = du.UnlearningStack([horse, stripped]).check(sd_pipe)
+    assert stripped.probes == {} and report.approximate == ["no-dog"]
+    assert "approximate for ['no-dog']" in str(report)
+    assert report.shift[1, 0] > 0 and torch.isfinite(report.shift).all()
