@@ -31,7 +31,7 @@ from .errors import (
 )
 from .families import FAMILIES, ModelFamily
 from .interference import InterferenceReport, check_interference, merge_deviation
-from .methods import ClosedFormConfig
+from .methods import ClosedFormConfig, DistillConfig
 from .pipeline import LoadedUnlearning, load_unlearning, unlearning, unload_unlearning
 from .prompts import DEFAULT_TEMPLATES
 from .stack import UnlearningStack
@@ -47,6 +47,7 @@ __all__ = [
     "AdapterNotFoundError",
     "BaseModelMismatchError",
     "ClosedFormConfig",
+    "DistillConfig",
     "InterferenceError",
     "InvalidConceptError",
     "ResolveError",

@@ -163,6 +163,13 @@ def solve(
     return Solution(lora=lora, remap=remap, figures=figures, probes=probes)
 
 
+def embedding_probes(bank: PromptBank, pairs: list[tuple[str, str]], groups: dict[str, list[str]]) -> dict:
+    """The forget and protected moment factors of a removal (what the interference check reads)."""
+    forget = torch.cat([bank.aligned(f, t)[0] for f, t in pairs])
+    protect = sum(moment(torch.cat([bank.embeds(p) for p in prompts])) for prompts in groups.values() if prompts)
+    return {"forget_moment": moment_factor(moment(forget)), "protect_moment": moment_factor(protect)}
+
+
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, gram: torch.Tensor) -> float:
     top = ((numerator @ gram) * numerator).sum()
     bottom = ((denominator @ gram) * denominator).sum().clamp_min(1e-30)

@@ -15,12 +15,13 @@ from diffusers import DiffusionPipeline
 
 from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
-from .constraints import Constraints, concept_hash_of, solve
+from .constraints import Constraints, concept_hash_of, embedding_probes, solve
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
 from .errors import InvalidConceptError
 from .families import family_of
 from .layers import current_weight, edited_layers
-from .methods.closed_form import ClosedFormConfig, Remap
+from .methods.closed_form import ClosedFormConfig
+from .methods.distill import DistillConfig, distill
 from .pipeline import base_fingerprint, loaded_adapters
 from .prompts import DEFAULT_TEMPLATES, Context, check_names, contexts_from_prompts
 
@@ -43,11 +44,11 @@ def erase(
     mine_neighbors: int = 0,
     protect_top_k: int | None = None,
     preserve: Sequence[str] = (),
-    method: Literal["closed_form"] = "closed_form",
-    distance: DistanceKind = "proxy",
+    method: Literal["closed_form", "distill"] = "closed_form",
+    distance: DistanceKind | None = None,
     distance_samples: int = 16,
     rank: int | None = None,
-    config: ClosedFormConfig | None = None,
+    config: ClosedFormConfig | DistillConfig | None = None,
     redact: bool = False,
     name: str | None = None,
     seed: int = 0,
@@ -82,12 +83,16 @@ def erase(
         mine_neighbors (`int`): How many more neighbours to mine from the tokenizer vocabulary (0: none).
         protect_top_k (`int`, *optional*): Protect only the nearest `k` neighbours (default all).
         preserve (`Sequence[str]`): Further prompts to keep unchanged (general prompts).
-        method (`str`): `"closed_form"` (seconds on a CPU).
-        distance (`str`): `"proxy"` (key / value projections, no denoiser call) or `"score"` (noise-prediction
-            distance over `distance_samples` random latent / timestep pairs; slower, needs no proxy).
+        method (`str`): `"closed_form"` (seconds on a CPU) or `"distill"` (a LoRA trained by teacher-student
+            distillation, LACU-style: for concepts beyond the cross-attention inputs; a GPU for real models).
+        distance (`str`, *optional*): `"proxy"` (key / value projections, no denoiser call; the default for
+            `"closed_form"`) or `"score"` (noise-prediction distance over `distance_samples` random latent /
+            timestep pairs; the default for `"distill"`).
         distance_samples (`int`): Samples of the score distance.
-        rank (`int`, *optional*): LoRA rank; default the smallest that keeps 99% of the edit (at most 12).
-        config ([`ClosedFormConfig`], *optional*): Solve weights (`lambda_protect`, `lambda_reg`, ...).
+        rank (`int`, *optional*): LoRA rank; closed form: default the smallest that keeps 99% of the edit (at
+            most 12); distill: default `DistillConfig.rank`.
+        config ([`ClosedFormConfig`] or [`DistillConfig`], *optional*): The method's settings (solve weights;
+            training steps, target modules, accelerate options, checkpoints).
         redact (`bool`): Keep the concept, aliases and forget prompts out of the saved files (a salted hash
             identifies the concept instead).
         name (`str`, *optional*): Adapter name; default `"no-<concept>"`.
@@ -114,11 +119,15 @@ def erase(
         ```
     """
     started = time.perf_counter()
-    if method != "closed_form":
-        raise ValueError(f"Unknown method {method!r}; available: 'closed_form'.")
+    configs = {"closed_form": ClosedFormConfig, "distill": DistillConfig}
+    if method not in configs:
+        raise ValueError(f"Unknown method {method!r}; available: 'closed_form', 'distill'.")
+    distance = distance or ("score" if method == "distill" else "proxy")
     if distance not in ("proxy", "score"):
         raise ValueError(f"Unknown distance {distance!r}; use 'proxy' or 'score'.")
-    config = config or ClosedFormConfig()
+    config = config or configs[method]()
+    if not isinstance(config, configs[method]):
+        raise TypeError(f"method={method!r} takes a {configs[method].__name__}, got {type(config).__name__}.")
     if rank is not None:
         config = dataclasses.replace(config, rank=rank)
 
@@ -199,35 +208,42 @@ def erase(
         "preserve": list(preserve),
     }
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
-    # 4. the closed-form solve, on top of every removal already loaded.
+    # 4. the edit, on top of every removal already loaded.
     previous = loaded_adapters(pipe)
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
-    solution = solve(
-        pipe,
-        Constraints(forget=[pairs], protect=groups),
-        config,
-        protect_factors=[a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
-        bank=bank,
-    )
-    remap, lora = solution.remap, solution.lora
+    if method == "closed_form":
+        solution = solve(
+            pipe,
+            Constraints(forget=[pairs], protect=groups),
+            config,
+            protect_factors=[a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
+            bank=bank,
+        )
+        lora, probes, figures, edit_rank = solution.lora, solution.probes, solution.figures, solution.remap.rank
+    else:  # replay the earlier removals' forget prompts too, so that they stay removed
+        earlier = [p for a in previous for p in a.metadata.get("forget_prompts", [])]
+        replayed = list(dict.fromkeys([p for prompts in groups.values() for p in prompts] + earlier))
+        result = distill(pipe, family, bank, pairs, replayed, config, seed=seed)
+        lora, figures, edit_rank = result.lora, result.figures, config.rank
+        probes = embedding_probes(bank, pairs, groups)
     figures = {
-        **solution.figures,
+        **figures,
         "seconds": round(time.perf_counter() - started, 3),
         "encode_seconds": round(bank.encode_seconds, 3),
         "prompts_encoded": len(bank),
     }
 
     metadata = _metadata(
-        pipe, family, concept, names, redact, name, config, remap, target_records, neighbor_ranking,
+        pipe, family, concept, names, redact, name, method, config, edit_rank, target_records, neighbor_ranking,
         groups, previous, figures, distance, forget_prompts,
     )  # fmt: skip
-    adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=solution.probes)
+    adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=probes)
     adapter.metadata["adapter_id"] = content_id(lora)
     logger.info(
         "Erased %r in %.2fs (rank %d, residual %.3f)",
         concept,
         figures["seconds"],
-        remap.rank,
+        edit_rank,
         figures["forget_residual"],
     )
     return adapter
@@ -254,7 +270,7 @@ def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> 
 
 
 def _metadata(
-    pipe, family, concept, names, redact, name, config, remap: Remap, target_records, neighbor_ranking,
+    pipe, family, concept, names, redact, name, method, config, rank, target_records, neighbor_ranking,
     groups, previous, figures, distance, forget_prompts,
 ) -> dict:  # fmt: skip
     salt = secrets.token_hex(8)
@@ -275,13 +291,13 @@ def _metadata(
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,
         "preserve": groups.get("preserve", []),
-        "method": "closed_form",
+        "method": method,
         "hyperparameters": {**dataclasses.asdict(config), "distance": distance},
         "family": family.name,
         "denoiser": family.denoiser,
         "base_model": getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path"),
         "base_fingerprint": base_fingerprint(pipe),
-        "rank": remap.rank,
+        "rank": rank,
         "parents": [{"name": a.name, "adapter_id": a.metadata.get("adapter_id")} for a in previous],
         "figures": figures,
     }

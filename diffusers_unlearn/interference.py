@@ -171,11 +171,21 @@ def check_interference(
     Returns:
         [`InterferenceReport`]
     """
-    base = getattr(pipe, family_of(pipe).denoiser)
+    family = family_of(pipe)
+    base = getattr(pipe, family.denoiser)
     n = len(adapters)
     forget = [_probe(a, "forget_moment") for a in adapters]
     protect = [_probe(a, "protect_moment") for a in adapters]
-    approximate = [a.name for a, (_, exact) in zip(adapters, forget, strict=True) if not exact]
+    reads_text = [layer for a in adapters for layer in a.layer_names if layer.endswith(family.edited_suffixes)]
+    # measured where the text enters (attn2.to_k / to_v); edits elsewhere (a distilled removal's self-attention
+    # or feed-forward layers) are not seen by the probes: such removals are reported approximate
+    elsewhere = [
+        any(not name.endswith(family.edited_suffixes) and name != family.pooled_layer for name in a.layer_names)
+        for a in adapters
+    ]
+    approximate = [
+        a.name for a, (_, exact), other in zip(adapters, forget, elsewhere, strict=True) if not exact or other
+    ]
     width = forget[0][0].shape[1] if n else 0
 
     # Every pair's inner products in one go: with X = A_cat P^T (stacked LoRA inputs of all removals on the
@@ -189,11 +199,10 @@ def check_interference(
         blocks[k, offsets[k] : offsets[k + 1]] = 1
     groups: list[tuple[torch.Tensor, torch.Tensor]] = []  # (A_cat, sum of B_cat^T B_cat)
     gram = torch.zeros(width, width, dtype=torch.float64)
-    layers = list(dict.fromkeys(layer for a in adapters for layer in a.layer_names))
-    for layer in layers:
+    for layer in dict.fromkeys(reads_text):
         weight = base_linear(base.get_submodule(layer)).weight.detach().double().cpu()
         if weight.shape[1] != width:
-            continue  # the pooled layer of SDXL reads another space; its probes are the text ones
+            continue
         gram += weight.T @ weight
         a_cat = torch.zeros(offsets[-1], width, dtype=torch.float64)
         b_cat = torch.zeros(weight.shape[0], offsets[-1], dtype=torch.float64)

@@ -1,5 +1,6 @@
-"""Removal methods: each turns forget / target / protect embeddings into LoRA factors."""
+"""Removal methods: each turns forget / target / protect prompts into LoRA factors."""
 
 from .closed_form import ClosedFormConfig, Remap, solve_remap
+from .distill import DistillConfig
 
-__all__ = ["ClosedFormConfig", "Remap", "solve_remap"]
+__all__ = ["ClosedFormConfig", "DistillConfig", "Remap", "solve_remap"]

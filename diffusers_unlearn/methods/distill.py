@@ -1,0 +1,394 @@
+"""`method="distill"`: the LACU recipe on a LoRA adapter (DESIGN §3).
+
+Teacher: the pipeline as loaded (its removals applied), frozen. Student: the same denoiser plus one new LoRA
+adapter, so no second copy of the weights exists; the teacher's predictions are the same forward pass with the
+new adapter's scaling set to zero. Losses, on latents the teacher generates in a few DDIM steps from the forget
+and protected prompts, at timesteps below `max_timestep`:
+
+    unlearn = || eps_student(x_t, t, forget) - eps_teacher(x_t, t, target) ||^2
+    replay  = || eps_student(x_t, t, protected) - eps_teacher(x_t, t, protected) ||^2
+    loss    = unlearn + lambda_replay * replay + lambda_l2 * sum ||lora||^2
+
+Training runs through `accelerate` (several processes with `accelerate launch`, mixed precision and gradient
+accumulation as options). Every batch is drawn from a generator seeded by `(seed, step)`, and checkpoints hold
+the adapter and the optimizer state, so a resumed run gives the same adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..adapter import atomic_write
+from ..distance import PromptBank
+from ..errors import ResolveError
+from ..families import ModelFamily
+
+_ADAPTER = "diffusers_unlearn_distill"  # the student's adapter name while it trains
+_CHECKPOINT = "distill_checkpoint.safetensors"
+
+
+@dataclass
+class DistillConfig:
+    """Hyper-parameters of `erase(..., method="distill")`.
+
+    Args:
+        rank (`int`): LoRA rank (`lora_alpha == rank`).
+        target_modules (`tuple[str, ...]`): Module-name endings to train, e.g. `("attn2.to_k", "attn2.to_v")`
+            (default: the cross-attention inputs); add `"attn1.to_q"`, `"ff.net.2"`, ... for self-attention and
+            feed-forward layers.
+        steps (`int`): Optimizer steps.
+        batch_size (`int`): Forget and protected samples per step (each).
+        learning_rate (`float`): AdamW learning rate.
+        lambda_replay (`float`): Weight of the local replay on protected prompts.
+        lambda_l2 (`float`): Weight of the L2 penalty on the LoRA weights.
+        max_timestep (`int`): Training timesteps are drawn from `[0, max_timestep)`.
+        latent_pool (`int`): Teacher trajectories generated before training (per kind: forget, protected).
+        sampling_steps (`int`): DDIM steps of each trajectory.
+        gradient_accumulation_steps (`int`): Batches per optimizer step.
+        mixed_precision (`str`): `"no"`, `"fp16"` or `"bf16"` (passed to `accelerate.Accelerator`).
+        checkpoint_dir (`str`, *optional*): Where to write checkpoints; an existing checkpoint there is resumed.
+        checkpoint_every (`int`): Steps between checkpoints.
+    """
+
+    rank: int = 4
+    target_modules: tuple[str, ...] = ("attn2.to_k", "attn2.to_v")
+    steps: int = 200
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    lambda_replay: float = 1.0
+    lambda_l2: float = 1e-4
+    max_timestep: int = 600
+    latent_pool: int = 64
+    sampling_steps: int = 10
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
+            raise ValueError("rank, steps, batch_size and latent_pool must be positive.")
+        if not 0 < self.max_timestep <= 1000 or self.sampling_steps < 2:
+            raise ValueError("max_timestep must be in (0, 1000] and sampling_steps >= 2.")
+        self.target_modules = tuple(self.target_modules)
+
+
+@dataclass
+class DistillResult:
+    """What training produced: LoRA tensors in diffusers' format, losses and figures."""
+
+    lora: dict[str, torch.Tensor]
+    losses: list[float]
+    figures: dict[str, float]
+
+
+def distill(
+    pipe: DiffusionPipeline,
+    family: ModelFamily,
+    bank: PromptBank,
+    pairs: list[tuple[str, str]],
+    protected: list[str],
+    config: DistillConfig,
+    *,
+    seed: int = 0,
+) -> DistillResult:
+    """Trains the removal's LoRA; the pipeline is left exactly as it was.
+
+    Args:
+        pipe (`DiffusionPipeline`): The teacher (its loaded removals stay active and frozen).
+        family ([`ModelFamily`]): The pipeline's family.
+        bank ([`PromptBank`]): Prompt embeddings.
+        pairs (`list[tuple[str, str]]`): `(forget prompt, mapping target)` pairs.
+        protected (`list[str]`): Prompts to replay (neighbours, anchors, earlier removals' forget prompts).
+        config ([`DistillConfig`]): Hyper-parameters.
+        seed (`int`): Seed of the latent pool and of every batch.
+    """
+    from accelerate import Accelerator
+
+    denoiser = getattr(pipe, family.denoiser)
+    accelerator = Accelerator(  # a pipeline on the CPU trains there, in several processes under a launcher
+        cpu=denoiser.device.type == "cpu",
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
+    wanted, actual = accelerator.device, denoiser.device
+    if wanted.type != actual.type or (wanted.type != "cpu" and wanted.index != actual.index):
+        raise ResolveError(f"Move the pipeline to {accelerator.device} (pipe.to(...)) before distilling.")
+    layers = [
+        name
+        for name, module in denoiser.named_modules()
+        if name.endswith(config.target_modules) and isinstance(module, torch.nn.Linear)
+    ]
+    if not layers:
+        raise ValueError(f"No layer of the denoiser ends with {config.target_modules}.")
+    bank.add([p for pair in pairs for p in pair] + protected)
+    pool = _latent_pool(pipe, family, bank, pairs, protected, config, seed)
+    held_out = _latent_pool(pipe, family, bank, pairs, protected, replace(config, latent_pool=8), seed + 1)
+
+    from peft import LoraConfig
+
+    with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial adapter, hence the same run
+        torch.manual_seed(seed)
+        denoiser.add_adapter(
+            LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=layers, init_lora_weights=True),
+            adapter_name=_ADAPTER,
+        )
+    try:
+        return _train(
+            accelerator, pipe, family, denoiser, bank, pairs, protected, pool, held_out, layers, config, seed
+        )
+    finally:
+        _remove_adapter(pipe, denoiser)
+
+
+def _train(
+    accelerator, pipe, family, denoiser, bank, pairs, protected, pool, held_out, layers, config, seed
+) -> DistillResult:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from ..pipeline import _activate, _active_adapters
+
+    wrapped = {name: denoiser.get_submodule(name) for name in layers}
+    _activate(denoiser, list(dict.fromkeys([*_active_adapters(denoiser), _ADAPTER])))  # each adapter once
+    params = []
+    for module in denoiser.modules():  # exactly the new adapter's weights train
+        for parameter in module.parameters(recurse=False):
+            parameter.requires_grad_(False)
+    for module in wrapped.values():
+        assert isinstance(module, BaseTunerLayer)
+        for parameter in (module.lora_A[_ADAPTER].weight, module.lora_B[_ADAPTER].weight):
+            parameter.requires_grad_(True)
+            params.append(parameter)
+    raw_optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    start, losses = _resume(config, params, raw_optimizer)
+    model, optimizer = accelerator.prepare(denoiser, raw_optimizer)
+    size = _sample_size(denoiser)
+    device = accelerator.device
+    progress = tqdm(
+        range(start, config.steps), desc="distill", initial=start, total=config.steps,
+        disable=not accelerator.is_local_main_process,
+    )  # fmt: skip
+    for step in progress:
+        for micro in range(config.gradient_accumulation_steps):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
+            batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
+            with accelerator.accumulate(model), accelerator.autocast():
+                forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids = batch
+                with torch.no_grad(), _student_off(wrapped):
+                    goal = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in forget_ids],
+                                    forget_latents, forget_t, size, device)  # fmt: skip
+                    keep = _predict(denoiser, pipe, family, bank, [protected[i] for i in replay_ids],
+                                    replay_latents, replay_t, size, device)  # fmt: skip
+                student = _predict(model, pipe, family, bank, [pairs[i][0] for i in forget_ids],
+                                   forget_latents, forget_t, size, device)  # fmt: skip
+                replay = _predict(model, pipe, family, bank, [protected[i] for i in replay_ids],
+                                  replay_latents, replay_t, size, device)  # fmt: skip
+                unlearn_loss = (student.float() - goal.float()).square().mean()
+                replay_loss = (replay.float() - keep.float()).square().mean()
+                l2 = sum(p.float().square().sum() for p in params)
+                loss = unlearn_loss + config.lambda_replay * replay_loss + config.lambda_l2 * l2
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+        losses.append(float(accelerator.reduce(loss.detach(), reduction="mean")))
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = step + 1
+        if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
+            if accelerator.is_main_process:
+                _save_checkpoint(Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config)
+            accelerator.wait_for_everyone()
+
+    figures = _figures(denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device)
+    figures["loss_first"], figures["loss_last"] = losses[0], losses[-1]
+    lora = {}
+    for name, module in wrapped.items():
+        lora[f"{family.denoiser}.{name}.lora_A.weight"] = module.lora_A[_ADAPTER].weight.detach().float().cpu().clone()
+        lora[f"{family.denoiser}.{name}.lora_B.weight"] = module.lora_B[_ADAPTER].weight.detach().float().cpu().clone()
+    accelerator.free_memory()
+    return DistillResult(lora=lora, losses=losses, figures=figures)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@contextmanager
+def _student_off(wrapped: dict) -> Iterator[None]:
+    """The teacher: the same forward pass with the new adapter contributing nothing."""
+    for module in wrapped.values():
+        module.scaling[_ADAPTER] = 0.0
+    try:
+        yield
+    finally:
+        for module in wrapped.values():
+            module.scaling[_ADAPTER] = 1.0
+
+
+def _remove_adapter(pipe, denoiser) -> None:
+    from ..pipeline import _activate, _drop_empty_peft_layers
+
+    denoiser.delete_adapters(_ADAPTER)
+    _drop_empty_peft_layers(pipe)
+    remaining = [n for n in _active_names(denoiser) if n != _ADAPTER]
+    if remaining:
+        _activate(denoiser, remaining)
+    denoiser.requires_grad_(False)
+
+
+def _active_names(denoiser) -> list[str]:
+    from ..pipeline import _active_adapters
+
+    return _active_adapters(denoiser)
+
+
+def _sample_size(denoiser) -> int:
+    size = denoiser.config.sample_size
+    return size if isinstance(size, int) else size[0]
+
+
+def _predict(model, pipe, family, bank, prompts, latents, timesteps, size, device) -> torch.Tensor:
+    embeds = torch.stack([bank.embeds(p) for p in prompts]).to(device)
+    pooled = None
+    if family.pooled_layer is not None:
+        pooled = torch.stack([bank.pooled(p) for p in prompts]).to(device)
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    extra = family.denoiser_kwargs(pipe, pooled, size * scale, size * scale)
+    return model(latents, timesteps, encoder_hidden_states=embeds, **extra).sample
+
+
+@torch.no_grad()
+def _latent_pool(pipe, family, bank, pairs, protected, config: DistillConfig, seed: int) -> dict:
+    """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
+    denoiser = getattr(pipe, family.denoiser)
+    size, device = _sample_size(denoiser), denoiser.device
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(config.sampling_steps)
+    generator = torch.Generator().manual_seed(seed)
+    pool = {}
+    for kind, prompts in (("forget", [f for f, _ in pairs]), ("replay", protected)):
+        if not prompts:
+            continue
+        ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
+        latents = torch.randn(config.latent_pool, denoiser.config.in_channels, size, size, generator=generator)
+        latents = (latents * scheduler.init_noise_sigma).to(device, denoiser.dtype)
+        kept_latents, kept_t = [], []
+        for t in scheduler.timesteps:
+            timestep = t.to(device).expand(config.latent_pool)
+            if int(t) < config.max_timestep:
+                kept_latents.append(latents.float().cpu())
+                kept_t.append(timestep.cpu())
+            prediction = _predict(denoiser, pipe, family, bank, [prompts[i] for i in ids], latents, timestep, size,
+                                  device)  # fmt: skip
+            latents = scheduler.step(prediction, t, latents).prev_sample
+        pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
+    return pool
+
+
+def _batch(pool, pairs, protected, batch_size, generator, accelerator):
+    """One batch per process: forget and replay samples drawn from the pool, different on each process."""
+    out = []
+    for kind in ("forget", "replay"):
+        latents, timesteps, ids = pool[kind]
+        count = batch_size * accelerator.num_processes
+        rows = torch.randint(0, latents.shape[0], (count,), generator=generator)
+        cols = torch.randint(0, latents.shape[1], (count,), generator=generator)
+        mine = slice(batch_size * accelerator.process_index, batch_size * (accelerator.process_index + 1))
+        rows, cols = rows[mine], cols[mine]
+        out += [
+            latents[rows, cols].to(accelerator.device),
+            timesteps[rows, cols].to(accelerator.device),
+            ids[rows].tolist(),
+        ]
+    return out
+
+
+@torch.no_grad()
+def _figures(denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device) -> dict[str, float]:
+    """Noise-prediction figures on held-out teacher trajectories (another seed than training): how far the forget
+    prompts now are from their targets relative to before (`forget_residual`), and how much the protected
+    prompts moved relative to their own predictions (`protect_drift`)."""
+
+    def samples(kind):
+        latents, timesteps, ids = held_out[kind]
+        steps = latents.shape[1]
+        x = latents.flatten(0, 1).to(device, denoiser.dtype)
+        return x, timesteps.flatten().to(device), ids.repeat_interleave(steps).tolist()
+
+    x, t, ids = samples("forget")
+    forget, target = [pairs[i][0] for i in ids], [pairs[i][1] for i in ids]
+    after = _predict(denoiser, pipe, family, bank, forget, x, t, size, device).float()
+    with _student_off(wrapped):
+        before = _predict(denoiser, pipe, family, bank, forget, x, t, size, device).float()
+        goal = _predict(denoiser, pipe, family, bank, target, x, t, size, device).float()
+    residual = float((after - goal).norm() / (before - goal).norm().clamp_min(1e-12))
+    x, t, ids = samples("replay")
+    kept = [protected[i] for i in ids]
+    moved = _predict(denoiser, pipe, family, bank, kept, x, t, size, device).float()
+    with _student_off(wrapped):
+        still = _predict(denoiser, pipe, family, bank, kept, x, t, size, device).float()
+    drift = float((moved - still).norm() / still.norm().clamp_min(1e-12))
+    return {"forget_residual": residual, "protect_drift": drift}
+
+
+def _save_checkpoint(folder: Path, step: int, losses, params, optimizer, config: DistillConfig) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for index, parameter in enumerate(params):
+        tensors[f"param.{index}"] = parameter.detach().float().cpu().contiguous()
+        state = optimizer.state.get(parameter, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"{key}.{index}"] = state[key].detach().float().cpu().contiguous()
+    header = {"step": str(step), "losses": json.dumps(losses), "config": json.dumps(asdict(config), sort_keys=True)}
+    atomic_write(folder / _CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def _resume(config: DistillConfig, params, optimizer) -> tuple[int, list[float]]:
+    """Restores the adapter and optimizer from `checkpoint_dir` if a checkpoint of the same run is there."""
+    if not config.checkpoint_dir or not (Path(config.checkpoint_dir) / _CHECKPOINT).is_file():
+        return 0, []
+    path = Path(config.checkpoint_dir) / _CHECKPOINT
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        header = handle.metadata()
+    saved = json.loads(header["config"])
+    mine = json.loads(json.dumps(asdict(config), sort_keys=True))
+    differing = [
+        k for k in mine if k not in ("steps", "checkpoint_dir", "checkpoint_every") and saved.get(k) != mine[k]
+    ]
+    if differing:
+        raise ValueError(
+            f"The checkpoint in {config.checkpoint_dir} was made with other settings ({differing}); use another "
+            "checkpoint_dir or the same settings."
+        )
+    tensors = load_file(path)
+    step = int(header["step"])
+    with torch.no_grad():
+        for index, parameter in enumerate(params):
+            parameter.copy_(tensors[f"param.{index}"].to(parameter.device, parameter.dtype))
+            if f"exp_avg.{index}" in tensors:
+                optimizer.state[parameter] = {
+                    "step": torch.tensor(float(step)),
+                    "exp_avg": tensors[f"exp_avg.{index}"].to(parameter.device),
+                    "exp_avg_sq": tensors[f"exp_avg_sq.{index}"].to(parameter.device),
+                }
+    return step, json.loads(header["losses"])
+
+
+def checkpoint_step(checkpoint_dir: str | Path) -> int | None:
+    """The step a checkpoint folder holds, or `None`."""
+    path = Path(checkpoint_dir) / _CHECKPOINT
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        return int(handle.metadata()["step"])

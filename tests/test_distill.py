@@ -1,0 +1,151 @@
+"""`erase(..., method="distill")`: LoRA distillation on tiny pipelines."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import generate
+
+import diffusers_unlearn as du
+from diffusers_unlearn.distance import PromptBank
+from diffusers_unlearn.families import family_of
+from diffusers_unlearn.methods import distill as distill_module
+
+FAST = dict(steps=40, batch_size=4, latent_pool=16, sampling_steps=5, learning_rate=3e-3)
+
+
+def weights(pipe) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+
+def noise_predictions(pipe, prompts, seed=7) -> torch.Tensor:
+    """The UNet's predictions for `prompts` on latents the untouched model generates (its own DDIM trajectories
+    from other seeds than training, at timesteps below 600), shared by all prompts."""
+    bank = PromptBank(pipe, family_of(pipe))
+    config = du.DistillConfig(latent_pool=8, sampling_steps=5)
+    latents, timesteps, _ = distill_module._latent_pool(pipe, family_of(pipe), bank, [], prompts, config, seed)[
+        "replay"
+    ]
+    latents, timesteps = latents.flatten(0, 1), timesteps.flatten()
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            embeds = bank.embeds(prompt)[None].expand(len(latents), -1, -1)
+            out.append(pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample)
+    return torch.stack(out)
+
+
+def test_distill_erases_locally_and_leaves_the_pipeline_as_it_was(sd_pipe):
+    reference, image = weights(sd_pipe), generate(sd_pipe, "a photo of a cat")
+    config = du.DistillConfig(**FAST, lambda_replay=5.0)
+    adapter = du.erase(sd_pipe, "cat", neighbors=["dog"], method="distill", config=config)
+    figures = adapter.metadata["figures"]
+    assert adapter.metadata["method"] == "distill" and adapter.rank == 4
+    assert figures["loss_last"] < figures["loss_first"] / 3  # measured ~ / 10
+    assert figures["forget_residual"] < 0.8 and figures["protect_drift"] < 0.05
+
+    after = weights(sd_pipe)  # training added and removed its adapter: the model is back, bit for bit
+    assert after.keys() == reference.keys() and all(torch.equal(after[k], reference[k]) for k in reference)
+    assert (generate(sd_pipe, "a photo of a cat") == image).all()
+
+    # measured independently, on trajectories of other seeds: forget prompts move toward their targets; the
+    # neighbour moves less than they do, and much less than without the local replay
+    target = adapter.metadata["targets"][1]["target"]  # "a photo of" for the context "a photo of {}"
+    prompts = ["a photo of cat", target, "a photo of dog"]
+    before = noise_predictions(sd_pipe, prompts)
+    unprotected = du.erase(sd_pipe, "cat", neighbors=["dog"], method="distill",
+                           config=du.DistillConfig(**FAST, lambda_replay=0.0))  # fmt: skip
+    moves = {}
+    for name, removal in (("replay", adapter), ("none", unprotected)):
+        sd_pipe.load_unlearning(removal)
+        assert sd_pipe.unlearning[0].verified
+        now = noise_predictions(sd_pipe, prompts)
+        sd_pipe.unload_unlearning()
+        gap = (before[0] - before[1]).norm()
+        moves[name] = (1 - (now[0] - before[1]).norm() / gap, (now[2] - before[2]).norm() / gap)
+    progress, drift = moves["replay"]  # measured 0.28 and 0.24
+    assert progress > 0.15 and drift < progress
+    assert drift < 0.75 * moves["none"][1]  # measured 0.24 vs 0.42
+
+
+def test_a_resumed_run_gives_the_same_adapter(sd_pipe, tmp_path, monkeypatch):
+    config = dict(FAST, steps=20, checkpoint_every=10)
+    whole = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**config))
+
+    calls = {"n": 0}
+    real = distill_module._batch
+
+    def crash_at_step_15(*args):
+        calls["n"] += 1
+        if calls["n"] == 16:
+            raise KeyboardInterrupt("killed")
+        return real(*args)
+
+    monkeypatch.setattr(distill_module, "_batch", crash_at_step_15)
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**config, checkpoint_dir=str(folder)))
+    assert distill_module.checkpoint_step(folder) == 10
+    assert not getattr(sd_pipe.unet, "peft_config", {})  # the interrupted run left no adapter behind
+    monkeypatch.setattr(distill_module, "_batch", real)
+    resumed = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**config, checkpoint_dir=str(folder)))
+    assert distill_module.checkpoint_step(folder) == 20
+    for key, value in whole.lora_weights.items():
+        torch.testing.assert_close(resumed.lora_weights[key], value, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="other settings"):
+        du.erase(sd_pipe, "cat", method="distill",
+                 config=du.DistillConfig(**dict(config, rank=2), checkpoint_dir=str(folder)))  # fmt: skip
+
+
+def test_other_target_modules_and_the_stack(sd_pipe, tmp_path):
+    config = du.DistillConfig(**dict(FAST, steps=5), target_modules=("attn2.to_v", "attn1.to_q", "ff.net.2"))
+    adapter = du.erase(sd_pipe, "cat", method="distill", config=config)
+    assert {layer.rsplit(".", 2)[-2] + "." + layer.rsplit(".", 1)[-1] for layer in adapter.layer_names} == {
+        "attn2.to_v", "attn1.to_q", "net.2"
+    }  # fmt: skip
+    folder = adapter.save_pretrained(tmp_path / "no-cat")
+    sd_pipe.load_unlearning(folder, mode="fused")
+    assert sd_pipe.unlearning[0].verified
+    sd_pipe.unload_unlearning()
+
+    closed = du.erase(sd_pipe, "dog")
+    stack = du.UnlearningStack([closed, adapter])
+    report = stack.check(sd_pipe)  # measured on the layers that read the text; the others are flagged
+    assert report.approximate == [adapter.name] and torch.isfinite(report.shift).all()
+    assert stack.merge("concat").rank == closed.rank + adapter.rank
+    assert stack.merge("svd", rank=2).rank == 2
+    with pytest.raises(du.ResolveError, match="only closed-form"):
+        stack.merge("joint", pipe=sd_pipe)
+
+
+def test_runs_in_several_processes(tmp_path):
+    """Two CPU processes under torchrun (accelerate's multi-process launch needs mpirun for CPUs): one
+    adapter, the same on both, gradients averaged by accelerate."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from accelerate import PartialState\n"
+        "from conftest import make_sd_pipeline\n"
+        "import diffusers_unlearn as du\n"
+        "config = du.DistillConfig(steps=4, batch_size=2, latent_pool=8, sampling_steps=4)\n"
+        "adapter = du.erase(make_sd_pipeline(), 'cat', method='distill', config=config)\n"
+        "state = PartialState()\n"
+        "key = sorted(adapter.lora_weights)[0]\n"
+        "print(json.dumps({'rank': state.process_index, 'of': state.num_processes,\n"
+        "                  'checksum': float(adapter.lora_weights[key].double().sum())}))\n"
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(script)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(line["rank"] for line in lines) == [0, 1] and all(line["of"] == 2 for line in lines)
+    assert lines[0]["checksum"] == lines[1]["checksum"]
