@@ -6,7 +6,8 @@ Methods, all built from the same code:
 - `coarse target`: the same, but every forget prompt mapped to "" (ESD / UCE-style anchor);
 - `no local protection`: the same, with `lambda_protect=0` (no neighbours, no empty prompt, no earlier removals);
 - `naive stacking`: locality-aware removals each made independently on the untouched model, then summed;
-- `joint merge`: the same independent removals, re-solved together at every step (`stack.merge("joint")`).
+- `joint merge`: the same independent removals, re-solved together at every step (`stack.merge("joint")`);
+- `distill`: `method="distill"` (LoRA distillation, default `DistillConfig`), each made on top of the stack.
 
 After every step: forget accuracy over all removals so far (share of images still showing a removed concept;
 chance is 10% for digits and combinations, 25% for colours), related retention (look-alike digits, the same
@@ -16,6 +17,7 @@ prompts and seeds. Writes docs/benchmarks/continual.md and continual.png.
 
     python benchmarks/continual.py            # full run (25 removals x 4 methods)
     python benchmarks/continual.py --quick    # 6 removals, fewer images
+    python benchmarks/continual.py --methods distill --update   # add / refresh one method in the report
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ SEQUENCE: tuple[Concept, ...] = (
 )
 """25 removals: two whole digits, one whole colour, 6 digit-colour combinations, 16 digit-colour-stroke ones."""
 
-METHODS = ("ours", "coarse target", "no local protection", "naive stacking", "joint merge")
+METHODS = ("ours", "coarse target", "no local protection", "naive stacking", "joint merge", "distill")
 
 
 def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> dict:
     kwargs = concept.erase_kwargs() | {"config": config}
     if method == "coarse target":
         kwargs["anchor"] = ""
+    if method == "distill":
+        kwargs |= {"method": "distill", "config": du.DistillConfig()}
     if method == "no local protection":
         kwargs.pop("neighbors", None)
         kwargs.pop("preserve", None)
@@ -248,6 +252,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other methods' results from the existing continual.json"
+    )
     defaults = du.ClosedFormConfig()
     parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)
     parser.add_argument("--lambda-reg", type=float, default=defaults.lambda_reg)
@@ -259,6 +266,12 @@ def main() -> None:
     started = time.perf_counter()
     results = run(args)
     results["seconds"] = time.perf_counter() - started
+    previous = args.output.parent / "continual.json"
+    if args.update and previous.is_file():
+        kept = json.loads(previous.read_text())
+        kept["methods"].update(results["methods"])
+        kept["seconds"] = kept.get("seconds", 0) + results["seconds"]
+        results = kept
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_report(results, args)
     print(f"done in {results['seconds'] / 60:.1f} min; wrote {args.output}")
