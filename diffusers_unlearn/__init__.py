@@ -29,6 +29,7 @@ from .errors import (
     UnsupportedPipelineError,
     VerificationError,
 )
+from .export import export_kohya
 from .families import FAMILIES, ModelFamily
 from .interference import InterferenceReport, check_interference, merge_deviation
 from .methods import ClosedFormConfig, DistillConfig
@@ -61,6 +62,7 @@ __all__ = [
     "__version__",
     "check_interference",
     "erase",
+    "export_kohya",
     "load_unlearning",
     "merge_deviation",
     "unlearning",

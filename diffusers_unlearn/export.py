@@ -1,0 +1,78 @@
+"""Exports for tools outside diffusers: the kohya / AUTOMATIC1111 LoRA format that ComfyUI and A1111 load.
+
+One `.safetensors` file with, per edited layer, `lora_unet_<module path with "_">.lora_down.weight` (`A`),
+`.lora_up.weight` (`B`) and `.alpha` (= rank, so the scale is 1 and the weight change is exactly `B @ A`).
+Module paths keep diffusers' UNet naming, which kohya's SD 1.x LoRAs use and which ComfyUI, A1111 and diffusers'
+own kohya conversion map; SDXL's pooled-text layer `add_embedding.linear_1` is written under its original-UNet
+name `label_emb.0.0`, the one those tools know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .adapter import HEADER_KEY, UnlearningAdapter, atomic_write
+
+_ORIGINAL_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+
+
+def kohya_state_dict(adapter: UnlearningAdapter, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The removal's LoRA tensors under kohya key names."""
+    if adapter.denoiser != "unet":
+        raise ValueError(f"The kohya format covers UNet LoRAs; this removal edits {adapter.denoiser!r}.")
+    tensors = {}
+    for layer in adapter.layer_names:
+        down, up = adapter.factors(layer)
+        name = "lora_unet_" + _ORIGINAL_NAMES.get(layer, layer).replace(".", "_")
+        tensors[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()
+        tensors[f"{name}.lora_up.weight"] = up.to(dtype).contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(float(down.shape[0]), dtype=dtype)
+    return tensors
+
+
+def export_kohya(source, path: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
+    """Writes a removal, or a whole stack merged exactly, as one kohya-format LoRA file.
+
+    Args:
+        source ([`UnlearningAdapter`] or [`UnlearningStack`]): What to export (a stack is merged with
+            `merge("concat")`: exact).
+        path (`str` or `os.PathLike`): The `.safetensors` file to write (atomically).
+        dtype (`torch.dtype`, defaults to `torch.float16`): Tensor type in the file.
+
+    Returns:
+        `Path`: the file.
+
+    Example:
+        ```py
+        >>> from diffusers_unlearn.export import export_kohya
+        >>> export_kohya(adapter, "no-van-gogh.safetensors")  # drop into ComfyUI/models/loras or A1111
+        >>> pipe.load_lora_weights("no-van-gogh.safetensors")  # diffusers reads it too
+        ```
+    """
+    from .stack import UnlearningStack
+
+    adapter = source.merge("concat") if isinstance(source, UnlearningStack) else source
+    if not isinstance(adapter, UnlearningAdapter):
+        raise TypeError(f"export_kohya takes an UnlearningAdapter or an UnlearningStack, not {type(source).__name__}.")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path} should end in .safetensors: that is the file the other tools look for.")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the path of the file to write.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = kohya_state_dict(adapter, dtype)
+    header = {
+        "format": "pt",
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(adapter.rank),
+        "ss_network_alpha": str(adapter.rank),
+        "ss_base_model_version": {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}.get(adapter.metadata.get("family"), ""),
+        HEADER_KEY: json.dumps(adapter.metadata, sort_keys=True),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return path
