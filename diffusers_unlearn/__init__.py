@@ -14,6 +14,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from . import hub
 from . import pipeline as _pipeline  # noqa: E402
 from .adapter import UnlearningAdapter
 from .erasure import erase
@@ -22,6 +23,7 @@ from .errors import (
     AdapterNameError,
     AdapterNotFoundError,
     BaseModelMismatchError,
+    ConcurrentUpdateError,
     InterferenceError,
     InvalidConceptError,
     ResolveError,
@@ -48,6 +50,7 @@ __all__ = [
     "AdapterNotFoundError",
     "BaseModelMismatchError",
     "ClosedFormConfig",
+    "ConcurrentUpdateError",
     "DistillConfig",
     "InterferenceError",
     "InvalidConceptError",
@@ -63,6 +66,7 @@ __all__ = [
     "check_interference",
     "erase",
     "export_kohya",
+    "hub",
     "load_unlearning",
     "merge_deviation",
     "unlearning",

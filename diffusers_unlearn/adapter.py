@@ -23,13 +23,16 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import AdapterFormatError, AdapterNotFoundError
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 FORMAT_VERSION = "1.0"
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -181,17 +184,89 @@ class UnlearningAdapter:
         )
         return folder
 
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> UnlearningAdapter:
-        """Reads a removal written by [`save_pretrained`].
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        report=None,
+        endpoint: str | None = None,
+    ) -> CommitInfo:
+        """Publishes the removal to a Hub repo, its files at the root (see [`hub.push_adapter`]).
+
+        Vanilla `pipe.load_lora_weights(repo_id)` loads the result; `from_pretrained(repo_id)` pulls it verified.
 
         Args:
-            path (`str` or `os.PathLike`): The folder (or its `pytorch_lora_weights.safetensors`).
+            repo_id (`str`): `"org/name"`; created if needed.
+            private (`bool`, defaults to `False`): Create the repo private.
+            token (`str`, *optional*): Hub token with write access; default the stored one.
+            commit_message (`str`, *optional*): Default `"Publish <name>"`.
+            revision (`str`, *optional*): Branch to push to; default `"main"`.
+            report ([`InterferenceReport`], *optional*): Shown in the model card.
+            endpoint (`str`, *optional*): Hub endpoint; default `HF_ENDPOINT`.
+
+        Returns:
+            `huggingface_hub.CommitInfo`: the commit (`.oid`: pin it when loading).
+
+        Example:
+            ```py
+            >>> info = adapter.push_to_hub("org/no-seven")
+            >>> UnlearningAdapter.from_pretrained("org/no-seven", revision=info.oid)
+            ```
+        """
+        from .hub import push_adapter
+
+        return push_adapter(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            revision=revision,
+            report=report,
+            endpoint=endpoint,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        endpoint: str | None = None,
+    ) -> UnlearningAdapter:
+        """Reads a removal written by [`save_pretrained`], or pulls one from the Hub (see [`hub.load_adapter`]).
+
+        Args:
+            path (`str` or `os.PathLike`): The folder (or its `pytorch_lora_weights.safetensors`), or a Hub repo id
+                (`"org/name"`) written by [`push_to_hub`].
+            revision (`str`, *optional*): Branch, tag or commit of the Hub repo; default `"main"`.
+            token, cache_dir, local_files_only, endpoint: As in `huggingface_hub.snapshot_download`.
 
         Raises:
-            AdapterNotFoundError: No weights file there.
-            AdapterFormatError: The file is not a valid removal (see the message for what is wrong).
+            AdapterNotFoundError: No weights file there, no such repo, or not cached while offline.
+            AdapterFormatError: The file is not a valid removal (see the message for what is wrong), or a pulled file
+                does not match its sha256.
         """
+        from . import hub  # hub imports this module
+
+        if not os.path.exists(path) and hub.is_repo_id(path):
+            return hub.load_adapter(
+                path,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                endpoint=endpoint,
+            )
+        if revision is not None:
+            raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
         folder = Path(path)
         if folder.is_file():
             folder = folder.parent
@@ -199,7 +274,7 @@ class UnlearningAdapter:
         if not weights_path.is_file():
             raise AdapterNotFoundError(
                 f"No removal at {folder}: expected {WEIGHTS_NAME} there. Pass the folder that "
-                "`UnlearningAdapter.save_pretrained` wrote (Hub repos come with a later release)."
+                '`UnlearningAdapter.save_pretrained` wrote, or the id ("org/name") of a repo `push_to_hub` wrote.'
             )
         try:
             with safe_open(weights_path, framework="pt") as handle:

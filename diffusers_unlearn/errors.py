@@ -50,3 +50,18 @@ class InterferenceError(UnlearningError, ValueError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class ConcurrentUpdateError(UnlearningError, RuntimeError):
+    """A chain on the Hub changed while an update to it was prepared (another push or append landed first); nothing
+    was written. `append_to_hub(..., retry=True)` re-applies an append on the new head.
+
+    Attributes:
+        repo_id (`str | None`): The repo.
+        parent_commit (`str | None`): The head the update was prepared on.
+    """
+
+    def __init__(self, message: str, *, repo_id: str | None = None, parent_commit: str | None = None):
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.parent_commit = parent_commit

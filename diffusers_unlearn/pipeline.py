@@ -134,8 +134,9 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
     return tuple(report)
 
 
-def _expand(source: AdapterSource) -> list[UnlearningAdapter]:
+def _expand(source: AdapterSource, hub_options: dict) -> list[UnlearningAdapter]:
     """The removals a source stands for: one adapter, or every adapter of a stack, in order."""
+    from . import hub
     from .stack import UnlearningStack, is_stack
 
     if isinstance(source, UnlearningAdapter):
@@ -144,10 +145,17 @@ def _expand(source: AdapterSource) -> list[UnlearningAdapter]:
         return list(source.adapters)
     if isinstance(source, str | os.PathLike):
         if not os.path.exists(source):
-            raise AdapterNotFoundError(
-                f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` or "
-                "`UnlearningStack.save_pretrained`, or an adapter object."
-            )
+            if not hub.is_repo_id(source):
+                raise AdapterNotFoundError(
+                    f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` or "
+                    '`UnlearningStack.save_pretrained`, the id ("org/name") of a Hub repo written by `push_to_hub`, '
+                    "or an adapter object."
+                )
+            return hub.load(source, **hub_options)  # downloaded and verified before the pipeline is touched
+        if hub_options["revision"] is not None:
+            raise ValueError(f"`revision` applies to Hub repos; {source} is a local path.")
+        if hub.has_remote_entries(source):
+            return hub.load(source, **hub_options)
         if is_stack(source):
             return list(UnlearningStack.from_pretrained(source).adapters)
         return [UnlearningAdapter.from_pretrained(source)]
@@ -164,6 +172,11 @@ def load_unlearning(
     adapter_name: str | None = None,
     mode: LoadMode = "adapters",
     check: bool | Literal["warn"] = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    endpoint: str | None = None,
 ) -> tuple[LoadedUnlearning, ...]:
     """Loads one removal, or several in order, onto `pipe`; all or nothing.
 
@@ -174,7 +187,9 @@ def load_unlearning(
     Args:
         pipe (`DiffusionPipeline`): A Stable Diffusion or SDXL pipeline.
         source (`str`, `os.PathLike`, [`UnlearningAdapter`], [`UnlearningStack`], or a list of them): What to
-            load: an adapter folder or object, or a stack folder / manifest / object (all its removals, in order).
+            load: an adapter folder or object, or a stack folder / manifest / object (all its removals, in order),
+            or a Hub repo id (`"org/name"`) written by `push_to_hub`: pulled, and every file verified against the
+            manifest's sha256, before the pipeline is touched.
         adapter_name (`str`, *optional*): Name on the pipeline of a single removal, or of the merged adapter
             (`mode="merged"`); defaults to the removal's own name (`"no-van-gogh"`), or `"merged-<n>-removals"`.
         mode (`str`, defaults to `"adapters"`):
@@ -184,6 +199,10 @@ def load_unlearning(
         check (`bool` or `"warn"`, defaults to `False`): Measure interference between the new removals and those
             already loaded (see [`check_interference`]) before touching the pipeline; raise on failure, or warn
             with `"warn"`.
+        revision (`str`, *optional*): Branch, tag or commit of a Hub repo `source`; default `"main"`. Resolved to
+            one commit for the whole chain.
+        token, cache_dir, local_files_only, endpoint: For Hub repos, as in `huggingface_hub.snapshot_download`;
+            with `local_files_only=True` (or `HF_HUB_OFFLINE=1`) only the cache is used.
 
     Returns:
         `tuple[LoadedUnlearning, ...]`: everything loaded on the pipeline now, in order (as `pipe.unlearning`).
@@ -203,6 +222,8 @@ def load_unlearning(
         >>> adapter.save_pretrained("no-seven")
         >>> pipe.unload_unlearning()
         >>> pipe.load_unlearning("no-seven", mode="fused", check=True)
+        >>> pipe.unload_unlearning()
+        >>> pipe.load_unlearning("org/no-sevens", revision="v3")  # a chain on the Hub, pinned to a tag
         ```
     """
     if mode not in ("adapters", "merged", "fused"):
@@ -210,7 +231,10 @@ def load_unlearning(
     if check not in (True, False, "warn"):
         raise ValueError(f"check must be True, False or 'warn', got {check!r}.")
     sources = list(source) if isinstance(source, list | tuple) else [source]
-    adapters = [adapter for s in sources for adapter in _expand(s)]
+    hub_options = dict(
+        revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only, endpoint=endpoint
+    )
+    adapters = [adapter for s in sources for adapter in _expand(s, hub_options)]
     if not adapters:
         raise ValueError("Nothing to load: `source` is empty.")
     if adapter_name is not None and len(adapters) > 1 and mode != "merged":

@@ -20,7 +20,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from diffusers import DiffusionPipeline
@@ -43,6 +43,9 @@ from .pipeline import (
     loaded_adapters,
     unload_unlearning,
 )
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 MANIFEST_NAME = "unlearning_stack.json"
 _JOINT_MIN_ENERGY = 0.999  # members' remaps are already truncated: keep nearly all of the joint edit
@@ -336,15 +339,92 @@ class UnlearningStack:
         atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
         return folder
 
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> UnlearningStack:
-        """Reads a stack folder (or its manifest), checking every weights file against its recorded sha256.
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        report: InterferenceReport | None = None,
+        parent_commit: str | None = None,
+        endpoint: str | None = None,
+    ) -> CommitInfo:
+        """Publishes the chain to a Hub repo in one commit: `adapters/NNN-name/` per removal, the manifest (sha256
+        of every file) and a model card (see [`hub.push_stack`]; to add one removal later, [`hub.append_to_hub`]).
+
+        Args:
+            repo_id (`str`): `"org/name"`; created if needed.
+            private, token, commit_message, revision, endpoint: As in [`UnlearningAdapter.push_to_hub`].
+            report ([`InterferenceReport`], *optional*): Shown in the model card, e.g. `stack.check(pipe)`.
+            parent_commit (`str`, *optional*): Write only if the branch still points to this commit.
+
+        Returns:
+            `huggingface_hub.CommitInfo`: the commit.
 
         Raises:
-            AdapterNotFoundError: No manifest, or a listed adapter folder is missing.
+            ConcurrentUpdateError: The branch moved past `parent_commit`; nothing was written.
+
+        Example:
+            ```py
+            >>> stack.push_to_hub("org/no-sevens", report=stack.check(pipe))
+            >>> pipe.load_unlearning("org/no-sevens")
+            ```
+        """
+        from .hub import push_stack
+
+        return push_stack(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            revision=revision,
+            report=report,
+            parent_commit=parent_commit,
+            endpoint=endpoint,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        endpoint: str | None = None,
+    ) -> UnlearningStack:
+        """Reads a stack folder (or its manifest), checking every weights file against its recorded sha256, or
+        pulls a chain from the Hub (see [`hub.load_stack`]: every file verified, entries kept in other repos fetched
+        at their pinned commit).
+
+        Args:
+            path (`str` or `os.PathLike`): A folder written by [`save_pretrained`], or a Hub repo id (`"org/name"`).
+            revision (`str`, *optional*): Branch, tag or commit of the Hub repo; default `"main"`.
+            token, cache_dir, local_files_only, endpoint: As in `huggingface_hub.snapshot_download`.
+
+        Raises:
+            AdapterNotFoundError: No manifest, a listed adapter folder is missing, no such repo, or not cached while
+                offline.
             AdapterFormatError: Malformed manifest, unknown format version, or a weights file that does not
                 match its sha256 (modified after the stack was saved).
         """
+        from . import hub
+
+        if not os.path.exists(path) or hub.has_remote_entries(path):
+            return hub.load_stack(
+                path,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                endpoint=endpoint,
+            )
+        if revision is not None:
+            raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
         manifest_path = Path(path)
         if manifest_path.is_dir():
             manifest_path = manifest_path / MANIFEST_NAME
