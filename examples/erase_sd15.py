@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 import diffusers_unlearn
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5")
+def main(default_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", description: str = __doc__) -> None:
+    """Erases `--concept` from `--model` (any SD 1.x / 2.x / SDXL pipeline), saves and tries the removal."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=default_model)
     parser.add_argument("--concept", default="Van Gogh")
     parser.add_argument("--aliases", nargs="*", default=["Vincent van Gogh"])
     parser.add_argument("--neighbors", nargs="*", default=["Monet", "Cezanne", "Gauguin", "Rembrandt"])
@@ -34,7 +35,7 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
     config = diffusers_unlearn.DistillConfig(mixed_precision="fp16" if device == "cuda" else "no")
     adapter = diffusers_unlearn.erase(
         pipe,

@@ -12,50 +12,7 @@ that built it); on the embedded digits model a removal takes ~18 s on 2 CPU core
 `accelerate launch --multi_gpu --num_processes 4 examples/erase_sdxl.py --method distill`.
 """
 
-from __future__ import annotations
-
-import argparse
-
-import torch
-from diffusers import StableDiffusionXLPipeline
-
-import diffusers_unlearn
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="stabilityai/stable-diffusion-xl-base-1.0")
-    parser.add_argument("--concept", default="Van Gogh")
-    parser.add_argument("--aliases", nargs="*", default=["Vincent van Gogh"])
-    parser.add_argument("--neighbors", nargs="*", default=["Monet", "Cezanne", "Gauguin", "Rembrandt"])
-    parser.add_argument("--method", choices=["closed_form", "distill"], default="closed_form")
-    parser.add_argument("--output", default="no-van-gogh")
-    args = parser.parse_args()
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
-    config = diffusers_unlearn.DistillConfig(mixed_precision="fp16" if device == "cuda" else "no")
-    adapter = diffusers_unlearn.erase(
-        pipe,
-        args.concept,
-        aliases=args.aliases,
-        neighbors=args.neighbors,
-        mine_neighbors=8,
-        mapping_candidates=["a painter", "an artist"],
-        method=args.method,
-        config=config if args.method == "distill" else None,
-    )
-    adapter.save_pretrained(args.output, dtype=torch.float16)
-    print("targets:", [r["target"] for r in adapter.metadata["targets"][:4]])
-    print("figures:", adapter.metadata["figures"])
-
-    pipe.load_unlearning(args.output)
-    prompt = f"a painting of a starry night by {args.concept}"
-    image = pipe(prompt, num_inference_steps=30, generator=torch.Generator(device).manual_seed(0)).images[0]
-    image.save(f"{args.output}/after.png")
-    print(f"wrote {args.output}/ (the removal) and {args.output}/after.png")
-
+from erase_sd15 import main  # the same script; only the default model differs
 
 if __name__ == "__main__":
-    main()
+    main(default_model="stabilityai/stable-diffusion-xl-base-1.0", description=__doc__)
