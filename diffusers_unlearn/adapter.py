@@ -329,20 +329,40 @@ class UnlearningAdapter:
                 raise AdapterFormatError(f"Layer {layer} holds NaN or infinite values.")
 
 
+_MAX_METADATA_BYTES = 4 * 2**20
+_REQUIRED = {"name": str, "rank": int, "base_fingerprint": str, "method": str}
+_OPTIONAL = {
+    "denoiser": str, "family": str, "concept": (str, type(None)), "aliases": list, "targets": list,
+    "protected_neighbors": list, "protected_prompts": list, "preserve": list, "forget_prompts": list,
+    "parents": list, "figures": dict, "hyperparameters": dict, "members": list, "adapter_id": str,
+}  # fmt: skip
+
+
 def _parse_metadata(text: str, source: Path) -> dict[str, Any]:
+    """Parses and checks our provenance (versioned schema, size limit): untrusted input, typed errors only."""
+    if len(text) > _MAX_METADATA_BYTES:
+        raise AdapterFormatError(f"The provenance in {source} is larger than {_MAX_METADATA_BYTES} bytes.")
     try:
         metadata = json.loads(text)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise AdapterFormatError(f"The provenance in {source} is not valid JSON: {error}") from error
     if not isinstance(metadata, dict):
         raise AdapterFormatError(f"The provenance in {source} must be a JSON object.")
-    version = str(metadata.get("format_version", ""))
-    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+    version = metadata.get("format_version")
+    if not isinstance(version, str) or version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise AdapterFormatError(
             f"{source} has format version {version or 'none'}; this release reads {FORMAT_VERSION.split('.')[0]}.x. "
             "Upgrade diffusers-unlearn to load it."
         )
-    for key in ("name", "rank", "base_fingerprint", "method"):
+    for key in _REQUIRED:
         if key not in metadata:
             raise AdapterFormatError(f"The provenance in {source} lacks the required field {key!r}.")
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key in metadata and (not isinstance(metadata[key], kind) or isinstance(metadata[key], bool)):
+            raise AdapterFormatError(f"The provenance in {source} has a {key!r} of the wrong type.")
+    name = metadata["name"]
+    if not name or len(name) > 200 or any(c in name for c in "/\\:") or name in (".", "..") or name.startswith("."):
+        raise AdapterFormatError(f"The provenance in {source} has an unusable name {name!r} (it names folders).")
+    if metadata["rank"] < 1:
+        raise AdapterFormatError(f"The provenance in {source} has rank {metadata['rank']}; a LoRA rank is >= 1.")
     return metadata

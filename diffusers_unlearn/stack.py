@@ -425,20 +425,14 @@ class UnlearningStack:
             )
         if revision is not None:
             raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
+        from .hub import read_manifest
+
         manifest_path = Path(path)
         if manifest_path.is_dir():
             manifest_path = manifest_path / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise AdapterNotFoundError(f"No {MANIFEST_NAME} at {path}: pass a folder written by save_pretrained.")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            version, entries = str(manifest["format_version"]), list(manifest["entries"])
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise AdapterFormatError(f"{manifest_path} is not a valid stack manifest: {error}") from error
-        if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
-            raise AdapterFormatError(f"{manifest_path} has format version {version}; upgrade diffusers-unlearn.")
+        manifest = read_manifest(manifest_path)  # one parser for local and pulled chains: types, paths, sha256
         adapters = []
-        for entry in entries:
+        for entry in manifest["entries"]:
             folder = manifest_path.parent / entry["path"]
             if not (folder / WEIGHTS_NAME).is_file():
                 raise AdapterNotFoundError(f"The stack lists {entry['path']}, which is missing.")

@@ -1,0 +1,97 @@
+"""Property-based tests of the parsers that read untrusted files: only our typed errors may come out.
+
+A bounded number of cases runs in CI; `HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py` runs many more.
+"""
+
+import contextlib
+import json
+import os
+import struct
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+import diffusers_unlearn as du
+from diffusers_unlearn.adapter import HEADER_KEY, WEIGHTS_NAME, _parse_metadata
+from diffusers_unlearn.hub import read_manifest
+from diffusers_unlearn.stack import MANIFEST_NAME
+
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+FILE_CASES = 40 if settings().max_examples <= 60 else 1000  # cases that write files to disk
+
+TYPED = (du.AdapterFormatError, du.AdapterNotFoundError, du.BaseModelMismatchError, du.AdapterNameError)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=20,
+)
+metadata_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "format_version": st.sampled_from(["1.0", "1.3", "2.0", "0.9", "", "x"]) | json_values,
+        "name": st.text(max_size=20) | json_values,
+        "rank": st.integers(-3, 70) | json_values,
+        "base_fingerprint": st.text(max_size=20) | json_values,
+        "method": st.sampled_from(["closed_form", "distill", "merge:concat"]) | json_values,
+        "denoiser": st.sampled_from(["unet", "transformer", "../x"]) | json_values,
+        "targets": json_values,
+        "concept": json_values,
+    },
+)
+
+
+@given(st.text(max_size=200) | json_values.map(json.dumps) | metadata_like.map(json.dumps))
+def test_provenance_parser(text):
+    try:
+        metadata = _parse_metadata(text, "fuzz")
+    except du.AdapterFormatError:
+        return
+    assert isinstance(metadata, dict) and {"name", "rank", "base_fingerprint", "method"} <= set(metadata)
+
+
+@settings(max_examples=FILE_CASES)
+@given(st.binary(max_size=300), st.booleans())
+def test_weights_file_reader_on_random_bytes(tmp_path_factory, data, with_length_prefix):
+    folder = tmp_path_factory.mktemp("bytes")
+    if with_length_prefix:  # a plausible safetensors header length followed by junk
+        data = struct.pack("<Q", len(data)) + data
+    (folder / WEIGHTS_NAME).write_bytes(data)
+    with pytest.raises(TYPED):
+        du.UnlearningAdapter.from_pretrained(folder)
+
+
+@settings(max_examples=FILE_CASES)
+@given(metadata_like, st.integers(1, 4), st.integers(1, 4), st.sampled_from(["ok", "nan", "unpaired", "shape"]))
+def test_weights_file_reader_on_valid_safetensors_with_odd_content(tmp_path_factory, metadata, rank, width, kind):
+    folder = tmp_path_factory.mktemp("odd")
+    a, b = torch.randn(rank, width), torch.randn(3, rank)
+    if kind == "nan":
+        a[0, 0] = float("nan")
+    if kind == "shape":
+        b = torch.randn(3, rank + 1)
+    tensors = {"unet.layer.lora_A.weight": a, "unet.layer.lora_B.weight": b}
+    if kind == "unpaired":
+        tensors["unet.other.lora_A.weight"] = a.clone()
+    save_file(tensors, folder / WEIGHTS_NAME, metadata={HEADER_KEY: json.dumps(metadata)})
+    try:
+        adapter = du.UnlearningAdapter.from_pretrained(folder)
+    except TYPED:
+        return
+    assert kind == "ok" and adapter.rank == rank  # anything accepted is a consistent, finite LoRA of its rank
+
+
+@given(json_values | st.fixed_dictionaries({"format_version": st.just("1.0"), "entries": json_values}))
+def test_stack_manifest_readers(tmp_path_factory, manifest):
+    folder = tmp_path_factory.mktemp("manifest")
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(TYPED + (du.ResolveError,)):
+        du.UnlearningStack.from_pretrained(folder)
+        raise du.AdapterFormatError("accepted")  # an empty chain is fine: count it as handled
+    with contextlib.suppress(TYPED):
+        read_manifest(folder)
