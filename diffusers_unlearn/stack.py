@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -33,6 +34,7 @@ from .errors import (
     AdapterNotFoundError,
     BaseModelMismatchError,
     ResolveError,
+    UnlearningError,
 )
 from .interference import InterferenceReport, check_interference
 from .pipeline import (
@@ -311,14 +313,22 @@ class UnlearningStack:
 
     # ------------------------------------------------------------------------------------------- files
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Writes every removal under `adapters/NNN-name/`, then the manifest (last, atomically): a reader sees
-        the previous manifest or the complete new one."""
+        """Writes every removal under `adapters/NNN-name/`, then the manifest (last, atomically).
+
+        Saving over an earlier save never modifies a folder the old manifest lists: a removal already saved there
+        is kept as it is, and a different removal at the same position goes to a new folder
+        (`NNN-name-<id>`). Folders no manifest lists are deleted only after the new manifest is in place, so a
+        save killed at any point leaves the previous chain or the new one readable and verified.
+        """
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         entries = []
         for position, adapter in enumerate(self._adapters, 1):
             relative = Path("adapters") / f"{position:03d}-{adapter.name}"
-            adapter.save_pretrained(folder / relative)
+            if (folder / relative).exists() and not _holds(folder / relative, adapter):
+                relative = relative.with_name(f"{relative.name}-{adapter.metadata.get('adapter_id', 'new')[:8]}")
+            if not _holds(folder / relative, adapter):
+                adapter.save_pretrained(folder / relative)
             entries.append(
                 {
                     "name": adapter.name,
@@ -337,6 +347,10 @@ class UnlearningStack:
         }
         text = json.dumps(manifest, indent=2) + "\n"
         atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+        listed = {entry["path"] for entry in entries}
+        for stale in sorted((folder / "adapters").iterdir()) if (folder / "adapters").is_dir() else ():
+            if stale.is_dir() and f"adapters/{stale.name}" not in listed:
+                shutil.rmtree(stale, ignore_errors=True)
         return folder
 
     def push_to_hub(
@@ -443,6 +457,24 @@ class UnlearningStack:
                 )
             adapters.append(UnlearningAdapter.from_pretrained(folder))
         return cls(adapters)
+
+
+def _holds(folder: Path, adapter: UnlearningAdapter) -> bool:
+    """Whether `folder` already holds exactly this removal (same provenance, same tensors, same probes)."""
+    if not (folder / WEIGHTS_NAME).is_file():
+        return False
+    try:
+        saved = UnlearningAdapter.from_pretrained(folder)
+    except UnlearningError:
+        return False
+    same_probes = saved.probes.keys() == adapter.probes.keys() and all(
+        torch.equal(saved.probes[k].cpu(), adapter.probes[k].detach().cpu()) for k in saved.probes
+    )
+    return (
+        saved.metadata == adapter.metadata
+        and content_id(saved.lora_weights) == content_id(adapter.lora_weights)
+        and same_probes
+    )
 
 
 def _require_base(pipe: DiffusionPipeline, stack: UnlearningStack, action: str) -> None:
