@@ -54,3 +54,32 @@ def test_a_stack_save_killed_at_random_points_leaves_a_verified_chain(sd_pipe, t
         )
         seen.add(ids[-1])
     assert len(seen) >= 2  # the kills landed at different points of the loop
+
+
+def test_two_pipelines_in_two_threads_do_not_see_each_others_removals():
+    import threading
+
+    from conftest import make_sd_pipeline
+
+    pipes = [make_sd_pipeline(), make_sd_pipeline()]
+    removals = [du.erase(pipes[0], "cat"), du.erase(pipes[1], "dog")]
+    errors, seen = [], [[], []]
+
+    def worker(index: int) -> None:
+        pipe, removal = pipes[index], removals[index]
+        try:
+            for _ in range(5):
+                pipe.load_unlearning(removal, mode="fused" if index else "adapters")
+                seen[index].append([(u.name, u.verified) for u in pipe.unlearning])
+                pipe.unload_unlearning()
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert seen[0] == [[("no-cat", True)]] * 5 and seen[1] == [[("no-dog", True)]] * 5
+    assert pipes[0].unlearning == () and pipes[1].unlearning == ()
