@@ -441,9 +441,10 @@ def _fused_deltas(state: _State) -> dict[str, torch.Tensor]:
     return total
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+def _close(actual: torch.Tensor, expected: torch.Tensor, rounding: float = 0.0) -> bool:
+    """`actual` equals `expected` up to `_VERIFY_RTOL` of it, plus `rounding` (the storage's rounding error)."""
     scale = expected.norm().clamp_min(1e-12)
-    return bool((actual.float().cpu() - expected.cpu()).norm() <= _VERIFY_RTOL * scale + 1e-6)
+    return bool((actual.float().cpu() - expected.cpu()).norm() <= _VERIFY_RTOL * scale + rounding + 1e-6)
 
 
 def _is_applied(denoiser, entry: _Entry, state: _State, fused_total: dict[str, torch.Tensor]) -> bool:
@@ -454,7 +455,9 @@ def _is_applied(denoiser, entry: _Entry, state: _State, fused_total: dict[str, t
             if layer not in state.originals:
                 return False
             change = base_linear(module).weight.float() - state.originals[layer].float()
-            if not _close(change, fused_total[layer]):
+            weight = base_linear(module).weight  # fp16 / bf16 weights round the sum: allow one rounding of them
+            rounding = torch.finfo(weight.dtype).eps * float(weight.float().norm())
+            if not _close(change, fused_total[layer], rounding):
                 return False
         else:
             if not isinstance(module, BaseTunerLayer) or module.disable_adapters:
@@ -463,7 +466,9 @@ def _is_applied(denoiser, entry: _Entry, state: _State, fused_total: dict[str, t
                 return False
             if entry.name in module.merged_adapters:
                 return False
-            if not _close(module.get_delta_weight(entry.name).detach(), entry.adapter.delta(layer)):
+            expected = entry.adapter.delta(layer)  # the LoRA is held in the model's dtype: A, B and B @ A round
+            rounding = 4 * torch.finfo(module.lora_A[entry.name].weight.dtype).eps * float(expected.norm())
+            if not _close(module.get_delta_weight(entry.name).detach(), expected, rounding):
                 return False
     return True
 
