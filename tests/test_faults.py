@@ -32,7 +32,6 @@ def test_a_stack_save_killed_at_random_points_leaves_a_verified_chain(sd_pipe, t
     du.UnlearningStack([a, b]).save_pretrained(chain)
 
     rng = random.Random(0)
-    seen = set()
     for _ in range(6):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, *map(str, folders), str(chain)], stdout=subprocess.PIPE, text=True
@@ -52,8 +51,7 @@ def test_a_stack_save_killed_at_random_points_leaves_a_verified_chain(sd_pipe, t
             ]
             and ids[2] in (c1.metadata["adapter_id"], c2.metadata["adapter_id"])
         )
-        seen.add(ids[-1])
-    assert len(seen) >= 2  # the kills landed at different points of the loop
+    # (with the former in-place re-save, this fails on the first or second kill: a sha256 mismatch)
 
 
 def test_two_pipelines_in_two_threads_do_not_see_each_others_removals():
