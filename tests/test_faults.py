@@ -51,7 +51,7 @@ def test_a_stack_save_killed_at_random_points_leaves_a_verified_chain(sd_pipe, t
             ]
             and ids[2] in (c1.metadata["adapter_id"], c2.metadata["adapter_id"])
         )
-    # (with the former in-place re-save, this fails on the first or second kill: a sha256 mismatch)
+    # (the former in-place re-save fails this test: measured, a sha256 mismatch after a kill)
 
 
 def test_two_pipelines_in_two_threads_do_not_see_each_others_removals():
