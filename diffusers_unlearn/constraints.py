@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -71,8 +71,10 @@ def solve(
     constraints: Constraints,
     config: ClosedFormConfig,
     *,
-    protect_factors: list[torch.Tensor] = (),
+    protect_factors: Sequence[torch.Tensor] = (),
     bank: PromptBank | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    gram: torch.Tensor | None = None,
 ) -> Solution:
     """Solves `constraints` on the pipeline's current weights (every loaded removal applied).
 
@@ -83,14 +85,17 @@ def solve(
         protect_factors (`list[torch.Tensor]`): Forget-moment factors of earlier removals, which must stay
             removed: their mean is one more protected group.
         bank ([`PromptBank`], *optional*): Embeddings already computed.
+        weights (`dict[str, torch.Tensor]`, *optional*): The edited layers' current weights, if already read.
+        gram (`torch.Tensor`, *optional*): Their projection Gram matrix (`projection_gram`), if already formed.
     """
     family = family_of(pipe)
     bank = bank or PromptBank(pipe, family)
     pairs = [pair for member in constraints.forget for pair in member]
     protected = constraints.protected
     bank.add([p for pair in pairs for p in pair] + protected)  # one batched encoding
-    layers = edited_layers(getattr(pipe, family.denoiser), family)
-    weights = {layer: current_weight(module) for layer, module in layers.items()}
+    if weights is None:
+        layers = edited_layers(getattr(pipe, family.denoiser), family)
+        weights = {layer: current_weight(module) for layer, module in layers.items()}
     d = next(iter(weights.values())).shape[1]
 
     members = len(constraints.forget) + len(constraints.statistics)
@@ -137,7 +142,8 @@ def solve(
         figures["pooled_forget_residual"] = pooled_residual
 
     # figures, aggregated over all edited layers through the Gram matrix (exact: sum_l ||W_l x||^2 = x^T G x).
-    gram = projection_gram(list(weights.values()))
+    if gram is None:
+        gram = projection_gram(list(weights.values()))
     g = (remap.up @ remap.down).double()
     protect = torch.cat([bank.embeds(p) for p in protected]) if protected else torch.zeros(0, d)
     if forget_rows:

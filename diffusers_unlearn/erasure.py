@@ -218,6 +218,8 @@ def erase(
             config,
             protect_factors=[a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
             bank=bank,
+            weights=weights,
+            gram=gram,
         )
         lora, probes, figures, edit_rank = solution.lora, solution.probes, solution.figures, solution.remap.rank
     else:  # replay the earlier removals' forget prompts too, so that they stay removed

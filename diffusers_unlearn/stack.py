@@ -439,12 +439,10 @@ class UnlearningStack:
             )
         if revision is not None:
             raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
-        from .hub import read_manifest
-
         manifest_path = Path(path)
         if manifest_path.is_dir():
             manifest_path = manifest_path / MANIFEST_NAME
-        manifest = read_manifest(manifest_path)  # one parser for local and pulled chains: types, paths, sha256
+        manifest = hub.read_manifest(manifest_path)  # one parser for local and pulled chains: types, paths, sha256
         adapters = []
         for entry in manifest["entries"]:
             folder = manifest_path.parent / entry["path"]

@@ -232,20 +232,14 @@ def _student_off(wrapped: dict) -> Iterator[None]:
 
 
 def _remove_adapter(pipe, denoiser) -> None:
-    from ..pipeline import _activate, _drop_empty_peft_layers
+    from ..pipeline import _activate, _active_adapters, _drop_empty_peft_layers
 
     denoiser.delete_adapters(_ADAPTER)
     _drop_empty_peft_layers(pipe)
-    remaining = [n for n in _active_names(denoiser) if n != _ADAPTER]
+    remaining = [n for n in _active_adapters(denoiser) if n != _ADAPTER]
     if remaining:
         _activate(denoiser, remaining)
     denoiser.requires_grad_(False)
-
-
-def _active_names(denoiser) -> list[str]:
-    from ..pipeline import _active_adapters
-
-    return _active_adapters(denoiser)
 
 
 def _sample_size(denoiser) -> int:
