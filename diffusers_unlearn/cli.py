@@ -154,10 +154,10 @@ def cmd_check(args) -> dict[str, Any]:
 
 def cmd_merge(args) -> dict[str, Any]:
     _refuse_existing(args.output, args.force)
+    if args.method == "joint" and args.model is None:
+        raise UnlearningError("--method joint re-solves on the base model: pass --model.")
     stack = _stack(args.stack)
     pipe = _load_pipeline(args.model) if args.method == "joint" else None
-    if args.method == "joint" and pipe is None:
-        raise UnlearningError("--method joint re-solves on the base model: pass --model.")
     merged = stack.merge(args.method, pipe=pipe, rank=args.rank, name=args.name)
     written = merged.save_pretrained(args.output)
     return {"name": merged.name, "written": str(written), "rank": merged.rank, "figures": merged.metadata["figures"]}

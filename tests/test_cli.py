@@ -96,6 +96,7 @@ def test_push_and_pull_through_a_hub(tmp_path, sd_pipe):
         (["check", "missing", "--model", "digits"], "Nothing at missing", 1),
         (["export", "missing", "--output", "x.safetensors"], "Nothing at missing", 1),
         (["merge", "missing", "--output", "out", "--method", "average"], "invalid choice", 2),
+        (["merge", "missing", "--output", "out", "--method", "joint"], "pass --model", 1),
         (["eval", "--digit", "12"], "invalid choice", 2),
         (["eval", "--colour", "purple"], "--colour must be one of", 2),
         (["eval"], "needs --digit", 2),
