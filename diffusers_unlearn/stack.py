@@ -29,9 +29,7 @@ from diffusers import DiffusionPipeline
 from .adapter import FORMAT_VERSION, WEIGHTS_NAME, UnlearningAdapter, atomic_write, content_id, sha256_file
 from .constraints import config_of, constraints_of, forget_pairs, joint_constraints, moment_factor, solve
 from .errors import (
-    AdapterFormatError,
     AdapterNameError,
-    AdapterNotFoundError,
     BaseModelMismatchError,
     ResolveError,
     UnlearningError,
@@ -428,33 +426,18 @@ class UnlearningStack:
         """
         from . import hub
 
-        if not os.path.exists(path) or hub.has_remote_entries(path):
-            return hub.load_stack(
-                path,
-                revision=revision,
-                token=token,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                endpoint=endpoint,
-            )
-        if revision is not None:
+        if revision is not None and os.path.exists(path):
             raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
-        manifest_path = Path(path)
-        if manifest_path.is_dir():
-            manifest_path = manifest_path / MANIFEST_NAME
-        manifest = hub.read_manifest(manifest_path)  # one parser for local and pulled chains: types, paths, sha256
-        adapters = []
-        for entry in manifest["entries"]:
-            folder = manifest_path.parent / entry["path"]
-            if not (folder / WEIGHTS_NAME).is_file():
-                raise AdapterNotFoundError(f"The stack lists {entry['path']}, which is missing.")
-            if sha256_file(folder / WEIGHTS_NAME) != entry["sha256"]:
-                raise AdapterFormatError(
-                    f"{entry['path']}/{WEIGHTS_NAME} does not match the sha256 in {MANIFEST_NAME}: it was modified "
-                    "after the stack was saved. Refusing to load it; restore the file or re-save the stack."
-                )
-            adapters.append(UnlearningAdapter.from_pretrained(folder))
-        return cls(adapters)
+        # one reader for local and pulled chains: manifest schema, every listed file against its sha256, names, and
+        # the chain's base fingerprint
+        return hub.load_stack(
+            path,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            endpoint=endpoint,
+        )
 
 
 def _holds(folder: Path, adapter: UnlearningAdapter) -> bool:
