@@ -506,26 +506,6 @@ def load(
     return [UnlearningAdapter.from_pretrained(folder)]
 
 
-def has_remote_entries(folder: str | os.PathLike) -> bool:
-    """Whether a local chain folder (or manifest) lists removals kept in other repos.
-
-    Example:
-        ```py
-        >>> has_remote_entries("removals")  # a folder written by UnlearningStack.save_pretrained
-        False
-        ```
-    """
-    path = Path(folder)
-    manifest = path if path.is_file() else path / MANIFEST_NAME
-    if not manifest.is_file():
-        return False
-    try:
-        return any("repo_id" in entry for entry in json.loads(manifest.read_text()).get("entries", []))
-    except (json.JSONDecodeError, AttributeError, TypeError):
-        return False
-
-
-# ------------------------------------------------------------------------------------------------ model card
 def _adapters_of(removals: Removals) -> list[UnlearningAdapter]:
     if isinstance(removals, UnlearningAdapter):
         return [removals]

@@ -137,28 +137,22 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
 def _expand(source: AdapterSource, hub_options: dict) -> list[UnlearningAdapter]:
     """The removals a source stands for: one adapter, or every adapter of a stack, in order."""
     from . import hub
-    from .stack import UnlearningStack, is_stack
+    from .stack import UnlearningStack
 
     if isinstance(source, UnlearningAdapter):
         return [source]
     if isinstance(source, UnlearningStack):
         return list(source.adapters)
     if isinstance(source, str | os.PathLike):
-        if not os.path.exists(source):
-            if not hub.is_repo_id(source):
-                raise AdapterNotFoundError(
-                    f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` or "
-                    '`UnlearningStack.save_pretrained`, the id ("org/name") of a Hub repo written by `push_to_hub`, '
-                    "or an adapter object."
-                )
-            return hub.load(source, **hub_options)  # downloaded and verified before the pipeline is touched
-        if hub_options["revision"] is not None:
+        if not os.path.exists(source) and not hub.is_repo_id(source):
+            raise AdapterNotFoundError(
+                f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` or "
+                '`UnlearningStack.save_pretrained`, the id ("org/name") of a Hub repo written by `push_to_hub`, '
+                "or an adapter object."
+            )
+        if os.path.exists(source) and hub_options["revision"] is not None:
             raise ValueError(f"`revision` applies to Hub repos; {source} is a local path.")
-        if hub.has_remote_entries(source):
-            return hub.load(source, **hub_options)
-        if is_stack(source):
-            return list(UnlearningStack.from_pretrained(source).adapters)
-        return [UnlearningAdapter.from_pretrained(source)]
+        return hub.load(source, **hub_options)  # a chain or one removal, local or pulled, verified before use
     raise TypeError(
         f"Cannot load a removal from {type(source).__name__}; pass a folder path, an UnlearningAdapter or an "
         "UnlearningStack."
