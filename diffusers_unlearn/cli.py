@@ -116,7 +116,7 @@ def cmd_erase(args) -> dict[str, Any]:
     }
     if args.model == "digits" and not (args.prompt or args.template or args.neighbor or args.preserve):
         kwargs = _digits_kwargs(args.concept) or {**kwargs, "templates": _DIGITS_TEMPLATES}
-    config = DistillConfig(steps=args.steps) if args.method == "distill" else None
+    config = DistillConfig(**({"steps": args.steps} if args.steps else {})) if args.method == "distill" else None
     adapter = erase(
         pipe, **kwargs, method=args.method, config=config, rank=args.rank, redact=args.redact, name=args.name
     )
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--preserve", action="append", default=[], help="a prompt to keep unchanged (repeatable)")
     erase.add_argument("--category", help='a generic replacement ("a painter")')
     erase.add_argument("--method", choices=["closed_form", "distill"], default="closed_form")
-    erase.add_argument("--steps", type=int, default=200, help="training steps (distill)")
+    erase.add_argument("--steps", type=int, default=None, help="training steps (distill; default 500)")
     erase.add_argument("--rank", type=int, help="LoRA rank (default: chosen by the method)")
     erase.add_argument("--redact", action="store_true", help="keep the concept's name out of the files")
     erase.add_argument("--name", help='adapter name (default "no-<concept>")')

@@ -92,7 +92,7 @@ def solve(
     bank = bank or PromptBank(pipe, family)
     pairs = [pair for member in constraints.forget for pair in member]
     protected = constraints.protected
-    bank.add([p for pair in pairs for p in pair] + protected)  # one batched encoding
+    bank.add([p for pair in pairs for p in pair])  # one batched encoding; protected prompts are streamed
     if weights is None:
         layers = edited_layers(getattr(pipe, family.denoiser), family)
         weights = {layer: current_weight(module) for layer, module in layers.items()}
@@ -119,9 +119,7 @@ def solve(
     protect_moment = torch.zeros(d, d, dtype=torch.float64)
     for group, prompts in constraints.protect.items():
         if prompts:
-            protect_moment += constraints.weights.get(group, 1.0) * moment(
-                torch.cat([bank.embeds(p) for p in prompts])
-            )
+            protect_moment += constraints.weights.get(group, 1.0) * bank.moment(prompts)
     if protect_factors:  # keep earlier removals removed: one more group, the mean of their forget moments
         earlier = sum(f.double().T @ f.double() for f in protect_factors) / len(protect_factors)
         protect_moment = protect_moment + earlier
@@ -145,13 +143,12 @@ def solve(
     if gram is None:
         gram = projection_gram(list(weights.values()))
     g = (remap.up @ remap.down).double()
-    protect = torch.cat([bank.embeds(p) for p in protected]) if protected else torch.zeros(0, d)
     if forget_rows:
         forget, target = torch.cat(forget_rows).double(), torch.cat(target_rows).double()
         figures["forget_residual"] = _ratio(forget @ g.T + forget - target, forget - target, gram)
     figures.update(
         {
-            "protect_drift": _ratio(protect.double() @ g.T, protect.double(), gram),
+            "protect_drift": _protect_drift(bank, protected, g, gram),
             "edit_norm_ratio": max(  # ||B A|| / ||W||, with B = W @ up already formed above
                 float((lora[f"{family.denoiser}.{layer}.lora_B.weight"] @ remap.down).norm() / weight.norm())
                 for layer, weight in weights.items()
@@ -172,8 +169,19 @@ def solve(
 def embedding_probes(bank: PromptBank, pairs: list[tuple[str, str]], groups: dict[str, list[str]]) -> dict:
     """The forget and protected moment factors of a removal (what the interference check reads)."""
     forget = torch.cat([bank.aligned(f, t)[0] for f, t in pairs])
-    protect = sum(moment(torch.cat([bank.embeds(p) for p in prompts])) for prompts in groups.values() if prompts)
+    protect = sum(bank.moment(prompts) for prompts in groups.values() if prompts)
     return {"forget_moment": moment_factor(moment(forget)), "protect_moment": moment_factor(protect)}
+
+
+def _protect_drift(bank: PromptBank, protected: list[str], edit: torch.Tensor, gram: torch.Tensor) -> float:
+    """`||edit c|| / ||c||` over the protected prompts' token embeddings, through the Gram matrix, streamed."""
+    top = bottom = 0.0
+    for chunk in bank.chunks(protected):
+        rows = torch.cat([bank.embeds(p) for p in chunk]).double()
+        moved = rows @ edit.T
+        top += float(((moved @ gram) * moved).sum())
+        bottom += float(((rows @ gram) * rows).sum())
+    return (top / bottom) ** 0.5 if bottom > 0 else 0.0
 
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, gram: torch.Tensor) -> float:
@@ -199,7 +207,7 @@ def _edit_pooled(pipe, family, bank, pairs, protected, config, rank, lora) -> fl
     """
     forget = torch.stack([bank.pooled(f) for f, _ in pairs])
     target = torch.stack([bank.pooled(t) for _, t in pairs])
-    protect = torch.stack([bank.pooled(p) for p in protected])
+    protect = torch.stack([bank.pooled(p) for chunk in bank.chunks(protected) for p in chunk])
     pooled_config = dataclasses.replace(config, rank=rank)
     forget_moment, shift = forget_statistics(forget, target)
     remap = solve_statistics(forget_moment, shift, moment(protect), pooled_config)

@@ -12,7 +12,8 @@ Two distances, both computed with the pipeline's current weights (every loaded r
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -29,55 +30,139 @@ _SAMPLED_GRAM_ROWS = 16384
 
 
 class PromptBank:
-    """Encodes prompts once and keeps their embeddings and token ids."""
+    """Encodes prompts and keeps their embeddings, within a memory budget.
 
-    def __init__(self, pipe: DiffusionPipeline, family: ModelFamily, batch_size: int = 64):
+    Embeddings (and the score distance's noise predictions) are kept most-recently-used first up to
+    `max_bytes` each; older ones are dropped and encoded again if asked for, so thousands of neighbours cost
+    time, not memory. Token ids are always kept.
+
+    Args:
+        pipe (`DiffusionPipeline`): Its text encoder(s) encode the prompts.
+        family ([`ModelFamily`]): The pipeline's family.
+        batch_size (`int`): Prompts per text-encoder call.
+        max_bytes (`int`): Budget of the embeddings kept, and separately of the noise predictions kept.
+    """
+
+    max_bytes_default = 512 * 2**20
+
+    def __init__(
+        self, pipe: DiffusionPipeline, family: ModelFamily, batch_size: int = 64, max_bytes: int | None = None
+    ):
         self.pipe, self.family, self.batch_size = pipe, family, batch_size
         self.tokenizer = pipe.tokenizer
         self.length = pipe.tokenizer.model_max_length
-        self._embeds: dict[str, torch.Tensor] = {}
-        self._pooled: dict[str, torch.Tensor] = {}
+        self.max_bytes = max_bytes or self.max_bytes_default
+        self._embeds = _BoundedCache(self.max_bytes)  # prompt -> (embeds, pooled or None)
         self._ids: dict[str, list[int]] = {}
-        self.predictions: dict[tuple[str, int, int], torch.Tensor] = {}  # score distance: (prompt, samples, seed)
+        self.predictions = _BoundedCache(self.max_bytes)  # score distance: (prompt, samples, seed) -> tensor
+        self.encoded = 0  # prompts encoded, re-encodings included
         self.encode_seconds = 0.0  # time spent in the text encoders
 
     def add(self, prompts: Sequence[str]) -> None:
-        """Encodes the prompts not seen yet (raises if one is too long for the tokenizer)."""
+        """Encodes the prompts not held now, in batches (raises if one is too long for the tokenizer).
+
+        At most the budget is kept: of a list larger than it, the last ones stay.
+        """
         new = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
         for prompt in new:
-            self._ids[prompt] = token_ids(self.tokenizer, prompt)
+            if prompt not in self._ids:
+                self._ids[prompt] = token_ids(self.tokenizer, prompt)
         started = time.perf_counter()
         for start in range(0, len(new), self.batch_size):
             chunk = new[start : start + self.batch_size]
             embeds, pooled = self.family.encode(self.pipe, chunk)
             for i, prompt in enumerate(chunk):
-                self._embeds[prompt] = embeds[i].cpu()
-                if pooled is not None:
-                    self._pooled[prompt] = pooled[i].cpu()
+                self._embeds.put(prompt, (embeds[i].cpu(), None if pooled is None else pooled[i].cpu()))
+            self.encoded += len(chunk)
         self.encode_seconds += time.perf_counter() - started
 
     def __len__(self) -> int:
-        """How many prompts have been encoded."""
+        """How many prompts' embeddings are held now."""
         return len(self._embeds)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of embeddings and predictions held now."""
+        return self._embeds.bytes + self.predictions.bytes
 
     def embeds(self, prompt: str) -> torch.Tensor:
         """`(L, d)` float32 embeddings of a prompt, as the edited layers read them."""
-        self.add([prompt])
-        return self._embeds[prompt]
+        return self._entry(prompt)[0]
 
     def pooled(self, prompt: str) -> torch.Tensor | None:
         """Pooled embedding of a prompt, for families that have one."""
-        self.add([prompt])
-        return self._pooled.get(prompt)
+        return self._entry(prompt)[1]
 
     def ids(self, prompt: str) -> list[int]:
-        self.add([prompt])
+        if prompt not in self._ids:
+            self._ids[prompt] = token_ids(self.tokenizer, prompt)
         return self._ids[prompt]
 
     def aligned(self, prompt_a: str, prompt_b: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of `a` and `b` at the token positions that may differ, paired (see `align`)."""
         positions_a, positions_b = align(self.ids(prompt_a), self.ids(prompt_b), self.length)
         return self.embeds(prompt_a)[positions_a], self.embeds(prompt_b)[positions_b]
+
+    def chunks(self, prompts: Sequence[str]) -> Iterator[list[str]]:
+        """The prompts in chunks of `batch_size`, each encoded in one call before it is yielded."""
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = list(prompts[start : start + self.batch_size])
+            self.add(chunk)
+            yield chunk
+
+    def moment(self, prompts: Sequence[str]) -> torch.Tensor:
+        """`mean_i c_i c_i^T` over every token embedding of the prompts, float64 `(d, d)`, in bounded memory."""
+        total, rows = None, 0
+        for chunk in self.chunks(prompts):
+            vectors = torch.cat([self.embeds(p) for p in chunk]).double()
+            total = vectors.T @ vectors if total is None else total + vectors.T @ vectors
+            rows += vectors.shape[0]
+        if total is None:
+            raise ValueError("No prompts to form a moment from.")
+        return total / rows
+
+    def _entry(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        entry = self._embeds.get(prompt)
+        if entry is None:
+            self.add([prompt])
+            entry = self._embeds.get(prompt)
+        return entry
+
+
+class _BoundedCache:
+    """A dict that keeps its most recently used values up to `max_bytes` (tensors or tuples of tensors)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.peak_bytes = max_bytes, 0, 0
+        self._items: OrderedDict = OrderedDict()
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key):
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key][0]
+
+    def put(self, key, value) -> None:
+        if key in self._items:
+            self.bytes -= self._items.pop(key)[1]
+        size = sum(t.numel() * t.element_size() for t in _tensors(value))
+        self._items[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self._items) > 1:  # the newest stays, whatever its size
+            self.bytes -= self._items.popitem(last=False)[1][1]
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for t in value if isinstance(t, torch.Tensor)]
 
 
 def projection_gram(weights: Sequence[torch.Tensor], seed: int = 0) -> torch.Tensor:
@@ -105,12 +190,15 @@ def projection_gram(weights: Sequence[torch.Tensor], seed: int = 0) -> torch.Ten
 
 def proxy_distances(bank: PromptBank, gram: torch.Tensor, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
     """Key / value-projection distance for each `(a, b)` pair, float64 `(len(pairs),)`."""
-    bank.add([p for pair in pairs for p in pair])  # one batched encoding
     out = torch.empty(len(pairs), dtype=torch.float64)
-    for i, (a, b) in enumerate(pairs):
-        ea, eb = bank.aligned(a, b)
-        diff = (ea - eb).double()
-        out[i] = ((diff @ gram) * diff).sum()
+    step = max(1, bank.batch_size // 2)
+    for start in range(0, len(pairs), step):  # a chunk of pairs, encoded in one batch
+        chunk = pairs[start : start + step]
+        bank.add([p for pair in chunk for p in pair])
+        for i, (a, b) in enumerate(chunk, start):
+            ea, eb = bank.aligned(a, b)
+            diff = (ea - eb).double()
+            out[i] = ((diff @ gram) * diff).sum()
     return out
 
 
@@ -133,20 +221,28 @@ def score_distances(
     timesteps = timesteps.to(pipe.device)
     scale = getattr(pipe, "vae_scale_factor", 8)
 
-    bank.add([p for pair in pairs for p in pair])
     predictions = bank.predictions
-    todo = [p for p in dict.fromkeys(p for pair in pairs for p in pair) if (p, samples, seed) not in predictions]
-    for prompt in tqdm(todo, desc="score distance", leave=False, disable=len(todo) < 16):
-        embeds = bank.embeds(prompt).to(pipe.device, denoiser.dtype).expand(samples, -1, -1)
-        pooled = bank.pooled(prompt)
-        if pooled is not None:
-            pooled = pooled.to(pipe.device, denoiser.dtype).expand(samples, -1)
-        extra = family.denoiser_kwargs(pipe, pooled, size * scale, size * scale)
-        prediction = denoiser(latents, timesteps, encoder_hidden_states=embeds, **extra).sample.float()
-        predictions[prompt, samples, seed] = prediction
+
+    def prediction(prompt: str) -> torch.Tensor:
+        key = (prompt, samples, seed)
+        found = predictions.get(key)
+        if found is None:
+            embeds = bank.embeds(prompt).to(pipe.device, denoiser.dtype).expand(samples, -1, -1)
+            pooled = bank.pooled(prompt)
+            if pooled is not None:
+                pooled = pooled.to(pipe.device, denoiser.dtype).expand(samples, -1)
+            extra = family.denoiser_kwargs(pipe, pooled, size * scale, size * scale)
+            found = denoiser(latents, timesteps, encoder_hidden_states=embeds, **extra).sample.float().cpu()
+            predictions.put(key, found)
+        return found
 
     out = torch.empty(len(pairs), dtype=torch.float64)
-    for i, (a, b) in enumerate(pairs):
-        difference = predictions[a, samples, seed] - predictions[b, samples, seed]
-        out[i] = difference.square().sum(dim=(1, 2, 3)).mean().double()
+    step = max(1, bank.batch_size // 2)
+    chunks = range(0, len(pairs), step)
+    for start in tqdm(chunks, desc="score distance", leave=False, disable=len(chunks) < 8):
+        chunk = pairs[start : start + step]
+        bank.add([p for pair in chunk for p in pair])
+        for i, (a, b) in enumerate(chunk, start):
+            difference = prediction(a) - prediction(b)
+            out[i] = difference.square().sum(dim=(1, 2, 3)).mean().double()
     return out

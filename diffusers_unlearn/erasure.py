@@ -224,15 +224,14 @@ def erase(
         lora, probes, figures, edit_rank = solution.lora, solution.probes, solution.figures, solution.remap.rank
     else:  # replay the earlier removals' forget prompts too, so that they stay removed
         earlier = [p for a in previous for p in a.metadata.get("forget_prompts", [])]
-        replayed = list(dict.fromkeys([p for prompts in groups.values() for p in prompts] + earlier))
-        result = distill(pipe, family, bank, pairs, replayed, config, seed=seed)
+        result = distill(pipe, family, bank, pairs, [*groups.values(), earlier], config, seed=seed)
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         probes = embedding_probes(bank, pairs, groups)
     figures = {
         **figures,
         "seconds": round(time.perf_counter() - started, 3),
         "encode_seconds": round(bank.encode_seconds, 3),
-        "prompts_encoded": len(bank),
+        "prompts_encoded": bank.encoded,
     }
 
     metadata = _metadata(

@@ -36,6 +36,10 @@ class AdapterNameError(UnlearningError, ValueError):
     """An adapter name is already in use on the pipeline, or unknown to it."""
 
 
+class DownloadError(UnlearningError, OSError):
+    """A download from the Hub failed part way (connection lost, server error); nothing was loaded."""
+
+
 class VerificationError(UnlearningError, RuntimeError):
     """A removal was loaded but the model does not carry its edit: refusing to pretend it is active."""
 

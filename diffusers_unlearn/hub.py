@@ -22,6 +22,8 @@ Every function takes `endpoint=` (default: `HF_ENDPOINT`, read by `huggingface_h
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import os
@@ -59,8 +61,9 @@ from .errors import (
     AdapterNotFoundError,
     BaseModelMismatchError,
     ConcurrentUpdateError,
+    DownloadError,
 )
-from .stack import MANIFEST_NAME, UnlearningStack
+from .stack import MANIFEST_NAME, UnlearningStack, check_parents
 
 if TYPE_CHECKING:
     from .interference import InterferenceReport
@@ -194,7 +197,21 @@ def download(
         ) from error
     except LocalEntryNotFoundError as error:
         raise AdapterNotFoundError(_not_cached(repo_id, revision, cache_dir, offline, error)) from error
+    except (HfHubHTTPError, OSError, *_transport_errors()) as error:
+        raise DownloadError(
+            f"Downloading {repo_id!r}{_at(endpoint)} failed part way ({type(error).__name__}: {error}); nothing was "
+            "loaded and no partial file is kept. Retry; huggingface_hub already resumed the transfer several times."
+        ) from error
     return Path(folder)
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Connection-level errors of the HTTP client huggingface_hub uses (httpx; httpx2 from version 2)."""
+    found = []
+    for name in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(importlib.import_module(name).TransportError)
+    return tuple(found)
 
 
 def _at(endpoint: str | None) -> str:
@@ -380,6 +397,7 @@ def _load_items(
                 "Refusing to load the chain."
             )
         items.append(_Item(adapter, dict(resolved.entry)))
+    check_parents([item.adapter for item in items])
     return manifest, items
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ from diffusers import DiffusionPipeline
 from .adapter import FORMAT_VERSION, WEIGHTS_NAME, UnlearningAdapter, atomic_write, content_id, sha256_file
 from .constraints import config_of, constraints_of, forget_pairs, joint_constraints, moment_factor, solve
 from .errors import (
+    AdapterFormatError,
     AdapterNameError,
     BaseModelMismatchError,
     ResolveError,
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "unlearning_stack.json"
 _JOINT_MIN_ENERGY = 0.999  # members' remaps are already truncated: keep nearly all of the joint edit
+
+
+logger = logging.getLogger(__name__)
 
 
 class UnlearningStack:
@@ -144,17 +149,28 @@ class UnlearningStack:
         index = self._index(name)
         withdrawn = self._adapters[index]
         changed = {withdrawn.name}
-        dependents = []
-        for adapter in self._adapters[index + 1 :]:
-            if {parent["name"] for parent in adapter.metadata.get("parents", [])} & changed:
-                dependents.append(adapter.name)
-                changed.add(adapter.name)
+        while True:  # made on top of it, directly or through another one, wherever they sit in the chain
+            more = {a.name for a in self._adapters if any(_made_on(a, c) for c in changed)}
+            if more <= changed:
+                break
+            changed |= more
+        dependents = [a.name for a in self._adapters if a.name in changed and a is not withdrawn]
         if not dependents or not resolve:
-            return self._adapters.pop(index)
+            self._adapters = [
+                _detached(adapter, withdrawn.name) if _made_on(adapter, withdrawn.name) else adapter
+                for adapter in self._adapters
+                if adapter is not withdrawn
+            ]
+            return withdrawn
         if pipe is None:
             raise ResolveError(
                 f"{dependents} were made on top of {name!r}; pass `pipe=` (the base pipeline) to re-solve them "
                 "without it, or `resolve=False` to keep them as they are."
+            )
+        if any(self._index(d) < index for d in dependents):
+            raise ResolveError(
+                f"{dependents} were made on top of {name!r} but some now come before it (the chain was reordered); "
+                "reorder it so that every removal follows what it was made on top of, then withdraw."
             )
         for dependent in dependents:
             forget_pairs(self[dependent])  # raises now, before any work, if one cannot be re-solved
@@ -456,6 +472,70 @@ def _holds(folder: Path, adapter: UnlearningAdapter) -> bool:
         and content_id(saved.lora_weights) == content_id(adapter.lora_weights)
         and same_probes
     )
+
+
+def check_parents(adapters: Sequence[UnlearningAdapter]) -> None:
+    """Checks the removals' recorded parents (what each was made on top of) against the chain.
+
+    A parent the chain holds under its name but with other weights (a stale chain: the parent was re-made and this
+    removal was not) and parents that form a cycle (provenance that cannot be true) are refused. A parent the chain
+    does not hold at all is allowed, with a warning: the removal still erases its concept, it was just solved on a
+    model that carried that parent. The order within the chain does not matter: the edits add up.
+
+    Raises:
+        AdapterFormatError: Malformed parents, a stale parent, or a cycle.
+    """
+    by_name = {adapter.name: adapter for adapter in adapters}
+    graph: dict[str, list[str]] = {}
+    for adapter in adapters:
+        parents = adapter.metadata.get("parents", [])
+        if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in parents):
+            raise AdapterFormatError(f"Removal {adapter.name!r} has malformed `parents` in its provenance.")
+        for parent in parents:
+            held, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
+            if held is None:
+                logger.warning(
+                    "Removal %r was made on top of %r, which this chain does not hold; it still erases its concept, "
+                    "but was solved on a model that carried %r.", adapter.name, parent["name"], parent["name"]
+                )  # fmt: skip
+            elif recorded and held.metadata.get("adapter_id") not in (None, recorded):
+                raise AdapterFormatError(
+                    f"Removal {adapter.name!r} was made on top of {parent['name']!r} with id {recorded}, but the "
+                    f"chain holds a different {parent['name']!r} ({held.metadata.get('adapter_id')}): the chain is "
+                    f"stale. Re-make {adapter.name!r} on top of the current {parent['name']!r}."
+                )
+        graph[adapter.name] = [p["name"] for p in parents if p["name"] in by_name]
+    state: dict[str, int] = {}  # 1: being visited, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join(path[path.index(name) :] + [name])
+            raise AdapterFormatError(
+                f"The removals' parents form a cycle ({cycle}): a removal cannot be made on top of itself. The "
+                "provenance was edited or corrupted; do not load this chain."
+            )
+        state[name] = 1
+        for parent in graph[name]:
+            visit(parent, [*path, name])
+        state[name] = 2
+
+    for name in graph:
+        visit(name, [])
+
+
+def _made_on(adapter: UnlearningAdapter, name: str) -> bool:
+    """Whether `adapter` was made with the removal `name` loaded (it is among its parents)."""
+    return any(parent.get("name") == name for parent in adapter.metadata.get("parents", []))
+
+
+def _detached(adapter: UnlearningAdapter, withdrawn: str) -> UnlearningAdapter:
+    """A copy of `adapter` that no longer names `withdrawn` among its parents (kept as it was: `resolve=False`)."""
+    metadata = copy.deepcopy(adapter.metadata)
+    metadata["parents"] = [p for p in metadata.get("parents", []) if p.get("name") != withdrawn]
+    metadata["detached_from"] = [*metadata.get("detached_from", []), withdrawn]
+    return UnlearningAdapter(lora_weights=adapter.lora_weights, metadata=metadata, probes=adapter.probes)
 
 
 def _require_base(pipe: DiffusionPipeline, stack: UnlearningStack, action: str) -> None:

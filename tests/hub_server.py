@@ -13,7 +13,11 @@ It answers the endpoints that `huggingface_hub.HfApi` (with `endpoint=server.url
     POST /api/models/{repo}/branch/{branch}              create_branch
     POST /api/models/{repo}/tag/{rev}                    create_tag
     GET  /api/models/{repo}/refs                         list_repo_refs
-    HEAD, GET /{repo}/resolve/{rev}/{path}               hf_hub_download (X-Repo-Commit, ETag, Content-Length)
+    HEAD, GET /{repo}/resolve/{rev}/{path}               hf_hub_download (X-Repo-Commit, ETag, Content-Length,
+                                                          `Range: bytes=N-` answered 206)
+
+Faults on demand: `cut_downloads[path] = n` drops the connection half way through the next `n` downloads of a
+file; `corrupt_resumes.add(path)` changes the first byte of every resumed (ranged) download of it.
 
 Blobs are stored on disk under `root/blobs/` by their git blob id, commits and refs as JSON under `root/repos/`.
 Commit ids are 40-hex sha1s of the parent, the tree and the message, like git's. Errors carry the `X-Error-Code`
@@ -33,6 +37,7 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,6 +84,9 @@ class HubServer:
         self._gate: threading.Barrier | None = None
         self._gate_left = 0
         self.errors: list[str] = []  # unexpected server-side exceptions (answered 500)
+        self.cut_downloads: dict[str, int] = {}  # path -> how many more downloads of it to cut half way
+        self.corrupt_resumes: set[str] = set()  # paths whose ranged (resumed) downloads bring changed bytes
+        self.ranges: list[tuple[str, str]] = []  # (path, Range header) of every ranged download
         self._clock = 0
         server = self
 
@@ -377,8 +385,11 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._reply(*self.hub.create_ref(repo_id, action, rest, json.loads(body or b"{}")))
             match = _RESOLVE.match(path)
             if match and self.command in ("GET", "HEAD"):
-                oid, data = self.hub.resolve(unquote(match["repo"]), match["rev"], match["path"])
+                file = unquote(match["path"])
+                oid, data = self.hub.resolve(unquote(match["repo"]), match["rev"], file)
                 headers = {"X-Repo-Commit": oid, "ETag": f'"{git_blob_id(data)}"', "Accept-Ranges": "bytes"}
+                if self.command == "GET":
+                    return self._download(file, data, headers)
                 return self._reply(200, None, headers, raw=data)
             raise HubError(404, f"The test server does not answer {self.command} {path}")
         except HubError as error:
@@ -389,5 +400,32 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as error:  # a bug in this server: answer 500 and keep it for the test to see
             self.hub.errors.append(f"{self.command} {self.path}: {error!r}")
             return self._reply(500, {"error": repr(error)})
+
+    def _download(self, file: str, data: bytes, headers: dict[str, str]) -> None:
+        """A file's bytes, honouring `Range: bytes=N-`, with the faults the test asked for."""
+        status, size = 200, len(data)
+        ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if ranged:
+            self.hub.ranges.append((file, self.headers["Range"]))
+            start = int(ranged[1])
+            status, data = 206, data[start:]
+            headers = {**headers, "Content-Range": f"bytes {start}-{size - 1}/{size}"}
+            if file in self.hub.corrupt_resumes and data:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+        with self.hub._lock:
+            cut = self.hub.cut_downloads.get(file, 0) > 0
+            if cut:
+                self.hub.cut_downloads[file] -= 1
+        if not cut:
+            return self._reply(status, None, headers, raw=data)
+        self.send_response(status)  # announce every byte, send half, then drop the connection
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
 
     do_GET = do_HEAD = do_POST = _dispatch

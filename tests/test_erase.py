@@ -9,6 +9,7 @@ import torch
 from conftest import generate, make_sd_pipeline, make_sdxl_pipeline
 
 import diffusers_unlearn as du
+from diffusers_unlearn import erasure
 from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
@@ -199,3 +200,45 @@ def test_unsupported_pipeline():
 def test_anchor_maps_every_prompt_to_one_target(sd_pipe):
     adapter = du.erase(sd_pipe, "cat", anchor="")
     assert {r["target"] for r in adapter.metadata["targets"]} == {""}
+
+
+def test_thousands_of_neighbors_are_processed_in_bounded_memory(sd_pipe, monkeypatch):
+    """A small budget for the prompt bank gives the same removal as an unbounded one, and the bank never holds
+    more than its budget: embeddings are dropped and encoded again instead of piling up."""
+    vocabulary = sorted(
+        w.removesuffix("</w>") for w in sd_pipe.tokenizer.get_vocab() if w.endswith("</w>") and w[:-4].isalpha()
+    )
+    words = [w for w in vocabulary if len(w) >= 2 and w != "cat"][:40]
+    neighbors = [f"{a} {b}" for a in words for b in words if a != b][:400]  # x 8 contexts: 3,200 prompts
+    banks = []
+
+    class RecordedBank(PromptBank):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            banks.append(self)
+
+    monkeypatch.setattr(erasure, "PromptBank", RecordedBank)
+    unbounded = du.erase(sd_pipe, "cat", neighbors=neighbors)
+    one_prompt = banks[0].embeds("cat").numel() * 4
+    monkeypatch.setattr(RecordedBank, "max_bytes_default", 40 * one_prompt)
+    bounded = du.erase(sd_pipe, "cat", neighbors=neighbors)
+
+    assert len(bounded.metadata["protected_neighbors"]) == len(neighbors)
+    assert banks[0].encoded == len(banks[0]) > 8 * len(neighbors)  # unbounded: everything kept, encoded once
+    assert banks[1]._embeds.peak_bytes <= 40 * one_prompt < banks[0]._embeds.peak_bytes / 50
+    assert banks[1].encoded > banks[0].encoded  # the price: encoding again
+    for key, value in unbounded.lora_weights.items():
+        torch.testing.assert_close(bounded.lora_weights[key], value, rtol=1e-4, atol=1e-6)
+
+    # the score distance's noise predictions are bounded the same way
+    few = neighbors[:60]
+    monkeypatch.setattr(RecordedBank, "max_bytes_default", 10 * one_prompt)
+    small = du.erase(sd_pipe, "cat", neighbors=few, distance="score", distance_samples=4)
+    predictions = banks[2].predictions
+    assert predictions.peak_bytes <= 10 * one_prompt and len(predictions) < 8 * len(few)
+    monkeypatch.setattr(RecordedBank, "max_bytes_default", PromptBank.max_bytes_default)
+    large = du.erase(sd_pipe, "cat", neighbors=few, distance="score", distance_samples=4)
+    ranked = [(r["neighbor"], r["distance"]) for r in small.metadata["protected_neighbors"]]
+    expected = [(r["neighbor"], r["distance"]) for r in large.metadata["protected_neighbors"]]
+    assert [n for n, _ in ranked] == [n for n, _ in expected]
+    assert [d for _, d in ranked] == pytest.approx([d for _, d in expected], rel=1e-5)

@@ -254,6 +254,44 @@ def test_tampered_weights_are_refused_before_the_pipeline_is_touched(server, kw,
         hub.load_stack("org/no-pets", revision=good, local_files_only=True, **kw)
 
 
+def test_interrupted_downloads_are_resumed_and_verified(server, kw, removals, monkeypatch, tmp_path):
+    """huggingface_hub resumes a cut transfer with a `Range` request; every file is verified after, so a resume that
+    brings other bytes is refused, and a transfer that keeps failing raises a typed error and loads nothing."""
+    from huggingface_hub import file_download
+
+    monkeypatch.setattr(file_download.time, "sleep", lambda seconds: None)  # the client waits 1 s per retry
+    # the client writes what it received in chunks of 10 MB and resumes after the last one; 1 KB chunks make
+    # these 20 KB files behave like the large files of a real model
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1024)
+    hub.push_stack(du.UnlearningStack(removals.chain), "org/no-pets", **kw)
+    path = f"adapters/002-no-dog/{WEIGHTS_NAME}"
+    server.cut_downloads[path] = 2  # the first two transfers of this file stop half way
+    stack = hub.load_stack("org/no-pets", **kw)
+    resumed = [header for file, header in server.ranges if file == path]
+    assert len(resumed) == 2 and all(header != "bytes=0-" for header in resumed)
+    for pulled, made in zip(stack, removals.chain, strict=True):
+        assert_same_removal(pulled, made)
+
+    # the resumed part differs from what the first part belonged to (the file changed in between): refused
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "second-cache"))
+    server.cut_downloads[path], server.corrupt_resumes = 1, {path}
+    pipe = make_sd_pipeline()
+    before = generate(pipe, PROMPT)
+    with pytest.raises(du.AdapterFormatError, match=f"{path} does not match the sha256"):
+        pipe.load_unlearning("org/no-pets", **kw)
+    assert pipe.unlearning == () and (generate(pipe, PROMPT) == before).all()
+
+    # a transfer that keeps failing: a typed error, no partial file left in the cache, and a later pull works
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "third-cache"))
+    server.cut_downloads[path], server.corrupt_resumes = 100, set()
+    with pytest.raises(du.DownloadError, match="failed part way"):
+        pipe.load_unlearning("org/no-pets", **kw)
+    assert pipe.unlearning == () and not list((tmp_path / "third-cache").rglob("*.incomplete"))
+    server.cut_downloads[path] = 0
+    pipe.load_unlearning("org/no-pets", **kw)
+    assert np.allclose(generate(pipe, PROMPT), removals.image, atol=1e-5)
+
+
 def test_cached_chain_loads_offline_and_an_uncached_one_says_what_to_do(server, kw, removals, tmp_path):
     hub.push_stack(du.UnlearningStack(removals.chain[:2]), "org/no-pets", **kw)
     hub.load_stack("org/no-pets", **kw)  # fills the cache

@@ -73,10 +73,45 @@ def test_append_remove_reorder(chain):
     with pytest.raises(du.ResolveError, match="pass `pipe=`"):
         stack.remove("no-cat")  # the later removals were made on top of it
     assert stack.names == ["no-tree", "no-cat", "no-dog"]
+    with pytest.raises(du.ResolveError, match="reordered"):
+        stack.remove("no-cat", pipe=make_sd_pipeline())  # "no-tree", made on top of it, now comes first
     assert stack.remove("no-cat", resolve=False) is adapters[0] and len(stack) == 2
+    # kept as they are, the later removals no longer name it as a parent, so the chain still saves and loads
+    assert all(a.metadata["detached_from"] == ["no-cat"] for a in stack)
+    assert all("no-cat" not in [p["name"] for p in a.metadata["parents"]] for a in stack)
     other = du.erase(make_sd_pipeline(seed=1), "cat")
     with pytest.raises(du.BaseModelMismatchError):
         stack.append(other)
+
+
+def test_stale_and_cyclic_parents_are_refused_on_load(chain, tmp_path, caplog):
+    adapters, _ = chain
+    pipe = make_sd_pipeline()
+    # "no-dog" was made on top of "no-cat": a chain without "no-cat" loads, saying so
+    gap = du.UnlearningStack(adapters[1:]).save_pretrained(tmp_path / "gap")
+    pipe.load_unlearning(gap)
+    assert "made on top of 'no-cat', which this chain does not hold" in caplog.text
+    pipe.unload_unlearning()
+    # ... but one holding another "no-cat" than the one "no-dog" was made on is stale
+    other_cat = du.erase(make_sd_pipeline(), "cat", neighbors=["dog"])
+    stale = du.UnlearningStack([other_cat, *adapters[1:]]).save_pretrained(tmp_path / "stale")
+    with pytest.raises(du.AdapterFormatError, match="chain is stale"):
+        pipe.load_unlearning(stale)
+    # provenance edited so that "no-cat" claims to be made on top of "no-tree", made on top of it: a cycle
+    forged = du.UnlearningAdapter(
+        lora_weights=adapters[0].lora_weights,
+        metadata={**adapters[0].metadata, "parents": [{"name": "no-tree", "adapter_id": None}]},
+        probes=adapters[0].probes,
+    )
+    cyclic = du.UnlearningStack([forged, *adapters[1:]]).save_pretrained(tmp_path / "cyclic")
+    with pytest.raises(du.AdapterFormatError, match="cycle .*no-cat -> no-tree -> no-cat"):
+        du.UnlearningStack.from_pretrained(cyclic)
+    assert pipe.unlearning == ()
+    # the order inside a chain does not matter (the edits add up): a reordered chain loads
+    stack = du.UnlearningStack(adapters)
+    stack.reorder(["no-tree", "no-dog", "no-cat"])
+    reordered = stack.save_pretrained(tmp_path / "reordered")
+    assert du.UnlearningStack.from_pretrained(reordered).names == ["no-tree", "no-dog", "no-cat"]
 
 
 def test_withdrawal_re_solves_the_removals_made_on_top(chain, sd_pipe):
