@@ -328,7 +328,7 @@ def joint_constraints(adapters: list[UnlearningAdapter]) -> Constraints:
             erasers.append((own, lambda p, salt=salt, digest=digest: _names_hashed(p, salt, digest)))
         else:
             joint.forget.append(forget_pairs(adapter))
-            pattern = _names_pattern(names_of(adapter))
+            pattern = names_pattern(names_of(adapter))
             erasers.append((own, lambda p, pattern=pattern: pattern.search(p) is not None))
 
     def erased(prompt: str) -> bool:
@@ -343,7 +343,7 @@ def joint_constraints(adapters: list[UnlearningAdapter]) -> Constraints:
     return joint
 
 
-def _names_pattern(names: list[str]) -> re.Pattern:
+def names_pattern(names: list[str]) -> re.Pattern:
     by_length = sorted({n.lower() for n in names}, key=len, reverse=True)
     return re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in by_length) + r")(?!\w)", re.IGNORECASE)
 

@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 
 from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
-from .constraints import Constraints, concept_hash_of, embedding_probes, solve
+from .constraints import Constraints, concept_hash_of, embedding_probes, names_pattern, solve
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
 from .errors import InvalidConceptError
 from .families import family_of
@@ -222,8 +222,10 @@ def erase(
             gram=gram,
         )
         lora, probes, figures, edit_rank = solution.lora, solution.probes, solution.figures, solution.remap.rank
-    else:  # replay the earlier removals' forget prompts too, so that they stay removed
-        earlier = [p for a in previous for p in a.metadata.get("forget_prompts", [])]
+    else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that name this
+        # concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
+        mentions = names_pattern(names)
+        earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
         result = distill(pipe, family, bank, pairs, [*groups.values(), earlier], config, seed=seed)
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         probes = embedding_probes(bank, pairs, groups)

@@ -4,11 +4,11 @@
     python examples/erase_sd15.py --concept "Van Gogh" --method distill          # LACU-style distillation
 
 Closed form (default): about 10 s per removal on 2 CPU cores, most of it the CLIP text encoder
-(docs/benchmarks/erase_speed.md); the adapter is ~1.2 MB in fp16. Distill: 200 optimizer steps at
-512 px, batch 8 forget + 8 protected samples, 4 UNet forwards (teacher and student, forget and replay) and one
-backward through the LoRA per step: about the cost of a short LoRA fine-tune. Its GPU time and memory are not
-measured yet (no GPU was lent to the sessions that built it); on the embedded digits model a removal takes ~18 s on
-2 CPU cores. Several GPUs:
+(docs/benchmarks/erase_speed.md); the adapter is ~1.2 MB in fp16. Distill: 500 optimizer steps at
+512 px, batch 8 forget + 8 protected samples, 5 UNet forwards (teacher on target, concept and replay; student on
+forget and replay) and one backward through the LoRA per step: about the cost of a short LoRA fine-tune. Its GPU
+time and memory are not measured yet (no GPU was lent to the sessions that built it); on the embedded digits model
+a removal takes 20-30 s on 2 CPU cores. Several GPUs:
 `accelerate launch --multi_gpu --num_processes 4 examples/erase_sd15.py --method distill`.
 """
 

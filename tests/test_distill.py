@@ -11,6 +11,7 @@ import torch
 from conftest import generate
 
 import diffusers_unlearn as du
+from diffusers_unlearn import erasure
 from diffusers_unlearn.distance import PromptBank
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.methods import distill as distill_module
@@ -123,6 +124,26 @@ def test_other_target_modules_and_the_stack(sd_pipe, tmp_path):
     assert stack.merge("svd", rank=2).rank == 2
     with pytest.raises(du.ResolveError, match="only closed-form"):
         stack.merge("joint", pipe=sd_pipe)
+
+
+def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pipe, monkeypatch):
+    first = du.erase(sd_pipe, "cat", templates=["a photo of {}", "a red {}"])
+    sd_pipe.load_unlearning(first)
+    seen = {}
+
+    def record(pipe, family, bank, pairs, protected, config, *, seed):
+        seen["groups"] = [list(group) for group in protected]
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(erasure, "distill", record)
+    with pytest.raises(RuntimeError, match="recorded"):
+        du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue"], method="distill")
+    earlier = seen["groups"][-1]  # "cat"'s forget prompts, replayed so that cats stay removed ...
+    assert "a photo of cat" in earlier and "a red cat" not in earlier  # ... except the one asking for red
+
+    groups = [["a"], ["b", "c", "d"], ["a", "e"]]
+    weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
+    assert weights.tolist() == pytest.approx([1.5, 1 / 3, 1 / 3, 1 / 3, 0.5])  # each group sums to 1
 
 
 def test_runs_in_several_processes(tmp_path):

@@ -126,6 +126,33 @@ def test_base_mismatch_leaves_the_pipeline_untouched(removals):
     assert np.array_equal(generate(other, PROMPT), image)
 
 
+def _renamed_layer(weights):
+    key = next(k for k in weights if k.endswith("lora_A.weight"))
+    layer = key.removesuffix(".lora_A.weight")
+    moved = {k.replace(layer, layer.replace("attn2", "attn9")) if k.startswith(layer + ".") else k: v
+             for k, v in weights.items()}  # fmt: skip
+    return moved
+
+
+def _wider_layer(weights):
+    key = next(k for k in weights if k.endswith("lora_A.weight"))
+    widened = dict(weights)
+    widened[key] = torch.cat([weights[key], weights[key][:, :1]], dim=1)  # one more input than the layer has
+    return widened
+
+
+@pytest.mark.parametrize("edit, message", [(_renamed_layer, "which this model lacks"), (_wider_layer, "has shape")])
+def test_layers_the_model_lacks_or_wrong_shapes_are_refused(sd_pipe, removals, edit, message):
+    reference, image = weights(sd_pipe), generate(sd_pipe, PROMPT)
+    cat = removals[0]
+    broken = du.UnlearningAdapter(edit(dict(cat.lora_weights)), dict(cat.metadata), cat.probes)
+    with pytest.raises(du.BaseModelMismatchError, match=message):
+        sd_pipe.load_unlearning([removals[1], broken])
+    assert sd_pipe.unlearning == ()
+    assert_same_weights(sd_pipe, reference)
+    assert np.array_equal(generate(sd_pipe, PROMPT), image)
+
+
 @pytest.mark.parametrize("mode", ["adapters", "merged", "fused"])
 def test_failure_in_the_middle_of_a_load_rolls_back(sd_pipe, removals, monkeypatch, mode):
     cat, dog = removals
