@@ -353,7 +353,13 @@ def resolve_stack(
     root = Path(folder)
     if root.is_file():
         root = root.parent
-    manifest = read_manifest(root)
+    hub = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only, "endpoint": endpoint}
+    return _resolve_entries(root, read_manifest(root), **hub)
+
+
+def _resolve_entries(
+    root: Path, manifest: dict[str, Any], *, token=None, cache_dir=None, local_files_only: bool = False, endpoint=None
+) -> list[ResolvedEntry]:
     resolved = []
     for entry in manifest["entries"]:
         if "repo_id" in entry:
@@ -381,10 +387,11 @@ def _load_items(
     folder: Path, *, token=None, cache_dir=None, local_files_only: bool = False, endpoint=None
 ) -> tuple[dict[str, Any], list[_Item]]:
     """The manifest and its removals, verified (files, names, base fingerprint) and loaded."""
-    manifest = read_manifest(folder)
+    root = folder.parent if folder.is_file() else folder
+    manifest = read_manifest(root)  # read once: what is verified is what is loaded
     items = []
-    for resolved in resolve_stack(
-        folder, token=token, cache_dir=cache_dir, local_files_only=local_files_only, endpoint=endpoint
+    for resolved in _resolve_entries(
+        root, manifest, token=token, cache_dir=cache_dir, local_files_only=local_files_only, endpoint=endpoint
     ):
         adapter = UnlearningAdapter.from_pretrained(resolved.folder)
         name = resolved.entry["name"]
