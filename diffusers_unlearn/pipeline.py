@@ -124,14 +124,20 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
     state = _state(pipe)
     if state is None:
         return ()
-    denoiser = getattr(pipe, family_of(pipe).denoiser)
-    fused_total = _fused_deltas(state)
-    report = []
-    for entry in state.entries:
-        verified = _is_applied(denoiser, entry, state, fused_total)
-        adapter = entry.adapter
-        report.append(LoadedUnlearning(entry.name, adapter.concept, entry.mode, adapter.rank, verified, entry.members))
-    return tuple(report)
+    return _report(state, _verify(getattr(pipe, family_of(pipe).denoiser), state))
+
+
+def _verify(denoiser, state: _State) -> list[bool]:
+    """Whether each loaded entry is carried by the model now."""
+    fused_total = _fused_deltas(state)  # once for all entries: the check stays linear in the stack size
+    return [_is_applied(denoiser, entry, state, fused_total) for entry in state.entries]
+
+
+def _report(state: _State, verified: list[bool]) -> tuple[LoadedUnlearning, ...]:
+    return tuple(
+        LoadedUnlearning(entry.name, entry.adapter.concept, entry.mode, entry.adapter.rank, ok, entry.members)
+        for entry, ok in zip(state.entries, verified, strict=True)
+    )
 
 
 def _expand(source: AdapterSource, hub_options: dict) -> list[UnlearningAdapter]:
@@ -269,12 +275,16 @@ def load_unlearning(
                 loaded_peft.append(entry.name)
                 with warnings.catch_warnings():  # several adapters on one model is the point of a stack
                     warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                    pipe.load_lora_weights(dict(entry.adapter.lora_weights), adapter_name=entry.name)
-                _activate(denoiser, [*active_before, *loaded_peft])
+                    # copies: diffusers may keep the tensors it is given as the layers' parameters, and the
+                    # removal's own tensors are what verification compares the layers with
+                    weights = {key: value.clone() for key, value in entry.adapter.lora_weights.items()}
+                    pipe.load_lora_weights(weights, adapter_name=entry.name)
             state.entries.append(entry)
-        fused_total = _fused_deltas(state)  # once for the whole load: the check stays linear in the stack size
-        for entry in state.entries[len(snapshot[0]) :]:
-            if not _is_applied(denoiser, entry, state, fused_total):
+        if loaded_peft:  # once: activating walks every module
+            _activate(denoiser, [*active_before, *loaded_peft])
+        verified = _verify(denoiser, state)  # every entry once: the new ones must hold, the report shows all
+        for entry, ok in zip(state.entries[len(snapshot[0]) :], verified[len(snapshot[0]) :], strict=True):
+            if not ok:
                 raise VerificationError(
                     f"Removal {entry.name!r} was loaded but the model does not carry its edit; nothing was changed. "
                     "Another tool may have patched the attention layers; reload the pipeline and try again."
@@ -285,7 +295,7 @@ def load_unlearning(
             del _STATES[pipe]
         raise
     logger.info("Loaded %d removal(s) (%s): %s", len(adapters), mode, ", ".join(a.name for a in adapters))
-    return unlearning(pipe)
+    return _report(state, verified)
 
 
 def _check_interference(pipe: DiffusionPipeline, adapters: list[UnlearningAdapter], warn_only: bool) -> None:
@@ -458,12 +468,18 @@ def _is_applied(denoiser, entry: _Entry, state: _State, fused_total: dict[str, t
                 return False
             if entry.name not in module.lora_A or entry.name not in module.active_adapters:
                 return False
-            if entry.name in module.merged_adapters:
+            if entry.name in module.merged_adapters or getattr(module, "use_dora", {}).get(entry.name):
                 return False
-            expected = entry.adapter.delta(layer)  # the LoRA is held in the model's dtype: A, B and B @ A round
-            rounding = 4 * torch.finfo(module.lora_A[entry.name].weight.dtype).eps * float(expected.norm())
-            if not _close(module.get_delta_weight(entry.name).detach(), expected, rounding):
-                return False
+            # The delta is scaling * B @ A: comparing the held factors with the removal's decides it, in
+            # O(rank * (in + out)) instead of forming both (out, in) products. Held in the model's dtype: A and B
+            # round once.
+            a, b = entry.adapter.factors(layer)
+            held_a = module.lora_A[entry.name].weight.detach()
+            held_b = module.lora_B[entry.name].weight.detach() * module.scaling[entry.name]
+            for held, expected in ((held_a, a.float()), (held_b, b.float())):
+                rounding = 2 * torch.finfo(held.dtype).eps * float(expected.norm())
+                if held.shape != expected.shape or not _close(held, expected, rounding):
+                    return False
     return True
 
 

@@ -187,3 +187,16 @@ def test_verification_detects_a_disabled_removal(sd_pipe, removals):
     assert sd_pipe.unlearning[0].verified is False
     sd_pipe.enable_lora()
     assert sd_pipe.unlearning[0].verified is True
+
+
+def test_verification_detects_a_weakened_or_edited_removal(sd_pipe, removals):
+    cat = removals[0]
+    sd_pipe.load_unlearning(cat)
+    sd_pipe.set_adapters(["no-cat"], adapter_weights=[0.5])  # half strength: the concept half comes back
+    assert sd_pipe.unlearning[0].verified is False
+    sd_pipe.set_adapters(["no-cat"], adapter_weights=[1.0])
+    assert sd_pipe.unlearning[0].verified is True
+    layer = sd_pipe.unet.get_submodule(cat.layer_names[0])
+    with torch.no_grad():
+        layer.lora_A["no-cat"].weight[0, 0] += 0.1  # one factor of one layer edited in place
+    assert sd_pipe.unlearning[0].verified is False
