@@ -177,7 +177,7 @@ def _protect_drift(bank: PromptBank, protected: list[str], edit: torch.Tensor, g
     """`||edit c|| / ||c||` over the protected prompts' token embeddings, through the Gram matrix, streamed."""
     top = bottom = 0.0
     for chunk in bank.chunks(protected):
-        rows = torch.cat([bank.embeds(p) for p in chunk]).double()
+        rows = torch.cat([embeds for embeds, _ in chunk.values()]).double()
         moved = rows @ edit.T
         top += float(((moved @ gram) * moved).sum())
         bottom += float(((rows @ gram) * rows).sum())
@@ -207,7 +207,7 @@ def _edit_pooled(pipe, family, bank, pairs, protected, config, rank, lora) -> fl
     """
     forget = torch.stack([bank.pooled(f) for f, _ in pairs])
     target = torch.stack([bank.pooled(t) for _, t in pairs])
-    protect = torch.stack([bank.pooled(p) for chunk in bank.chunks(protected) for p in chunk])
+    protect = torch.stack([pooled for chunk in bank.chunks(protected) for _, pooled in chunk.values()])
     pooled_config = dataclasses.replace(config, rank=rank)
     forget_moment, shift = forget_statistics(forget, target)
     remap = solve_statistics(forget_moment, shift, moment(protect), pooled_config)

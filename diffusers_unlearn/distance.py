@@ -24,6 +24,7 @@ from .families import ModelFamily
 from .prompts import align, token_ids
 
 DistanceKind = Literal["proxy", "score"]
+Encoded = tuple[torch.Tensor, torch.Tensor | None]  # a prompt's (L, d) embeddings and pooled embedding
 
 _EXACT_GRAM_MAX_ROWS = 65536
 _SAMPLED_GRAM_ROWS = 16384
@@ -58,12 +59,18 @@ class PromptBank:
         self.encoded = 0  # prompts encoded, re-encodings included
         self.encode_seconds = 0.0  # time spent in the text encoders
 
-    def add(self, prompts: Sequence[str]) -> None:
+    def add(self, prompts: Sequence[str]) -> dict[str, Encoded]:
         """Encodes the prompts not held now, in batches (raises if one is too long for the tokenizer).
 
-        At most the budget is kept: of a list larger than it, the last ones stay.
+        Returns every requested prompt's `(embeds, pooled)`, whatever the budget keeps: of a list larger than it,
+        only the last ones stay in the bank.
         """
-        new = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
+        out = {}
+        for prompt in dict.fromkeys(prompts):
+            found = self._embeds.get(prompt)
+            if found is not None:
+                out[prompt] = found
+        new = [p for p in dict.fromkeys(prompts) if p not in out]
         for prompt in new:
             if prompt not in self._ids:
                 self._ids[prompt] = token_ids(self.tokenizer, prompt)
@@ -72,9 +79,11 @@ class PromptBank:
             chunk = new[start : start + self.batch_size]
             embeds, pooled = self.family.encode(self.pipe, chunk)
             for i, prompt in enumerate(chunk):
-                self._embeds.put(prompt, (embeds[i].cpu(), None if pooled is None else pooled[i].cpu()))
+                out[prompt] = (embeds[i].cpu(), None if pooled is None else pooled[i].cpu())
+                self._embeds.put(prompt, out[prompt])
             self.encoded += len(chunk)
         self.encode_seconds += time.perf_counter() - started
+        return out
 
     def __len__(self) -> int:
         """How many prompts' embeddings are held now."""
@@ -98,23 +107,26 @@ class PromptBank:
             self._ids[prompt] = token_ids(self.tokenizer, prompt)
         return self._ids[prompt]
 
-    def aligned(self, prompt_a: str, prompt_b: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings of `a` and `b` at the token positions that may differ, paired (see `align`)."""
+    def aligned(
+        self, prompt_a: str, prompt_b: str, held: dict[str, Encoded] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of `a` and `b` at the token positions that may differ, paired (see `align`); from `held`
+        (what `add` returned) when given."""
         positions_a, positions_b = align(self.ids(prompt_a), self.ids(prompt_b), self.length)
-        return self.embeds(prompt_a)[positions_a], self.embeds(prompt_b)[positions_b]
+        embeds_a = held[prompt_a][0] if held else self.embeds(prompt_a)
+        embeds_b = held[prompt_b][0] if held else self.embeds(prompt_b)
+        return embeds_a[positions_a], embeds_b[positions_b]
 
-    def chunks(self, prompts: Sequence[str]) -> Iterator[list[str]]:
-        """The prompts in chunks of `batch_size`, each encoded in one call before it is yielded."""
+    def chunks(self, prompts: Sequence[str]) -> Iterator[dict[str, Encoded]]:
+        """The prompts' `(embeds, pooled)` in chunks of `batch_size`, each encoded in one call."""
         for start in range(0, len(prompts), self.batch_size):
-            chunk = list(prompts[start : start + self.batch_size])
-            self.add(chunk)
-            yield chunk
+            yield self.add(prompts[start : start + self.batch_size])
 
     def moment(self, prompts: Sequence[str]) -> torch.Tensor:
         """`mean_i c_i c_i^T` over every token embedding of the prompts, float64 `(d, d)`, in bounded memory."""
         total, rows = None, 0
         for chunk in self.chunks(prompts):
-            vectors = torch.cat([self.embeds(p) for p in chunk]).double()
+            vectors = torch.cat([embeds for embeds, _ in chunk.values()]).double()
             total = vectors.T @ vectors if total is None else total + vectors.T @ vectors
             rows += vectors.shape[0]
         if total is None:
@@ -194,9 +206,9 @@ def proxy_distances(bank: PromptBank, gram: torch.Tensor, pairs: Sequence[tuple[
     step = max(1, bank.batch_size // 2)
     for start in range(0, len(pairs), step):  # a chunk of pairs, encoded in one batch
         chunk = pairs[start : start + step]
-        bank.add([p for pair in chunk for p in pair])
+        held = bank.add([p for pair in chunk for p in pair])
         for i, (a, b) in enumerate(chunk, start):
-            ea, eb = bank.aligned(a, b)
+            ea, eb = bank.aligned(a, b, held)
             diff = (ea - eb).double()
             out[i] = ((diff @ gram) * diff).sum()
     return out
@@ -223,12 +235,12 @@ def score_distances(
 
     predictions = bank.predictions
 
-    def prediction(prompt: str) -> torch.Tensor:
+    def prediction(prompt: str, held: dict[str, Encoded]) -> torch.Tensor:
         key = (prompt, samples, seed)
         found = predictions.get(key)
         if found is None:
-            embeds = bank.embeds(prompt).to(pipe.device, denoiser.dtype).expand(samples, -1, -1)
-            pooled = bank.pooled(prompt)
+            embeds, pooled = held[prompt]
+            embeds = embeds.to(pipe.device, denoiser.dtype).expand(samples, -1, -1)
             if pooled is not None:
                 pooled = pooled.to(pipe.device, denoiser.dtype).expand(samples, -1)
             extra = family.denoiser_kwargs(pipe, pooled, size * scale, size * scale)
@@ -241,8 +253,8 @@ def score_distances(
     chunks = range(0, len(pairs), step)
     for start in tqdm(chunks, desc="score distance", leave=False, disable=len(chunks) < 8):
         chunk = pairs[start : start + step]
-        bank.add([p for pair in chunk for p in pair])
+        held = bank.add([p for pair in chunk for p in pair])
         for i, (a, b) in enumerate(chunk, start):
-            difference = prediction(a) - prediction(b)
+            difference = prediction(a, held) - prediction(b, held)
             out[i] = difference.square().sum(dim=(1, 2, 3)).mean().double()
     return out

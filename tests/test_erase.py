@@ -231,7 +231,7 @@ def test_thousands_of_neighbors_are_processed_in_bounded_memory(sd_pipe, monkeyp
         torch.testing.assert_close(bounded.lora_weights[key], value, rtol=1e-4, atol=1e-6)
 
     # the score distance's noise predictions are bounded the same way
-    few = neighbors[:60]
+    few = neighbors[:24]
     monkeypatch.setattr(RecordedBank, "max_bytes_default", 10 * one_prompt)
     small = du.erase(sd_pipe, "cat", neighbors=few, distance="score", distance_samples=4)
     predictions = banks[2].predictions
