@@ -18,6 +18,7 @@ prompts and seeds. Writes docs/benchmarks/continual.md and continual.png.
     python benchmarks/continual.py            # full run (25 removals x 4 methods)
     python benchmarks/continual.py --quick    # 6 removals, fewer images
     python benchmarks/continual.py --methods distill --update   # add / refresh one method in the report
+    python benchmarks/continual.py --render   # rewrite the report from continual.json
 """
 
 from __future__ import annotations
@@ -179,14 +180,18 @@ def write_report(results: dict, args) -> None:
         "",
         "## Summary (last step, and worst over all steps)",
         "",
-        "| method | forget (last) | worst excess over chance (any step) | related retention (last / min) | "
-        "general retention (last / min) | seconds per removal |",
-        "|---|---|---|---|---|---|",
+        "*Steps at the bars*: how many removals, from the first, keep every removed concept within 10 points of "
+        "chance, related retention >= 90% and general retention >= 95% (DESIGN §7 asks for 25).",
+        "",
+        "| method | steps at the bars | forget (last) | worst excess over chance (any step) | "
+        "related retention (last / min) | general retention (last / min) | seconds per removal |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, rows in results["methods"].items():
         last = rows[-1]
         lines.append(
-            f"| {method} | {100 * last['forget_accuracy']:.1f}% (chance {100 * last['chance']:.1f}%) | "
+            f"| {method} | {_steps_at_bars(rows)} | "
+            f"{100 * last['forget_accuracy']:.1f}% (chance {100 * last['chance']:.1f}%) | "
             f"{100 * max(r['worst_excess'] for r in rows):+.1f} pts | "
             f"{_pct(last['related'])} / {_pct(min(r['related'] for r in rows if not math.isnan(r['related'])))} | "
             f"{_pct(last['general'])} / {_pct(min(r['general'] for r in rows))} | "
@@ -211,6 +216,17 @@ def write_report(results: dict, args) -> None:
     args.output.write_text("\n".join(lines))
     (args.output.parent / "continual.json").write_text(json.dumps(results, indent=1))
     _plot(results, args.output.parent / "continual.png")
+
+
+def _steps_at_bars(rows: list[dict]) -> int:
+    """Leading steps with every removed concept within 10 points of chance, related >= 90%, general >= 95%."""
+    count = 0
+    for r in rows:
+        related_ok = math.isnan(r["related"]) or r["related"] >= 0.9
+        if r["worst_excess"] > 0.10 or not related_ok or r["general"] < 0.95:
+            break
+        count += 1
+    return count
 
 
 def _pct(value: float) -> str:
@@ -261,7 +277,11 @@ def main() -> None:
     parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)
     parser.add_argument("--lambda-reg", type=float, default=defaults.lambda_reg)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "continual.md")
+    parser.add_argument("--render", action="store_true", help="rewrite the report from continual.json, run nothing")
     args = parser.parse_args()
+    if args.render:
+        write_report(json.loads((args.output.parent / "continual.json").read_text()), args)
+        return
     if args.quick:
         args.removals, args.images = min(args.removals, 6), 4
     torch.set_num_threads(args.threads)

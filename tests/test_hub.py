@@ -3,8 +3,7 @@
 Pushes and pulls go end to end through `HfApi(endpoint=...)`, `snapshot_download` and `hf_hub_download` against the
 small Hub look-alike in `hub_server.py` (127.0.0.1, files on disk); offline pulls read a Hugging Face cache, one of
 them written by hand. The tests call `diffusers_unlearn.hub` directly, except the last section, which goes through
-the public methods (`push_to_hub`, `from_pretrained("org/name")`, `pipe.load_unlearning("org/name")`) and needs
-their wiring (`hub_wiring.patch`).
+the public methods (`push_to_hub`, `from_pretrained("org/name")`, `pipe.load_unlearning("org/name")`).
 """
 
 import json
@@ -383,8 +382,7 @@ def test_malformed_manifests_are_refused(tmp_path, removals):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Public methods. These need the wiring in hub_wiring.patch (adapter.py, stack.py, pipeline.py): without it they
-# fail with a TypeError (unexpected keyword) or AttributeError (no push_to_hub).
+# Public methods: the same calls through `push_to_hub`, `from_pretrained("org/name")` and `load_unlearning`.
 # ---------------------------------------------------------------------------------------------------------
 def test_public_push_to_hub_and_from_pretrained(server, kw, removals):
     cat, dog, tree = removals.chain
