@@ -145,11 +145,11 @@ def distill(
     if not layers:
         raise ValueError(f"No layer of the denoiser ends with {config.target_modules}.")
     groups = [list(dict.fromkeys(group)) for group in protected if group]
-    protected = list(dict.fromkeys(p for group in groups for p in group))
-    weights = _group_weights(groups, protected)
+    replayed = list(dict.fromkeys(p for group in groups for p in group))
+    weights = _group_weights(groups, replayed)
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
-    pool = _latent_pool(pipe, family, bank, pairs, protected, weights, config, seed)
-    held_out = _latent_pool(pipe, family, bank, pairs, protected, weights, replace(config, latent_pool=8), seed + 1)
+    pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
+    held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
 
     from peft import LoraConfig
 
@@ -160,9 +160,7 @@ def distill(
             adapter_name=_ADAPTER,
         )
     try:
-        return _train(
-            accelerator, pipe, family, denoiser, bank, pairs, protected, pool, held_out, layers, config, seed
-        )
+        return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, pool, held_out, layers, config, seed)
     finally:
         _remove_adapter(pipe, denoiser)
 
