@@ -72,8 +72,7 @@ class PromptBank:
                 out[prompt] = found
         new = [p for p in dict.fromkeys(prompts) if p not in out]
         for prompt in new:
-            if prompt not in self._ids:
-                self._ids[prompt] = token_ids(self.tokenizer, prompt)
+            self.ids(prompt)  # tokenized first: a prompt too long raises before any encoding
         started = time.perf_counter()
         for start in range(0, len(new), self.batch_size):
             chunk = new[start : start + self.batch_size]
@@ -88,11 +87,6 @@ class PromptBank:
     def __len__(self) -> int:
         """How many prompts' embeddings are held now."""
         return len(self._embeds)
-
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of embeddings and predictions held now."""
-        return self._embeds.bytes + self.predictions.bytes
 
     def embeds(self, prompt: str) -> torch.Tensor:
         """`(L, d)` float32 embeddings of a prompt, as the edited layers read them."""
@@ -133,12 +127,8 @@ class PromptBank:
             raise ValueError("No prompts to form a moment from.")
         return total / rows
 
-    def _entry(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        entry = self._embeds.get(prompt)
-        if entry is None:
-            self.add([prompt])
-            entry = self._embeds.get(prompt)
-        return entry
+    def _entry(self, prompt: str) -> Encoded:
+        return self.add([prompt])[prompt]
 
 
 class _BoundedCache:
@@ -147,9 +137,6 @@ class _BoundedCache:
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes, self.peak_bytes = max_bytes, 0, 0
         self._items: OrderedDict = OrderedDict()
-
-    def __contains__(self, key) -> bool:
-        return key in self._items
 
     def __len__(self) -> int:
         return len(self._items)

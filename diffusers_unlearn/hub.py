@@ -385,8 +385,8 @@ def _resolve_entries(
 
 def _load_items(
     folder: Path, *, token=None, cache_dir=None, local_files_only: bool = False, endpoint=None
-) -> tuple[dict[str, Any], list[_Item]]:
-    """The manifest and its removals, verified (files, names, base fingerprint) and loaded."""
+) -> list[_Item]:
+    """A chain's removals, verified (files, names, base fingerprint, parents) and loaded."""
     root = folder.parent if folder.is_file() else folder
     manifest = read_manifest(root)  # read once: what is verified is what is loaded
     items = []
@@ -405,7 +405,7 @@ def _load_items(
             )
         items.append(_Item(adapter, dict(resolved.entry)))
     check_parents([item.adapter for item in items])
-    return manifest, items
+    return items
 
 
 def load_stack(
@@ -446,9 +446,7 @@ def load_stack(
         local_files_only=local_files_only,
         endpoint=endpoint,
     )
-    _, items = _load_items(
-        folder, token=token, cache_dir=cache_dir, local_files_only=local_files_only, endpoint=endpoint
-    )
+    items = _load_items(folder, token=token, cache_dir=cache_dir, local_files_only=local_files_only, endpoint=endpoint)
     return UnlearningStack([item.adapter for item in items])
 
 
@@ -524,7 +522,7 @@ def load(
     if folder.is_file() and folder.name == MANIFEST_NAME:
         folder = folder.parent
     if (folder / MANIFEST_NAME).is_file():
-        _, items = _load_items(
+        items = _load_items(
             folder, token=token, cache_dir=cache_dir, local_files_only=local_files_only, endpoint=endpoint
         )
         return [item.adapter for item in items]
@@ -953,7 +951,7 @@ def _pin(source: str, source_revision: str | None, *, token, cache_dir, endpoint
         files = entries[0].get("files", {WEIGHTS_NAME: entries[0]["sha256"]})
         patterns = [MANIFEST_NAME, *(_join(entries[0]["path"], name) for name in files)]
         download(source, revision=commit, allow_patterns=patterns, **hub)
-    (item,) = _load_items(folder, **hub)[1]
+    (item,) = _load_items(folder, **hub)
     entry = dict(item.entry)
     if "repo_id" not in entry:
         entry.update(repo_id=source, revision=commit)
@@ -1026,7 +1024,7 @@ def append_to_hub(
         for attempt in range(attempts):
             head = _head(api, repo_id, branch)
             folder = download(repo_id, revision=head, **hub)
-            items = _load_items(folder, **hub)[1] if (folder / MANIFEST_NAME).is_file() else []
+            items = _load_items(folder, **hub) if (folder / MANIFEST_NAME).is_file() else []
             names = [item.adapter.name for item in items]
             if items and new.adapter.base_fingerprint != items[0].adapter.base_fingerprint:
                 raise BaseModelMismatchError(
@@ -1107,7 +1105,7 @@ def revoke(
     hub = {"token": token, "cache_dir": cache_dir, "endpoint": endpoint}
     head = _head(api, repo_id, branch)
     folder = download(repo_id, revision=head, **hub)
-    _, items = _load_items(folder, **hub)
+    items = _load_items(folder, **hub)
     stack = UnlearningStack([item.adapter for item in items])
     stack.remove(name, pipe=pipe, resolve=resolve)
     with tempfile.TemporaryDirectory() as scratch:
