@@ -23,7 +23,7 @@ from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
 from .pipeline import base_fingerprint, loaded_adapters
-from .prompts import DEFAULT_TEMPLATES, Context, check_names, contexts_from_prompts
+from .prompts import Context, check_names, contexts_from_prompts, default_templates
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def erase(
         aliases (`Sequence[str]`): Other names of the concept ("7"); removed along with it.
         prompts (`Sequence[str]`, *optional*): Forget prompts, each mentioning the concept or an alias.
         templates (`Sequence[str]`, *optional*): Contexts with a `{}` slot, used when `prompts` is not given;
-            default `DEFAULT_TEMPLATES`.
+            default the `DEFAULT_TEMPLATES` that fit the text encoder with the concept in the slot.
         mapping_candidates (`Sequence[str]`, *optional*): Replacements the concept may be mapped to
             ("a rabbit", "an animal"); placed into each context.
         category (`str`, *optional*): A generic category ("a cartoon character"), also a candidate.
@@ -141,7 +141,7 @@ def erase(
             raise InvalidConceptError("`prompts` is empty: pass forget prompts or leave it out to use templates.")
         contexts = list(dict.fromkeys(contexts_from_prompts(prompts, names)))
     else:
-        contexts = [Context(t) for t in dict.fromkeys(templates or DEFAULT_TEMPLATES)]
+        contexts = [Context(t) for t in dict.fromkeys(templates or default_templates(pipe.tokenizer, names))]
         if not all("{}" in c.template for c in contexts):
             raise InvalidConceptError("Every template needs a '{}' slot where the concept goes.")
 

@@ -7,11 +7,14 @@ prompt's context (DESIGN §2, fine-grained mapping targets).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidConceptError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "{}",
@@ -25,7 +28,8 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a picture of {} outside",
     "a detailed illustration of {}",
 )
-"""Contexts used when `erase` gets no `prompts`: generic enough for any concept a real model knows."""
+"""Contexts used when `erase` gets no `prompts`: generic enough for any concept a real model knows. Those too long
+for a pipeline's text encoder once filled are left out for it (see [`default_templates`])."""
 
 
 def _tidy(text: str) -> str:
@@ -44,6 +48,32 @@ class Context:
     def fill(self, name: str) -> str:
         """The prompt with `name` in the slot (an empty name removes the concept from the prompt)."""
         return _tidy(self.template.replace("{}", name))
+
+
+def default_templates(tokenizer, names: Sequence[str]) -> list[str]:
+    """The [`DEFAULT_TEMPLATES`] whose prompts fit the text encoder with every name in the slot.
+
+    A small text encoder (the embedded digits model reads 16 tokens) cannot read "a detailed illustration of seven";
+    such contexts are dropped, and the log says which (level INFO). Pass `templates=` to `erase` to choose them.
+
+    Args:
+        tokenizer: The pipeline's (first) tokenizer.
+        names (`Sequence[str]`): The concept and its aliases, as [`check_names`] returns them.
+
+    Returns:
+        `list[str]`: The fitting templates, in order. If not even `"{}"` fits, all of them: `erase` then raises
+        [`InvalidConceptError`] naming the prompt that is too long.
+    """
+    limit = tokenizer.model_max_length
+    kept = [t for t in DEFAULT_TEMPLATES if all(prompt_length(tokenizer, Context(t).fill(n)) <= limit for n in names)]
+    dropped = [t for t in DEFAULT_TEMPLATES if t not in kept]
+    if dropped and kept:
+        logger.info(
+            "The text encoder reads at most %d tokens: left out %d of the default contexts that would be longer "
+            "with %s (%s); pass `templates=` to choose the contexts.",
+            limit, len(dropped), " / ".join(map(repr, names)), ", ".join(map(repr, dropped)),
+        )  # fmt: skip
+    return kept or list(DEFAULT_TEMPLATES)
 
 
 def contexts_from_prompts(prompts: Sequence[str], names: Sequence[str]) -> list[Context]:
@@ -96,13 +126,18 @@ def check_names(tokenizer, concept: str, aliases: Sequence[str]) -> list[str]:
 
 def content_ids(tokenizer, prompt: str) -> list[int]:
     """Token ids of `prompt` without the begin / end tokens."""
-    ids = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+    ids = tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False).input_ids
     return list(ids)
+
+
+def prompt_length(tokenizer, prompt: str) -> int:
+    """Tokens of `prompt` with begin / end tokens (the tokenizer's own warning about long prompts kept quiet)."""
+    return len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
 
 
 def token_ids(tokenizer, prompt: str) -> list[int]:
     """Token ids with begin / end tokens, unpadded; raises if the prompt is too long for the tokenizer."""
-    ids = list(tokenizer(prompt, truncation=False).input_ids)
+    ids = list(tokenizer(prompt, truncation=False, verbose=False).input_ids)
     if len(ids) > tokenizer.model_max_length:
         raise InvalidConceptError(
             f"Prompt {prompt!r} is {len(ids)} tokens long; the text encoder reads at most "
@@ -111,12 +146,17 @@ def token_ids(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def align(ids_a: Sequence[int], ids_b: Sequence[int], length: int) -> tuple[list[int], list[int]]:
+def align(
+    ids_a: Sequence[int], ids_b: Sequence[int], length: int, *, causal: bool = True
+) -> tuple[list[int], list[int]]:
     """Pairs the token positions of prompt `a` with those of prompt `b` where their embeddings may differ.
 
     CLIP is causal: a shared prefix has identical embeddings, so positions are paired from the first
     differing token on. The differing middle is paired proportionally (or with the last shared token when
     `b` has no middle), and everything after it (common suffix, end token, padding) keeps its offset.
+
+    A bidirectional encoder (T5, `causal=False`) has no such prefix: every embedding depends on the whole
+    prompt, so the shared prefix is paired too, position with position; the rest is paired as above.
 
     Returns:
         `(positions_a, positions_b)`: equal-length lists of indices into `(length,)`-token sequences.
@@ -133,8 +173,10 @@ def align(ids_a: Sequence[int], ids_b: Sequence[int], length: int) -> tuple[list
     middle_a = len(ids_a) - prefix - suffix
     middle_b = len(ids_b) - prefix - suffix
     positions_a, positions_b = [], []
-    for i in range(prefix, length):
-        if i < prefix + middle_a:
+    for i in range(prefix if causal else 0, length):
+        if i < prefix:  # shared prefix of a bidirectional encoder: same token, same place
+            j = i
+        elif i < prefix + middle_a:
             j = prefix + (i - prefix) * middle_b // middle_a if middle_b else max(prefix - 1, 0)
         else:
             j = i - middle_a + middle_b
