@@ -21,13 +21,13 @@ from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
 from .families import ModelFamily
-from .prompts import align, token_ids
 
 DistanceKind = Literal["proxy", "score"]
 Encoded = tuple[torch.Tensor, torch.Tensor | None]  # a prompt's (L, d) embeddings and pooled embedding
 
 _EXACT_GRAM_MAX_ROWS = 65536
 _SAMPLED_GRAM_ROWS = 16384
+_PREDICTION_BATCH = 256  # samples per denoiser call of the score distance
 
 
 class PromptBank:
@@ -50,11 +50,9 @@ class PromptBank:
         self, pipe: DiffusionPipeline, family: ModelFamily, batch_size: int = 64, max_bytes: int | None = None
     ):
         self.pipe, self.family, self.batch_size = pipe, family, batch_size
-        self.tokenizer = pipe.tokenizer
-        self.length = pipe.tokenizer.model_max_length
         self.max_bytes = max_bytes or self.max_bytes_default
         self._embeds = _BoundedCache(self.max_bytes)  # prompt -> (embeds, pooled or None)
-        self._ids: dict[str, list[int]] = {}
+        self._ids: dict[str, tuple[list[int], ...]] = {}
         self.predictions = _BoundedCache(self.max_bytes)  # score distance: (prompt, samples, seed) -> tensor
         self.encoded = 0  # prompts encoded, re-encodings included
         self.encode_seconds = 0.0  # time spent in the text encoders
@@ -96,9 +94,10 @@ class PromptBank:
         """Pooled embedding of a prompt, for families that have one."""
         return self._entry(prompt)[1]
 
-    def ids(self, prompt: str) -> list[int]:
+    def ids(self, prompt: str) -> tuple[list[int], ...]:
+        """Token ids of a prompt, one list per segment of the family's text sequence (see `ModelFamily.token_ids`)."""
         if prompt not in self._ids:
-            self._ids[prompt] = token_ids(self.tokenizer, prompt)
+            self._ids[prompt] = self.family.token_ids(self.pipe, prompt)
         return self._ids[prompt]
 
     def aligned(
@@ -106,7 +105,7 @@ class PromptBank:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of `a` and `b` at the token positions that may differ, paired (see `align`); from `held`
         (what `add` returned) when given."""
-        positions_a, positions_b = align(self.ids(prompt_a), self.ids(prompt_b), self.length)
+        positions_a, positions_b = self.family.align(self.pipe, self.ids(prompt_a), self.ids(prompt_b))
         embeds_a = held[prompt_a][0] if held else self.embeds(prompt_a)
         embeds_b = held[prompt_b][0] if held else self.embeds(prompt_b)
         return embeds_a[positions_a], embeds_b[positions_b]
@@ -201,7 +200,55 @@ def proxy_distances(bank: PromptBank, gram: torch.Tensor, pairs: Sequence[tuple[
     return out
 
 
+def _score_inputs(bank: PromptBank, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `samples` (latent, timestep) pairs every prompt is scored on, drawn with `seed` (latents in the layout
+    the family's denoiser reads: `(samples, C, H, W)`, or packed `(samples, tokens, C)` for FLUX)."""
+    pipe, denoiser = bank.pipe, getattr(bank.pipe, bank.family.denoiser)
+    generator = torch.Generator().manual_seed(seed)
+    latents = bank.family.random_latents(pipe, samples, generator)
+    timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (samples,), generator=generator)
+    return latents.to(pipe.device, denoiser.dtype), timesteps.to(pipe.device)
+
+
 @torch.no_grad()
+def noise_predictions(
+    bank: PromptBank, prompts: Sequence[str], *, samples: int = 16, seed: int = 0, cache: bool = True
+) -> dict[str, torch.Tensor]:
+    """The denoiser's noise predictions `(samples, C, H, W)` for each prompt, float32, on the shared samples.
+
+    With `cache=False` nothing is read from or written to the bank's cache: for predictions of a model that is
+    about to change (a removal applied for a moment), which must not be mistaken for the current model's.
+    """
+    pipe, family = bank.pipe, bank.family
+    denoiser = getattr(pipe, family.denoiser)
+    latents, timesteps = _score_inputs(bank, samples, seed)
+    wanted = list(dict.fromkeys(prompts))
+    out = {p: found for p in wanted if cache and (found := bank.predictions.get((p, samples, seed))) is not None}
+    missing = [p for p in wanted if p not in out]
+    per_call = max(1, _PREDICTION_BATCH // samples)  # several prompts per denoiser call: one batch of samples each
+    for start in range(0, len(missing), per_call):
+        group = missing[start : start + per_call]
+        encoded = bank.add(group)
+        embeds = torch.cat([encoded[p][0].to(pipe.device, denoiser.dtype).expand(samples, -1, -1) for p in group])
+        pooled = None
+        if encoded[group[0]][1] is not None:
+            pooled = torch.cat([encoded[p][1].to(pipe.device, denoiser.dtype).expand(samples, -1) for p in group])
+        repeat = (len(group),) + (1,) * (latents.dim() - 1)
+        predicted = family.denoise(
+            pipe, denoiser, latents.repeat(*repeat), timesteps.repeat(len(group)), embeds, pooled
+        ).float().cpu()
+        for prompt, found in zip(group, predicted.split(samples), strict=True):
+            out[prompt] = found.clone()
+            if cache:
+                bank.predictions.put((prompt, samples, seed), out[prompt])
+    return out
+
+
+def prediction_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """`E || a - b ||^2` over the samples of two prompts' noise predictions (see [`noise_predictions`])."""
+    return float((a - b).square().flatten(1).sum(1).mean())
+
+
 def score_distances(
     bank: PromptBank, pairs: Sequence[tuple[str, str]], samples: int = 16, seed: int = 0
 ) -> torch.Tensor:
@@ -209,39 +256,12 @@ def score_distances(
 
     Every prompt sees the same `samples` (latent, timestep) pairs, drawn with `seed`.
     """
-    pipe, family = bank.pipe, bank.family
-    denoiser = getattr(pipe, family.denoiser)
-    config = denoiser.config
-    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(samples, config.in_channels, size, size, generator=generator)
-    timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (samples,), generator=generator)
-    latents = latents.to(pipe.device, denoiser.dtype)
-    timesteps = timesteps.to(pipe.device)
-    scale = getattr(pipe, "vae_scale_factor", 8)
-
-    predictions = bank.predictions
-
-    def prediction(prompt: str, held: dict[str, Encoded]) -> torch.Tensor:
-        key = (prompt, samples, seed)
-        found = predictions.get(key)
-        if found is None:
-            embeds, pooled = held[prompt]
-            embeds = embeds.to(pipe.device, denoiser.dtype).expand(samples, -1, -1)
-            if pooled is not None:
-                pooled = pooled.to(pipe.device, denoiser.dtype).expand(samples, -1)
-            extra = family.denoiser_kwargs(pipe, pooled, size * scale, size * scale)
-            found = denoiser(latents, timesteps, encoder_hidden_states=embeds, **extra).sample.float().cpu()
-            predictions.put(key, found)
-        return found
-
     out = torch.empty(len(pairs), dtype=torch.float64)
     step = max(1, bank.batch_size // 2)
     chunks = range(0, len(pairs), step)
     for start in tqdm(chunks, desc="score distance", leave=False, disable=len(chunks) < 8):
         chunk = pairs[start : start + step]
-        held = bank.add([p for pair in chunk for p in pair])
+        predicted = noise_predictions(bank, [p for pair in chunk for p in pair], samples=samples, seed=seed)
         for i, (a, b) in enumerate(chunk, start):
-            difference = prediction(a, held) - prediction(b, held)
-            out[i] = difference.square().sum(dim=(1, 2, 3)).mean().double()
+            out[i] = prediction_distance(predicted[a], predicted[b])
     return out

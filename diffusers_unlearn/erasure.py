@@ -7,6 +7,7 @@ import datetime
 import logging
 import secrets
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -17,13 +18,15 @@ from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
 from .constraints import Constraints, concept_hash_of, embedding_probes, names_pattern, solve
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
-from .errors import InvalidConceptError
+from .errors import InvalidConceptError, WeakRemovalWarning
 from .families import family_of
 from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
+from .methods.harden import HardenConfig, harden_solve
 from .pipeline import base_fingerprint, loaded_adapters
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
+from .targets import WEAK_SHIFT, Candidate, choose_targets, is_weak, removal_effect
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ def erase(
     distance_samples: int = 16,
     rank: int | None = None,
     config: ClosedFormConfig | DistillConfig | None = None,
+    harden: HardenConfig | bool = False,
     redact: bool = False,
     name: str | None = None,
     seed: int = 0,
@@ -93,6 +97,10 @@ def erase(
             most 12); distill: default `DistillConfig.rank`.
         config ([`ClosedFormConfig`] or [`DistillConfig`], *optional*): The method's settings (solve weights;
             training steps, target modules, accelerate options, checkpoints).
+        harden ([`HardenConfig`] or `bool`): Closed form only: after the solve, RECE-like rounds that derive the
+            embedding still regenerating the concept under the edit and erase it too (`True`: 3 rounds), so that
+            the removal holds against prompt-search and embedding attacks (`diffusers_unlearn.attacks`); adds a
+            few solves to the cost. See docs/benchmarks/robustness.md.
         redact (`bool`): Keep the concept, aliases and forget prompts out of the saved files (a salted hash
             identifies the concept instead).
         name (`str`, *optional*): Adapter name; default `"no-<concept>"`.
@@ -130,6 +138,9 @@ def erase(
         raise TypeError(f"method={method!r} takes a {configs[method].__name__}, got {type(config).__name__}.")
     if rank is not None:
         config = dataclasses.replace(config, rank=rank)
+    harden = HardenConfig() if harden is True else (harden or None)
+    if harden is not None and method != "closed_form":
+        raise ValueError("harden= applies to method='closed_form' only.")
 
     family = family_of(pipe)
     denoiser = getattr(pipe, family.denoiser)
@@ -164,29 +175,8 @@ def erase(
             return score_distances(bank, pairs, samples=distance_samples, seed=seed)
         return proxy_distances(bank, gram, pairs)
 
-    # 2. fine-grained mapping targets: one per context, shared by the concept and its aliases.
-    def candidates_of(context: Context) -> list[str]:
-        if anchor is not None:
-            found = [anchor]
-        else:
-            found = [context.fill(c) for c in (mapping_candidates or ())]
-            found += [context.fill("")] + ([context.fill(category)] if category else [])
-        return [c for c in dict.fromkeys(found) if c not in forget_prompts[context]]
-
-    all_candidates = {context: candidates_of(context) for context in contexts}
-    bank.add([c for found in all_candidates.values() for c in found])  # one batched encoding
-    targets: dict[Context, str] = {}
-    target_records = []
-    for context, candidates in all_candidates.items():
-        pairs = [(f, c) for c in candidates for f in forget_prompts[context]]
-        scores = distances(pairs).view(len(candidates), len(names)).sum(dim=1)
-        best = int(scores.argmin())
-        targets[context] = candidates[best]
-        target_records.append(
-            {"context": context.template, "target": candidates[best], "distance": float(scores[best] / len(names))}
-        )
-
-    # 3. local protection: neighbours ranked by the same distance, nearest first.
+    # local protection first: neighbours ranked by the removal's distance, nearest first; the target check
+    # compares candidates with the nearest of them.
     def ranked(words: list[str]) -> list[tuple[str, float]]:
         if not words:
             return []
@@ -200,6 +190,20 @@ def erase(
         neighbor_ranking = sorted(neighbor_ranking + mined, key=lambda item: item[1])
     if protect_top_k is not None:
         neighbor_ranking = neighbor_ranking[:protect_top_k]
+
+    # fine-grained mapping targets: one per context, shared by the concept and its aliases, never a candidate
+    # the model draws as the concept itself (targets.py).
+    if anchor is not None:
+        candidates = [Candidate(anchor, fixed=True)]
+    else:
+        words = [*(mapping_candidates or ()), "", *([category] if category else [])]
+        candidates = [Candidate(word) for word in dict.fromkeys(words) if word.lower() not in lowered]
+    bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
+    choice = choose_targets(
+        bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
+        samples=distance_samples, seed=seed,
+    )  # fmt: skip
+    targets = choice.targets
     # Three groups, each weighing the same in the objective whatever its size: a handful of `preserve` prompts
     # must not be drowned by hundreds of neighbour prompts.
     groups = {
@@ -212,16 +216,19 @@ def erase(
     previous = loaded_adapters(pipe)
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
     if method == "closed_form":
-        solution = solve(
-            pipe,
-            Constraints(forget=[pairs], protect=groups),
-            config,
-            protect_factors=[a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
-            bank=bank,
-            weights=weights,
-            gram=gram,
-        )
-        lora, probes, figures, edit_rank = solution.lora, solution.probes, solution.figures, solution.remap.rank
+        solve_kwargs = {
+            "protect_factors": [a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
+            "bank": bank,
+            "weights": weights,
+            "gram": gram,
+        }
+        constraints = Constraints(forget=[pairs], protect=groups)
+        if harden is None:
+            solution, harden_figures = solve(pipe, constraints, config, **solve_kwargs), {}
+        else:  # methods/harden.py: derive the embeddings that still regenerate the concept, erase them, re-solve
+            solution, harden_figures = harden_solve(pipe, constraints, config, harden, **solve_kwargs)
+        lora, probes, edit_rank = solution.lora, solution.probes, solution.remap.rank
+        figures = {**solution.figures, **harden_figures}
     else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that name this
         # concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
         mentions = names_pattern(names)
@@ -229,6 +236,7 @@ def erase(
         result = distill(pipe, family, bank, pairs, [*groups.values(), earlier], config, seed=seed)
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         probes = embedding_probes(bank, pairs, groups)
+    figures = {**figures, **removal_effect(bank, choice, lora, concept)}
     figures = {
         **figures,
         "seconds": round(time.perf_counter() - started, 3),
@@ -237,18 +245,25 @@ def erase(
     }
 
     metadata = _metadata(
-        pipe, family, concept, names, redact, name, method, config, edit_rank, target_records, neighbor_ranking,
+        pipe, family, concept, names, redact, name, method, config, edit_rank, choice, neighbor_ranking,
         groups, previous, figures, distance, forget_prompts,
     )  # fmt: skip
     adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=probes)
     adapter.metadata["adapter_id"] = content_id(lora)
     logger.info(
-        "Erased %r in %.2fs (rank %d, residual %.3f)",
-        concept,
-        figures["seconds"],
-        edit_rank,
-        figures["forget_residual"],
-    )
+        "Erased %r in %.2fs (rank %d, concept shift %s)", concept, figures["seconds"], edit_rank,
+        figures["concept_shift"],
+    )  # fmt: skip
+    if is_weak(figures):
+        warnings.warn(
+            WeakRemovalWarning(
+                f"The removal {adapter.name!r} barely moves {concept!r}: its noise predictions moved "
+                f"{figures['concept_shift']:.2f}x the distance to its nearest neighbour (below {WEAK_SHIFT}), so "
+                "it may not erase it. Check its targets (`adapter.metadata['targets']`), pass `mapping_candidates` "
+                "the model draws as other concepts, or lower the protection (`ClosedFormConfig`)."
+            ),
+            stacklevel=2,
+        )
     return adapter
 
 
@@ -273,7 +288,7 @@ def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> 
 
 
 def _metadata(
-    pipe, family, concept, names, redact, name, method, config, rank, target_records, neighbor_ranking,
+    pipe, family, concept, names, redact, name, method, config, rank, choice, neighbor_ranking,
     groups, previous, figures, distance, forget_prompts,
 ) -> dict:  # fmt: skip
     salt = secrets.token_hex(8)
@@ -290,7 +305,8 @@ def _metadata(
         "concept_salt": salt,
         "aliases": [] if redact else names[1:],
         "forget_prompts": [] if redact else [p for ps in forget_prompts.values() for p in ps],
-        "targets": target_records,
+        "targets": choice.records,
+        "target_candidates": [c.record() for c in choice.candidates],
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,
         "preserve": groups.get("preserve", []),
@@ -307,7 +323,7 @@ def _metadata(
     if redact:  # the targets and protected prompts are contexts without the concept, but a user prompt
         # may name it twice: drop any record that still mentions a name.
         lowered = [n.lower() for n in names]
-        metadata["targets"] = [r for r in target_records if not any(n in r["context"].lower() for n in lowered)]
+        metadata["targets"] = [r for r in choice.records if not any(n in r["context"].lower() for n in lowered)]
         for key in ("protected_prompts", "preserve"):
             metadata[key] = [p for p in metadata[key] if not any(n in p.lower() for n in lowered)]
     return metadata

@@ -44,6 +44,11 @@ class VerificationError(UnlearningError, RuntimeError):
     """A removal was loaded but the model does not carry its edit: refusing to pretend it is active."""
 
 
+class InteropError(UnlearningError, RuntimeError):
+    """A diffusers operation would silently change what a loaded removal erases (apply it twice, or write a folder
+    that reloads broken); it was refused and nothing was changed. The message says what to do instead."""
+
+
 class ResolveError(UnlearningError, ValueError):
     """Removals cannot be re-solved (joint merge, withdrawal): redacted, not closed-form, or no pipeline given."""
 
@@ -69,3 +74,21 @@ class ConcurrentUpdateError(UnlearningError, RuntimeError):
         super().__init__(message)
         self.repo_id = repo_id
         self.parent_commit = parent_commit
+
+
+class UnlearningWarning(UserWarning):
+    """Base class of every warning diffusers-unlearn emits: something a removal depends on may not hold.
+
+    Turn them into errors where a removal must never silently weaken:
+    `warnings.simplefilter("error", diffusers_unlearn.UnlearningWarning)`.
+    """
+
+
+class WeakRemovalWarning(UnlearningWarning):
+    """A removal barely moves its concept's noise predictions: it may not erase anything (see `erase`)."""
+
+
+class InteropWarning(UnlearningWarning):
+    """A diffusers LoRA operation (`disable_lora`, `set_adapters` with a weight, `delete_adapters`, ...) took a
+    loaded removal out of effect, fully or in part, as it was asked to: the concept can be generated again. The
+    message names the removal and how to put it back; `pipe.unlearning` shows `verified=False` meanwhile."""

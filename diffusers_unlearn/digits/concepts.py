@@ -89,16 +89,20 @@ class Concept:
         """Arguments of `diffusers_unlearn.erase` for this concept on the digits model.
 
         The erased word is the digit (for a digit or a combination) or the colour; the other words of each
-        prompt are its context. Candidates: the generic word "digit" and the context without the word. Other
-        digits (or colours) are protected in the same contexts; for a combination, the same digit in the other
-        colours (and strokes) and asked without colour is protected too; for a colour, every digit asked
-        without colour.
+        prompt are its context. Mapping candidates: the context without the word, the other digits (or
+        colours) in the same context, and for digits the generic word "digit" — which the model never saw in a
+        caption, so `erase` rejects it as untrained (it draws "a green digit" as a nine). The model itself picks
+        the nearest candidate it does not draw as the concept. Other digits (or colours) are protected in the
+        same contexts; for a combination, the same digit in the other colours (and strokes) and asked without
+        colour is protected too; for a colour, every digit asked without colour.
         """
         if self.kind == "colour":
+            others = [c for c in COLOURS if c != self.colour]
             return {
                 "concept": self.colour,
                 "prompts": self.forget_prompts(),
-                "neighbors": [c for c in COLOURS if c != self.colour],
+                "mapping_candidates": others,
+                "neighbors": others,
                 "preserve": [p for d in range(len(DIGITS)) for p in _colourless(d)],
                 "name": f"no-{self.colour}",
             }
@@ -108,6 +112,7 @@ class Concept:
             "aliases": [numeral],
             "prompts": self.forget_prompts(),
             "category": "digit",
+            "mapping_candidates": [DIGITS[d] for d in range(10) if d != self.digit],
             "neighbors": [w for d in range(10) if d != self.digit for w in (DIGITS[d], NUMERALS[d])],
             "name": "no-" + self.name.replace(" ", "-"),
         }

@@ -1,0 +1,280 @@
+"""Mapping targets (DESIGN §2, first idea): which prompt each forget prompt is mapped to, checked by the model.
+
+The nearest candidate the model finds can be the concept itself under another name: on the digits model the
+generic word "digit" was never in a training caption, and "a green digit" is drawn as a nine, so erasing
+"nine" by mapping it there removed nothing. Two rules keep such a candidate from being chosen:
+
+1. *Untrained or near-empty words are not targets*: a candidate word whose input token embeddings are less than
+   half as long as those of the concept and its neighbours (words the model does know) is rejected.
+2. *A target must be measurably another concept*: on a sample of the removal's contexts, the candidate's
+   score-prediction distance to the forget prompt (mean over the contexts) must exceed the spread of the
+   concept's own aliases there, and must not be smaller than `MIN_SEPARATION` times the distance from the
+   forget prompt to its nearest protected neighbour (the nearest concept the user says is a different one).
+
+Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
+on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
+
+After the solve, [`removal_effect`] measures how far the removal moved the forget prompts' noise predictions
+(the removal applied for a moment; no image is generated) relative to the concept-target distance and to the
+concept-neighbour distance measured here, and `erase` warns loudly when the concept barely moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .distance import PromptBank, noise_predictions, prediction_distance
+from .errors import InvalidConceptError
+from .layers import base_linear
+from .prompts import Context
+
+logger = logging.getLogger(__name__)
+
+CHECK_CONTEXTS = 6
+"""Contexts (spread over the removal's list) on which candidates are checked and the removal's effect measured."""
+CHECK_NEIGHBORS = 3
+"""Nearest protected neighbours a candidate is compared with."""
+CHECK_SAMPLES = 32
+"""Least number of (latent, timestep) samples of the check's score distances."""
+MIN_SEPARATION = 0.75
+"""A target's distance to the concept, relative to the nearest neighbour's, below which it is rejected."""
+UNTRAINED_NORM_RATIO = 0.5
+"""A word whose token embeddings are shorter than this share of the known words' is untrained or near-empty."""
+WEAK_SHIFT = 0.5
+"""`concept_shift` below which a removal is reported as weak (see [`removal_effect`])."""
+
+
+@dataclass
+class Candidate:
+    """One kind of mapping target: a word put into every context (`""`: the context without the concept), or,
+    for a coarse anchor, one fixed prompt.
+
+    Attributes:
+        label (`str`): The word, or the anchor prompt.
+        fixed (`bool`): The same prompt in every context (an anchor).
+        separation (`float | None`): Mean distance of the candidate to the forget prompts over the checked
+            contexts, relative to the nearest neighbour's (`None`: no neighbour to compare with, or not checked).
+        rejected (`str | None`): Why it cannot be a target, or `None`.
+        checked (`bool`): Whether the model-behaviour check ran (only candidates that would be chosen are checked).
+    """
+
+    label: str
+    fixed: bool = False
+    separation: float | None = None
+    rejected: str | None = None
+    checked: bool = False
+
+    def fill(self, context: Context) -> str:
+        return self.label if self.fixed else context.fill(self.label)
+
+    def record(self) -> dict:
+        return {
+            "candidate": self.label,
+            "checked": self.checked,
+            "separation": self.separation,
+            "rejected": self.rejected,
+        }
+
+
+@dataclass
+class TargetChoice:
+    """The chosen target of every context, the candidates' check, and the references of the effect check.
+
+    Attributes:
+        targets (`dict[Context, str]`): Target prompt per context.
+        records (`list[dict]`): Per context, the target and its distance (stored in the removal's metadata).
+        candidates (`list[Candidate]`): Every candidate with its separation and why it was rejected, if it was.
+        checked (`list[Context]`): The contexts the check ran on.
+        neighbor_distance (`dict[Context, float]`): Per checked context, the forget prompt's distance to its
+            nearest protected neighbour (empty without neighbours).
+        samples (`int`), seed (`int`): The score distance's samples.
+    """
+
+    targets: dict[Context, str]
+    records: list[dict]
+    candidates: list[Candidate]
+    checked: list[Context]
+    neighbor_distance: dict[Context, float] = field(default_factory=dict)
+    samples: int = CHECK_SAMPLES
+    seed: int = 0
+
+
+def choose_targets(
+    bank: PromptBank,
+    contexts: Sequence[Context],
+    names: Sequence[str],
+    candidates: Sequence[Candidate],
+    neighbors: Sequence[str],
+    distances: Callable[[list[tuple[str, str]]], torch.Tensor],
+    *,
+    samples: int = CHECK_SAMPLES,
+    seed: int = 0,
+) -> TargetChoice:
+    """Checks the candidates (module docstring), then gives each context its nearest candidate left.
+
+    Args:
+        bank ([`PromptBank`]): Encodes the prompts; its pipeline is the model the removal is made for.
+        contexts (`Sequence[Context]`): The removal's contexts.
+        names (`Sequence[str]`): The concept, then its aliases.
+        candidates (`Sequence[Candidate]`): Mapping candidates.
+        neighbors (`Sequence[str]`): Protected neighbour words, nearest first.
+        distances (`Callable`): The removal's distance, `(a, b)` pairs to a tensor; chooses among candidates.
+        samples (`int`), seed (`int`): Samples of the check's score distances (at least `CHECK_SAMPLES`).
+
+    Raises:
+        InvalidConceptError: Every candidate of some context was rejected.
+    """
+    samples = max(samples, CHECK_SAMPLES)
+    _reject_untrained(bank, candidates, [*names, *neighbors])
+    step = max(1, len(contexts) / CHECK_CONTEXTS)
+    checked = list(dict.fromkeys(contexts[int(i * step)] for i in range(min(CHECK_CONTEXTS, len(contexts)))))
+    near = list(neighbors[:CHECK_NEIGHBORS])
+
+    def distance(context: Context, prompt: str) -> float:
+        predicted = noise_predictions(bank, [context.fill(names[0]), prompt], samples=samples, seed=seed)
+        return prediction_distance(predicted[context.fill(names[0])], predicted[prompt])
+
+    noise_predictions(bank, [c.fill(n) for c in checked for n in [*names, *near]], samples=samples, seed=seed)
+    spread = sum(max([distance(c, c.fill(a)) for a in names[1:]], default=0.0) for c in checked) / len(checked)
+    neighbor_distance = {c: min(distance(c, c.fill(n)) for n in near) for c in checked} if near else {}
+    reference = sum(neighbor_distance.values()) / len(checked) if near else None
+    if reference is None:
+        logger.info("No neighbours to compare mapping candidates with: only aliases and untrained words checked.")
+
+    def check(candidate: Candidate) -> None:
+        noise_predictions(bank, [candidate.fill(c) for c in checked], samples=samples, seed=seed)  # one batch
+        mean = sum(distance(c, candidate.fill(c)) for c in checked) / len(checked)
+        candidate.checked = True
+        candidate.separation = None if reference is None else round(mean / max(reference, 1e-12), 3)
+        if mean <= spread:
+            candidate.rejected = "drawn as the concept: no farther from it than its own aliases are"
+        elif candidate.separation is not None and candidate.separation < MIN_SEPARATION:
+            candidate.rejected = (
+                f"drawn as the concept: {candidate.separation:.2f}x the distance to the nearest neighbour "
+                f"({near[0]!r}), below {MIN_SEPARATION}"
+            )
+        if candidate.rejected:
+            logger.info("Mapping candidate %r rejected: %s", candidate.label, candidate.rejected)
+
+    # Each context's candidates ranked once by the removal's distance; then the nearest usable one is taken,
+    # checking candidates only when they would be chosen (most are never needed).
+    forget = {c: sorted({c.fill(n) for n in names}) for c in contexts}
+    ranking: dict[Context, list[tuple[float, Candidate, str]]] = {}
+    for context in contexts:
+        options = [(k, k.fill(context)) for k in candidates if k.rejected is None]
+        options = [(k, p) for k, p in options if p not in forget[context]]
+        if options:
+            pairs = [(f, p) for _, p in options for f in forget[context]]
+            scores = distances(pairs).view(len(options), len(forget[context])).mean(dim=1).tolist()
+            options = [(s, k, p) for s, (k, p) in zip(scores, options, strict=True)]
+        ranking[context] = sorted(options, key=lambda item: item[0])
+    while True:
+        chosen = {}
+        for context, options in ranking.items():
+            usable = [option for option in options if option[1].rejected is None]
+            if not usable:
+                raise InvalidConceptError(_no_target_message(context, names[0], candidates))
+            chosen[context] = usable[0]
+        unchecked = list({id(k): k for _, k, _ in chosen.values() if not k.checked}.values())
+        if not unchecked:
+            break
+        for candidate in unchecked:
+            check(candidate)
+    targets = {context: prompt for context, (_, _, prompt) in chosen.items()}
+    records = [
+        {"context": context.template, "target": prompt, "distance": score}
+        for context, (score, _, prompt) in chosen.items()
+    ]
+    return TargetChoice(targets, records, list(candidates), checked, neighbor_distance, samples, seed)
+
+
+def _reject_untrained(bank: PromptBank, candidates: Sequence[Candidate], known: Sequence[str]) -> None:
+    """Rule 1: rejects candidate words whose token embeddings are much shorter than the known words'."""
+    tokenizer, encoder = bank.pipe.tokenizer, bank.pipe.text_encoder
+    table = encoder.get_input_embeddings().weight.detach().float()
+
+    def norm(word: str) -> float | None:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        return float(table[ids].norm(dim=1).mean()) if ids else None
+
+    known_norms = [n for n in map(norm, known) if n is not None]
+    if not known_norms:
+        return
+    reference = float(torch.tensor(known_norms).median())
+    for candidate in candidates:
+        if candidate.fixed or not candidate.label.strip():
+            continue
+        length = norm(candidate.label)
+        if length is not None and length < UNTRAINED_NORM_RATIO * reference:
+            candidate.rejected = (
+                f"untrained or near-empty word: token embedding norm {length:.2f} against {reference:.2f} for "
+                "the concept and its neighbours"
+            )
+
+
+def _no_target_message(context: Context, concept: str, candidates: Sequence[Candidate]) -> str:
+    listed = "; ".join(f"{c.label!r}: {c.rejected}" for c in candidates) or "none given"
+    return (
+        f"No mapping target for {context.fill(concept)!r}: every candidate is something the model draws as "
+        f"{concept!r} itself, or a word it never learnt ({listed}). Pass `mapping_candidates` that the model draws "
+        "as other concepts (e.g. a related but different concept, as LACU maps 'Pikachu' to 'a rabbit')."
+    )
+
+
+@torch.no_grad()
+def removal_effect(bank: PromptBank, choice: TargetChoice, lora: dict[str, torch.Tensor], concept: str) -> dict:
+    """How far a removal moves its concept, from noise predictions on the checked contexts (no image generated).
+
+    With `moved` the distance between a forget prompt's noise predictions before and after the removal (applied
+    to the denoiser for the duration of the call, then restored exactly):
+
+    - `target_reach = sqrt(moved / d(forget, target))`: 1 means it moved as far as its target is from it;
+    - `concept_shift = sqrt(moved / d(forget, nearest neighbour))`: how far it moved, in units of the distance
+      between the concept and the nearest concept the user says is different (`None` without neighbours).
+
+    Returns:
+        `dict` with `target_reach` and `concept_shift`, rounded.
+    """
+    before_prompts = [c.fill(concept) for c in choice.checked] + [choice.targets[c] for c in choice.checked]
+    before = noise_predictions(bank, before_prompts, samples=choice.samples, seed=choice.seed)
+    with _applied(getattr(bank.pipe, bank.family.denoiser), bank.family.denoiser, lora):
+        after = noise_predictions(
+            bank, [c.fill(concept) for c in choice.checked], samples=choice.samples, seed=choice.seed, cache=False
+        )
+    moved = sum(prediction_distance(after[c.fill(concept)], before[c.fill(concept)]) for c in choice.checked)
+    gap = sum(prediction_distance(before[c.fill(concept)], before[choice.targets[c]]) for c in choice.checked)
+    figures = {"target_reach": round((moved / max(gap, 1e-12)) ** 0.5, 3), "concept_shift": None}
+    if choice.neighbor_distance:
+        reference = sum(choice.neighbor_distance.values())
+        figures["concept_shift"] = round((moved / max(reference, 1e-12)) ** 0.5, 3)
+    return figures
+
+
+def is_weak(figures: dict) -> bool:
+    """Whether a removal's figures (from [`removal_effect`]) say it barely moves its concept."""
+    shift = figures.get("concept_shift")
+    return shift is not None and shift < WEAK_SHIFT
+
+
+@contextlib.contextmanager
+def _applied(denoiser: torch.nn.Module, prefix: str, lora: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Adds a LoRA's weight change (`B @ A`, `lora_alpha == r`) to the denoiser's base weights, then restores them."""
+    saved = {}
+    try:
+        for key, down in lora.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            path = key[len(prefix) + 1 : -len(".lora_A.weight")]
+            linear = base_linear(denoiser.get_submodule(path))
+            up = lora[key.replace(".lora_A.", ".lora_B.")]
+            saved[path] = linear.weight.detach().clone()
+            linear.weight.data += (up.float() @ down.float()).to(linear.weight.device, linear.weight.dtype)
+        yield
+    finally:
+        for path, weight in saved.items():
+            base_linear(denoiser.get_submodule(path)).weight.data.copy_(weight)
