@@ -4,7 +4,10 @@ One `.safetensors` file with, per edited layer, `lora_unet_<module path with "_"
 `.lora_up.weight` (`B`) and `.alpha` (= rank, so the scale is 1 and the weight change is exactly `B @ A`).
 Module paths keep diffusers' UNet naming, which kohya's SD 1.x LoRAs use and which ComfyUI, A1111 and diffusers'
 own kohya conversion map; SDXL's pooled-text layer `add_embedding.linear_1` is written under its original-UNet
-name `label_emb.0.0`, the one those tools know.
+name `label_emb.0.0`, the one those tools know. FLUX.1 removals use the original (BFL / sd-scripts) names that
+ComfyUI and diffusers' FLUX kohya conversion read: `context_embedder` is `txt_in`, the pooled-text layer
+`vector_in.in_layer`. The names come from the family table (`ModelFamily.kohya_names`). SD3 has no such format
+here: its diffusers file (`pytorch_lora_weights.safetensors`, keys `transformer.*`) is what ComfyUI loads.
 """
 
 from __future__ import annotations
@@ -17,18 +20,28 @@ import torch
 from safetensors.torch import save_file
 
 from .adapter import HEADER_KEY, UnlearningAdapter, atomic_write
-
-_ORIGINAL_NAMES = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+from .errors import UnsupportedPipelineError
+from .families import FAMILIES, ModelFamily
 
 
 def kohya_state_dict(adapter: UnlearningAdapter, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """The removal's LoRA tensors under kohya key names."""
-    if adapter.denoiser != "unet":
-        raise ValueError(f"The kohya format covers UNet LoRAs; this removal edits {adapter.denoiser!r}.")
+    """The removal's LoRA tensors under kohya key names.
+
+    Raises:
+        UnsupportedPipelineError: The family has no kohya format, or a layer has no name in it (a distilled FLUX
+            removal's joint-attention projections are fused `qkv` matrices in the original checkpoint).
+    """
+    family = _family(adapter)
+    names = dict(family.kohya_names)
     tensors = {}
     for layer in adapter.layer_names:
+        if family.denoiser != "unet" and layer not in names:
+            raise UnsupportedPipelineError(
+                f"Layer {layer!r} of removal {adapter.name!r} has no name in the kohya format of {family.name!r}; "
+                "load its diffusers folder instead (ComfyUI reads diffusers-format FLUX / SD3 LoRAs)."
+            )
         down, up = adapter.factors(layer)
-        name = "lora_unet_" + _ORIGINAL_NAMES.get(layer, layer).replace(".", "_")
+        name = "lora_unet_" + names.get(layer, layer).replace(".", "_")
         tensors[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()
         tensors[f"{name}.lora_up.weight"] = up.to(dtype).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(down.shape[0]), dtype=dtype)
@@ -71,8 +84,20 @@ def export_kohya(source, path: str | os.PathLike, *, dtype: torch.dtype = torch.
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(adapter.rank),
         "ss_network_alpha": str(adapter.rank),
-        "ss_base_model_version": {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}.get(adapter.metadata.get("family"), ""),
+        "ss_base_model_version": _family(adapter).kohya_base,
         HEADER_KEY: json.dumps(adapter.metadata, sort_keys=True),
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     return path
+
+
+def _family(adapter: UnlearningAdapter) -> ModelFamily:
+    """The removal's family, with a kohya format (removals made before families were recorded: SD / SDXL)."""
+    name = adapter.metadata.get("family") or "sd"
+    family = next((f for f in FAMILIES if f.name == name), None)
+    if family is None or family.kohya_names is None:
+        raise UnsupportedPipelineError(
+            f"Removal {adapter.name!r} is for {name!r}, which has no kohya export; its diffusers folder "
+            "(`save_pretrained`) is what ComfyUI and diffusers load."
+        )
+    return family

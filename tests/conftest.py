@@ -1,5 +1,6 @@
-"""Tiny Stable Diffusion and SDXL pipelines built from config, offline, with fixed seeds."""
+"""Tiny Stable Diffusion, SDXL, SD3 and FLUX.1 pipelines built from config, offline, with fixed seeds."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -7,11 +8,25 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
 
@@ -129,3 +144,100 @@ def generate(pipe, prompt: str, seed: int = 0, steps: int = 2):
     """Images as a numpy array, deterministic for a seed."""
     generator = torch.Generator().manual_seed(seed)
     return pipe(prompt, num_inference_steps=steps, generator=generator, output_type="np").images
+
+
+# ------------------------------------------------------------------------------ transformer pipelines (SD3, FLUX.1)
+def make_t5_tokenizer(max_length: int = 128) -> T5TokenizerFast:
+    """A T5 tokenizer built offline: a word-level `tokenizers` model over the whole words of the CLIP fixture's
+    vocabulary (so every prompt the tests use tokenizes in both), `</s>` appended, `<pad>` = 0. Its
+    `model_max_length` (128, above CLIP's 77) caps the T5 sequence removals are made at, to keep tests fast."""
+    clip_vocab = json.loads((TOKENIZER / "vocab.json").read_text())
+    words = ["<pad>", "</s>", "<unk>"] + sorted({t.removesuffix("</w>") for t in clip_vocab if t.endswith("</w>")})
+    model = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
+        model_max_length=max_length,
+    )  # fmt: skip
+
+
+def _t5(seed: int, width: int) -> T5EncoderModel:
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(make_t5_tokenizer()), d_model=width, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return T5EncoderModel(config).eval()  # built from config it is in training mode: dropout on
+
+
+def _flow_vae(latent_channels: int, **config) -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035, **config,
+    )  # fmt: skip
+
+
+def make_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """A tiny SD3-style pipeline: two CLIP encoders (32 + 32 wide, pooled 64), a 64-wide T5, one joint block.
+
+    The text sequence the transformer reads is CLIP (24 tokens, padded to 64 columns) then T5 (128 tokens).
+    """
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(_text_config(hidden_act="gelu", projection_dim=32))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_act="gelu", projection_dim=32))
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flow_vae(4),
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=CLIPTokenizer.from_pretrained(TOKENIZER),
+        text_encoder_3=_t5(seed + 2, 64),
+        tokenizer_3=make_t5_tokenizer(),
+    )
+
+
+def make_flux_pipeline(seed: int = 0) -> FluxPipeline:
+    """A tiny FLUX.1-style pipeline: CLIP (32 wide, pooled) and a 32-wide T5 (128 tokens), one double and one
+    single block, guidance embedding (as FLUX.1 dev). `default_sample_size` is 8: 8 x 8 pixels (this VAE does not
+    downsample)."""
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(hidden_act="gelu", projection_dim=32))
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flow_vae(1),
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER),
+        text_encoder_2=_t5(seed + 2, 32),
+        tokenizer_2=make_t5_tokenizer(),
+    )
+    pipe.default_sample_size = 8
+    return pipe
+
+
+def generate_transformer(pipe, prompt: str, seed: int = 0, steps: int = 2):
+    """Images of a tiny SD3 / FLUX pipeline (8 x 8 pixels) as a numpy array, deterministic for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    size = pipe.default_sample_size * pipe.vae_scale_factor
+    return pipe(
+        prompt, num_inference_steps=steps, generator=generator, output_type="np", height=size, width=size,
+        max_sequence_length=pipe.tokenizer_3.model_max_length if hasattr(pipe, "tokenizer_3") else
+        pipe.tokenizer_2.model_max_length,
+    ).images  # fmt: skip

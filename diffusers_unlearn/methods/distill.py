@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -50,9 +50,10 @@ class DistillConfig:
 
     Args:
         rank (`int`): LoRA rank (`lora_alpha == rank`).
-        target_modules (`tuple[str, ...]`): Module-name endings to train, e.g. `("attn2.to_k", "attn2.to_v")`
-            (default: the cross-attention inputs); add `"attn1.to_q"`, `"ff.net.2"`, ... for self-attention and
-            feed-forward layers.
+        target_modules (`tuple[str, ...]`, *optional*): Module-name endings to train, e.g.
+            `("attn2.to_k", "attn2.to_v", "attn1.to_q", "ff.net.2")`. Default: where the family reads the text
+            (`ModelFamily.distill_targets`): the cross-attention inputs `attn2.to_k` / `attn2.to_v` of a UNet,
+            the joint attention's text-stream inputs `attn.add_k_proj` / `attn.add_v_proj` of SD3 / FLUX.1.
         steps (`int`): Optimizer steps.
         batch_size (`int`): Forget and protected samples per step (each).
         learning_rate (`float`): AdamW learning rate.
@@ -70,7 +71,7 @@ class DistillConfig:
     """
 
     rank: int = 4
-    target_modules: tuple[str, ...] = ("attn2.to_k", "attn2.to_v")
+    target_modules: tuple[str, ...] | None = None
     steps: int = 500
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -92,7 +93,8 @@ class DistillConfig:
             raise ValueError("max_timestep must be in (0, 1000] and sampling_steps >= 2.")
         if self.negative_guidance < 0:
             raise ValueError("negative_guidance must be >= 0.")
-        self.target_modules = tuple(self.target_modules)
+        if self.target_modules is not None:
+            self.target_modules = tuple(self.target_modules)
 
 
 @dataclass
@@ -137,13 +139,14 @@ def distill(
     wanted, actual = accelerator.device, denoiser.device
     if wanted.type != actual.type or (wanted.type != "cpu" and wanted.index != actual.index):
         raise ResolveError(f"Move the pipeline to {accelerator.device} (pipe.to(...)) before distilling.")
+    targets = config.target_modules or family.distill_targets
     layers = [
         name
         for name, module in denoiser.named_modules()
-        if name.endswith(config.target_modules) and isinstance(module, torch.nn.Linear)
+        if name.endswith(targets) and isinstance(module, torch.nn.Linear)
     ]
     if not layers:
-        raise ValueError(f"No layer of the denoiser ends with {config.target_modules}.")
+        raise ValueError(f"No layer of the denoiser ends with {targets}.")
     groups = [list(dict.fromkeys(group)) for group in protected if group]
     replayed = list(dict.fromkeys(p for group in groups for p in group))
     weights = _group_weights(groups, replayed)
@@ -262,9 +265,9 @@ def _remove_adapter(pipe, denoiser) -> None:
     denoiser.requires_grad_(False)
 
 
-def _sample_size(denoiser) -> int:
-    size = denoiser.config.sample_size
-    return size if isinstance(size, int) else size[0]
+def _sample_size(denoiser) -> int | None:
+    size = getattr(denoiser.config, "sample_size", None)  # FLUX has none: its latents are sized by the family
+    return size if size is None or isinstance(size, int) else size[0]
 
 
 def _predict(model, pipe, family, bank, prompts, latents, timesteps, size, device) -> torch.Tensor:
@@ -272,9 +275,7 @@ def _predict(model, pipe, family, bank, prompts, latents, timesteps, size, devic
     pooled = None
     if family.pooled_layer is not None:
         pooled = torch.stack([bank.pooled(p) for p in prompts]).to(device)
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    extra = family.denoiser_kwargs(pipe, pooled, size * scale, size * scale)
-    return model(latents, timesteps, encoder_hidden_states=embeds, **extra).sample
+    return family.denoise(pipe, model, latents, timesteps, embeds, pooled)
 
 
 def _group_weights(groups: list[list[str]], prompts: list[str]) -> torch.Tensor:
@@ -291,8 +292,7 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
     """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(config.sampling_steps)
+    scheduler = family.sampling_scheduler(pipe, config.sampling_steps)  # DDIM; flow matching for SD3 / FLUX
     generator = torch.Generator().manual_seed(seed)
     pool = {}
     for kind, prompts in (("forget", [f for f, _ in pairs]), ("replay", protected)):
@@ -303,7 +303,7 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
         else:
             ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
         bank.add([prompts[i] for i in ids])  # one batch
-        latents = torch.randn(config.latent_pool, denoiser.config.in_channels, size, size, generator=generator)
+        latents = family.random_latents(pipe, config.latent_pool, generator)
         latents = (latents * scheduler.init_noise_sigma).to(device, denoiser.dtype)
         kept_latents, kept_t = [], []
         for t in scheduler.timesteps:
