@@ -66,16 +66,45 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Calls `write(tmp_path)` then renames the result onto `path`: readers see the old file or the new one."""
+    """Calls `write(tmp_path)` then renames the result onto `path`: readers see the old file or the new one.
+
+    The file gets the mode any new file gets (0o666 less the umask, usually 644), not `mkstemp`'s private 600.
+    """
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def model_name(name_or_path: str | os.PathLike | None) -> str | None:
+    """What provenance records as `base_model`: a Hub id or a name, never a local path (which would leak a user's
+    folders into published files and mean nothing elsewhere). The embedded digits model is `"digits"`; another local
+    folder is recorded by its name."""
+    if name_or_path is None:
+        return None
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if not path.is_absolute() and not text.startswith((".", "~")) and not path.exists():
+        return text  # a Hub id ("org/name") or a name
+    digits_model = Path(__file__).parent / "digits" / "model"
+    try:
+        if path.resolve() == digits_model.resolve():
+            return "digits"
+    except OSError:
+        pass
+    return path.resolve().name or text
 
 
 @dataclass
@@ -105,6 +134,18 @@ class UnlearningAdapter:
     lora_weights: dict[str, torch.Tensor]
     metadata: dict[str, Any]
     probes: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.metadata.get("base_model") is not None:
+            self.metadata["base_model"] = model_name(self.metadata["base_model"])
+
+    def __repr__(self) -> str:
+        size = sum(t.numel() * t.element_size() for t in self.lora_weights.values())
+        concept = self.concept if self.concept is not None else "<redacted>"
+        return (
+            f"UnlearningAdapter(name={self.name!r}, concept={concept!r}, method={self.metadata.get('method')!r}, "
+            f"rank={self.metadata.get('rank')}, layers={len(self.layer_names)}, size={_size(size)})"
+        )
 
     # ----------------------------------------------------------------------------------------- properties
     @property
@@ -152,7 +193,14 @@ class UnlearningAdapter:
         return {"r": self.rank, "lora_alpha": self.rank, "target_modules": sorted(self.layer_names)}
 
     # ---------------------------------------------------------------------------------------------- files
-    def save_pretrained(self, save_directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        push_to_hub: bool = False,
+        **push_kwargs: Any,
+    ) -> Path:
         """Writes the removal to a folder that vanilla `pipe.load_lora_weights(folder)` also loads.
 
         Every file is written to a temporary name and renamed into place, so an interrupted save leaves the
@@ -161,9 +209,19 @@ class UnlearningAdapter:
         Args:
             save_directory (`str` or `os.PathLike`): Folder to write (created if needed).
             dtype (`torch.dtype`, *optional*): Cast the LoRA tensors, e.g. `torch.float16` to halve the size.
+            push_to_hub (`bool`, defaults to `False`): Also publish the removal with [`push_to_hub`], to
+                `push_kwargs["repo_id"]` (default: the folder's name), as diffusers' `save_pretrained` does.
+            push_kwargs: Passed to [`push_to_hub`] (`repo_id`, `private`, `token`, `commit_message`, `revision`,
+                `report`, `endpoint`).
 
         Returns:
             `Path`: the folder.
+
+        Example:
+            ```py
+            >>> adapter.save_pretrained("no-seven")
+            >>> adapter.save_pretrained("no-seven", push_to_hub=True, repo_id="my-org/no-seven")
+            ```
         """
         folder = Path(save_directory)
         if folder.is_file():
@@ -182,6 +240,10 @@ class UnlearningAdapter:
             folder / METADATA_NAME,
             lambda tmp: Path(tmp).write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n"),
         )
+        if push_to_hub:
+            self.push_to_hub(push_kwargs.pop("repo_id", folder.resolve().name), **push_kwargs)
+        elif push_kwargs:
+            raise TypeError(f"save_pretrained got {sorted(push_kwargs)}, which only apply with push_to_hub=True.")
         return folder
 
     def push_to_hub(
@@ -233,7 +295,7 @@ class UnlearningAdapter:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike,
         *,
         revision: str | None = None,
         token: str | bool | None = None,
@@ -244,8 +306,8 @@ class UnlearningAdapter:
         """Reads a removal written by [`save_pretrained`], or pulls one from the Hub (see [`hub.load_adapter`]).
 
         Args:
-            path (`str` or `os.PathLike`): The folder (or its `pytorch_lora_weights.safetensors`), or a Hub repo id
-                (`"org/name"`) written by [`push_to_hub`].
+            pretrained_model_name_or_path (`str` or `os.PathLike`): The folder (or its
+                `pytorch_lora_weights.safetensors`), or a Hub repo id (`"org/name"`) written by [`push_to_hub`].
             revision (`str`, *optional*): Branch, tag or commit of the Hub repo; default `"main"`.
             token, cache_dir, local_files_only, endpoint: As in `huggingface_hub.snapshot_download`.
 
@@ -256,6 +318,7 @@ class UnlearningAdapter:
         """
         from . import hub  # hub imports this module
 
+        path = pretrained_model_name_or_path
         if not os.path.exists(path) and hub.is_repo_id(path):
             return hub.load_adapter(
                 path,
@@ -327,6 +390,15 @@ class UnlearningAdapter:
                 )
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
                 raise AdapterFormatError(f"Layer {layer} holds NaN or infinite values.")
+
+
+def _size(count: int) -> str:
+    """`"12.3 kB"`: bytes as people read them."""
+    for unit in ("B", "kB", "MB"):
+        if count < 1000 or unit == "MB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count} B"  # pragma: no cover
 
 
 _MAX_METADATA_BYTES = 4 * 2**20

@@ -1,8 +1,8 @@
 """The `diffusers-unlearn` command: erase, check, merge, push, pull, eval, export, demo.
 
 Every command prints what it did for people, or one JSON object with `--json` for scripts; progress bars go to
-stderr. Exit codes: 0 done, 1 an error (the message says what to do; nothing is written), 2 bad arguments
-(argparse), 3 `check` found interference.
+stderr. Exit codes: 0 done, 1 an error (the message says what to do; nothing is written; also a Hub that cannot
+be reached), 2 bad arguments (argparse), 3 `check` found interference.
 
     diffusers-unlearn demo
     diffusers-unlearn erase --model digits --concept seven --alias 7 --neighbor one --neighbor four --output no-seven
@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import UnlearningError
 
+# Only the standard library and `.errors` are imported here: `--help` must answer without torch or diffusers
+# (tests/test_cli.py checks it). Each command imports what it needs.
+
 EXIT_ERROR, EXIT_INTERFERENCE = 1, 3
 _DIGITS_TEMPLATES = ["{}", "a {}", "the number {}", "a red {}", "a blue {}", "a green {}", "a yellow {}"]
 """Contexts for the embedded digits model, whose text encoder reads 16 tokens (the default templates are longer)."""
+DIGITS_COLOURS = ("red", "green", "blue", "yellow")
+"""`diffusers_unlearn.digits.COLOURS`, repeated here so that parsing arguments imports no torch (a test keeps them
+equal)."""
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]")
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -37,15 +45,55 @@ def _load_pipeline(model: str):
         from . import digits
 
         return digits.load_pipeline()
-    from diffusers import DiffusionPipeline
+    folder = Path(model).expanduser()
+    if folder.exists():
+        if not (folder / "model_index.json").is_file():
+            raise UnlearningError(
+                f"{model} holds no diffusers pipeline (no model_index.json): pass the folder that "
+                "`pipe.save_pretrained` wrote, a Hub id, or 'digits' for the embedded model."
+            )
+    elif not _REPO_ID.fullmatch(model) or ".." in model:
+        raise UnlearningError(
+            f"The folder {model} does not exist (and it is not a Hub id like 'org/name'). Pass a local pipeline "
+            "folder, a Hub id, or 'digits' for the embedded model."
+        )
+    from .quiet import TORCHVISION_NOTICE, quiet
+
+    with quiet(TORCHVISION_NOTICE):
+        from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(model)
+        return DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else model)
     except OSError as error:
         raise UnlearningError(
             f"Cannot load the model {model!r}: {error}. Pass a local pipeline folder, a Hub id you can reach, or "
             "'digits' for the embedded model."
         ) from error
+
+
+def _hub_errors(action: str, args):
+    """Turns what the HTTP client raises when the Hub cannot be reached (offline, refused, a server error) into our
+    error, so that the command exits 1 with a message instead of a traceback."""
+    import contextlib
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import _transport_errors
+
+    @contextlib.contextmanager
+    def converting():
+        try:
+            yield
+        except UnlearningError:
+            raise
+        except (HfHubHTTPError, OSError, *_transport_errors()) as error:
+            where = args.endpoint or "the Hub ($HF_ENDPOINT or huggingface.co)"
+            raise UnlearningError(
+                f"Cannot {action} {args.repo_id!r} on {where}: {type(error).__name__}: {str(error).rstrip('.')}. "
+                "Check the network, HF_HUB_OFFLINE, --endpoint and --token, then run the command again."
+            ) from error
+
+    return converting()
 
 
 def _source(path: str):
@@ -65,20 +113,59 @@ def _stack(path: str):
     return source if isinstance(source, UnlearningStack) else UnlearningStack([source])
 
 
-def _digits_kwargs(concept: str) -> dict[str, Any] | None:
-    """For the digits model: the concept's own forget prompts, targets and neighbours ("seven", "red", "red seven")."""
-    from .digits import COLOURS, DIGITS
+def _digits_concept(concept: str | None):
+    """The digits-model `Concept` a name stands for ("seven", "7", "red", "red seven"), or `None`."""
+    from .digits import COLOURS, DIGITS, NUMERALS
     from .digits.concepts import Concept
 
-    words = concept.lower().split()
+    words = (concept or "").lower().split()
     colours = [w for w in words if w in COLOURS]
-    digit_words = [w for w in words if w in DIGITS]
-    if len(colours) + len(digit_words) != len(words) or len(colours) > 1 or len(digit_words) > 1:
+    digit_words = [w for w in words if w in DIGITS or w in NUMERALS]
+    if not words or len(colours) + len(digit_words) != len(words) or len(colours) > 1 or len(digit_words) > 1:
         return None
-    digit = DIGITS.index(digit_words[0]) if digit_words else None
-    found = Concept(digit=digit, colour=colours[0] if colours else None)
+    digit = (
+        (DIGITS.index(digit_words[0]) if digit_words[0] in DIGITS else int(digit_words[0])) if digit_words else None
+    )
+    return Concept(digit=digit, colour=colours[0] if colours else None)
+
+
+def _erase_kwargs(args) -> dict[str, Any]:
+    """`erase`'s arguments from the command line. On the digits model a concept it knows ("seven", "red seven") starts
+    from its own forget prompts, target candidates and neighbours (`Concept.erase_kwargs`), and the options add to
+    them: --alias, --neighbor and --preserve extend the lists, --prompt and --template add forget prompts, --category
+    replaces the candidate."""
+    given = {
+        "concept": args.concept,
+        "aliases": list(args.alias),
+        "prompts": list(args.prompt) or None,
+        "templates": list(args.template) or None,
+        "neighbors": list(args.neighbor),
+        "mine_neighbors": args.mine_neighbors,
+        "preserve": list(args.preserve),
+        "category": args.category,
+    }
+    found = _digits_concept(args.concept) if args.model == "digits" else None
+    if found is None:
+        if args.model == "digits" and not (args.prompt or args.template):
+            given["templates"] = _DIGITS_TEMPLATES
+        return given
     kwargs = found.erase_kwargs()
     kwargs.pop("name", None)
+    names = [kwargs["concept"], *kwargs.get("aliases", []), *args.alias]
+    extra_prompts = list(args.prompt) + [t.replace("{}", name) for t in args.template for name in names]
+
+    def merged(key: str, more: list[str]) -> list[str]:
+        return list(dict.fromkeys([*kwargs.get(key, []), *more]))
+
+    kwargs.update(
+        aliases=merged("aliases", args.alias),
+        prompts=merged("prompts", extra_prompts),
+        neighbors=merged("neighbors", args.neighbor),
+        preserve=merged("preserve", args.preserve),
+        mine_neighbors=args.mine_neighbors,
+    )
+    if args.category:
+        kwargs["category"] = args.category
     return kwargs
 
 
@@ -90,7 +177,7 @@ def _refuse_existing(path: str | None, force: bool) -> None:
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_erase(args) -> dict[str, Any]:
     from . import erase
-    from .methods import DistillConfig
+    from .methods import ClosedFormConfig, DistillConfig
     from .stack import UnlearningStack, is_stack
 
     if bool(args.append) == bool(args.output):
@@ -104,22 +191,13 @@ def cmd_erase(args) -> dict[str, Any]:
     stack = _stack(base) if base else UnlearningStack()
     if len(stack):
         pipe.load_unlearning(stack)  # the new removal is made on top of the chain
-    kwargs = {
-        "concept": args.concept,
-        "aliases": args.alias,
-        "prompts": args.prompt or None,
-        "templates": args.template or None,
-        "neighbors": args.neighbor,
-        "mine_neighbors": args.mine_neighbors,
-        "preserve": args.preserve,
-        "category": args.category,
-    }
-    if args.model == "digits" and not (args.prompt or args.template or args.neighbor or args.preserve):
-        kwargs = _digits_kwargs(args.concept) or {**kwargs, "templates": _DIGITS_TEMPLATES}
-    config = DistillConfig(**({"steps": args.steps} if args.steps else {})) if args.method == "distill" else None
-    adapter = erase(
-        pipe, **kwargs, method=args.method, config=config, rank=args.rank, redact=args.redact, name=args.name
-    )
+    kwargs = _erase_kwargs(args)
+    settings = {"rank": args.rank} if args.rank else {}
+    if args.method == "distill":
+        config = DistillConfig(**settings, **({"steps": args.steps} if args.steps else {}))
+    else:
+        config = ClosedFormConfig(**settings)
+    adapter = erase(pipe, **kwargs, method=args.method, config=config, redact=args.redact, name=args.name)
     if args.append:
         stack.append(adapter)
         written = stack.save_pretrained(args.append)
@@ -175,10 +253,14 @@ def cmd_eval(args) -> dict[str, Any]:
 
     concept = Concept(digit=args.digit, colour=args.colour)
     pipe = _load_pipeline(args.model)
+    removed = []  # concepts other removals in --removal erase on purpose: not lost retention
     if args.removal:
-        pipe.load_unlearning(_source(args.removal))
-    related = [c for c in concept.related() if not concept.covers(*c)]
-    general = [c for c in ALL_CELLS if not concept.covers(*c) and c not in related][::4]
+        source = _source(args.removal)
+        pipe.load_unlearning(source)
+        removed = [c for c in map(_digits_concept, _erased_concepts(source)) if c is not None and c != concept]
+    kept = [c for c in ALL_CELLS if not concept.covers(*c) and not any(r.covers(*c) for r in removed)]
+    related = [c for c in concept.related() if c in kept]
+    general = [c for c in kept if c not in related][::4]
     result = evaluate(
         pipe,
         DigitsConceptScorer(),
@@ -188,7 +270,19 @@ def cmd_eval(args) -> dict[str, Any]:
         images_per_prompt=args.images,
         num_inference_steps=args.steps,
     )
-    return {"concept": concept.name, "chance": concept.chance, **result.summary()}
+    return {
+        "concept": concept.name,
+        "chance": concept.chance,
+        **result.summary(),
+        "not_scored": [r.name for r in removed],  # removed on purpose by other removals of --removal
+    }
+
+
+def _erased_concepts(source) -> list[str | None]:
+    """The concepts a removal or a stack erases (a merged removal: its members'; `None` where redacted)."""
+    adapters = list(source) if hasattr(source, "adapters") else [source]
+    members = [m for a in adapters for m in (a.metadata.get("members") or [{"concept": a.concept}])]
+    return [m.get("concept") for m in members]
 
 
 def cmd_export(args) -> dict[str, Any]:
@@ -205,14 +299,17 @@ def cmd_push(args) -> dict[str, Any]:
 
     options = {"token": args.token, "endpoint": args.endpoint, "revision": args.revision}
     source = _source(args.source)
-    if args.append:
-        if isinstance(source, UnlearningStack):
-            raise UnlearningError("--append adds one removal to a chain on the Hub; pass a removal folder.")
-        commit = hub.append_to_hub(args.repo_id, source, retry=args.retry, commit_message=args.message, **options)
-    elif isinstance(source, UnlearningStack):
-        commit = hub.push_stack(source, args.repo_id, private=args.private, commit_message=args.message, **options)
-    else:
-        commit = hub.push_adapter(source, args.repo_id, private=args.private, commit_message=args.message, **options)
+    if args.append and isinstance(source, UnlearningStack):
+        raise UnlearningError("--append adds one removal to a chain on the Hub; pass a removal folder.")
+    with _hub_errors("publish to", args):
+        if args.append:
+            commit = hub.append_to_hub(args.repo_id, source, retry=args.retry, commit_message=args.message, **options)
+        elif isinstance(source, UnlearningStack):
+            commit = hub.push_stack(source, args.repo_id, private=args.private, commit_message=args.message, **options)
+        else:
+            commit = hub.push_adapter(
+                source, args.repo_id, private=args.private, commit_message=args.message, **options
+            )
     return {
         "repo_id": args.repo_id,
         "commit": getattr(commit, "oid", None),
@@ -225,13 +322,14 @@ def cmd_pull(args) -> dict[str, Any]:
     from .stack import UnlearningStack
 
     _refuse_existing(args.output, args.force)
-    adapters = hub.load(
-        args.repo_id,
-        revision=args.revision,
-        token=args.token,
-        local_files_only=args.local_files_only,
-        endpoint=args.endpoint,
-    )  # every file verified before anything is written
+    with _hub_errors("download", args):
+        adapters = hub.load(
+            args.repo_id,
+            revision=args.revision,
+            token=args.token,
+            local_files_only=args.local_files_only,
+            endpoint=args.endpoint,
+        )  # every file verified before anything is written
     written = UnlearningStack(adapters).save_pretrained(args.output)
     return {"repo_id": args.repo_id, "written": str(written), "removals": [a.name for a in adapters]}
 
@@ -239,117 +337,192 @@ def cmd_pull(args) -> dict[str, Any]:
 def cmd_demo(args) -> dict[str, Any]:
     from . import demo
 
-    demo.main([*(["--digit", str(args.digit)] if args.digit is not None else []), "--output", args.output])
+    argv = ["--output", args.output, "--images", str(args.images), "--steps", str(args.steps)]
+    argv += ["--digit", str(args.digit)] if args.digit is not None else []
+    argv += ["--colour", args.colour] if args.colour is not None else []
+    demo.main(argv)
     return {"output": args.output}
 
 
 # -------------------------------------------------------------------------------------------------- parser
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout and ends each option's help with its default, where it has one to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        hidden = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
+        shown = not hidden and not action.required
+        if shown and "%(default)" not in help and action.option_strings:
+            help += " (default: %(default)s)"
+        return help
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `diffusers-unlearn` parser. Every option says what it does and its default; nothing heavy is imported."""
     parser = argparse.ArgumentParser(
         prog="diffusers-unlearn",
         description="Remove concepts from diffusers pipelines as stackable LoRA removals.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
         epilog=__doc__.split("\n\n", 2)[2],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, function) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help, formatter_class=_Formatter)
         sub.set_defaults(function=function)
-        sub.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+        sub.add_argument("--json", action="store_true", help="print one JSON object (for scripts) instead of text")
         return sub
 
     model_help = "a local pipeline folder, a Hub id, or 'digits' (the embedded model)"
     erase = command("erase", "make one removal (a diffusers LoRA folder)", cmd_erase)
     erase.add_argument("--model", required=True, help=model_help)
-    erase.add_argument("--concept", required=True, help='what to remove, as prompts name it ("Van Gogh")')
-    erase.add_argument("--alias", action="append", default=[], help="another name of the concept (repeatable)")
-    erase.add_argument("--prompt", action="append", default=[], help="a forget prompt naming the concept")
-    erase.add_argument("--template", action="append", default=[], help='a context with a "{}" slot (repeatable)')
-    erase.add_argument("--neighbor", action="append", default=[], help="a related concept to keep (repeatable)")
-    erase.add_argument("--mine-neighbors", type=int, default=0, help="neighbours to mine from the vocabulary")
-    erase.add_argument("--preserve", action="append", default=[], help="a prompt to keep unchanged (repeatable)")
-    erase.add_argument("--category", help='a generic replacement ("a painter")')
-    erase.add_argument("--method", choices=["closed_form", "distill"], default="closed_form")
-    erase.add_argument("--steps", type=int, default=None, help="training steps (distill; default 500)")
-    erase.add_argument("--rank", type=int, help="LoRA rank (default: chosen by the method)")
-    erase.add_argument("--redact", action="store_true", help="keep the concept's name out of the files")
-    erase.add_argument("--name", help='adapter name (default "no-<concept>")')
-    erase.add_argument("--on", metavar="STACK", help="make the removal on top of these removals (loaded first)")
+    erase.add_argument("--concept", required=True, help='what to remove, as prompts name it ("Van Gogh", "seven")')
     erase.add_argument(
-        "--append", metavar="STACK", help="make it on top of this stack folder and add it there (created if new)"
+        "--alias", action="append", default=[], help="another name of the concept (repeatable; default: none)"
     )
-    erase.add_argument("--output", help="folder to write the removal to")
-    erase.add_argument("--force", action="store_true", help="overwrite --output")
+    erase.add_argument(
+        "--prompt", action="append", default=[], help="a forget prompt naming the concept (repeatable; default: "
+        "the concept in each context of --template, or the digits model's own prompts for its concepts)"
+    )  # fmt: skip
+    erase.add_argument(
+        "--template", action="append", default=[], help='a context with a "{}" slot for the concept (repeatable; '
+        "default: the built-in contexts that fit the model's text encoder)"
+    )  # fmt: skip
+    erase.add_argument(
+        "--neighbor", action="append", default=[], help="a related concept to keep intact (repeatable; default: none; "
+        "on the digits model added to the other digits or colours, which are always kept)"
+    )  # fmt: skip
+    erase.add_argument(
+        "--mine-neighbors", type=int, default=0, help="how many more neighbours to mine from the vocabulary"
+    )
+    erase.add_argument(
+        "--preserve", action="append", default=[], help="a prompt to keep unchanged (repeatable; default: none)"
+    )
+    erase.add_argument(
+        "--category", help='a generic replacement the concept may be mapped to ("a painter"; default: none, '
+        '"digit" on the digits model)'
+    )  # fmt: skip
+    erase.add_argument(
+        "--method", choices=["closed_form", "distill"], default="closed_form",
+        help="closed_form: solved in seconds on a CPU; distill: a trained LoRA (a GPU for real models)",
+    )  # fmt: skip
+    erase.add_argument("--steps", type=int, default=None, help="training steps of --method distill (default: 500)")
+    erase.add_argument(
+        "--rank", type=int, help="LoRA rank (default: closed_form the smallest keeping 99%% of the edit, at most 12; "
+        "distill 4)"
+    )  # fmt: skip
+    erase.add_argument("--redact", action="store_true", help="keep the concept's name out of the files")
+    erase.add_argument("--name", help='adapter name (default: "no-<concept>")')
+    erase.add_argument(
+        "--on", metavar="STACK", help="make the removal on top of these removals, loaded first (default: none)"
+    )
+    erase.add_argument(
+        "--append",
+        metavar="STACK",
+        help="make it on top of this stack folder and add it there (created if new; this or --output is required)",
+    )
+    erase.add_argument("--output", help="folder to write the removal to (this or --append is required)")
+    erase.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
     check = command("check", "measure interference between a stack's removals (exit 3 if it fails)", cmd_check)
     check.add_argument("stack", help="a stack folder, its manifest, or one removal folder")
     check.add_argument("--model", required=True, help=model_help)
-    check.add_argument("--undo-threshold", type=float, dest="undo_threshold")
-    check.add_argument("--shift-threshold", type=float, dest="shift_threshold")
-    check.add_argument("--collateral-threshold", type=float, dest="collateral_threshold")
-    check.add_argument("--plot", help="write a heatmap PNG there")
+    check.add_argument(
+        "--undo-threshold", type=float, dest="undo_threshold", help="largest share of a removal another may undo "
+        "(default: 0.2)"
+    )  # fmt: skip
+    check.add_argument(
+        "--shift-threshold", type=float, dest="shift_threshold", help="largest move of a removal's forget inputs by "
+        "the others, relative to its own edit (default: 0.5)"
+    )  # fmt: skip
+    check.add_argument(
+        "--collateral-threshold", type=float, dest="collateral_threshold", help="largest move of a removal's "
+        "protected inputs, relative to their untouched outputs (default: 0.5)"
+    )  # fmt: skip
+    check.add_argument("--plot", help="write a heatmap PNG there (default: no plot)")
 
     merge = command("merge", "merge a stack into one removal", cmd_merge)
     merge.add_argument("stack", help="a stack folder or its manifest")
-    merge.add_argument("--method", choices=["concat", "svd", "joint"], default="concat")
-    merge.add_argument("--model", help=model_help + " (needed by --method joint)")
-    merge.add_argument("--rank", type=int, help="target rank (svd, joint)")
-    merge.add_argument("--name", help='name of the merged removal (default "merged-<n>-removals")')
+    merge.add_argument(
+        "--method", choices=["concat", "svd", "joint"], default="concat",
+        help="concat: the exact sum; svd: compressed to --rank; joint: re-solved at once on the base model",
+    )  # fmt: skip
+    merge.add_argument("--model", help=model_help + " (needed by --method joint; default: none)")
+    merge.add_argument(
+        "--rank", type=int, help="target rank (svd: default the largest member rank; joint: default the smallest "
+        "keeping 99.9%% of the edit)"
+    )  # fmt: skip
+    merge.add_argument("--name", help='name of the merged removal (default: "merged-<n>-removals")')
     merge.add_argument("--output", required=True, help="folder to write the merged removal to")
-    merge.add_argument("--force", action="store_true", help="overwrite --output")
+    merge.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
     evaluation = command("eval", "forget / related / general figures on the digits model", cmd_eval)
     evaluation.add_argument("--model", default="digits", help="'digits' (the scorer is the digits classifier)")
-    evaluation.add_argument("--removal", help="a removal or stack folder to load first")
-    evaluation.add_argument("--digit", type=int, choices=range(10), help="the removed digit")
-    evaluation.add_argument("--colour", help="the removed colour (or the digit's colour)")
+    evaluation.add_argument(
+        "--removal", help="a removal or stack folder to load first (default: none, the base model)"
+    )
+    evaluation.add_argument(
+        "--digit",
+        type=int,
+        choices=range(10),
+        metavar="{0..9}",
+        help="the removed digit (this, --colour or both are required)",
+    )
+    evaluation.add_argument(
+        "--colour",
+        choices=DIGITS_COLOURS,
+        help="the removed colour, or the removed digit's colour (this, --digit or both are required)",
+    )
     evaluation.add_argument("--images", type=int, default=8, help="images per prompt")
     evaluation.add_argument("--steps", type=int, default=20, help="sampler steps")
 
     export = command("export", "write a removal or a merged stack for ComfyUI / A1111", cmd_export)
     export.add_argument("source", help="a removal folder or a stack folder")
-    export.add_argument("--format", choices=["kohya"], default="kohya")
+    export.add_argument("--format", choices=["kohya"], default="kohya", help="file format")
     export.add_argument("--output", required=True, help="the .safetensors file to write")
-    export.add_argument("--force", action="store_true", help="overwrite --output")
+    export.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
-    hub_help = "Hub endpoint (default: huggingface.co or $HF_ENDPOINT)"
+    hub_help = "Hub endpoint (default: $HF_ENDPOINT, else https://huggingface.co)"
+    token_help = "Hub token (default: $HF_TOKEN or the logged-in one)"
     push = command("push", "publish a removal or a stack to the Hugging Face Hub", cmd_push)
     push.add_argument("source", help="a removal folder or a stack folder")
-    push.add_argument("repo_id", help='"org/name"')
+    push.add_argument("repo_id", help='the repo, "org/name" (created if needed)')
     push.add_argument("--append", action="store_true", help="add the removal to the chain in the repo")
     push.add_argument("--retry", type=int, default=0, help="with --append: retries on a concurrent append")
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--message", help="commit message")
-    push.add_argument("--revision", help="branch to push to")
-    push.add_argument("--token", help="Hub token (default: the logged-in one)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--message", help='commit message (default: "Publish <name>")')
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--token", help=token_help)
     push.add_argument("--endpoint", help=hub_help)
 
     pull = command("pull", "download a chain of removals, verified, into a stack folder", cmd_pull)
-    pull.add_argument("repo_id", help='"org/name"')
+    pull.add_argument("repo_id", help='the repo, "org/name"')
     pull.add_argument("--output", required=True, help="stack folder to write")
-    pull.add_argument("--revision", help="branch, tag or commit (resolved once, recorded)")
-    pull.add_argument("--local-files-only", action="store_true", help="use the cache only")
-    pull.add_argument("--token", help="Hub token")
+    pull.add_argument("--revision", help="branch, tag or commit, resolved once and recorded (default: main)")
+    pull.add_argument("--local-files-only", action="store_true", help="use the Hugging Face cache only")
+    pull.add_argument("--token", help=token_help)
     pull.add_argument("--endpoint", help=hub_help)
-    pull.add_argument("--force", action="store_true", help="overwrite --output")
+    pull.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
-    demo = command("demo", "erase a digit from the embedded model and show before / after", cmd_demo)
-    demo.add_argument("--digit", type=int, choices=range(10), help="digit to erase (default 7)")
+    demo = command("demo", "erase a concept from the embedded model and show before / after", cmd_demo)
+    demo.add_argument(
+        "--digit", type=int, choices=range(10), metavar="{0..9}", help="digit to erase (default: 7 if no --colour)"
+    )
+    demo.add_argument(
+        "--colour", choices=DIGITS_COLOURS, help="colour to erase, or only this colour of --digit (default: none)"
+    )
     demo.add_argument("--output", default="unlearning-demo", help="folder for the grid, figures and removal")
+    demo.add_argument("--images", type=int, default=8, help="images per prompt for the figures")
+    demo.add_argument("--steps", type=int, default=20, help="sampler steps")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    if getattr(args, "colour", None) is not None:
-        from .digits import COLOURS
-
-        if args.colour not in COLOURS:
-            build_parser().error(f"--colour must be one of {', '.join(COLOURS)}")
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "eval" and args.digit is None and args.colour is None:
-        build_parser().error("eval needs --digit, --colour or both")
+        parser.error("eval needs --digit, --colour or both")
     try:
         result = args.function(args)
     except (UnlearningError, ValueError, FileNotFoundError) as error:

@@ -97,14 +97,27 @@ def _ratio(now: float, before: float) -> float:
     return now / before if before else float("nan")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Erase a concept from the embedded digits model; before / after.")
-    parser.add_argument("--digit", type=int, default=None, help="digit to erase (default 7, if no colour either)")
-    parser.add_argument("--colour", choices=digits.COLOURS, default=None, help="colour to erase, or narrow --digit")
-    parser.add_argument("--output", type=Path, default=Path("unlearning-demo"))
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options; `diffusers-unlearn demo` takes the same ones (tests/test_cli.py keeps them equal)."""
+    parser = argparse.ArgumentParser(
+        description="Erase a concept from the embedded digits model; before / after.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--digit", type=int, choices=range(10), metavar="{0..9}", help="digit to erase (7 if no --colour either)"
+    )
+    parser.add_argument("--colour", choices=digits.COLOURS, help="colour to erase, or only this colour of --digit")
+    parser.add_argument(
+        "--output", type=Path, default=Path("unlearning-demo"), help="folder for the grid, figures and removal"
+    )
     parser.add_argument("--images", type=int, default=8, help="images per prompt for the figures")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the demo from the command line (`python -m diffusers_unlearn.demo --help`)."""
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     digit = 7 if args.digit is None and args.colour is None else args.digit
     concept = Concept(digit=digit, colour=args.colour)

@@ -92,6 +92,11 @@ class UnlearningStack:
     def __len__(self) -> int:
         return len(self._adapters)
 
+    def __repr__(self) -> str:
+        chain = " -> ".join(self.names) if self._adapters else "empty"
+        base = f", base={self._adapters[0].metadata.get('base_model')!r}" if self._adapters else ""
+        return f"UnlearningStack({len(self)} removals: {chain}{base})"
+
     def __iter__(self) -> Iterator[UnlearningAdapter]:
         return iter(self._adapters)
 
@@ -326,13 +331,23 @@ class UnlearningStack:
         return merged
 
     # ------------------------------------------------------------------------------------------- files
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **push_kwargs) -> Path:
         """Writes every removal under `adapters/NNN-name/`, then the manifest (last, atomically).
 
         Saving over an earlier save never modifies a folder the old manifest lists: a removal already saved there
         is kept as it is, and a different removal at the same position goes to a new folder
         (`NNN-name-<id>`). Folders no manifest lists are deleted only after the new manifest is in place, so a
         save killed at any point leaves the previous chain or the new one readable and verified.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): The stack folder (created if needed).
+            push_to_hub (`bool`, defaults to `False`): Also publish the chain with [`push_to_hub`], to
+                `push_kwargs["repo_id"]` (default: the folder's name), as diffusers' `save_pretrained` does.
+            push_kwargs: Passed to [`push_to_hub`] (`repo_id`, `private`, `token`, `commit_message`, `revision`,
+                `report`, `parent_commit`, `endpoint`).
+
+        Returns:
+            `Path`: the folder.
         """
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
@@ -365,6 +380,10 @@ class UnlearningStack:
         for stale in sorted((folder / "adapters").iterdir()) if (folder / "adapters").is_dir() else ():
             if stale.is_dir() and f"adapters/{stale.name}" not in listed:
                 shutil.rmtree(stale, ignore_errors=True)
+        if push_to_hub:
+            self.push_to_hub(push_kwargs.pop("repo_id", folder.resolve().name), **push_kwargs)
+        elif push_kwargs:
+            raise TypeError(f"save_pretrained got {sorted(push_kwargs)}, which only apply with push_to_hub=True.")
         return folder
 
     def push_to_hub(
@@ -417,7 +436,7 @@ class UnlearningStack:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike,
         *,
         revision: str | None = None,
         token: str | bool | None = None,
@@ -430,7 +449,8 @@ class UnlearningStack:
         at their pinned commit).
 
         Args:
-            path (`str` or `os.PathLike`): A folder written by [`save_pretrained`], or a Hub repo id (`"org/name"`).
+            pretrained_model_name_or_path (`str` or `os.PathLike`): A folder written by [`save_pretrained`] (or its
+                manifest), or a Hub repo id (`"org/name"`).
             revision (`str`, *optional*): Branch, tag or commit of the Hub repo; default `"main"`.
             token, cache_dir, local_files_only, endpoint: As in `huggingface_hub.snapshot_download`.
 
@@ -442,6 +462,7 @@ class UnlearningStack:
         """
         from . import hub
 
+        path = pretrained_model_name_or_path
         if revision is not None and os.path.exists(path):
             raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
         # one reader for local and pulled chains: manifest schema, every listed file against its sha256, names, and

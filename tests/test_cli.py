@@ -1,14 +1,16 @@
 """The `diffusers-unlearn` command, driven through subprocesses on the digits model and a tiny pipeline folder."""
 
+import argparse
 import json
 import os
+import stat
 import subprocess
 import sys
 
 import pytest
 
 import diffusers_unlearn as du
-from diffusers_unlearn.cli import main
+from diffusers_unlearn.cli import DIGITS_COLOURS, _erase_kwargs, build_parser, main
 
 COMMANDS = ["erase", "check", "merge", "push", "pull", "eval", "export", "demo"]
 
@@ -24,13 +26,70 @@ def as_json(result) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_help_of_every_command(capsys):
-    result = cli("--help")
-    assert result.returncode == 0 and all(name in result.stdout for name in COMMANDS)
-    for name in COMMANDS:  # the same parser in-process: one interpreter start is enough
-        with pytest.raises(SystemExit) as exit_:
-            main([name, "--help"])
-        assert exit_.value.code == 0 and "usage: diffusers-unlearn " + name in capsys.readouterr().out
+HEAVY = ("torch", "diffusers", "transformers", "huggingface_hub", "peft")
+
+
+def test_help_of_every_command_imports_nothing_heavy(capsys):
+    """`--help` answers without torch or diffusers (which take seconds to import): the CLI imports them lazily."""
+    script = (
+        "import sys\nfrom diffusers_unlearn.cli import main\n"
+        f"for argv in [['--help']] + [[c, '--help'] for c in {COMMANDS!r}]:\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, argv\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY []"
+    assert all(name in result.stdout for name in COMMANDS) and "usage: diffusers-unlearn demo" in result.stdout
+    script = f"import sys, diffusers_unlearn; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    import_only = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert import_only.stdout.strip() == "[]", import_only.stderr[-2000:]
+
+
+def _options(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((name, a) for a in sub._actions if not isinstance(a, argparse._HelpAction))
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    parser = build_parser()
+    formatter = parser._get_formatter()
+    for command, action in _options(parser):
+        assert action.help, (command, action.dest)
+        if action.nargs != 0 and action.option_strings and not action.required:  # an optional option with a value
+            shown = formatter._get_help_string(action)
+            assert "default" in shown or "required" in shown, (command, action.dest, shown)
+
+
+def test_demo_subcommand_takes_the_demo_options_and_colours_match_the_model():
+    from diffusers_unlearn import demo, digits
+
+    ours = {o for c, a in _options(build_parser()) if c == "demo" for o in a.option_strings} - {"--json"}
+    theirs = {o for a in demo.build_parser()._actions for o in a.option_strings} - {"-h", "--help"}
+    assert ours == theirs
+    assert DIGITS_COLOURS == digits.COLOURS
+    args = build_parser().parse_args(["demo", "--digit", "3", "--colour", "blue", "--images", "2"])
+    assert (args.digit, args.colour, args.images) == (3, "blue", 2)
+
+
+def test_options_add_to_the_digits_prompts_instead_of_replacing_them():
+    parse = build_parser().parse_args
+    plain = _erase_kwargs(parse(["erase", "--model", "digits", "--concept", "seven", "--output", "o"]))
+    more = _erase_kwargs(
+        parse(["erase", "--model", "digits", "--concept", "seven", "--alias", "sevens", "--neighbor", "seventy",
+               "--prompt", "a seven on a wall", "--preserve", "a wall", "--output", "o"])
+    )  # fmt: skip
+    assert plain["prompts"] and set(plain["prompts"]) < set(more["prompts"]) and "a seven on a wall" in more["prompts"]
+    assert set(plain["neighbors"]) | {"seventy"} == set(more["neighbors"]) and more["category"] == "digit"
+    assert more["aliases"] == ["7", "sevens"] and more["preserve"][-1] == "a wall"
+    other = _erase_kwargs(parse(["erase", "--model", "digits", "--concept", "cat", "--output", "o"]))
+    assert other["templates"] and "{}" in other["templates"]  # not a digits concept: short contexts that fit
+    elsewhere = _erase_kwargs(
+        parse(["erase", "--model", "x/y", "--concept", "seven", "--neighbor", "one", "--output", "o"])
+    )
+    assert elsewhere["prompts"] is None and elsewhere["neighbors"] == ["one"]
 
 
 def test_a_chain_from_the_command_line(tmp_path):
@@ -57,6 +116,13 @@ def test_a_chain_from_the_command_line(tmp_path):
 
     figures = as_json(cli("eval", "--removal", "merged", "--digit", "7", "--images", "4", "--json", cwd=tmp_path))
     assert figures["concept"] == "seven" and figures["forget_accuracy"] <= 0.1  # measured 0.0
+    assert figures["not_scored"] == ["three"]  # removed on purpose by the other member: not counted as lost
+
+    assert manifest["base_model"] == "digits"  # a name, not the package's absolute path
+    mask = os.umask(0o022)
+    os.umask(mask)
+    written = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert written and {stat.S_IMODE(f.stat().st_mode) for f in written} == {0o666 & ~mask}
 
 
 def test_erase_a_tiny_pipeline_folder_and_the_demo(tmp_path, sd_pipe):
@@ -98,7 +164,10 @@ def test_push_and_pull_through_a_hub(tmp_path, sd_pipe):
         (["merge", "missing", "--output", "out", "--method", "average"], "invalid choice", 2),
         (["merge", "missing", "--output", "out", "--method", "joint"], "pass --model", 1),
         (["eval", "--digit", "12"], "invalid choice", 2),
-        (["eval", "--colour", "purple"], "--colour must be one of", 2),
+        (["eval", "--colour", "purple"], "invalid choice", 2),
+        (["demo", "--colour", "purple"], "invalid choice", 2),
+        (["erase", "--model", "./missing", "--concept", "x", "--output", "out"], "folder ./missing does not exist", 1),
+        (["check", "removals", "--model", "/no/such/folder"], "Nothing at removals", 1),
         (["eval"], "needs --digit", 2),
         (["frobnicate"], "invalid choice", 2),
     ],
@@ -119,3 +188,14 @@ def test_exit_codes_through_the_process(tmp_path):
     assert unknown.returncode == 1 and "Cannot load the model" in unknown.stderr
     assert cli("frobnicate", cwd=tmp_path).returncode == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_push_without_a_reachable_hub_fails_with_our_error(tmp_path, sd_pipe):
+    du.erase(sd_pipe, "cat").save_pretrained(tmp_path / "no-cat")
+    offline = cli("push", "no-cat", "me/no-cat", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 1 and offline.stderr.startswith("error: Cannot publish to 'me/no-cat'")
+    assert "Traceback" not in offline.stderr
+    refused = cli("push", "no-cat", "me/no-cat", "--endpoint", "http://127.0.0.1:9", "--json", cwd=tmp_path,
+                  env={"HF_HUB_OFFLINE": "0"})  # fmt: skip
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert json.loads(refused.stdout)["error"].startswith("Cannot publish to 'me/no-cat' on http://127.0.0.1:9")

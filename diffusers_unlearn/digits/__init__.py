@@ -53,7 +53,10 @@ def load_pipeline(
         (16, 16)
         ```
     """
-    from diffusers import StableDiffusionPipeline
+    from ..quiet import TORCHVISION_NOTICE, quiet
+
+    with quiet(TORCHVISION_NOTICE):  # transformers' notice on diffusers' import of CLIP's image processor
+        from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path or MODEL_DIR),
