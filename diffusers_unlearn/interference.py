@@ -93,12 +93,13 @@ class InterferenceReport:
 
     def __str__(self) -> str:
         width = max((len(n) for n in self.names), default=0) + 2
-        header = " " * width + "".join(f"{n[:10]:>12}" for n in self.names) + f"{'stack':>12}"
+        column = max(12, width)  # full names: "no-blue-three" and "no-blue-thirteen" must not read alike
+        header = " " * width + "".join(f"{n:>{column}}" for n in self.names) + f"{'stack':>{column}}"
         lines = []
         for title, matrix, total in (("undo", self.undo, self.stack_undo), ("shift", self.shift, self.stack_shift)):
             lines += [f"{title}[i, j] (row: removal affected, column: removal acting)", header]
             for i, name in enumerate(self.names):
-                cells = "".join(f"{float(v):12.3f}" for v in matrix[i]) + f"{float(total[i]):12.3f}"
+                cells = "".join(f"{float(v):{column}.3f}" for v in matrix[i]) + f"{float(total[i]):{column}.3f}"
                 lines.append(f"{name:<{width}}{cells}")
         lines.append(f"collateral (stack on each): {[round(float(v), 4) for v in self.stack_collateral]}")
         verdict = "PASSED" if self.passed else "FAILED: " + "; ".join(self.failures())
@@ -110,7 +111,11 @@ class InterferenceReport:
         return "\n".join(lines)
 
     def plot(self, path) -> None:
-        """Writes a heatmap PNG of `undo`, `shift` and `collateral` (needs matplotlib, in the `dev` extra)."""
+        """Writes a heatmap PNG of `undo`, `shift` and `collateral` (needs matplotlib, in the `dev` extra).
+
+        The three panels share one colour scale (one colour bar, where each threshold is marked), and every cell
+        above its panel's threshold is outlined, so what fails the verdict is visible at a glance.
+        """
         try:
             import matplotlib
 
@@ -118,15 +123,37 @@ class InterferenceReport:
             import matplotlib.pyplot as plt
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ImportError("report.plot needs matplotlib: pip install 'diffusers-unlearn[dev]'") from error
-        figure, axes = plt.subplots(1, 3, figsize=(6 + 1.2 * len(self.names), 3 + 0.35 * len(self.names)))
-        panels = [("undo", self.undo), ("shift", self.shift), ("collateral", self.collateral)]
-        for axis, (title, values) in zip(axes, panels, strict=True):
-            image = axis.imshow(values.numpy(), cmap="magma_r", vmin=0)
-            axis.set_title(title)
+        from matplotlib.patches import Rectangle
+
+        panels = [
+            ("undo", self.undo, self.undo_threshold),
+            ("shift", self.shift, self.shift_threshold),
+            ("collateral", self.collateral, self.collateral_threshold),
+        ]
+        top = max([1.0, *(float(values.max()) for _, values, _ in panels if values.numel()), *(t for *_, t in panels)])
+        figure, axes = plt.subplots(
+            1, 3, figsize=(7 + 1.2 * len(self.names), 3.2 + 0.35 * len(self.names)), layout="constrained"
+        )
+        for axis, (title, values, threshold) in zip(axes, panels, strict=True):
+            image = axis.imshow(values.numpy(), cmap="magma_r", vmin=0, vmax=top)
+            axis.set_title(f"{title} (limit {threshold:g}; outlined: above)", fontsize=9)
             axis.set_xticks(range(len(self.names)), self.names, rotation=60, ha="right", fontsize=7)
             axis.set_yticks(range(len(self.names)), self.names, fontsize=7)
-            figure.colorbar(image, ax=axis, fraction=0.046)
-        figure.tight_layout()
+            for i, j in (values > threshold).nonzero().tolist():
+                axis.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="tab:cyan", linewidth=2.5))
+        bar = figure.colorbar(image, ax=list(axes), fraction=0.03)
+        figure.suptitle(
+            "Interference (row: removal affected, column: removal acting; one colour scale). undo, shift: relative "
+            "to the affected removal's own edit; collateral: to its untouched protected outputs.",
+            fontsize=8,
+        )
+        limits: dict[float, list[str]] = {}
+        for title, _, threshold in panels:
+            limits.setdefault(threshold, []).append(title)
+        for threshold, titles in limits.items():  # the thresholds on the shared scale, named
+            bar.ax.axhline(threshold, color="tab:cyan", linewidth=2.5)
+            bar.ax.text(0.5, threshold, " / ".join(titles) + " limit", transform=bar.ax.get_yaxis_transform(),
+                        rotation=90, fontsize=6, ha="center", va="bottom", color="black")  # fmt: skip
         figure.savefig(path, dpi=110)
         plt.close(figure)
 
