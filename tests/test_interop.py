@@ -9,7 +9,7 @@ every cell, and `InteropWarning` must be raised exactly in the cells that take a
 
 The removal is synthetic (random low-rank factors on `attn2.to_k` / `attn2.to_v`, recorded for this base model):
 what is tested is the LoRA mechanics, the same for any removal. One tiny pipeline and one removal per module;
-each test works on a deep copy.
+each test works on a deep copy of its UNet.
 """
 
 from __future__ import annotations
@@ -140,6 +140,11 @@ def _save_and_reload(pipe, world, tmp_path):
     return reloaded
 
 
+def _to_half(pipe, world, tmp_path):
+    pipe.register_modules(vae=copy.deepcopy(pipe.vae), text_encoder=copy.deepcopy(pipe.text_encoder))  # not shared
+    pipe.to(torch.float16)
+
+
 def _wrap(pipe):
     pipe.unet = torch.compile(pipe.unet)  # wraps only: nothing is compiled until the module is called
 
@@ -256,7 +261,7 @@ OPS = [
     ),
     Op(
         "pipe.to(float16)",
-        lambda p, w, t: p.to(torch.float16),
+        _to_half,
         lambda mode, user: Expect(users=style(user)),
     ),
     Op("wrapped unet (torch.compile)", lambda p, w, t: _wrap(p), lambda mode, user: Expect(users=style(user))),
@@ -298,7 +303,10 @@ def _effective(module) -> torch.Tensor:
 
 @pytest.mark.parametrize("op, mode, user", CASES)
 def test_removal_stays_in_effect_or_we_say_so(world, op, mode, user, tmp_path):
-    pipe = copy.deepcopy(world.bases[user])
+    base = world.bases[user]  # only the UNet is edited: copy it, share the other components
+    pipe = StableDiffusionPipeline(
+        **{**base.components, "unet": copy.deepcopy(base.unet)}, requires_safety_checker=False
+    )
     world.mode = mode
     if op.before:
         op.run(pipe, world, tmp_path)
