@@ -50,7 +50,6 @@ def erase(
     method: Literal["closed_form", "distill"] = "closed_form",
     distance: DistanceKind | None = None,
     distance_samples: int = 16,
-    rank: int | None = None,
     config: ClosedFormConfig | DistillConfig | None = None,
     harden: HardenConfig | bool = False,
     redact: bool = False,
@@ -93,10 +92,10 @@ def erase(
             `"closed_form"`) or `"score"` (noise-prediction distance over `distance_samples` random latent /
             timestep pairs; the default for `"distill"`).
         distance_samples (`int`): Samples of the score distance.
-        rank (`int`, *optional*): LoRA rank; closed form: default the smallest that keeps 99% of the edit (at
-            most 12); distill: default `DistillConfig.rank`.
         config ([`ClosedFormConfig`] or [`DistillConfig`], *optional*): The method's settings (solve weights;
-            training steps, target modules, accelerate options, checkpoints).
+            training steps, target modules, accelerate options, checkpoints), and the one place to set the LoRA
+            rank: `ClosedFormConfig(rank=4)` (default: the smallest keeping 99% of the edit, at most 12) or
+            `DistillConfig(rank=4)`.
         harden ([`HardenConfig`] or `bool`): Closed form only: after the solve, RECE-like rounds that derive the
             embedding still regenerating the concept under the edit and erase it too (`True`: 3 rounds), so that
             the removal holds against prompt-search and embedding attacks (`diffusers_unlearn.attacks`); adds a
@@ -136,8 +135,6 @@ def erase(
     config = config or configs[method]()
     if not isinstance(config, configs[method]):
         raise TypeError(f"method={method!r} takes a {configs[method].__name__}, got {type(config).__name__}.")
-    if rank is not None:
-        config = dataclasses.replace(config, rank=rank)
     harden = HardenConfig() if harden is True else (harden or None)
     if harden is not None and method != "closed_form":
         raise ValueError("harden= applies to method='closed_form' only.")

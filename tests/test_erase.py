@@ -124,7 +124,7 @@ def test_neighbors_ranked_top_k_and_mined(sd_pipe):
 
 
 def test_rank_and_lora_alpha(sd_pipe):
-    adapter = du.erase(sd_pipe, "cat", rank=4)
+    adapter = du.erase(sd_pipe, "cat", config=du.ClosedFormConfig(rank=4))
     assert adapter.rank == 4 and adapter.lora_config()["lora_alpha"] == 4
     assert 0 < adapter.metadata["figures"]["rank_energy"] <= 1
     for layer in adapter.layer_names:
