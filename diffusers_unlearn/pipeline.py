@@ -683,7 +683,7 @@ def _is_applied(denoiser, entry: _Entry, state: _State, fused_total: dict[str, t
             weight = base_linear(module).weight
             change = weight.detach().float() - state.originals[layer].float().to(weight.device) - _merged_delta(module)
             # fp16 / bf16 weights round the sum: allow one rounding of them
-            rounding = 4 * torch.finfo(weight.dtype).eps * float(weight.float().norm())
+            rounding = 4 * torch.finfo(weight.dtype).eps * float(weight.detach().float().norm())
             if not _close(change, fused_total[layer], rounding):
                 return False
         else:

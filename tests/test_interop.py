@@ -23,25 +23,12 @@ import pytest
 import torch
 from conftest import make_sd_pipeline
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from synthetic import edited, lora_factors, synthetic_removal
 
 import diffusers_unlearn as du
-from diffusers_unlearn.pipeline import base_fingerprint
 
 REMOVAL = "no-cat"
 MODES = ["adapters", "merged", "fused"]
-
-
-def _factors(unet, layers: list[str], rank: int, seed: int, relative: float) -> dict[str, torch.Tensor]:
-    """A diffusers LoRA state dict whose delta on each layer has norm `relative` x the layer's weight norm."""
-    generator = torch.Generator().manual_seed(seed)
-    weights = {}
-    for layer in layers:
-        weight = unet.get_submodule(layer).weight.detach()
-        a = torch.randn(rank, weight.shape[1], generator=generator)
-        b = torch.randn(weight.shape[0], rank, generator=generator)
-        b *= relative * weight.norm() / (b @ a).norm()
-        weights[f"unet.{layer}.lora_A.weight"], weights[f"unet.{layer}.lora_B.weight"] = a, b
-    return weights
 
 
 def _delta(weights: dict[str, torch.Tensor], layer: str) -> torch.Tensor:
@@ -59,30 +46,20 @@ class World:
     base_weights: dict[str, torch.Tensor]
     layers: list[str]  # the removal's layers, then the layer only the user's LoRAs touch
     removal_folder: str
+    mode: str = "adapters"  # the cell's load mode, for operations that load again
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
     pipe = make_sd_pipeline()
     unet = pipe.unet
-    edited = [name for name in dict(unet.named_modules()) if name.endswith(("attn2.to_k", "attn2.to_v"))]
-    user_only = next(name for name in dict(unet.named_modules()) if name.endswith("attn1.to_q"))
-    metadata = {
-        "format_version": "1.0",
-        "name": REMOVAL,
-        "concept": "cat",
-        "rank": 4,
-        "base_fingerprint": base_fingerprint(pipe),
-        "method": "closed_form",
-        "denoiser": "unet",
-        "family": "sd",
-    }
-    removal = du.UnlearningAdapter(_factors(unet, edited, 4, seed=1, relative=0.5), metadata)
+    removal = synthetic_removal(pipe, "cat")
+    user_only = next(name for name, _ in unet.named_modules() if name.endswith("attn1.to_q"))
     loras = {
-        "style": _factors(unet, [*edited, user_only], 2, seed=2, relative=0.4),
-        "extra": _factors(unet, [*edited, user_only], 2, seed=3, relative=0.3),
+        "style": lora_factors(unet, [*edited(pipe), user_only], 2, seed=2, relative=0.4),
+        "extra": lora_factors(unet, [*edited(pipe), user_only], 2, seed=3, relative=0.3),
     }
-    layers = [*edited, user_only]
+    layers = [*edited(pipe), user_only]
     base_weights = {layer: unet.get_submodule(layer).weight.detach().clone() for layer in layers}
     folder = tmp_path_factory.mktemp("removal") / REMOVAL
     removal.save_pretrained(folder)

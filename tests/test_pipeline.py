@@ -1,5 +1,7 @@
 """`pipe.load_unlearning` / `unload_unlearning` / `unlearning`: verified, all-or-nothing, reversible."""
 
+import copy
+import inspect
 import subprocess
 import sys
 
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import generate, make_sd_pipeline
+from synthetic import synthetic_removal
 
 import diffusers_unlearn as du
 
@@ -25,9 +28,8 @@ def assert_same_weights(pipe, reference):
 
 @pytest.fixture
 def removals(sd_pipe):
-    cat = du.erase(sd_pipe, "cat", neighbors=["dog"])
-    dog = du.erase(sd_pipe, "dog", neighbors=["cat"])
-    return cat, dog
+    """Two removals recorded for `sd_pipe` (synthetic factors: loading does not depend on how they were made)."""
+    return synthetic_removal(sd_pipe, "cat", seed=1), synthetic_removal(sd_pipe, "dog", seed=5)
 
 
 def test_methods_added_without_replacing_diffusers():
@@ -183,7 +185,8 @@ def test_missing_source_and_bad_type(sd_pipe, tmp_path):
 
 def test_verification_detects_a_disabled_removal(sd_pipe, removals):
     sd_pipe.load_unlearning(removals[0])
-    sd_pipe.disable_lora()
+    with pytest.warns(du.InteropWarning, match="no-cat"):
+        sd_pipe.disable_lora()
     assert sd_pipe.unlearning[0].verified is False
     sd_pipe.enable_lora()
     assert sd_pipe.unlearning[0].verified is True
@@ -192,7 +195,8 @@ def test_verification_detects_a_disabled_removal(sd_pipe, removals):
 def test_verification_detects_a_weakened_or_edited_removal(sd_pipe, removals):
     cat = removals[0]
     sd_pipe.load_unlearning(cat)
-    sd_pipe.set_adapters(["no-cat"], adapter_weights=[0.5])  # half strength: the concept half comes back
+    with pytest.warns(du.InteropWarning, match="no-cat"):
+        sd_pipe.set_adapters(["no-cat"], adapter_weights=[0.5])  # half strength: the concept half comes back
     assert sd_pipe.unlearning[0].verified is False
     sd_pipe.set_adapters(["no-cat"], adapter_weights=[1.0])
     assert sd_pipe.unlearning[0].verified is True
@@ -200,3 +204,63 @@ def test_verification_detects_a_weakened_or_edited_removal(sd_pipe, removals):
     with torch.no_grad():
         layer.lora_A["no-cat"].weight[0, 0] += 0.1  # one factor of one layer edited in place
     assert sd_pipe.unlearning[0].verified is False
+
+
+@pytest.mark.parametrize("mode", ["adapters", "merged", "fused"])
+def test_a_state_dict_and_a_scale(sd_pipe, removals, mode):
+    cat = removals[0]
+    reference = weights(sd_pipe)
+    bare = {key.removeprefix("unet."): value for key, value in cat.lora_weights.items()}  # prefix optional
+    loaded = sd_pipe.load_unlearning(bare, adapter_name="bare-cat", mode=mode, scale=0.5)
+    assert [(u.name, u.concept, u.scale, u.verified) for u in loaded] == [("bare-cat", None, 0.5, True)]
+    layer = cat.layer_names[0]
+    module = sd_pipe.unet.get_submodule(layer)
+    eye = torch.eye(module.get_base_layer().in_features if hasattr(module, "get_base_layer") else module.in_features)
+    with torch.no_grad():
+        applied = module(eye).T - reference[layer + ".weight"]
+    assert torch.allclose(applied, 0.5 * cat.delta(layer), atol=1e-5)
+    sd_pipe.unload_unlearning()
+    assert_same_weights(sd_pipe, reference)
+
+
+def test_bad_state_dicts_and_scales(sd_pipe, removals):
+    with pytest.raises(du.AdapterFormatError, match="not a LoRA key"):
+        sd_pipe.load_unlearning({"unet.conv_in.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        sd_pipe.load_unlearning(removals[0], scale=0)
+    assert sd_pipe.unlearning == ()
+
+
+def test_signature_like_diffusers():
+    parameters = inspect.signature(du.load_unlearning).parameters
+    assert list(parameters)[:2] == ["pipe", "pretrained_model_name_or_path_or_dict"]
+    assert all(p.kind is p.KEYWORD_ONLY for p in list(parameters.values())[2:])
+    assert {"adapter_name", "mode", "scale", "check", "revision", "token"} <= set(parameters)
+
+
+def test_a_removal_already_loaded_as_a_plain_lora_is_refused(sd_pipe, removals, tmp_path):
+    cat = removals[0]
+    cat.save_pretrained(tmp_path / "no-cat")
+    sd_pipe.load_lora_weights(tmp_path / "no-cat", adapter_name="plain")
+    with pytest.raises(du.AdapterNameError, match="apply it twice"):
+        sd_pipe.load_unlearning(tmp_path / "no-cat", mode="fused")
+    assert sd_pipe.unlearning == ()
+
+
+def test_a_deep_copy_carries_its_removals(sd_pipe, removals):
+    sd_pipe.load_unlearning(removals[0], mode="fused")
+    twin = copy.deepcopy(sd_pipe)
+    assert twin.unlearning == sd_pipe.unlearning
+    twin.unload_unlearning()
+    assert twin.unlearning == () and sd_pipe.unlearning[0].verified
+
+
+def test_unloading_keeps_a_users_text_encoder_lora(sd_pipe, removals):
+    text_lora = {
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(2, 32),
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(32, 2),
+    }
+    sd_pipe.load_lora_weights(text_lora, adapter_name="te-style")
+    sd_pipe.load_unlearning(removals[0])
+    sd_pipe.unload_unlearning()
+    assert sd_pipe.get_list_adapters() == {"text_encoder": ["te-style"]}
