@@ -10,12 +10,13 @@ A *probe* is a concept with the prompts that ask for it and a *check* that a sco
 
 Every image of prompt `p` is generated with the seed `seed + j` (`j` = its index), so two evaluations of the
 same probes (before / after a removal, step `t` / step `t + 1`) compare images made from the same noise.
-Scorers are pluggable: [`DigitsConceptScorer`] for the embedded model, [`CLIPConceptScorer`] for real models.
+Scorers are pluggable ([`ConceptScorer`]): [`AttributeConceptScorer`] for the embedded worlds
+(`digits.DigitsConceptScorer`, `glyphs.GlyphsConceptScorer`), [`CLIPConceptScorer`] for real models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -186,35 +187,48 @@ def evaluate(
     return result
 
 
-class DigitsConceptScorer:
-    """[`ConceptScorer`] for the embedded digits model; a check is a dict of the attributes that must match.
+class AttributeConceptScorer:
+    """The [`ConceptScorer`] of the embedded worlds (`digits`, `glyphs`): a check names attributes and their values
+    (`{"char": "Q", "style": "serif"}`); an image shows it when the world's classifier predicts *every* one of them.
 
-    Keys: `"digit"` (int 0-9), `"colour"` (one of `digits.COLOURS`), `"stroke"` (one of `digits.STROKES`).
+    A check with several attributes is a conjunction, as a vision-language judge asked "is there a serif Q?" would
+    answer: a Q in another style does not show "serif Q". World-specific code stays in the world's subpackage: a
+    world gives `predict`, its classifier's predicted value per attribute per image.
+
+    Args:
+        predict (`Callable`): `predict(images)` with `images` `(N, H, W, 3)` in [0, 1], returning a mapping from
+            each attribute name to the `N` predicted values.
 
     Example:
         ```py
-        >>> scorer = DigitsConceptScorer()
-        >>> scorer.shows(images, [{"digit": 7, "colour": "red"}] * len(images))
+        >>> from diffusers_unlearn.glyphs import load_scorer
+        >>> scorer = AttributeConceptScorer(load_scorer().predict)
+        >>> scorer.which(images, [{"char": "Q"}, {"char": "Q", "style": "serif"}])  # (N, 2) bool
         ```
     """
 
-    def __init__(self, scorer=None):
-        from .digits import COLOURS, STROKES, load_scorer
+    def __init__(self, predict: Callable[[np.ndarray], Mapping[str, Sequence[Any]]]):
+        self.predict = predict
 
-        self._scorer = scorer or load_scorer()
-        self._colours, self._strokes = COLOURS, STROKES
+    def which(self, images: np.ndarray, checks: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Which of a set of concepts each image shows: a bool array `(N, len(checks))`."""
+        predicted = self.predict(images)
+        out = np.ones((len(images), len(checks)), dtype=bool)
+        for j, check in enumerate(checks):
+            for key, value in check.items():
+                if key not in predicted:
+                    raise KeyError(f"the scorer does not predict {key!r} (it predicts {sorted(predicted)})")
+                out[:, j] &= np.asarray([v == value for v in predicted[key]], dtype=bool)
+        return out
 
     def shows(self, images: np.ndarray, checks: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        predicted = self._scorer(images)
-        out = np.ones(len(checks), dtype=bool)
-        for i, check in enumerate(checks):
-            if "digit" in check:
-                out[i] &= int(predicted.digit[i]) == int(check["digit"])
-            if "colour" in check:
-                out[i] &= int(predicted.colour[i]) == self._colours.index(check["colour"])
-            if "stroke" in check:
-                out[i] &= int(predicted.stroke[i]) == self._strokes.index(check["stroke"])
-        return out
+        """Whether image `i` shows `checks[i]`: a bool array `(N,)`."""
+        if len(checks) != len(images):
+            raise ValueError(f"one check per image: {len(images)} images, {len(checks)} checks")
+        unique = list({tuple(sorted(c.items())): None for c in checks})
+        index = {key: j for j, key in enumerate(unique)}
+        table = self.which(images, [dict(key) for key in unique])
+        return table[np.arange(len(checks)), [index[tuple(sorted(c.items()))] for c in checks]]
 
 
 class CLIPConceptScorer:
@@ -272,3 +286,16 @@ class CLIPConceptScorer:
 def _features(output) -> torch.Tensor:
     """transformers 5 returns a model output from `get_*_features`; older versions return the tensor."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def __getattr__(name: str):
+    # the world scorers live in their subpackages; kept importable from here (`evaluation.DigitsConceptScorer`)
+    if name == "DigitsConceptScorer":
+        from .digits.scorer import DigitsConceptScorer
+
+        return DigitsConceptScorer
+    if name == "GlyphsConceptScorer":
+        from .glyphs.scorer import GlyphsConceptScorer
+
+        return GlyphsConceptScorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import toyworld
+from ..evaluation import AttributeConceptScorer
 from .data import COLOURS, DIGITS, IMAGE_SIZE, STROKES, DigitsData, load_digits_data
 
 logger = logging.getLogger(__name__)
@@ -94,18 +96,7 @@ def to_tensor(images: Any) -> torch.Tensor:
     Accepts a list of PIL images, or a numpy array / torch tensor batch ``(N, H, W, 3)`` (uint8, or float in [0, 1]);
     images of another size are resized (bilinear) to 16x16.
     """
-    if isinstance(images, (list, tuple)):
-        images = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
-    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images.detach().cpu()
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected images of shape (N, H, W, 3), got {tuple(x.shape)}")
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    x = x.permute(0, 3, 1, 2).clamp(0, 1)
-    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    return x.contiguous()
+    return toyworld.to_tensor(images, IMAGE_SIZE)
 
 
 class DigitScorer:
@@ -224,3 +215,25 @@ def train_scorer(output: str | Path, steps: int = 3000, batch_size: int = 256, s
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     logger.info("scorer held-out accuracy %s", acc)
     return acc
+
+
+class DigitsConceptScorer(AttributeConceptScorer):
+    """[`ConceptScorer`][diffusers_unlearn.evaluation.ConceptScorer] for the digits model; a check is a dict of the
+    attributes that must all match.
+
+    Keys: `"digit"` (int 0-9), `"colour"` (one of `digits.COLOURS`), `"stroke"` (one of `digits.STROKES`).
+
+    Example:
+        ```py
+        >>> scorer = DigitsConceptScorer()
+        >>> scorer.shows(images, [{"digit": 7, "colour": "red"}] * len(images))
+        ```
+    """
+
+    def __init__(self, scorer: DigitScorer | None = None):
+        self._scorer = scorer or load_scorer()
+        super().__init__(self._predict)
+
+    def _predict(self, images: Any) -> dict[str, list]:
+        out = self._scorer(images)
+        return {"digit": [int(d) for d in out.digit], "colour": out.colour_names, "stroke": out.stroke_names}

@@ -16,85 +16,27 @@ The pipeline is trained in two phases, all seeds fixed:
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from .. import toyworld
 from .data import COLOURS, STROKES, DigitsData, caption, load_digits_data, vocabulary_words
 
 logger = logging.getLogger(__name__)
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+BOS, EOS = toyworld.BOS, toyworld.EOS
 MAX_LENGTH = 16
 TEXT_WIDTH = 128
 
 
 def build_tokenizer(folder: str | Path, max_length: int = MAX_LENGTH):
-    """Write a CLIP BPE vocabulary in which every word of our captions is one token, and load it.
-
-    Merges build each word left to right (``"s e"``, ``"se v"``, ...); a word whose merges are pre-empted by another
-    word's is moved to the front until every word encodes to exactly one token.
-    """
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    words = vocabulary_words()
-    vocab: dict[str, int] = {}
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    def chain(word: str) -> list[str]:
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        out, current = [], symbols[0]
-        for s in symbols[1:]:
-            out.append(f"{current} {s}")
-            current += s
-        return out
-
-    chars = sorted({c for w in words for c in w})
-    for c in chars:
-        add(c)
-    for c in chars:
-        add(c + "</w>")
-    merges: list[str] = []
-    for w in words:
-        for m in chain(w):
-            if m not in merges:
-                merges.append(m)
-            add(m.replace(" ", ""))
-    for w in words:
-        add(w + "</w>")
-    add(BOS)
-    add(EOS)
-    (folder / "vocab.json").write_text(json.dumps(vocab, indent=0) + "\n")
-    config = {
-        "model_max_length": max_length,
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "pad_token": EOS,
-        "unk_token": EOS,
-        "tokenizer_class": "CLIPTokenizer",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for _ in range(len(words) + 1):
-        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-        tokenizer = CLIPTokenizer.from_pretrained(folder)
-        bad = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
-        if not bad:
-            return tokenizer
-        for w in bad:
-            mine = chain(w)
-            merges = mine + [m for m in merges if m not in mine]
-    raise RuntimeError(f"could not make single-token words: {bad}")
+    """Write a CLIP BPE vocabulary in which every word of our captions is one token, and load it
+    (see [`toyworld.build_tokenizer`][diffusers_unlearn.toyworld.build_tokenizer])."""
+    return toyworld.build_tokenizer(folder, vocabulary_words(), max_length)
 
 
 def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
@@ -146,19 +88,7 @@ def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
     return text_encoder, vae, unet
 
 
-def build_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+build_scheduler = toyworld.build_scheduler
 
 
 def all_compositions(data: DigitsData, idx: torch.Tensor):
@@ -168,39 +98,7 @@ def all_compositions(data: DigitsData, idx: torch.Tensor):
     return compose_all(data, idx)
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, seed: int, kl_weight: float = 1e-5) -> float:
-    """Train the VAE on images in [0, 1]; returns the latent scaling factor (1 / std of the latents)."""
-    from tqdm.auto import tqdm
-
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    vae.train()
-    bar = tqdm(range(steps), desc="vae")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = 1e-3 * _cosine(step, steps, 100)
-        x = images[torch.randint(0, len(images), (batch_size,), generator=g)] * 2 - 1
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=None)
-        rec = vae.decode(z).sample
-        rec_loss = F.mse_loss(rec, x, reduction="sum") / batch_size
-        kl = posterior.kl().mean()
-        loss = rec_loss + kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 20 == 0:
-            bar.set_postfix(mse=f"{rec_loss.item() / x[0].numel():.5f}", kl=f"{kl.item():.0f}")
-    vae.eval()
-    with torch.no_grad():
-        z = torch.cat([vae.encode(images[i : i + 512] * 2 - 1).latent_dist.mean for i in range(0, len(images), 512)])
-    return float(1.0 / z.std())
+train_vae = toyworld.train_vae
 
 
 def train_unet(
@@ -221,61 +119,16 @@ def train_unet(
     checkpoint_every: int = 0,
 ):
     """Jointly train UNet and text encoder on (scaled) latent posteriors; returns the EMA copies."""
-    from tqdm.auto import tqdm
-
-    g = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    cache: dict[str, list[int]] = {}
-
-    def ids(text: str) -> list[int]:
-        if text not in cache:
-            cache[text] = tokenizer(text, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
-        return cache[text]
-
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    for p in [*ema_unet.parameters(), *ema_text.parameters()]:
-        p.requires_grad_(False)
-    pairs = list(zip(list(unet.parameters()) + list(text_encoder.parameters()),
-                     list(ema_unet.parameters()) + list(ema_text.parameters()), strict=True))  # fmt: skip
-    alphas = scheduler.alphas_cumprod
     digits, colours, strokes = labels
-    unet.train()
-    text_encoder.train()
-    bar = tqdm(range(steps), desc="unet")
-    losses: list[float] = []
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr * _cosine(step, steps, 300)
-        i = torch.randint(0, len(latent_mean), (batch_size,), generator=g)
-        z0 = latent_mean[i] + latent_std[i] * torch.randn(latent_mean[i].shape, generator=g)
-        texts = [
-            "" if rng.random() < dropout else caption(int(d), int(c), int(s), rng)
-            for d, c, s in zip(digits[i], colours[i], strokes[i], strict=True)
-        ]
-        input_ids = torch.tensor([ids(t) for t in texts])
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
-        noise = torch.randn(z0.shape, generator=g)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        cond = text_encoder(input_ids).last_hidden_state
-        pred = unet(zt, t, cond).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p, e in pairs:
-                e.lerp_(p, 1 - decay)
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-200:]) / len(losses[-200:]):.4f}")
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            checkpoint(ema_text, ema_unet, step + 1)
-    return ema_text, ema_unet
+
+    def caption_of(i: int, rng: random.Random) -> str:
+        return caption(int(digits[i]), int(colours[i]), int(strokes[i]), rng)
+
+    return toyworld.train_unet(
+        text_encoder, unet, tokenizer, scheduler, latent_mean, latent_std, caption_of, steps, batch_size, seed,
+        MAX_LENGTH, lr=lr, ema_decay=ema_decay, dropout=dropout, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )  # fmt: skip
 
 
 def train_pipeline(
@@ -288,8 +141,6 @@ def train_pipeline(
     checkpoint_every: int = 0,
 ) -> Path:
     """Train every component and save a ``StableDiffusionPipeline`` to ``output`` (weights stored in ``dtype``)."""
-    from diffusers import StableDiffusionPipeline
-
     output = Path(output)
     t0 = time.time()
     data = load_digits_data()
@@ -302,23 +153,9 @@ def train_pipeline(
     scaling = train_vae(vae, images, vae_steps, batch_size, seed)
     vae.register_to_config(scaling_factor=scaling)
     t_vae = time.time() - t0
-    with torch.no_grad():
-        posts = [vae.encode(images[i : i + 512] * 2 - 1).latent_dist for i in range(0, len(images), 512)]
-    mean = torch.cat([p.mean for p in posts]) * scaling
-    std = torch.cat([p.std for p in posts]) * scaling
+    mean, std = toyworld.encode_latents(vae, images, scaling)
 
     def save(text_encoder, unet, done: int) -> None:
-        pipe = StableDiffusionPipeline(
-            vae=copy.deepcopy(vae).eval().to(dtype),
-            text_encoder=copy.deepcopy(text_encoder).eval().to(dtype),
-            tokenizer=tokenizer,
-            unet=copy.deepcopy(unet).eval().to(dtype),
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.save_pretrained(output, safe_serialization=True)
         info = {
             "vae_steps": vae_steps,
             "unet_steps": done,
@@ -330,7 +167,7 @@ def train_pipeline(
             "colours": list(COLOURS),
             "strokes": list(STROKES),
         }
-        (output / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        toyworld.save_pipeline(output, vae, text_encoder, tokenizer, unet, dtype, info)
 
     torch.manual_seed(seed)
     text_encoder, unet = train_unet(

@@ -1,0 +1,234 @@
+"""Concepts of the glyphs model: what to erase, how to ask `erase` for it, and how to measure it.
+
+A concept is a whole character (`Concept("Q")`), a whole style (`Concept(style="serif")`), a whole colour
+(`Concept(colour="red")`) or an *identity*: a character in a style (`Concept("Q", "serif")`, "a serif Q"),
+optionally in a colour too (`Concept("Q", "serif", "red")`). `erase_kwargs()` gives the arguments of
+[`diffusers_unlearn.erase`]; `forget_probe()` the prompts and the check that measure whether the model still
+makes it: for an identity the check is the conjunction of its parts (the image shows "a serif Q" only if it shows
+a Q *and* the serif style), as a vision-language judge asked "is there a serif Q?" would answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import zlib
+from dataclasses import dataclass
+
+from ..evaluation import ConceptProbe
+from .data import (
+    CHARACTERS,
+    COLOUR_SYNONYMS,
+    COLOURS,
+    HELD_OUT_TEMPLATES,
+    LETTERS,
+    STYLE_SYNONYMS,
+    STYLES,
+    TEMPLATES,
+    char_words,
+    fill,
+    kind_of,
+    prompt,
+)
+
+LOOKALIKES: dict[str, tuple[str, ...]] = {
+    "A": ("4", "H"), "B": ("8", "R", "3"), "C": ("G", "O"), "D": ("O", "0"), "E": ("F", "B"), "F": ("E", "P"),
+    "G": ("C", "6"), "H": ("N", "#"), "I": ("1", "L", "T"), "J": ("I", "U"), "K": ("X", "R"), "L": ("I", "1"),
+    "M": ("W", "N"), "N": ("M", "H"), "O": ("0", "Q", "D"), "P": ("R", "F"), "Q": ("O", "0"), "R": ("P", "K"),
+    "S": ("5", "$", "8"), "T": ("7", "I"), "U": ("V", "J"), "V": ("U", "Y"), "W": ("M", "V"), "X": ("K", "+"),
+    "Y": ("V", "T"), "Z": ("2", "7"), "0": ("O", "D", "Q"), "1": ("I", "7", "L"), "2": ("Z", "7"),
+    "3": ("8", "B"), "4": ("A", "+"), "5": ("S", "6"), "6": ("G", "5"), "7": ("1", "T", "Z"), "8": ("B", "3", "S"),
+    "9": ("6", "P"), "&": ("8", "$"), "#": ("H", "+"), "%": ("X", "0"), "+": ("X", "#"), "$": ("S", "5"),
+}  # fmt: skip
+"""Characters most easily confused with each character (its related concepts)."""
+
+STYLE_NEIGHBOURS: dict[str, tuple[str, ...]] = {
+    "sans": ("bold", "oblique"), "bold": ("heavy", "sans"), "oblique": ("italic", "sans"),
+    "serif": ("roman", "heavy"), "italic": ("oblique", "roman"), "typewriter": ("roman", "serif"),
+    "heavy": ("bold", "serif"), "roman": ("serif", "italic"),
+}  # fmt: skip
+"""The nearest styles of each style."""
+
+COLOUR_NEIGHBOURS: dict[str, tuple[str, ...]] = {
+    "red": ("orange", "pink"), "orange": ("red", "yellow"), "yellow": ("orange", "green"),
+    "green": ("cyan", "yellow"), "cyan": ("green", "blue"), "blue": ("cyan", "purple"),
+    "purple": ("blue", "pink"), "pink": ("red", "purple"),
+}  # fmt: skip
+"""The nearest colours of each colour."""
+
+PROBE_CHARS: tuple[str, ...] = ("A", "G", "Q", "R", "3", "7", "&", "%")
+"""The characters that probe a whole style or a whole colour."""
+
+Cell = tuple[str, str, str]
+"""A (character, style, colour) cell of the model."""
+
+ALL_CELLS: tuple[Cell, ...] = tuple(itertools.product(CHARACTERS, STYLES, COLOURS))
+"""Every (character, style, colour) cell."""
+
+
+@dataclass(frozen=True, order=True)
+class Concept:
+    """A glyphs-model concept: a character, a style, a colour, or an identity (character in a style).
+
+    Args:
+        char: One of `CHARACTERS` (`"Q"`, `"7"`, `"&"`), or `None`.
+        style: One of `STYLES`, or `None`.
+        colour: One of `COLOURS`, or `None` (with a character and a style: narrows the identity).
+    """
+
+    char: str | None = None
+    style: str | None = None
+    colour: str | None = None
+
+    def __post_init__(self):
+        given = [x is not None for x in (self.char, self.style, self.colour)]
+        if not any(given):
+            raise ValueError("A concept needs a character, a style or a colour.")
+        if self.char is not None and self.char not in CHARACTERS:
+            raise ValueError(f"char must be one of {''.join(CHARACTERS)}, got {self.char!r}")
+        if self.style is not None and self.style not in STYLES:
+            raise ValueError(f"style must be one of {tuple(STYLES)}, got {self.style!r}")
+        if self.colour is not None and self.colour not in COLOURS:
+            raise ValueError(f"colour must be one of {COLOURS}, got {self.colour!r}")
+        if sum(given) > 1 and (self.char is None or self.style is None):
+            raise ValueError("Combinations are a character in a style (optionally in a colour).")
+
+    @property
+    def kind(self) -> str:
+        """`"character"`, `"style"`, `"colour"` or `"identity"`."""
+        if self.char is not None:
+            return "identity" if self.style is not None else "character"
+        return "style" if self.style is not None else "colour"
+
+    @property
+    def name(self) -> str:
+        """`"Q"`, `"serif"`, `"red"`, `"serif Q"`, `"red serif Q"`."""
+        return " ".join(p for p in (self.colour, self.style, self.char) if p)
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """The scorer check of the concept: every attribute it names."""
+        return {k: v for k, v in (("char", self.char), ("style", self.style), ("colour", self.colour)) if v}
+
+    @property
+    def chance(self) -> float:
+        """Share of images that would show the concept by chance: the product over its parts of one in the
+        number of values of that part."""
+        sizes = {"char": len(CHARACTERS), "style": len(STYLES), "colour": len(COLOURS)}
+        out = 1.0
+        for part in self.parts:
+            out /= sizes[part]
+        return out
+
+    def covers(self, char: str, style: str, colour: str) -> bool:
+        """Whether a (character, style, colour) cell is an instance of the concept."""
+        return self.char in (None, char) and self.style in (None, style) and self.colour in (None, colour)
+
+    # ------------------------------------------------------------------------------------------ erasing
+    def forget_prompts(self, limit: int = 48) -> list[str]:
+        """Training templates filled so that they ask for the concept (at most `limit`, a fixed sample)."""
+        rng = random.Random(zlib.crc32(self.name.encode()))
+        slot = {"character": "{char}", "style": "{style}", "colour": "{colour}"}.get(self.kind)
+        templates = [
+            t
+            for t in TEMPLATES
+            if (slot is None or slot in t)
+            and (self.kind != "identity" or ("{style}" in t and (self.colour is None or "{colour}" in t)))
+        ]
+        prompts = []
+        chars = [self.char] if self.char else list(PROBE_CHARS)
+        for template, char in itertools.product(templates, chars):
+            if "capital" in template and char not in LETTERS:
+                continue
+            colour = self.colour or rng.choice(COLOURS)
+            style = self.style or rng.choice(list(STYLES))
+            prompts.append(fill(template, char, colour, style, rng.choice(("black", "white"))))
+        prompts = list(dict.fromkeys(prompts))
+        return prompts if len(prompts) <= limit else sorted(rng.sample(prompts, limit), key=prompts.index)
+
+    def erase_kwargs(self) -> dict:
+        """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
+
+        The erased word is the character (for a character or an identity), the style word or the colour word,
+        with its synonyms as aliases; the other characters (styles, colours) are its neighbours. A style or a
+        colour keeps the characters asked without it; an identity keeps the same character in the other styles
+        and without a style, and its look-alikes in the same style.
+        """
+        name = "no-" + self.name.replace(" ", "-")
+        if self.kind in ("style", "colour"):
+            synonyms = STYLE_SYNONYMS if self.kind == "style" else COLOUR_SYNONYMS
+            word = self.style if self.kind == "style" else self.colour
+            others = [w for key, words in synonyms.items() if key != word for w in words]
+            preserve = [prompt(c) for c in PROBE_CHARS] + [f"the {kind_of(c)} {char_words(c)[0]}" for c in "BX5"]
+            return {
+                "concept": word,
+                "aliases": list(synonyms[word][1:]),
+                "prompts": self.forget_prompts(),
+                "neighbors": others,
+                "preserve": list(dict.fromkeys(preserve)),
+                "name": name,
+            }
+        words = char_words(self.char)
+        kwargs = {
+            "concept": words[0],
+            "aliases": list(words[1:]),
+            "prompts": self.forget_prompts(),
+            "category": kind_of(self.char),
+            "neighbors": [w for c in CHARACTERS if c != self.char for w in char_words(c)[:1]],
+            "name": name,
+        }
+        if self.kind == "identity":
+            others = [prompt(self.char, self.colour, s) for s in STYLES if s != self.style]
+            lookalikes = [prompt(c, self.colour, self.style) for c in LOOKALIKES[self.char]]
+            kwargs["preserve"] = [prompt(self.char), f"{words[0]} in {self.colour or 'red'}", *others, *lookalikes]
+        return kwargs
+
+    # ---------------------------------------------------------------------------------------- measuring
+    def forget_probe(self) -> ConceptProbe:
+        """Prompts that ask for the concept (two phrasings), and the check that an image still shows it."""
+        if self.kind == "character":
+            prompts = (prompt(self.char, "red"), prompt(self.char, "blue", "sans"))
+        elif self.kind in ("style", "colour"):
+            prompts = tuple(prompt(c, self.colour or "green", self.style) for c in PROBE_CHARS[:4])
+        else:
+            colour = self.colour or "red"
+            prompts = (prompt(self.char, colour, self.style), fill("{colour} {style} {char}", self.char, colour,
+                                                                       self.style))  # fmt: skip
+        return ConceptProbe(self.name, prompts, self.parts)
+
+    def paraphrase_probe(self) -> ConceptProbe:
+        """The concept asked with :data:`HELD_OUT_TEMPLATES` (phrasings never used in training)."""
+        chars = [self.char] if self.char else list(PROBE_CHARS[:3])
+        prompts = []
+        for i, (template, char) in enumerate(itertools.product(HELD_OUT_TEMPLATES[:3], chars)):
+            colour = self.colour or COLOURS[i % len(COLOURS)]
+            style = self.style or "sans"
+            prompts.append(fill(template, char, colour, style))
+        return ConceptProbe(self.name, tuple(prompts[:3]), self.parts)
+
+    def related(self) -> list[Cell]:
+        """The cells nearest the concept that it does not cover: same character in other styles, same style on
+        other characters (look-alikes), look-alike characters, neighbouring styles or colours."""
+        colour = self.colour or "red"
+        if self.kind == "colour":
+            return [(c, "sans", n) for c in PROBE_CHARS[:2] for n in COLOUR_NEIGHBOURS[self.colour]]
+        if self.kind == "style":
+            return [(c, n, "green") for c in PROBE_CHARS[:2] for n in STYLE_NEIGHBOURS[self.style]]
+        if self.kind == "character":
+            return [(c, "sans", colour) for c in LOOKALIKES[self.char]]
+        cells = [(self.char, s, colour) for s in STYLE_NEIGHBOURS[self.style]]
+        cells += [(c, self.style, colour) for c in LOOKALIKES[self.char][:2]]
+        return cells
+
+
+def cell_probe(cell: Cell) -> ConceptProbe:
+    """The retention probe of one cell: its canonical prompt, whose images must show that character in that style
+    and colour."""
+    char, style, colour = cell
+    return ConceptProbe(f"{colour} {style} {char}", (prompt(char, colour, style),), {"char": char, "style": style,
+                                                                                      "colour": colour})  # fmt: skip
+
+
+def general_cells(count: int = 24, seed: int = 0) -> list[Cell]:
+    """A fixed random sample of cells: the general-retention sample of the benchmark."""
+    return random.Random(seed).sample(list(ALL_CELLS), count)
