@@ -281,9 +281,9 @@ def load_unlearning(
 
     Args:
         pipe (`DiffusionPipeline`): A Stable Diffusion or SDXL pipeline.
-        pretrained_model_name_or_path_or_dict (`str`, `os.PathLike`, `dict`, [`UnlearningAdapter`],
-            [`UnlearningStack`], or a list of them): What to load: an adapter folder or object, a stack folder /
-            manifest / object (all its removals, in order), a Hub repo id (`"org/name"`) written by `push_to_hub`
+        pretrained_model_name_or_path_or_dict (`str`, `os.PathLike`, `dict`, adapter, stack or a list of them):
+            What to load: an [`UnlearningAdapter`] folder or object, an [`UnlearningStack`] folder / manifest /
+            object (all its removals, in order), a Hub repo id (`"org/name"`) written by `push_to_hub`
             (pulled, and every file verified against the manifest's sha256, before the pipeline is touched), or a
             LoRA state dict (`"unet.<layer>.lora_A.weight"` / `lora_B`, as `UnlearningAdapter.lora_weights`; it has
             no provenance, so its base model cannot be checked).
