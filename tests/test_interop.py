@@ -188,6 +188,13 @@ OPS = [
         needs_user=True,
     ),
     Op(
+        "fuse_lora + delete_adapters(user) + unload_unlearning",
+        _fuse_then(lambda p, w, t: (p.delete_adapters("style"), p.unload_unlearning())),
+        # PEFT leaves a deleted adapter's merged delta in the weight: the user's fused LoRA stays, ours goes
+        lambda mode, user: Expect(removal=0.0, listed=False, users=style(user)),
+        needs_user=True,
+    ),
+    Op(
         "delete_adapters(removal)",
         lambda p, w, t: p.delete_adapters(REMOVAL),
         lambda mode, user: Expect(removal=0.0, listed=False, users=style(user), warns=True),
