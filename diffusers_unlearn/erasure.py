@@ -189,15 +189,20 @@ def erase(
         neighbor_ranking = neighbor_ranking[:protect_top_k]
 
     # fine-grained mapping targets: one per context, shared by the concept and its aliases, never a candidate
-    # the model draws as the concept itself (targets.py).
+    # the model draws as the concept itself, nor one removed earlier (targets.py).
+    previous = loaded_adapters(pipe)
+    removed = {n.lower() for a in previous for n in [a.metadata.get("concept"), *a.metadata.get("aliases", [])] if n}
     if anchor is not None:
         candidates = [Candidate(anchor, fixed=True)]
     else:
         words = [*(mapping_candidates or ()), "", *([category] if category else [])]
         candidates = [Candidate(word) for word in dict.fromkeys(words) if word.lower() not in lowered]
+    for candidate in candidates:
+        if candidate.label.lower() in removed:
+            candidate.rejected = "removed earlier: loaded removals map it elsewhere"
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(
-        bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
+        bank, contexts, names, candidates, [n for n, _ in neighbor_ranking if n.lower() not in removed], distances,
         samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets
@@ -210,7 +215,6 @@ def erase(
     }
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
     # 4. the edit, on top of every removal already loaded.
-    previous = loaded_adapters(pipe)
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
     if method == "closed_form":
         solve_kwargs = {

@@ -45,7 +45,7 @@ MIN_SEPARATION = 0.75
 """A target's distance to the concept, relative to the nearest neighbour's, below which it is rejected."""
 UNTRAINED_NORM_RATIO = 0.5
 """A word whose token embeddings are shorter than this share of the known words' is untrained or near-empty."""
-WEAK_SHIFT = 0.5
+WEAK_SHIFT = 0.7
 """`concept_shift` below which a removal is reported as weak (see [`removal_effect`])."""
 
 
@@ -246,8 +246,9 @@ def removal_effect(bank: PromptBank, choice: TargetChoice, lora: dict[str, torch
         after = noise_predictions(
             bank, [c.fill(concept) for c in choice.checked], samples=choice.samples, seed=choice.seed, cache=False
         )
-    moved = sum(prediction_distance(after[c.fill(concept)], before[c.fill(concept)]) for c in choice.checked)
-    gap = sum(prediction_distance(before[c.fill(concept)], before[choice.targets[c]]) for c in choice.checked)
+    forget, target = [c.fill(concept) for c in choice.checked], [choice.targets[c] for c in choice.checked]
+    moved = sum(prediction_distance(after[f], before[f]) for f in forget)
+    gap = sum(prediction_distance(before[f], before[t]) for f, t in zip(forget, target, strict=True))
     figures = {"target_reach": round((moved / max(gap, 1e-12)) ** 0.5, 3), "concept_shift": None}
     if choice.neighbor_distance:
         reference = sum(choice.neighbor_distance.values())

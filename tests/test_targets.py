@@ -1,0 +1,93 @@
+"""Mapping targets: a candidate the model draws as the concept itself is never chosen, and `erase` says loudly
+when its removal barely moves the concept.
+
+A random tiny pipeline draws two words alike only if their token embeddings are alike, so the fixture makes a
+candidate the concept's twin by copying the concept's token embedding into it (with a little noise).
+"""
+
+import warnings
+
+import pytest
+import torch
+from conftest import make_sd_pipeline
+
+import diffusers_unlearn as du
+from diffusers_unlearn import targets
+from diffusers_unlearn.errors import InvalidConceptError, WeakRemovalWarning
+
+TEMPLATES = ["a photo of a {}", "a painting of a {}", "a drawing of a {}", "a {} on a hill"]
+NEIGHBORS = ["dog", "tiger", "horse"]
+
+
+def set_embedding(pipe, word: str, value: torch.Tensor) -> None:
+    (token,) = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        pipe.text_encoder.get_input_embeddings().weight[token] = value
+
+
+def embedding(pipe, word: str) -> torch.Tensor:
+    (token,) = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    return pipe.text_encoder.get_input_embeddings().weight[token].detach().clone()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = make_sd_pipeline()
+    twin = embedding(pipe, "cat") + 0.002 * torch.randn(
+        embedding(pipe, "cat").shape, generator=torch.Generator().manual_seed(0)
+    )
+    set_embedding(pipe, "car", twin)  # "car" is drawn (almost exactly) as "cat"
+    set_embedding(pipe, "flower", 0.1 * embedding(pipe, "flower"))  # "flower" is an untrained, near-empty word
+    return pipe
+
+
+def candidates(adapter) -> dict[str, dict]:
+    return {record["candidate"]: record for record in adapter.metadata["target_candidates"]}
+
+
+def test_a_candidate_drawn_as_the_concept_or_untrained_is_never_chosen(pipe):
+    adapter = du.erase(
+        pipe, "cat", templates=TEMPLATES, mapping_candidates=["car", "flower", "rabbit", "bird"], neighbors=NEIGHBORS
+    )
+    chosen = {record["target"] for record in adapter.metadata["targets"]}
+    assert not any("car" in t or "flower" in t for t in chosen), chosen
+    found = candidates(adapter)
+    assert found["flower"]["rejected"].startswith("untrained"), found["flower"]
+    assert found["car"]["checked"] and found["car"]["rejected"].startswith("drawn as the concept"), found
+    assert found["car"]["separation"] < targets.MIN_SEPARATION
+    # every candidate that was chosen passed the check, with its measured separation recorded
+    for label, record in found.items():
+        if label and any(label in t for t in chosen):
+            assert record["checked"] and record["rejected"] is None and record["separation"] >= targets.MIN_SEPARATION
+
+
+def test_without_the_rules_the_twin_would_be_chosen(pipe, monkeypatch):
+    """The rejection is what keeps the twin out: it is the nearest candidate by the removal's own distance."""
+    monkeypatch.setattr(targets, "MIN_SEPARATION", 0.0)
+    monkeypatch.setattr(targets, "UNTRAINED_NORM_RATIO", 0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapter = du.erase(
+            pipe, "cat", templates=TEMPLATES, mapping_candidates=["car", "rabbit", "bird"], neighbors=NEIGHBORS
+        )
+    chosen = [record["target"] for record in adapter.metadata["targets"]]
+    assert all("car" in t for t in chosen), chosen
+    # ... and the removal then barely moves the concept: erase says so, loudly, with our own warning
+    assert adapter.metadata["figures"]["concept_shift"] < targets.WEAK_SHIFT
+    weak = [w for w in caught if issubclass(w.category, WeakRemovalWarning)]
+    assert weak and "barely moves 'cat'" in str(weak[0].message)
+
+
+def test_a_removal_that_moves_the_concept_reports_its_shift(pipe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakRemovalWarning)
+        adapter = du.erase(
+            pipe, "cat", templates=TEMPLATES, mapping_candidates=["rabbit", "bird"], neighbors=NEIGHBORS
+        )
+    figures = adapter.metadata["figures"]
+    assert figures["concept_shift"] >= targets.WEAK_SHIFT and figures["target_reach"] > 0.5, figures
+
+
+def test_no_usable_candidate_raises_and_names_the_rejected_ones(pipe):
+    with pytest.raises(InvalidConceptError, match="'car': drawn as the concept"):
+        du.erase(pipe, "cat", prompts=["cat", "a photo of a cat"], anchor="car", neighbors=NEIGHBORS)
