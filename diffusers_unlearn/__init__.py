@@ -39,6 +39,7 @@ from .errors import (
     InvalidConceptError,
     ResolveError,
     UnlearningError,
+    UnlearningWarning,
     UnsupportedPipelineError,
     VerificationError,
 )
@@ -190,6 +191,7 @@ __all__ = [
     "ModelFamily",
     "UnlearningAdapter",
     "UnlearningError",
+    "UnlearningWarning",
     "UnlearningStack",
     "UnsupportedPipelineError",
     "VerificationError",
