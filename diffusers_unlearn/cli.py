@@ -340,6 +340,7 @@ def cmd_demo(args) -> dict[str, Any]:
     argv = ["--output", args.output, "--images", str(args.images), "--steps", str(args.steps)]
     argv += ["--digit", str(args.digit)] if args.digit is not None else []
     argv += ["--colour", args.colour] if args.colour is not None else []
+    argv += ["--world", args.world, "--concept", args.concept]
     demo.main(argv)
     return {"output": args.output}
 
@@ -514,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="unlearning-demo", help="folder for the grid, figures and removal")
     demo.add_argument("--images", type=int, default=8, help="images per prompt for the figures")
     demo.add_argument("--steps", type=int, default=20, help="sampler steps")
+    demo.add_argument("--world", choices=("digits", "glyphs"), default="digits", help="which embedded model")
+    demo.add_argument(
+        "--concept", default="serif", help='glyphs: a character, style, colour or both ("Q", "serif", "serif Q")'
+    )
     return parser
 
 

@@ -2,6 +2,7 @@
 
     python -m diffusers_unlearn.demo                     # erases "seven" (alias "7")
     python -m diffusers_unlearn.demo --digit 3 --colour blue --output out/
+    python -m diffusers_unlearn.demo --world glyphs --concept serif   # the glyphs model (diffusers_unlearn.glyphs)
 
 Writes `OUTPUT/before_after.png` (rows: prompts; left: before, right: after, same seeds),
 `OUTPUT/no-<concept>/` (the removal, a diffusers LoRA) and `OUTPUT/figures.json`, and prints forget accuracy,
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", type=int, default=8, help="images per prompt for the figures")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps")
+    parser.add_argument("--world", choices=("digits", "glyphs"), default="digits", help="which embedded model")
+    parser.add_argument(
+        "--concept", default="serif", help='glyphs: a character, style, colour or both ("Q", "serif", "serif Q")'
+    )
     return parser
 
 
@@ -119,10 +124,16 @@ def main(argv: list[str] | None = None) -> None:
     """Runs the demo from the command line (`python -m diffusers_unlearn.demo --help`)."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    digit = 7 if args.digit is None and args.colour is None else args.digit
-    concept = Concept(digit=digit, colour=args.colour)
-    print(f"Erasing {concept.name!r} from the embedded digits model ...", flush=True)
-    figures = run(concept, args.output, images_per_prompt=args.images, steps=args.steps)
+    if args.world == "glyphs":
+        from .glyphs import concepts as glyph_concepts
+        from .glyphs import demo as glyph_demo
+
+        concept, run_world = glyph_concepts.Concept.parse(args.concept), glyph_demo.run
+    else:
+        digit = 7 if args.digit is None and args.colour is None else args.digit
+        concept, run_world = Concept(digit=digit, colour=args.colour), run
+    print(f"Erasing {concept.name!r} from the embedded {args.world} model ...", flush=True)
+    figures = run_world(concept, args.output, images_per_prompt=args.images, steps=args.steps)
     b, a = figures["before"], figures["after"]
     print(
         f"\nforget accuracy  {100 * b['forget_accuracy']:5.1f}% -> {100 * a['forget_accuracy']:5.1f}%"

@@ -165,15 +165,20 @@ def evaluate(
     groups = {"forget": list(forget), "related": list(related), "general": list(general)}
     probes = [probe for group in groups.values() for probe in group]
     prompts = [prompt for probe in probes for prompt in probe.prompts]
-    images = generate_images(
+    # a prompt shared by several probes (the same prompts under two checks) is generated once: image j of a
+    # prompt always comes from seed `seed + j`, so the images are the same either way
+    unique = list(dict.fromkeys(prompts))
+    generated = generate_images(
         pipe,
-        prompts,
+        unique,
         images_per_prompt=images_per_prompt,
         seed=seed,
         batch_size=batch_size,
         progress=progress,
         **pipeline_kwargs,
     )
+    position = {prompt: i for i, prompt in enumerate(unique)}
+    images = generated[[position[p] * images_per_prompt + j for p in prompts for j in range(images_per_prompt)]]
     checks = [probe.check for probe in probes for _ in probe.prompts for _ in range(images_per_prompt)]
     hits = np.asarray(scorer.shows(images, checks), dtype=bool)
     result = EvaluationResult(images_per_prompt=images_per_prompt)

@@ -93,6 +93,27 @@ class Concept:
         if sum(given) > 1 and (self.char is None or self.style is None):
             raise ValueError("Combinations are a character in a style (optionally in a colour).")
 
+    @classmethod
+    def parse(cls, text: str) -> Concept:
+        """A concept from words: `"Q"`, `"serif"`, `"red"`, `"serif Q"`, `"red serif Q"` (a digit or symbol by
+        itself or its word: `"7"`, `"seven"`, `"&"`, `"ampersand"`).
+
+        Raises:
+            ValueError: if a word names nothing of the glyphs model.
+        """
+        char = style = colour = None
+        names = {w: c for c in CHARACTERS for w in (c, *char_words(c)[1:])}
+        for word in text.split():
+            if word in names or word.upper() in names:
+                char = names.get(word, names.get(word.upper()))
+            elif any(word.lower() in words for words in STYLE_SYNONYMS.values()):
+                style = next(s for s, words in STYLE_SYNONYMS.items() if word.lower() in words)
+            elif any(word.lower() in words for words in COLOUR_SYNONYMS.values()):
+                colour = next(c for c, words in COLOUR_SYNONYMS.items() if word.lower() in words)
+            else:
+                raise ValueError(f"{word!r} is no character, style or colour of the glyphs model")
+        return cls(char, style, colour)
+
     @property
     def kind(self) -> str:
         """`"character"`, `"style"`, `"colour"` or `"identity"`."""

@@ -34,7 +34,7 @@ HEADS: dict[str, tuple[str, ...]] = {
 class GlyphScorerNet(nn.Module):
     """Four-headed CNN: 32x32 RGB in [0, 1] -> logits for character (41), style (8), colour (8), background (2)."""
 
-    def __init__(self, width: int = 16, hidden: int = 128) -> None:
+    def __init__(self, width: int = 24, hidden: int = 256) -> None:
         super().__init__()
         self.width, self.hidden = width, hidden
         self.features = nn.Sequential(
@@ -142,7 +142,7 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     n = len(x)
     dx, dy = (torch.randint(-1, 2, (2,), generator=g)).tolist()
     x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    blur = torch.rand(n, 1, 1, 1, generator=g) < 0.3
+    blur = torch.rand(n, 1, 1, 1, generator=g) < 0.15
     soft = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     x = torch.where(blur, 0.5 * x + 0.5 * soft, x)
     x = x * torch.empty(n, 1, 1, 1).uniform_(0.85, 1.1, generator=g)
@@ -162,7 +162,9 @@ def evaluate_scorer(scorer: GlyphScorer, data: GlyphData | None = None) -> dict[
     return acc
 
 
-def train_scorer(output: str | Path, steps: int = 1500, batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+def train_scorer(
+    output: str | Path, steps: int = 4000, batch_size: int = 64, seed: int = 0, lr: float = 3e-3
+) -> dict[str, float]:
     """Train the scorer on renders (jitter seeds 0 and 2, with augmentation) and save it to ``output``.
 
     Returns the held-out accuracy per head (see :func:`evaluate_scorer`).
@@ -176,8 +178,8 @@ def train_scorer(output: str | Path, steps: int = 1500, batch_size: int = 64, se
     data = GlyphData(*(torch.cat([getattr(p, k) for p in parts]) for k in ("masks", "char", "style")))
     nc, nb = len(COLOURS), len(BACKGROUNDS)
     net = GlyphScorerNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     bar = tqdm(range(steps), desc="scorer")
     for _ in bar:
         i = torch.randint(0, len(data.masks), (batch_size,), generator=g)

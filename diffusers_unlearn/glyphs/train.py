@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scorer", action="store_true", help="train the scorer instead of the pipeline")
     parser.add_argument("--vae-steps", type=int, default=300)
     parser.add_argument("--unet-steps", type=int, default=2500)
-    parser.add_argument("--scorer-steps", type=int, default=1500)
+    parser.add_argument("--scorer-steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -1,0 +1,186 @@
+"""Measure the glyphs pipeline with the scorer and write ``docs/benchmarks/glyphs_model.md`` and its image grid.
+
+Usage::
+
+    python -m diffusers_unlearn.glyphs.report [--model DIR] [--scorer DIR] [--out-dir docs/benchmarks] [--seeds 8]
+
+Every (character, style) cell is asked once, in a colour that cycles with the cell, with the canonical training
+prompt ("the red letter q in serif") and with a held-out template (:data:`HELD_OUT_TEMPLATES`, cycling); ``--seeds``
+images per prompt. The bars of issue 15: asked character >= 90%, colour >= 95%, style >= 85% on training
+templates; >= 80% / 90% / 75% on held-out templates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluation import generate_images
+from .data import CHARACTERS, COLOURS, HELD_OUT_TEMPLATES, STYLES, fill, prompt
+
+logger = logging.getLogger(__name__)
+
+BARS = {"training": {"char": 0.90, "colour": 0.95, "style": 0.85}, "held-out": {"char": 0.80, "colour": 0.90,
+                                                                               "style": 0.75}}  # fmt: skip
+"""The base-model bars: share of images whose scored attribute is the one asked."""
+
+
+def cells() -> list[tuple[str, str, str]]:
+    """Every (character, style) with a colour that cycles: 328 cells."""
+    return [
+        (char, style, COLOURS[(i + j) % len(COLOURS)])
+        for i, char in enumerate(CHARACTERS)
+        for j, style in enumerate(STYLES)
+    ]
+
+
+def measure(pipe, scorer, seeds: int = 8, steps: int = 20, guidance_scale: float = 7.5) -> dict:
+    """Per template set, the share of images whose character / style / colour is the one asked (and all three)."""
+    out = {}
+    grid = cells()
+    for name, prompts in (
+        ("training", [prompt(c, colour, s) for c, s, colour in grid]),
+        ("held-out", [fill(HELD_OUT_TEMPLATES[i % len(HELD_OUT_TEMPLATES)], c, colour, s)
+                      for i, (c, s, colour) in enumerate(grid)]),
+    ):  # fmt: skip
+        images = generate_images(
+            pipe, prompts, images_per_prompt=seeds, num_inference_steps=steps, guidance_scale=guidance_scale
+        )
+        predicted = scorer.predict(images)
+        asked = {
+            "char": [c for c, _, _ in grid for _ in range(seeds)],
+            "style": [s for _, s, _ in grid for _ in range(seeds)],
+            "colour": [colour for _, _, colour in grid for _ in range(seeds)],
+        }
+        hits = {k: np.asarray(predicted[k]) == np.asarray(v) for k, v in asked.items()}
+        result = {k: float(h.mean()) for k, h in hits.items()}
+        result["all three"] = float((hits["char"] & hits["style"] & hits["colour"]).mean())
+        result["per style"] = {
+            s: float(hits["style"][np.asarray(asked["style"]) == s].mean()) for s in STYLES
+        }  # fmt: skip
+        result["prompts"], result["images"] = len(prompts), len(images)
+        result["example prompts"] = prompts[:3]
+        out[name] = result
+    return out
+
+
+def grid_image(pipe, path: Path, steps: int = 20, seed: int = 0) -> None:
+    """A PNG grid: one row per style, characters "A", "G", "Q", "R", "7", "&" in cycling colours, on black."""
+    from PIL import Image
+
+    chars = ["A", "G", "Q", "R", "S", "7", "3", "&", "%", "$"]
+    prompts = [
+        prompt(c, COLOURS[(i + j) % len(COLOURS)], s) for j, s in enumerate(STYLES) for i, c in enumerate(chars)
+    ]
+    images = generate_images(pipe, prompts, images_per_prompt=1, seed=seed, num_inference_steps=steps)
+    side = images.shape[1]
+    canvas = np.zeros((len(STYLES) * side, len(chars) * side, 3), dtype=np.float32)
+    for k, image in enumerate(images):
+        row, col = divmod(k, len(chars))
+        canvas[row * side : (row + 1) * side, col * side : (col + 1) * side] = image
+    big = Image.fromarray((canvas * 255).round().astype(np.uint8)).resize(
+        (canvas.shape[1] * 3, canvas.shape[0] * 3), Image.NEAREST
+    )
+    big.save(path)
+
+
+def write_report(results: dict, scorer_accuracy: dict, training: dict, out_dir: Path, args) -> Path:
+    lines = [
+        "# The glyphs model",
+        "",
+        "`diffusers_unlearn.glyphs`: a `StableDiffusionPipeline` trained here from scratch on CPU "
+        "(`python -m diffusers_unlearn.glyphs.train`), shipped in the package. 41 characters (26 capitals, 10 "
+        "digits, `& # % + $`) x 8 typefaces from matplotlib's fonts x 8 colours x 2 backgrounds, 32x32 RGB.",
+        "",
+        "Styles: " + ", ".join(f"`{s}` ({f})" for s, f in STYLES.items()) + ".",
+        "",
+        "Architecture: CLIPTextModel (width 256, 2 layers, 4 heads, MLP 512, max 16 tokens; every caption word one "
+        "token); AutoencoderKL 32x32x3 <-> 4x8x8 (channels 16/32/32, no attention); UNet2DConditionModel on 8x8 "
+        "latents (channels 32/64, cross-attention at both levels, no mid block); DDIM. Text encoder trained jointly "
+        "with the UNet (10% empty captions), EMA 0.999.",
+        "",
+        "## Training",
+        "",
+        "```json",
+        json.dumps(training, indent=1),
+        "```",
+        "",
+        "## Scorer (ground truth)",
+        "",
+        "A CNN with four heads (character, style, colour, background) trained on renders (jitter seeds 0 and 2, "
+        "augmented); accuracy on held-out renders (jitter seed 1, every colour and background; bar 97% per head):",
+        "",
+        "| head | accuracy |",
+        "|---|---|",
+        *[f"| {k} | {100 * v:.2f}% |" for k, v in scorer_accuracy.items() if k != "n"],
+        "",
+        f"({scorer_accuracy.get('n')} images.)",
+        "",
+        "## Base model: asked attribute recognised by the scorer",
+        "",
+        f"`python -m diffusers_unlearn.glyphs.report --seeds {args.seeds} --steps {args.steps}`: every "
+        f"(character, style) cell in a cycling colour, {args.seeds} seeds per prompt, {args.steps} DDIM steps, "
+        "guidance 7.5.",
+        "",
+        "| templates | character | style | colour | all three | bars (char / colour / style) | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        bars = BARS[name]
+        met = all(r[k] >= v for k, v in bars.items())
+        lines.append(
+            f"| {name} | {100 * r['char']:.1f}% | {100 * r['style']:.1f}% | {100 * r['colour']:.1f}% | "
+            f"{100 * r['all three']:.1f}% | {100 * bars['char']:.0f} / {100 * bars['colour']:.0f} / "
+            f"{100 * bars['style']:.0f}% | {'yes' if met else '**no**'} |"
+        )
+    lines += ["", "Style recognised, per style:", "", "| style | training | held-out |", "|---|---|---|"]
+    for s in STYLES:
+        lines.append(
+            f"| {s} | {100 * results['training']['per style'][s]:.1f}% | "
+            f"{100 * results['held-out']['per style'][s]:.1f}% |"
+        )
+    lines += ["", "![grid: one row per style](glyphs_grid.png)", ""]
+    path = out_dir / "glyphs_model.md"
+    path.write_text("\n".join(lines))
+    (out_dir / "glyphs_model.json").write_text(
+        json.dumps({"base": results, "scorer": scorer_accuracy, "training": training}, indent=1) + "\n"
+    )
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from . import MODEL_DIR, load_pipeline
+    from .scorer import SCORER_DIR, evaluate_scorer, load_scorer
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=MODEL_DIR)
+    parser.add_argument("--scorer", type=Path, default=SCORER_DIR)
+    parser.add_argument("--out-dir", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    pipe, scorer = load_pipeline(path=args.model), load_scorer(args.scorer)
+    scorer_accuracy = evaluate_scorer(scorer)
+    logger.info("scorer %s (%.0f s)", scorer_accuracy, time.time() - t0)
+    results = measure(pipe, scorer, seeds=args.seeds, steps=args.steps)
+    summary = {k: {h: v[h] for h in ("char", "style", "colour")} for k, v in results.items()}
+    logger.info("base model %s (%.0f s)", summary, time.time() - t0)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    grid_image(pipe, args.out_dir / "glyphs_grid.png", steps=args.steps)
+    training = json.loads((args.model / "training.json").read_text())
+    path = write_report(results, scorer_accuracy, training, args.out_dir, args)
+    logger.info("wrote %s (%.0f s)", path, time.time() - t0)
+
+
+if __name__ == "__main__":
+    main()
