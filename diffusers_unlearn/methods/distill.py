@@ -143,8 +143,8 @@ def distill(
     layers = [
         name
         for name, module in denoiser.named_modules()
-        if name.endswith(targets) and isinstance(module, torch.nn.Linear)
-    ]
+        if name.endswith(targets) and isinstance(getattr(module, "base_layer", module), torch.nn.Linear)
+    ]  # a layer that already carries removals as adapters is a LoRA wrapper of the Linear: the new adapter joins it
     if not layers:
         raise ValueError(f"No layer of the denoiser ends with {targets}.")
     groups = [list(dict.fromkeys(group)) for group in protected if group]
@@ -292,7 +292,6 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
     """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
-    scheduler = family.sampling_scheduler(pipe, config.sampling_steps)  # DDIM; flow matching for SD3 / FLUX
     generator = torch.Generator().manual_seed(seed)
     pool = {}
     for kind, prompts in (("forget", [f for f, _ in pairs]), ("replay", protected)):
@@ -303,8 +302,10 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
         else:
             ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
         bank.add([prompts[i] for i in ids])  # one batch
+        # DDIM; flow matching for SD3 / FLUX, whose scheduler counts its steps: a fresh one per trajectory batch
+        scheduler = family.sampling_scheduler(pipe, config.sampling_steps)
         latents = family.random_latents(pipe, config.latent_pool, generator)
-        latents = (latents * scheduler.init_noise_sigma).to(device, denoiser.dtype)
+        latents = (latents * getattr(scheduler, "init_noise_sigma", 1.0)).to(device, denoiser.dtype)  # flow: 1
         kept_latents, kept_t = [], []
         for t in scheduler.timesteps:
             timestep = t.to(device).expand(config.latent_pool)
