@@ -10,7 +10,9 @@ For removals `i` and `j` (weight changes `D_i`, `D_j` on the same layers), with 
 - `collateral[i, j]`: how much `j` moves `i`'s protected inputs relative to the untouched outputs,
   `||D_j Q_i|| / ||W Q_i||`.
 
-All sums run over the edited layers; no image is generated, so a check of 100 removals takes seconds. A pair
+All sums run over the edited layers; no image is generated, so a check of 100 removals takes seconds. The report
+also names every removal that barely moved its own concept when it was made (`erase`'s own check, recorded in its
+figures as `concept_shift`): such a member fails the verdict whatever the others do. A pair
 where `j` is among `i`'s parents (`i` was made on top of `j`) counts 0: `i` was solved knowing `j`.
 Removals without probes (made by other tools) fall back to their LoRA input subspace (rows of `A`), and the
 report says the figure is approximate.
@@ -26,6 +28,7 @@ from diffusers import DiffusionPipeline
 from .adapter import UnlearningAdapter
 from .families import family_of
 from .layers import base_linear
+from .targets import WEAK_SHIFT, is_weak
 
 
 @dataclass
@@ -40,6 +43,8 @@ class InterferenceReport:
             together.
         undo_threshold, shift_threshold, collateral_threshold (`float`): The limits the verdict uses.
         approximate (`list[str]`): Removals whose probes were missing (subspace estimate used).
+        weak (`dict[str, float]`): Removals that barely moved their own concept when they were made (their
+            recorded `concept_shift`, below `targets.WEAK_SHIFT`): they may erase nothing, whatever the rest does.
     """
 
     names: list[str]
@@ -53,6 +58,7 @@ class InterferenceReport:
     shift_threshold: float
     collateral_threshold: float
     approximate: list[str] = field(default_factory=list)
+    weak: dict[str, float] = field(default_factory=dict)
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -61,12 +67,13 @@ class InterferenceReport:
 
     @property
     def passed(self) -> bool:
-        """No removal undone or its forget inputs moved beyond the thresholds, no protected set moved beyond
-        `collateral_threshold`."""
+        """No weak removal, no removal undone or its forget inputs moved beyond the thresholds, no protected set
+        moved beyond `collateral_threshold`."""
         if not self.names:
             return True
         return bool(
-            self.stack_undo.max() <= self.undo_threshold
+            not self.weak
+            and self.stack_undo.max() <= self.undo_threshold
             and self.stack_shift.max() <= self.shift_threshold
             and self.stack_collateral.max() <= self.collateral_threshold
         )
@@ -75,6 +82,9 @@ class InterferenceReport:
         """One line per removal that the rest of the stack undoes or damages."""
         lines = []
         for i, name in enumerate(self.names):
+            if name in self.weak:
+                shift = self.weak[name]
+                lines.append(f"{name} barely moved its own concept when made (shift {shift:.2f} < {WEAK_SHIFT})")
             if self.stack_undo[i] > self.undo_threshold:
                 j = int(self.undo[i].argmax())
                 lines.append(f"{name} is {100 * self.stack_undo[i]:.0f}% undone (most by {self.names[j]})")
@@ -283,6 +293,9 @@ def check_interference(
         shift_threshold=shift_threshold,
         collateral_threshold=collateral_threshold,
         approximate=approximate,
+        weak={
+            a.name: a.metadata["figures"]["concept_shift"] for a in adapters if is_weak(a.metadata.get("figures", {}))
+        },
     )
 
 

@@ -76,6 +76,10 @@ def test_without_the_rules_the_twin_would_be_chosen(pipe, monkeypatch):
     assert adapter.metadata["figures"]["concept_shift"] < targets.WEAK_SHIFT
     weak = [w for w in caught if issubclass(w.category, WeakRemovalWarning)]
     assert weak and "barely moves 'cat'" in str(weak[0].message)
+    # the stack's check reports it per member, and fails
+    report = du.UnlearningStack([adapter]).check(pipe)
+    assert adapter.name in report.weak and not report.passed
+    assert any("barely moved its own concept" in line for line in report.failures()), report.failures()
 
 
 def test_a_removal_that_moves_the_concept_reports_its_shift(pipe):
@@ -86,8 +90,9 @@ def test_a_removal_that_moves_the_concept_reports_its_shift(pipe):
         )
     figures = adapter.metadata["figures"]
     assert figures["concept_shift"] >= targets.WEAK_SHIFT and figures["target_reach"] > 0.5, figures
+    assert du.UnlearningStack([adapter]).check(pipe).weak == {}
 
 
 def test_no_usable_candidate_raises_and_names_the_rejected_ones(pipe):
     with pytest.raises(InvalidConceptError, match="'car': drawn as the concept"):
-        du.erase(pipe, "cat", prompts=["cat", "a photo of a cat"], anchor="car", neighbors=NEIGHBORS)
+        du.erase(pipe, "cat", prompts=["cat"], anchor="car", neighbors=NEIGHBORS)
