@@ -92,6 +92,22 @@ def test_options_add_to_the_digits_prompts_instead_of_replacing_them():
     assert elsewhere["prompts"] is None and elsewhere["neighbors"] == ["one"]
 
 
+def test_the_erase_example_of_the_help_runs(tmp_path, monkeypatch):
+    """`diffusers-unlearn --help` shows `erase --model digits --concept seven --alias 7 --neighbor one ...`: it works,
+    and its --neighbor options add to the digits model's own prompts and neighbours."""
+    from diffusers_unlearn import cli as module
+
+    line = next(x for x in module.__doc__.splitlines() if "erase --model digits --concept seven" in x)
+    args = line.split("diffusers-unlearn", 1)[1].split("#")[0].split()
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--json"]) == 0
+    made = du.UnlearningAdapter.from_pretrained(tmp_path / "no-seven")
+    prompts = made.metadata["forget_prompts"]
+    assert "a red seven" in prompts and {"one", "four", "nine"} <= {
+        n["neighbor"] for n in made.metadata["protected_neighbors"]
+    }
+
+
 def test_a_chain_from_the_command_line(tmp_path):
     """erase twice into a stack, check it, merge it, export it, evaluate it."""
     for concept in ("seven", "three"):
