@@ -107,6 +107,8 @@ def _run_bash(block: Block, folder: Path, monkeypatch) -> None:
                 assert done.returncode == 0, (where, done.stderr[-2000:])
             else:
                 raise AssertionError(f"{where}: this test does not know how to run it; teach it, or mark the block")
+            if any(w == "demo" or w.endswith(".demo") for w in command):  # the main job wrote its grid
+                assert (folder / "unlearning-demo" / "before_after.png").is_file(), where
 
 
 @pytest.mark.parametrize("page", PAGES)
