@@ -105,7 +105,7 @@ def test_pooled_path_is_edited_so_the_concept_does_not_leak_back(made, name):
     alone, and with the pooled edit too."""
     case = made[name]
     pipe, adapter = case.pipe, case.cat
-    assert adapter.metadata["figures"]["pooled_forget_residual"] < 0.6  # measured 0.17 (SD3), 0.35 (FLUX)
+    assert adapter.metadata["figures"]["pooled_forget_residual"] < 0.6  # measured 0.02 (SD3), 0.02 (FLUX)
     sequence_only = du.UnlearningAdapter(
         {k: v for k, v in adapter.lora_weights.items() if "time_text_embed" not in k},
         {**adapter.metadata, "name": "sequence-only"},
@@ -122,7 +122,8 @@ def test_pooled_path_is_edited_so_the_concept_does_not_leak_back(made, name):
     pipe.load_unlearning(adapter)
     after_both = gap_to_targets()
     pipe.unload_unlearning()
-    # measured (before, sequence edit alone, both): SD3 ~(0.027, 0.027, 0.008), FLUX ~(0.0081, 0.0082, 0.0025)
+    # measured (before, sequence edit alone, both): SD3 (0.141, 0.149, 0.0014), FLUX (0.0224, 0.0225, 0.0002): on
+    # these random transformers the pooled vector carries almost all of the prompt's effect (docs/method.md §4)
     assert after_both < 0.75 * min(before, after_sequence), (before, after_sequence, after_both)
 
 
