@@ -18,9 +18,11 @@ be reached), 2 bad arguments (argparse), 3 `check` found interference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,29 +73,24 @@ def _load_pipeline(model: str):
         ) from error
 
 
-def _hub_errors(action: str, args):
+@contextlib.contextmanager
+def _hub_errors(action: str, args) -> Iterator[None]:
     """Turns what the HTTP client raises when the Hub cannot be reached (offline, refused, a server error) into our
     error, so that the command exits 1 with a message instead of a traceback."""
-    import contextlib
-
     from huggingface_hub.errors import HfHubHTTPError
 
     from .hub import _transport_errors
 
-    @contextlib.contextmanager
-    def converting():
-        try:
-            yield
-        except UnlearningError:
-            raise
-        except (HfHubHTTPError, OSError, *_transport_errors()) as error:
-            where = args.endpoint or "the Hub ($HF_ENDPOINT or huggingface.co)"
-            raise UnlearningError(
-                f"Cannot {action} {args.repo_id!r} on {where}: {type(error).__name__}: {str(error).rstrip('.')}. "
-                "Check the network, HF_HUB_OFFLINE, --endpoint and --token, then run the command again."
-            ) from error
-
-    return converting()
+    try:
+        yield
+    except UnlearningError:
+        raise
+    except (HfHubHTTPError, OSError, *_transport_errors()) as error:
+        where = args.endpoint or "the Hub ($HF_ENDPOINT or huggingface.co)"
+        raise UnlearningError(
+            f"Cannot {action} {args.repo_id!r} on {where}: {type(error).__name__}: {str(error).rstrip('.')}. "
+            "Check the network, HF_HUB_OFFLINE, --endpoint and --token, then run the command again."
+        ) from error
 
 
 def _source(path: str):
