@@ -23,7 +23,7 @@ from diffusers_unlearn.families import FLUX, STABLE_DIFFUSION_3, family_of
 from diffusers_unlearn.prompts import align
 
 PROMPT = "a photo of cat"
-NEIGHBORS = ["dog", "tree"]
+PRESERVE = ["a photo of dog", "a photo of tree", "a painting of a house"]
 TEMPLATES = ["a photo of {}", "a painting of {}", "{} on a grassy hill"]
 FAMILY_NAMES = ["sd3", "flux"]
 MAKERS = {"sd3": make_sd3_pipeline, "flux": make_flux_pipeline}
@@ -32,13 +32,14 @@ MAKERS = {"sd3": make_sd3_pipeline, "flux": make_flux_pipeline}
 @pytest.fixture(scope="module")
 def made():
     """Per family: the pipeline, its removal of "cat" (closed form), a second removal ("dog") made on top of it,
-    and the base image."""
+    and the base image. Protection through `preserve` prompts: neighbours would also be scored against the mapping
+    targets, a check that random tiny models are too noisy for (tests/test_targets.py covers it)."""
     out = {}
     for name, make in MAKERS.items():
         pipe = make()
-        cat = du.erase(pipe, "cat", templates=TEMPLATES, mapping_candidates=["rabbit"], neighbors=NEIGHBORS)
+        cat = du.erase(pipe, "cat", templates=TEMPLATES, mapping_candidates=["rabbit"], preserve=PRESERVE)
         pipe.load_unlearning(cat)
-        dog = du.erase(pipe, "dog", templates=TEMPLATES, mapping_candidates=["horse"], neighbors=["cat", "tree"])
+        dog = du.erase(pipe, "dog", templates=TEMPLATES, mapping_candidates=["horse"], preserve=PRESERVE[1:])
         pipe.unload_unlearning()
         out[name] = SimpleNamespace(pipe=pipe, cat=cat, dog=dog, base=generate_transformer(pipe, PROMPT))
     return out

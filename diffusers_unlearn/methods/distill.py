@@ -173,7 +173,7 @@ def _train(
 ) -> DistillResult:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from ..pipeline import _activate, _active_adapters
+    from ..pipeline import _active_adapters
 
     wrapped = {name: denoiser.get_submodule(name) for name in layers}
     _activate(denoiser, list(dict.fromkeys([*_active_adapters(denoiser), _ADAPTER])))  # each adapter once
@@ -254,11 +254,19 @@ def _student_off(wrapped: dict) -> Iterator[None]:
             module.scaling[_ADAPTER] = 1.0
 
 
-def _remove_adapter(pipe, denoiser) -> None:
-    from ..pipeline import _activate, _active_adapters, _drop_empty_peft_layers
+def _activate(denoiser, names: list[str]) -> None:
+    """Makes exactly `names` active on every PEFT layer (diffusers leaves only the last added adapter active)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    denoiser.delete_adapters(_ADAPTER)
-    _drop_empty_peft_layers(pipe)
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.set_adapter(names, inference_mode=True)
+
+
+def _remove_adapter(pipe, denoiser) -> None:
+    from ..pipeline import _active_adapters, _delete_peft
+
+    _delete_peft(pipe, denoiser, [_ADAPTER])  # the PEFT wrappers go too once no adapter is left
     remaining = [n for n in _active_adapters(denoiser) if n != _ADAPTER]
     if remaining:
         _activate(denoiser, remaining)
