@@ -42,6 +42,7 @@ from .errors import (
     UnlearningWarning,
     UnsupportedPipelineError,
     VerificationError,
+    WeakRemovalWarning,
 )
 
 _LAZY: dict[str, str] = {
@@ -195,6 +196,7 @@ __all__ = [
     "UnlearningStack",
     "UnsupportedPipelineError",
     "VerificationError",
+    "WeakRemovalWarning",
     "__version__",
     "check_interference",
     "erase",
