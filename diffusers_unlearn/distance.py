@@ -200,30 +200,45 @@ def proxy_distances(bank: PromptBank, gram: torch.Tensor, pairs: Sequence[tuple[
     return out
 
 
-def _score_inputs(bank: PromptBank, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_inputs(
+    bank: PromptBank, samples: int, seed: int, max_side: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The `samples` (latent, timestep) pairs every prompt is scored on, drawn with `seed` (latents in the layout
-    the family's denoiser reads: `(samples, C, H, W)`, or packed `(samples, tokens, C)` for FLUX)."""
+    the family's denoiser reads: `(samples, C, H, W)`, cropped to `max_side` if given, or packed
+    `(samples, tokens, C)` for FLUX)."""
     pipe, denoiser = bank.pipe, getattr(bank.pipe, bank.family.denoiser)
     generator = torch.Generator().manual_seed(seed)
     latents = bank.family.random_latents(pipe, samples, generator)
+    if max_side is not None and latents.dim() == 4:
+        latents = latents[..., :max_side, :max_side]  # still standard normal; a smaller image costs less
     timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (samples,), generator=generator)
     return latents.to(pipe.device, denoiser.dtype), timesteps.to(pipe.device)
 
 
 @torch.no_grad()
 def noise_predictions(
-    bank: PromptBank, prompts: Sequence[str], *, samples: int = 16, seed: int = 0, cache: bool = True
+    bank: PromptBank,
+    prompts: Sequence[str],
+    *,
+    samples: int = 16,
+    seed: int = 0,
+    cache: bool = True,
+    max_side: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The denoiser's noise predictions `(samples, C, H, W)` for each prompt, float32, on the shared samples.
+
+    `max_side` crops the latents to at most that side (a cheaper check on large models: the text conditioning
+    acts at every resolution).
 
     With `cache=False` nothing is read from or written to the bank's cache: for predictions of a model that is
     about to change (a removal applied for a moment), which must not be mistaken for the current model's.
     """
     pipe, family = bank.pipe, bank.family
     denoiser = getattr(pipe, family.denoiser)
-    latents, timesteps = _score_inputs(bank, samples, seed)
+    latents, timesteps = _score_inputs(bank, samples, seed, max_side)
     wanted = list(dict.fromkeys(prompts))
-    out = {p: found for p in wanted if cache and (found := bank.predictions.get((p, samples, seed))) is not None}
+    key = (samples, seed, max_side)
+    out = {p: found for p in wanted if cache and (found := bank.predictions.get((p, *key))) is not None}
     missing = [p for p in wanted if p not in out]
     per_call = max(1, _PREDICTION_BATCH // samples)  # several prompts per denoiser call: one batch of samples each
     for start in range(0, len(missing), per_call):
@@ -234,13 +249,15 @@ def noise_predictions(
         if encoded[group[0]][1] is not None:
             pooled = torch.cat([encoded[p][1].to(pipe.device, denoiser.dtype).expand(samples, -1) for p in group])
         repeat = (len(group),) + (1,) * (latents.dim() - 1)
-        predicted = family.denoise(
-            pipe, denoiser, latents.repeat(*repeat), timesteps.repeat(len(group)), embeds, pooled
-        ).float().cpu()
+        predicted = (
+            family.denoise(pipe, denoiser, latents.repeat(*repeat), timesteps.repeat(len(group)), embeds, pooled)
+            .float()
+            .cpu()
+        )
         for prompt, found in zip(group, predicted.split(samples), strict=True):
             out[prompt] = found.clone()
             if cache:
-                bank.predictions.put((prompt, samples, seed), out[prompt])
+                bank.predictions.put((prompt, *key), out[prompt])
     return out
 
 

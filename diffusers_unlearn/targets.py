@@ -6,10 +6,11 @@ generic word "digit" was never in a training caption, and "a green digit" is dra
 
 1. *Untrained or near-empty words are not targets*: a candidate word whose input token embeddings are less than
    half as long as those of the concept and its neighbours (words the model does know) is rejected.
-2. *A target must be measurably another concept*: on a sample of the removal's contexts, the candidate's
-   score-prediction distance to the forget prompt (mean over the contexts) must exceed the spread of the
-   concept's own aliases there, and must not be smaller than `MIN_SEPARATION` times the distance from the
-   forget prompt to its nearest protected neighbour (the nearest concept the user says is a different one).
+2. *A target must be measurably another concept*, by the model's own noise predictions on a sample of the
+   removal's contexts (`CHECK_CONTEXTS`, latents cropped to `CHECK_LATENT_SIDE`, `distance_samples` samples):
+   the candidate must be farther from the forget prompt than the concept's aliases are (their spread), and it
+   must not be nearer the concept than `MIN_SEPARATION` times its distance to the nearest other concept (the
+   protected neighbours nearest the concept): a candidate the model treats as the concept is drawn as it.
 
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
@@ -35,14 +36,15 @@ from .prompts import Context
 
 logger = logging.getLogger(__name__)
 
-CHECK_CONTEXTS = 6
+CHECK_CONTEXTS = 4
 """Contexts (spread over the removal's list) on which candidates are checked and the removal's effect measured."""
 CHECK_NEIGHBORS = 3
 """Nearest protected neighbours a candidate is compared with."""
-CHECK_SAMPLES = 32
-"""Least number of (latent, timestep) samples of the check's score distances."""
-MIN_SEPARATION = 0.75
-"""A target's distance to the concept, relative to the nearest neighbour's, below which it is rejected."""
+CHECK_LATENT_SIDE = 16
+"""Latent side the check's noise predictions are made at (latents are cropped: 16 keeps SD 1.5's check cheap)."""
+MIN_SEPARATION = 0.9
+"""A candidate whose predictions are nearer the concept's than this share of their distance to the nearest other
+concept (a protected neighbour) is drawn as the concept, and rejected."""
 UNTRAINED_NORM_RATIO = 0.5
 """A word whose token embeddings are shorter than this share of the known words' is untrained or near-empty."""
 WEAK_SHIFT = 0.7
@@ -100,7 +102,7 @@ class TargetChoice:
     candidates: list[Candidate]
     checked: list[Context]
     neighbor_distance: dict[Context, float] = field(default_factory=dict)
-    samples: int = CHECK_SAMPLES
+    samples: int = 16
     seed: int = 0
 
 
@@ -112,7 +114,7 @@ def choose_targets(
     neighbors: Sequence[str],
     distances: Callable[[list[tuple[str, str]]], torch.Tensor],
     *,
-    samples: int = CHECK_SAMPLES,
+    samples: int = 16,
     seed: int = 0,
 ) -> TargetChoice:
     """Checks the candidates (module docstring), then gives each context its nearest candidate left.
@@ -124,39 +126,47 @@ def choose_targets(
         candidates (`Sequence[Candidate]`): Mapping candidates.
         neighbors (`Sequence[str]`): Protected neighbour words, nearest first.
         distances (`Callable`): The removal's distance, `(a, b)` pairs to a tensor; chooses among candidates.
-        samples (`int`), seed (`int`): Samples of the check's score distances (at least `CHECK_SAMPLES`).
+        samples (`int`), seed (`int`): Samples of the check's score distances.
 
     Raises:
         InvalidConceptError: Every candidate of some context was rejected.
     """
-    samples = max(samples, CHECK_SAMPLES)
     _reject_untrained(bank, candidates, [*names, *neighbors])
     step = max(1, len(contexts) / CHECK_CONTEXTS)
     checked = list(dict.fromkeys(contexts[int(i * step)] for i in range(min(CHECK_CONTEXTS, len(contexts)))))
     near = list(neighbors[:CHECK_NEIGHBORS])
 
     def distance(context: Context, prompt: str) -> float:
-        predicted = noise_predictions(bank, [context.fill(names[0]), prompt], samples=samples, seed=seed)
+        predicted = _predict(bank, [context.fill(names[0]), prompt], samples, seed)
         return prediction_distance(predicted[context.fill(names[0])], predicted[prompt])
 
-    noise_predictions(bank, [c.fill(n) for c in checked for n in [*names, *near]], samples=samples, seed=seed)
+    _predict(bank, [c.fill(n) for c in checked for n in [*names, *near]], samples, seed)  # batched
     spread = sum(max([distance(c, c.fill(a)) for a in names[1:]], default=0.0) for c in checked) / len(checked)
     neighbor_distance = {c: min(distance(c, c.fill(n)) for n in near) for c in checked} if near else {}
-    reference = sum(neighbor_distance.values()) / len(checked) if near else None
-    if reference is None:
+    if not near:
         logger.info("No neighbours to compare mapping candidates with: only aliases and untrained words checked.")
 
     def check(candidate: Candidate) -> None:
-        noise_predictions(bank, [candidate.fill(c) for c in checked], samples=samples, seed=seed)  # one batch
-        mean = sum(distance(c, candidate.fill(c)) for c in checked) / len(checked)
+        prompts = [candidate.fill(c) for c in checked]
+        predicted = _predict(bank, prompts, samples, seed)  # batched; the rest is cached
+
+        def total(word: str) -> float:  # the candidate's distance to `word`'s prompts, summed over the contexts
+            return sum(
+                prediction_distance(predicted[p], _predict(bank, [c.fill(word)], samples, seed)[c.fill(word)])
+                for c, p in zip(checked, prompts, strict=True)
+            )
+
+        to_concept = total(names[0])
         candidate.checked = True
-        candidate.separation = None if reference is None else round(mean / max(reference, 1e-12), 3)
-        if mean <= spread:
+        if near:
+            to_other = min(total(n) for n in near)
+            candidate.separation = round(min(to_concept / max(to_other, 1e-12), 1e3), 3)
+        if to_concept / len(checked) <= spread:
             candidate.rejected = "drawn as the concept: no farther from it than its own aliases are"
         elif candidate.separation is not None and candidate.separation < MIN_SEPARATION:
             candidate.rejected = (
-                f"drawn as the concept: {candidate.separation:.2f}x the distance to the nearest neighbour "
-                f"({near[0]!r}), below {MIN_SEPARATION}"
+                f"drawn as the concept: {candidate.separation:.2f}x as far from it as from the nearest other "
+                f"concept, below {MIN_SEPARATION}"
             )
         if candidate.rejected:
             logger.info("Mapping candidate %r rejected: %s", candidate.label, candidate.rejected)
@@ -241,11 +251,9 @@ def removal_effect(bank: PromptBank, choice: TargetChoice, lora: dict[str, torch
         `dict` with `target_reach` and `concept_shift`, rounded.
     """
     before_prompts = [c.fill(concept) for c in choice.checked] + [choice.targets[c] for c in choice.checked]
-    before = noise_predictions(bank, before_prompts, samples=choice.samples, seed=choice.seed)
+    before = _predict(bank, before_prompts, choice.samples, choice.seed)
     with _applied(getattr(bank.pipe, bank.family.denoiser), bank.family.denoiser, lora):
-        after = noise_predictions(
-            bank, [c.fill(concept) for c in choice.checked], samples=choice.samples, seed=choice.seed, cache=False
-        )
+        after = _predict(bank, [c.fill(concept) for c in choice.checked], choice.samples, choice.seed, cache=False)
     forget, target = [c.fill(concept) for c in choice.checked], [choice.targets[c] for c in choice.checked]
     moved = sum(prediction_distance(after[f], before[f]) for f in forget)
     gap = sum(prediction_distance(before[f], before[t]) for f, t in zip(forget, target, strict=True))
@@ -254,6 +262,13 @@ def removal_effect(bank: PromptBank, choice: TargetChoice, lora: dict[str, torch
         reference = sum(choice.neighbor_distance.values())
         figures["concept_shift"] = round((moved / max(reference, 1e-12)) ** 0.5, 3)
     return figures
+
+
+def _predict(
+    bank: PromptBank, prompts: list[str], samples: int, seed: int, cache: bool = True
+) -> dict[str, torch.Tensor]:
+    """Noise predictions at the check's latent size (see `CHECK_LATENT_SIDE`)."""
+    return noise_predictions(bank, prompts, samples=samples, seed=seed, cache=cache, max_side=CHECK_LATENT_SIDE)
 
 
 def is_weak(figures: dict) -> bool:

@@ -10,7 +10,8 @@ import pytest
 import diffusers_unlearn as du
 from diffusers_unlearn import digits
 from diffusers_unlearn.digits.concepts import Concept, cell_probe
-from diffusers_unlearn.evaluation import DigitsConceptScorer, evaluate
+from diffusers_unlearn.digits.data import COLOURS, prompt
+from diffusers_unlearn.evaluation import ConceptProbe, DigitsConceptScorer, evaluate
 
 CALL = {"images_per_prompt": 6, "num_inference_steps": 10, "progress": False}
 
@@ -40,6 +41,21 @@ def test_erasing_seven_removes_sevens_and_keeps_neighbours(pipe, scorer):
     assert after.forget_accuracy <= seven.chance + 0.1, after
     assert after.related_retention >= 0.8 * before.related_retention, (before, after)
     assert after.general_retention >= 0.8 * before.general_retention, (before, after)
+
+
+@pytest.mark.parametrize("digit", range(10))
+def test_every_digit_is_erasable_alone(pipe, scorer, digit):
+    """Issue 19: erasing "nine" used to map it to "digit", a word the model never learnt and draws as a nine."""
+    concept = Concept(digit)
+    probe = ConceptProbe(concept.name, tuple(prompt(digit, colour) for colour in COLOURS), {"digit": digit})
+    adapter = du.erase(pipe, **concept.erase_kwargs())
+    assert not any("digit" in record["target"].split() for record in adapter.metadata["targets"])
+    pipe.load_unlearning(adapter)
+    try:
+        after = evaluate(pipe, scorer, forget=[probe], images_per_prompt=8, num_inference_steps=20, progress=False)
+    finally:
+        pipe.unload_unlearning()
+    assert after.forget_accuracy <= 0.2, (adapter.metadata["targets"][:3], after.forget)
 
 
 def test_demo_writes_grid_figures_and_removal(tmp_path):
