@@ -568,7 +568,7 @@ def _unmerge(denoiser, names: Sequence[str]) -> None:
             others = [n for n in module.merged_adapters if n not in names and n in module.lora_A]
             module.unmerge()
             if others:
-                module.merge(adapter_names=others)
+                _merge(module, others)
 
 
 @contextmanager
@@ -582,7 +582,15 @@ def _peft_unmerged(module):
     finally:
         kept = [name for name in merged if name in module.lora_A]
         if kept:
-            module.merge(adapter_names=kept)
+            _merge(module, kept)
+
+
+def _merge(module, names: list[str]) -> None:
+    """PEFT's `merge` of `names` into one layer, without its notice that other adapters are merged already (our
+    merges next to the user's are the point)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already following adapters were merged")
+        module.merge(adapter_names=names)
 
 
 def _merged_delta(module) -> torch.Tensor | float:
@@ -613,7 +621,7 @@ def _keep_in_effect(pipe, denoiser, state: _State, active: Sequence[str]) -> Non
         if module.merged:
             todo = [name for name in ours if name in module.lora_A and name not in module.merged_adapters]
             if todo:
-                module.merge(adapter_names=todo)
+                _merge(module, todo)
                 merged_now.update(todo)
     if merged_now:
         pipe._merged_adapters = set(pipe.fused_loras) | merged_now
@@ -742,6 +750,8 @@ def _warn(message: str) -> None:
 
 
 def _guarded_load_lora_weights(self, *args, **kwargs):
+    """diffusers' `load_lora_weights`, then the removals active next to the loaded LoRA; a LoRA equal to a loaded
+    removal is taken back out and refused (it would apply twice)."""
     state, denoiser = _state(self), _denoiser(self)
     before, active_before = _peft_names(denoiser), _active_adapters(denoiser)
     result = type(self).load_lora_weights(self, *args, **kwargs)
@@ -763,6 +773,8 @@ def _guarded_load_lora_weights(self, *args, **kwargs):
 
 
 def _guarded_set_adapters(self, adapter_names, adapter_weights=None):
+    """diffusers' `set_adapters` with the removals it was not given added at weight 1; a removal given another weight
+    is applied as asked, with a warning; fused removals are not PEFT adapters and are left out of the call."""
     state = _state(self)
     if state is None:
         return type(self).set_adapters(self, adapter_names, adapter_weights)
@@ -795,6 +807,7 @@ def _guarded_set_adapters(self, adapter_names, adapter_weights=None):
 
 
 def _guarded_disable_lora(self):
+    """diffusers' `disable_lora`; it disables adapter removals too (one switch per layer): warns."""
     result = type(self).disable_lora(self)
     state = _state(self)
     peft = _names_of(state, fused=False) if state else []
@@ -808,6 +821,8 @@ def _guarded_disable_lora(self):
 
 
 def _guarded_delete_adapters(self, adapter_names):
+    """diffusers' `delete_adapters` for the user's adapters (a fused one stays in the weights, and under our fused
+    removals); a removal named here is unloaded as by `unload_unlearning`, with a warning."""
     state = _state(self)
     if state is None:
         return type(self).delete_adapters(self, adapter_names)
@@ -831,6 +846,8 @@ def _guarded_delete_adapters(self, adapter_names):
 
 
 def _guarded_fuse_lora(self, *args, **kwargs):
+    """diffusers' `fuse_lora` as asked, then every adapter removal at full strength, merged where its layer has a
+    merged adapter."""
     result = type(self).fuse_lora(self, *args, **kwargs)  # exactly what the user asked, at the user's scale
     state = _state(self)
     if state is None:
@@ -855,6 +872,7 @@ def _guarded_fuse_lora(self, *args, **kwargs):
 
 
 def _guarded_unload_lora_weights(self):
+    """diffusers' `unload_lora_weights` for the user's LoRAs (fused ones stay in the weights); the removals stay."""
     state = _state(self)
     if state is None:
         return type(self).unload_lora_weights(self)
@@ -876,6 +894,8 @@ def _guarded_unload_lora_weights(self):
 
 
 def _guarded_save_pretrained(self, save_directory, *args, **kwargs):
+    """diffusers' `save_pretrained` with the fused removals' provenance next to the weights; refused while any LoRA
+    adapter is loaded (diffusers would write wrapped layers that reload as meta tensors)."""
     state = _state(self)
     if state is None:
         return type(self).save_pretrained(self, save_directory, *args, **kwargs)
