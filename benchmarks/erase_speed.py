@@ -10,8 +10,10 @@ parameters, T5-XXL 4.7B), so what a closed-form removal reads and writes has the
 scaled, as the table says: the edited layers (`context_embedder` 4096 -> 1536 / 3072, the pooled
 `time_text_embed.text_embedder.linear_1` 2048 -> 1536 / 768 -> 3072), the text-embedding width (4096), the T5
 sequence length (256 / 512 tokens) and the CLIP encoders are real; the transformers keep one block of each kind
-(their depth only matters to the target check's noise predictions, run at 256 x 256 pixels here), and T5 keeps
-its width but has 1 layer of 24 with a smaller feed-forward (its encoding time is not the real one).
+(a closed-form removal never calls them: these rows time erase's closed-form work, encoding, solve and LoRA
+factors, with each context's target fixed, since the model-scored target check and effect figures call the
+transformer, a GPU job at these widths), and T5 keeps its width but has 1 layer of 24 with a smaller
+feed-forward (its encoding time is not the real one).
 
     python benchmarks/erase_speed.py            # all four
     python benchmarks/erase_speed.py --only sd15
@@ -53,6 +55,11 @@ from transformers import (
 
 import diffusers_unlearn as du
 from diffusers_unlearn.adapter import WEIGHTS_NAME
+from diffusers_unlearn.constraints import Constraints, solve
+from diffusers_unlearn.distance import PromptBank
+from diffusers_unlearn.families import family_of
+from diffusers_unlearn.methods.closed_form import ClosedFormConfig
+from diffusers_unlearn.prompts import DEFAULT_TEMPLATES, Context
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "fixtures" / "tokenizer"
@@ -230,6 +237,48 @@ def measure(name: str, build, repeats: int) -> dict:
     }
 
 
+def measure_solve(name: str, build, repeats: int) -> dict:
+    """SD3 / FLUX.1 rows: erase's closed-form work (encode every prompt, solve, factor the LoRA) on the same prompts,
+    with each context's target fixed to the first candidate. `erase` also scores its targets and measures the
+    removal's effect with the denoiser's noise predictions, which these transformers cannot run in bounded time on
+    this CPU (a GPU job); that part is not in these rows."""
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    pipe = build()
+    built = time.perf_counter() - started
+    rss_model = peak_rss_gib()
+    family = family_of(pipe)
+    contexts = [Context(t) for t in DEFAULT_TEMPLATES]
+    pairs = [(c.fill(n), c.fill(CANDIDATES[0])) for c in contexts for n in ("cat", "pikachu")]
+    groups = {
+        "anchors": list(
+            dict.fromkeys(["", *[c.fill(CANDIDATES[0]) for c in contexts], *[c.fill("") for c in contexts]])
+        ),
+        "neighbors": [c.fill(n) for n in NEIGHBORS for c in contexts],
+    }
+    runs = []
+    for _ in range(repeats):
+        bank = PromptBank(pipe, family)
+        begun = time.perf_counter()
+        solution = solve(pipe, Constraints(forget=[pairs], protect=groups), ClosedFormConfig(), bank=bank)
+        runs.append((time.perf_counter() - begun, bank.encode_seconds, bank.encoded, solution))
+    solution = runs[-1][3]
+    layers = [k for k in solution.lora if k.endswith(".lora_A.weight")]
+    return {
+        "model": name,
+        "layers": len(layers),
+        "prompts": len(pairs) + sum(len(g) for g in groups.values()),
+        "encoded": runs[-1][2],
+        "median_s": statistics.median(r[0] for r in runs),
+        "encode_s": statistics.median(r[1] for r in runs),
+        "rank": solution.remap.rank,
+        "size_mb": sum(t.numel() * 2 for t in solution.lora.values()) / 1e6,
+        "peak_gib": peak_rss_gib(),
+        "model_gib": rss_model,
+        "build_s": built,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["sd15", "sdxl", "sd3", "flux"])
@@ -248,7 +297,7 @@ def main() -> None:
     for key, (name, build) in models.items():
         if args.only and key != args.only:
             continue
-        row = measure(name, build, args.repeats)
+        row = (measure_solve if key in ("sd3", "flux") else measure)(name, build, args.repeats)
         row["setting"] = f"{args.threads} thread(s), median of {args.repeats}"
         rows.append(row)
         print(row, flush=True)
@@ -289,8 +338,10 @@ def main() -> None:
         "T5 tokens, the real CLIP encoders); the transformers keep one block of each kind, and T5 keeps its width "
         "but 1 layer of 24 with a 1024-wide feed-forward, so the encoding column is not T5-XXL's (on a GPU, T5-XXL "
         "encodes such a batch in about a second). The solve works at d = 4096 (SD 1.5: 768, SDXL: 2048): its share "
-        "is the difference of the two time columns. The target check's noise predictions run at 256 x 256 pixels "
-        "on the one-block transformers.",
+        "is the difference of the two time columns. These two rows time `erase`'s closed-form work on the same "
+        "prompts (encoding, solve, LoRA factors; each context's target fixed to the first candidate, adapter size "
+        "= its fp16 tensors): the model-scored target check and the removal-effect figures, which call the "
+        "transformer, are a GPU job at these widths and are not included.",
         "",
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -55,8 +55,10 @@ class TextSegment:
     truncates: bool = False
 
     def size(self, pipe: DiffusionPipeline) -> int:
-        limit = getattr(pipe, self.tokenizer).model_max_length
-        return min(self.length, limit) if self.length else limit
+        tokenizer = getattr(pipe, self.tokenizer, None)
+        if tokenizer is None:  # an optional encoder left out (SD3 without T5): the pipeline pads zeros
+            return self.length or 0
+        return min(self.length, tokenizer.model_max_length) if self.length else tokenizer.model_max_length
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class ModelFamily:
         out = []
         for segment in self.segments:
             tokenizer = getattr(pipe, segment.tokenizer, None)
-            if tokenizer is None:  # an optional encoder left out (SD3 without T5): zeros, nothing to align
+            if tokenizer is None:  # an optional encoder left out (SD3 without T5): zeros, paired as they are
                 out.append([])
                 continue
             length = segment.size(pipe)
@@ -146,11 +148,10 @@ class ModelFamily:
         """Pairs the positions of prompt `a` with those of `b`, segment by segment (see [`prompts.align`])."""
         positions_a, positions_b, offset = [], [], 0
         for segment, a, b in zip(self.segments, ids_a, ids_b, strict=True):
-            length = segment.size(pipe) if getattr(pipe, segment.tokenizer, None) is not None else 0
-            if length:
-                pa, pb = align(a, b, length, causal=segment.causal)
-                positions_a += [offset + i for i in pa]
-                positions_b += [offset + j for j in pb]
+            length = segment.size(pipe)
+            pa, pb = align(a, b, length, causal=segment.causal)
+            positions_a += [offset + i for i in pa]
+            positions_b += [offset + j for j in pb]
             offset += length
         return positions_a, positions_b
 
