@@ -39,8 +39,11 @@ _MODULES = ("diffusers_unlearn", "diffusers_unlearn.evaluation", "diffusers_unle
 _NAME = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\(")
 
 
-def resolve(qualified: str):
-    """`(object, drop_first)`: the documented callable, and whether its first parameter is implied (`pipe.X`)."""
+def resolve(qualified: str, context: str | None = None):
+    """`(object, drop_first)`: the documented callable, and whether its first parameter is implied (`pipe.X`).
+
+    `context` is the module the section is about (its heading names it): bare names are looked up there first.
+    """
     parts = qualified.split(".")
     if parts[0] == "diffusers_unlearn":
         parts = parts[1:]
@@ -54,16 +57,25 @@ def resolve(qualified: str):
         found = getattr(owner, rest[0], None) if len(rest) == 1 else None
         is_static = isinstance(inspect.getattr_static(owner, rest[0], None), (classmethod, staticmethod))
         return found, found is not None and not is_static and inspect.isfunction(found)
-    for module_name in _MODULES:
-        found = importlib.import_module(module_name)
+    for module_name in ([context, f"{context}.concepts"] if context else []) + list(_MODULES):
+        found = _module(module_name)
         for part in parts:
-            found = getattr(found, part, None)
+            found = getattr(found, part, None) or (
+                _module(f"{found.__name__}.{part}") if inspect.ismodule(found) else None
+            )
             if found is None:
                 break
         if found is not None and callable(found) and getattr(found, "__module__", "").startswith("diffusers_unlearn"):
             unbound = len(parts) > 1 and inspect.isclass(getattr(du, parts[0], None)) and inspect.isfunction(found)
             return found, unbound  # `UnlearningAdapter.save_pretrained(...)`: `self` is implied
     return None, False
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def real_parameters(found, drop_first: bool) -> list[inspect.Parameter]:
@@ -91,10 +103,10 @@ def _parenthesised(text: str):
             yield match.group(1), text[match.end() : i - 1], returned.group(1).strip() if returned else None
 
 
-def documented(text: str):
+def documented(text: str, context: str | None = None):
     """`(name, parameters, return, is_signature, object, drop_first)` for each `name(...)` in `text` that resolves."""
     for name, params, returned in _parenthesised(text):
-        found, drop_first = resolve(name)
+        found, drop_first = resolve(name, context)
         if found is None:
             continue
         listed = re.sub(r"(^|,)\s*\.\.\.\s*$", "", params.strip())
@@ -113,29 +125,40 @@ def documented(text: str):
         yield name, params, returned, signature_like, found, drop_first
 
 
-def spans() -> list[str]:
-    """Inline code spans, and the text of code blocks that are not valid Python (signature blocks)."""
-    text = API.read_text()
-    blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
-    outside = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
-    found = [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", outside)]  # a span may wrap lines
-    for _, code in blocks:
-        try:
-            ast.parse(code)
-        except SyntaxError:
-            found.append(code)
+def sections() -> list[tuple[str, str | None]]:
+    """`(text, module)` per `##` section of docs/api.md; `module` is the one its heading names, if any."""
+    found = []
+    for part in re.split(r"^(?=## )", API.read_text(), flags=re.MULTILINE):
+        heading = re.match(r"## .*?`(diffusers_unlearn(?:\.\w+)+)`", part)
+        found.append((part, heading.group(1) if heading else None))
     return found
 
 
-def python_blocks() -> list[str]:
-    blocks = re.findall(r"^```python\n(.*?)^```", API.read_text(), re.MULTILINE | re.DOTALL)
+def spans() -> list[tuple[str, str | None]]:
+    """Inline code spans, and the text of code blocks that are not valid Python (signature blocks), with the module
+    of their section."""
+    found = []
+    for text, module in sections():
+        blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+        outside = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+        found += [(span.replace("\n", " "), module) for span in re.findall(r"`([^`]+)`", outside)]  # may wrap
+        for _, code in blocks:
+            try:
+                ast.parse(code)
+            except SyntaxError:
+                found.append((code, module))
+    return found
+
+
+def python_blocks() -> list[tuple[str, str | None]]:
     parsed = []
-    for code in blocks:
-        try:
-            ast.parse(code)
-        except SyntaxError:
-            continue
-        parsed.append(code)
+    for text, module in sections():
+        for code in re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            try:
+                ast.parse(code)
+            except SyntaxError:
+                continue
+            parsed.append((code, module))
     return parsed
 
 
@@ -211,8 +234,8 @@ def _kinds(pairs) -> str:
 
 def test_documented_signatures_match_the_code():
     problems, checked = [], []
-    for span in spans():
-        for name, params, _, signature_like, found, drop_first in documented(span):
+    for span, module in spans():
+        for name, params, _, signature_like, found, drop_first in documented(span, module):
             if signature_like:  # else a call with values (`stack.remove("no-red", pipe=pipe)`), checked below
                 problems += compare(name, params, found, drop_first)
                 checked.append(name)
@@ -242,11 +265,11 @@ def _bind(name: str, call: ast.Call, found, drop_first: bool) -> str | None:
     return None
 
 
-def _calls(code: str):
+def _calls(code: str, context: str | None = None):
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Call):
             name = ast.unparse(node.func)
-            found, drop_first = resolve(name)
+            found, drop_first = resolve(name, context)
             if found is not None:
                 yield name, node, found, drop_first
 
@@ -254,13 +277,13 @@ def _calls(code: str):
 def test_documented_calls_bind_to_the_code():
     problems = []
     sources = python_blocks()
-    for span in spans():
+    for span, module in spans():
         try:
-            sources.append(ast.unparse(ast.parse(span.strip(), mode="eval")))
+            sources.append((ast.unparse(ast.parse(span.strip(), mode="eval")), module))
         except SyntaxError:
             continue
-    for source in sources:
-        for name, call, found, drop_first in _calls(source):
+    for source, module in sources:
+        for name, call, found, drop_first in _calls(source, module):
             problem = _bind(name, call, found, drop_first)
             problems += [problem] if problem else []
     assert not problems, "docs/api.md calls the API with arguments it does not take:\n" + "\n".join(problems)
