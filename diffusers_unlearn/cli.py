@@ -10,6 +10,7 @@ be reached), 2 bad arguments (argparse), 3 `check` found interference.
     diffusers-unlearn check removals --model digits --plot heatmap.png
     diffusers-unlearn merge removals --method joint --model digits --output merged
     diffusers-unlearn eval --model digits --removal no-seven --digit 7
+    diffusers-unlearn attack --model digits --removal no-seven --concept seven --attack paraphrase
     diffusers-unlearn export removals --format kohya --output no-sevens.safetensors
     diffusers-unlearn push removals my-org/no-sevens
     diffusers-unlearn pull my-org/no-sevens --revision v3 --output removals-v3
@@ -342,6 +343,44 @@ def cmd_demo(args) -> dict[str, Any]:
     return {"output": args.output}
 
 
+ATTACK_NAMES = ("direct", "paraphrase", "token_search", "embedding", "learned_token", "revival")
+"""`diffusers_unlearn.attacks.ATTACKS`, repeated so that parsing imports no torch (tests/test_attacks.py keeps them
+equal)."""
+
+
+def cmd_attack(args) -> dict[str, Any]:
+    from . import attacks  # imported here: --help must not import torch
+
+    if args.model not in ("digits", "glyphs"):
+        raise UnlearningError(
+            "attack judges images with an embedded world's classifier: use --model digits or glyphs. For other "
+            "models, call diffusers_unlearn.attacks.run_attacks from Python with your own scorer (a CLIPConceptScorer "
+            "or any callable)."
+        )
+    if args.model == "digits":
+        concept = _digits_concept(args.concept)
+        if concept is None:
+            raise UnlearningError(f"{args.concept!r} is no digits concept: a digit, a colour, or both ('red seven').")
+        target = attacks.digits_target(concept)
+    else:
+        from .glyphs.concepts import Concept as GlyphConcept
+
+        target = attacks.glyphs_target(GlyphConcept.parse(args.concept))
+    pipe, reference = _load_pipeline(args.model), _load_pipeline(args.model)
+    pipe.load_unlearning(_source(args.removal))
+    settings = attacks.AttackSettings(images=args.images, steps=args.steps, seed=args.seed)
+    options = {name: {"iterations": args.iterations} for name in ("token_search", "embedding", "learned_token")}
+    options["revival"] = {"steps": args.revival_steps}
+    chosen = args.attack or list(ATTACK_NAMES)
+    results = attacks.run_attacks(
+        pipe, target, args.model, reference=reference, attacks=chosen, settings=settings, options=options
+    )
+    out = {"concept": target.concept, "asr": {name: r.asr for name, r in results.items()}}
+    if args.json:  # what each attack found (prompts, tokens, losses), for scripts
+        out["details"] = {name: {k: v for k, v in r.summary().items() if k != "attack"} for name, r in results.items()}
+    return out
+
+
 # -------------------------------------------------------------------------------------------------- parser
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's layout and ends each option's help with its default, where it has one to show."""
@@ -516,6 +555,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--concept", default="serif", help='glyphs: a character, style, colour or both ("Q", "serif", "serif Q")'
     )
+
+    attack = command("attack", "try to bring an erased concept back; prints each attack's success rate", cmd_attack)
+    attack.add_argument("--model", default="digits", help="'digits' or 'glyphs' (their classifiers judge)")
+    attack.add_argument("--removal", required=True, help="a removal or stack folder to load and attack")
+    attack.add_argument("--concept", required=True, help='the erased concept ("seven", "red seven"; glyphs "serif Q")')
+    attack.add_argument(
+        "--attack", action="append", choices=ATTACK_NAMES, help="an attack to run (repeatable; default: all)"
+    )
+    attack.add_argument("--images", type=int, default=16, help="images per attack prompt")
+    attack.add_argument("--steps", type=int, default=20, help="sampler steps")
+    attack.add_argument("--seed", type=int, default=0, help="seed of the attacks and images")
+    attack.add_argument("--iterations", type=int, default=40, help="iterations of each optimising attack")
+    attack.add_argument("--revival-steps", type=int, default=100, help="fine-tuning steps of the revival attack")
     return parser
 
 

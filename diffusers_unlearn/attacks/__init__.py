@@ -49,7 +49,7 @@ from .base import (
 from .embeddings import embedding_attack, learned_token_attack
 from .prompts import paraphrase_attack, paraphrases_of, token_search_attack
 from .revival import revival_attack
-from .targets import digits_target
+from .targets import digits_target, glyphs_target
 
 ATTACKS: tuple[str, ...] = ("direct", "paraphrase", "token_search", "embedding", "learned_token", "revival")
 """Every attack, cheapest first."""
@@ -134,6 +134,7 @@ __all__ = [
     "Scorer",
     "digits_target",
     "direct_attack",
+    "glyphs_target",
     "embedding_attack",
     "judge",
     "learned_token_attack",

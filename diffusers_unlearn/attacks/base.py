@@ -4,6 +4,7 @@ prompts or from text embeddings, and the base model's noise predictions that gui
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -61,20 +62,18 @@ class AttackTarget:
     def __post_init__(self):
         if not self.names:
             raise ValueError("An attack target needs the concept's words in `names`.")
-        if not any(n.lower() in self.prompt.lower() for n in self.names):
-            raise ValueError(f"The seed prompt {self.prompt!r} names none of {self.names}.")
+        self.context  # noqa: B018 -- raises if the seed prompt does not name the concept
         if any("{}" not in t for t in self.templates):
             raise ValueError("Every template needs a '{}' slot where the concept (or the learned token) goes.")
 
     @property
     def context(self) -> str:
         """The seed prompt with its first concept word replaced by `{}` ("a red {}")."""
-        lowered = self.prompt.lower()
-        for name in sorted(self.names, key=len, reverse=True):
-            at = lowered.find(name.lower())
-            if at >= 0:
-                return self.prompt[:at] + "{}" + self.prompt[at + len(name) :]
-        raise ValueError(f"The seed prompt {self.prompt!r} names none of {self.names}.")
+        pattern = r"(?<!\w)(" + "|".join(re.escape(n) for n in sorted(self.names, key=len, reverse=True)) + r")(?!\w)"
+        found = re.search(pattern, self.prompt, flags=re.IGNORECASE)
+        if found is None:
+            raise ValueError(f"The seed prompt {self.prompt!r} names none of {self.names} as a word.")
+        return self.prompt[: found.start()] + "{}" + self.prompt[found.end() :]
 
 
 @dataclass
@@ -137,23 +136,17 @@ class AttackSettings:
 
 
 def resolve_scorer(scorer: Scorer | str) -> Scorer:
-    """A scorer object from a name (`"digits"`, `"glyphs"`) or the object itself.
+    """A scorer object from a world's name (`"digits"`, `"glyphs"`: its classifier) or the object itself.
 
     Raises:
-        ValueError: An unknown name, or the glyphs world is not installed.
+        ValueError: An unknown name.
     """
     if not isinstance(scorer, str):
         return scorer
-    if scorer == "digits":
-        from ..evaluation import DigitsConceptScorer
+    if scorer in ("digits", "glyphs"):
+        from .. import evaluation
 
-        return DigitsConceptScorer()
-    if scorer == "glyphs":
-        try:
-            from ..glyphs import GlyphsConceptScorer  # type: ignore[attr-defined]
-        except ImportError as error:
-            raise ValueError("The glyphs world is not available in this version of diffusers-unlearn.") from error
-        return GlyphsConceptScorer()
+        return getattr(evaluation, f"{scorer.capitalize()}ConceptScorer")()
     raise ValueError(f"Unknown scorer {scorer!r}: use 'digits', 'glyphs', a ConceptScorer or a callable.")
 
 

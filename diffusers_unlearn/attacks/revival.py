@@ -122,7 +122,7 @@ def revival_attack(
             for parameter, gradient in zip(parameters, gradients, strict=True):
                 parameter.grad = gradient
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         unet.train(was_training)
         images = generate_prompts(pipe, [target.prompt], settings)
     details = {"steps": steps, "final_loss": float(np.mean(losses[-10:])) if losses else float("nan")}
