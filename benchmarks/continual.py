@@ -341,7 +341,7 @@ def glyph_probes_at(removed: list, general_sample: list):
 def run_glyphs(args) -> dict:
     from diffusers_unlearn import glyphs
 
-    scorer = GlyphsConceptScorer()
+    scorer = GlyphsConceptScorer(glyphs.load_scorer(args.scorer))
     config = du.ClosedFormConfig(lambda_protect=args.lambda_protect, lambda_reg=args.lambda_reg)
     call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False}
     sequence = list(GLYPH_SEQUENCE[: args.removals])
@@ -349,14 +349,14 @@ def run_glyphs(args) -> dict:
     forget, related, general = glyph_probes_at(sequence, general_sample)
     every_cell = {cell for c in sequence for cell in c.related()} | set(general_sample)
     cells = [glyph_concepts.cell_probe(cell) for cell in sorted(every_cell)]
-    untouched = evaluate(glyphs.load_pipeline(), scorer, forget=forget, general=cells, **call)
+    untouched = evaluate(glyphs.load_pipeline(path=args.model), scorer, forget=forget, general=cells, **call)
     base_cells = untouched.general
     results = {"world": "glyphs", "untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {}}
     print(f"untouched: shows {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)
     for method in args.methods:
-        pipe = glyphs.load_pipeline()
-        bare = glyphs.load_pipeline() if method == "naive stacking" else None
-        rows = []
+        pipe = glyphs.load_pipeline(path=args.model)
+        bare = glyphs.load_pipeline(path=args.model) if method == "naive stacking" else None
+        rows = results["methods"][method] = []
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
             try:
@@ -369,6 +369,7 @@ def run_glyphs(args) -> dict:
             pipe.load_unlearning(adapter, mode="fused")
             if step % args.eval_every and step != len(sequence):
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds})
+                _save_partial(results, args)
                 continue
             removed = sequence[:step]
             forget, related, general = glyph_probes_at(removed, general_sample)
@@ -381,6 +382,7 @@ def run_glyphs(args) -> dict:
                 "removal_rate": 1 - sum(shown.values()) / len(shown),
                 "paraphrase_removal_rate": 1 - sum(result.forget[c.name + HELD_OUT] for c in removed) / len(removed),
                 "chance": sum(c.chance for c in removed) / len(removed),
+                "untouched_shown": sum(untouched.forget[c.name] for c in removed) / len(removed),
                 "worst_excess": max(shown[c.name] - c.chance for c in removed),
                 "related": relative(result.related, base_cells),
                 "general": relative(result.general, base_cells),
@@ -389,14 +391,19 @@ def run_glyphs(args) -> dict:
                 "per_concept_shown": shown,
             }
             rows.append(row)
+            _save_partial(results, args)
             print(
                 f"{method:>20} step {step:2d} {concept.name:>18}: removal {row['removal_rate']:.3f} "
                 f"(paraphrase {row['paraphrase_removal_rate']:.3f}, worst excess {row['worst_excess']:+.3f}) "
                 f"related {row['related']:.3f} general {row['general']:.3f} erase {seconds:.2f}s",
                 flush=True,
             )
-        results["methods"][method] = rows
     return results
+
+
+def _save_partial(results: dict, args) -> None:
+    """After every glyphs step: the results so far, so an interrupted run still reports how far it got."""
+    args.output.with_suffix(".partial.json").write_text(json.dumps(results, indent=1))
 
 
 def write_glyph_report(results: dict, args) -> None:
@@ -449,25 +456,28 @@ def write_glyph_report(results: dict, args) -> None:
             f"{sum(timed) / max(1, len(timed)):.2f} |"
         )
     lines += ["", "![curves](continual_glyphs.png)", ""]
+    if results.get("notes"):  # what the run could and could not cover, kept in the json beside the figures
+        lines += ["## Notes on this run", "", *results["notes"], ""]
     for method, all_rows in results["methods"].items():
         lines += [
             f"## {method}",
             "",
-            "| step | removed | removal rate | paraphrase removal | chance (mean) | worst excess | related | general "
-            "| cells (rel / gen) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| step | removed | removal rate | shown before (untouched) | paraphrase removal | chance (mean) | "
+            "worst excess | related | general | cells (rel / gen) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in all_rows:
             if "error" in r:
-                lines.append(f"| {r['step']} | {r['concept']} | erase failed: {r['error'][:80]} | | | | | | |")
+                lines.append(f"| {r['step']} | {r['concept']} | erase failed: {r['error'][:80]} | | | | | | | |")
             elif "removal_rate" in r:
                 lines.append(
                     f"| {r['step']} | {r['concept']} | {_pct(r['removal_rate'])} | "
-                    f"{_pct(r['paraphrase_removal_rate'])} | {_pct(r['chance'])} | {100 * r['worst_excess']:+.1f} | "
+                    f"{_pct(r.get('untouched_shown', math.nan))} | {_pct(r['paraphrase_removal_rate'])} | "
+                    f"{_pct(r['chance'])} | {100 * r['worst_excess']:+.1f} | "
                     f"{_pct(r['related'])} | {_pct(r['general'])} | {r['related_cells']} / {r['general_cells']} |"
                 )
             else:
-                lines.append(f"| {r['step']} | {r['concept']} | (not measured) | | | | | | |")
+                lines.append(f"| {r['step']} | {r['concept']} | (not measured) | | | | | | | |")
         lines.append("")
     args.output.write_text("\n".join(lines))
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -477,7 +487,8 @@ def write_glyph_report(results: dict, args) -> None:
 def _glyph_steps_at_bars(rows: list[dict]) -> int:
     count = 0
     for r in rows:
-        if r["worst_excess"] > 0.10 or r["related"] < 0.9 or r["general"] < 0.95:
+        measured = not (math.isnan(r["related"]) or math.isnan(r["general"]))
+        if not measured or r["worst_excess"] > 0.10 or r["related"] < 0.9 or r["general"] < 0.95:
             break
         count = r["step"]
     return count
@@ -519,7 +530,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--methods", nargs="+", default=None, choices=sorted(set(METHODS) | set(GLYPH_METHODS)))
     parser.add_argument("--eval-every", type=int, default=1, help="glyphs: measure every N steps (and the last)")
-    parser.add_argument("--general-cells", type=int, default=24, help="glyphs: size of the general sample")
+    parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
+    parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
+    parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()
