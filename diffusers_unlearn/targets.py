@@ -8,9 +8,9 @@ generic word "digit" was never in a training caption, and "a green digit" is dra
    half as long as those of the concept and its neighbours (words the model does know) is rejected.
 2. *A target must be measurably another concept*, by the model's own noise predictions on a sample of the
    removal's contexts (`CHECK_CONTEXTS`, latents cropped to `CHECK_LATENT_SIDE`, `distance_samples` samples):
-   the candidate must be farther from the forget prompt than the concept's aliases are (their spread), and it
-   must not be nearer the concept than `MIN_SEPARATION` times its distance to the nearest other concept (the
-   protected neighbours nearest the concept): a candidate the model treats as the concept is drawn as it.
+   the candidate must not be nearer the concept (or an alias) than `MIN_SEPARATION` times its distance to the
+   nearest other concept (the protected neighbours nearest the concept). A candidate the model treats as the
+   concept is drawn as it. Without neighbours there is nothing to compare with, and only rule 1 applies.
 
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
@@ -141,12 +141,14 @@ def choose_targets(
         return prediction_distance(predicted[context.fill(names[0])], predicted[prompt])
 
     _predict(bank, [c.fill(n) for c in checked for n in [*names, *near]], samples, seed)  # batched
-    spread = sum(max([distance(c, c.fill(a)) for a in names[1:]], default=0.0) for c in checked) / len(checked)
     neighbor_distance = {c: min(distance(c, c.fill(n)) for n in near) for c in checked} if near else {}
     if not near:
-        logger.info("No neighbours to compare mapping candidates with: only aliases and untrained words checked.")
+        logger.info("No neighbours: mapping candidates are checked for untrained words only (pass `neighbors`).")
 
     def check(candidate: Candidate) -> None:
+        candidate.checked = True
+        if not near:
+            return
         prompts = [candidate.fill(c) for c in checked]
         predicted = _predict(bank, prompts, samples, seed)  # batched; the rest is cached
 
@@ -156,14 +158,10 @@ def choose_targets(
                 for c, p in zip(checked, prompts, strict=True)
             )
 
-        to_concept = total(names[0])
-        candidate.checked = True
-        if near:
-            to_other = min(total(n) for n in near)
-            candidate.separation = round(min(to_concept / max(to_other, 1e-12), 1e3), 3)
-        if to_concept / len(checked) <= spread:
-            candidate.rejected = "drawn as the concept: no farther from it than its own aliases are"
-        elif candidate.separation is not None and candidate.separation < MIN_SEPARATION:
+        to_concept = min(total(name) for name in names)  # an alias counts as the concept
+        to_other = min(total(n) for n in near)
+        candidate.separation = round(min(to_concept / max(to_other, 1e-12), 1e3), 3)
+        if candidate.separation < MIN_SEPARATION:
             candidate.rejected = (
                 f"drawn as the concept: {candidate.separation:.2f}x as far from it as from the nearest other "
                 f"concept, below {MIN_SEPARATION}"
