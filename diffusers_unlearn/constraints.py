@@ -89,7 +89,7 @@ def solve(
         gram (`torch.Tensor`, *optional*): Their projection Gram matrix (`projection_gram`), if already formed.
     """
     family = family_of(pipe)
-    bank = bank or PromptBank(pipe, family)
+    bank = bank if bank is not None else PromptBank(pipe, family)  # an empty bank is falsy (len 0)
     pairs = [pair for member in constraints.forget for pair in member]
     protected = constraints.protected
     bank.add([p for pair in pairs for p in pair])  # one batched encoding; protected prompts are streamed
