@@ -1,0 +1,121 @@
+"""The embedded glyphs model: shipped pipeline, vocabulary, concepts, scorer protocol, a short generation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_unlearn import glyphs
+from diffusers_unlearn.evaluation import AttributeConceptScorer, ConceptScorer, GlyphsConceptScorer
+from diffusers_unlearn.glyphs.concepts import Concept, cell_probe, general_cells
+from diffusers_unlearn.glyphs.data import TEMPLATES, render_glyphs, vocabulary_words
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # on a loaded 2-core machine two torch threads made a 5-step generation 50 s instead of 0.7 s
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return glyphs.load_pipeline()
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return glyphs.load_scorer()
+
+
+def test_pipeline_loads_offline(pipe):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert pipe.text_encoder.config.hidden_size >= 256
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.safety_checker is None
+    assert pipe.vae_scale_factor * pipe.unet.config.sample_size == glyphs.IMAGE_SIZE == 32
+
+
+def test_shipped_size_under_25mb():
+    root = Path(glyphs.__file__).parent
+    files = [p for folder in ("model", "scorer") for p in (root / folder).rglob("*") if p.is_file()]
+    assert not any(p.suffix == ".pt" or "vae_trained" in p.parts for p in files)  # no training state shipped
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+
+
+def test_world_size_and_vocabulary(pipe):
+    assert len(glyphs.CHARACTERS) >= 40 and len(glyphs.STYLES) >= 8 and len(glyphs.COLOURS) >= 8
+    assert len(glyphs.BACKGROUNDS) >= 2
+    assert not set(glyphs.HELD_OUT_TEMPLATES) & set(TEMPLATES)
+    for word in vocabulary_words():
+        assert len(pipe.tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    assert glyphs.prompt("Q", "red", "serif") == "the red letter q in serif"
+    with pytest.raises(ValueError):
+        glyphs.prompt("q")
+
+
+def test_scorer_on_held_out_renders(scorer):
+    data = render_glyphs(variants=1, seed=7)
+    pick = torch.arange(0, len(data.masks), 5)
+    colour, background = pick % len(glyphs.COLOURS), (pick // 3) % len(glyphs.BACKGROUNDS)
+    images = data.compose(pick, colour, background).permute(0, 2, 3, 1).numpy()
+    out = scorer(images)
+    assert (out.labels["char"] == data.char[pick].numpy()).mean() >= 0.9
+    assert (out.labels["colour"] == colour.numpy()).mean() >= 0.95
+    assert (out.labels["background"] == background.numpy()).mean() >= 0.95
+    assert (out.labels["style"] == data.style[pick].numpy()).mean() >= 0.7
+    names = list(glyphs.STYLES)
+    pairs = zip(data.char[pick].tolist(), data.style[pick].tolist(), strict=True)
+    checks = [{"char": glyphs.CHARACTERS[c], "style": names[s]} for c, s in pairs]
+    assert GlyphsConceptScorer(scorer).shows(images, checks).mean() >= 0.7  # the conjunction of both heads
+
+
+def test_conjunction_protocol():
+    predicted = {"char": ["Q", "Q", "O"], "style": ["serif", "sans", "serif"]}
+    scorer = AttributeConceptScorer(lambda images: predicted)
+    assert isinstance(scorer, ConceptScorer)
+    images = np.zeros((3, 32, 32, 3), np.float32)
+    serif_q = Concept("Q", "serif").forget_probe().check
+    assert scorer.shows(images, [serif_q] * 3).tolist() == [True, False, False]
+    assert scorer.which(images, [{"char": "Q"}, {"style": "serif"}]).tolist() == [[1, 1], [1, 0], [0, 1]]
+    with pytest.raises(KeyError):
+        scorer.which(images, [{"colour": "red"}])
+
+
+def test_concepts():
+    q, serif, red, serif_q = Concept("Q"), Concept(style="serif"), Concept(colour="red"), Concept("Q", "serif")
+    assert [c.kind for c in (q, serif, red, serif_q)] == ["character", "style", "colour", "identity"]
+    assert serif_q.chance == pytest.approx(1 / (41 * 8))
+    kwargs = serif_q.erase_kwargs()
+    assert kwargs["concept"] == "q" and all("q" in p.split() and "serif" in p.split() for p in kwargs["prompts"])
+    assert "the letter q in sans" in kwargs["preserve"]  # the same character in another style is kept
+    assert Concept("7").erase_kwargs()["aliases"] == ["seven"]
+    assert all("serif" in p.split() for p in serif.erase_kwargs()["prompts"])
+    assert not any(serif_q.covers(*cell) for cell in serif_q.related())
+    assert ("Q", "roman", "red") in serif_q.related() and ("O", "serif", "red") in serif_q.related()
+    assert serif_q.paraphrase_probe().check == {"char": "Q", "style": "serif"}
+    assert cell_probe(("A", "bold", "blue")).check == {"char": "A", "style": "bold", "colour": "blue"}
+    assert general_cells() == general_cells() and len(set(general_cells())) == 24
+    with pytest.raises(ValueError):
+        Concept(style="serif", colour="red")
+
+
+def test_generate_is_seeded_and_scored(pipe, scorer):
+    prompts = [glyphs.prompt("H", "blue", "bold"), glyphs.prompt("7", "orange", "serif", "white")]
+
+    def images():
+        generators = [torch.Generator().manual_seed(i) for i in range(4)]
+        return pipe([p for p in prompts for _ in range(2)], generator=generators, num_inference_steps=5,
+                    output_type="np").images  # fmt: skip
+
+    first, again = images(), images()
+    assert first.shape == (4, 32, 32, 3) and np.allclose(first, again)
+    out = scorer(first)
+    assert len(out) == 4 and all(0 <= i < len(glyphs.CHARACTERS) for i in out.labels["char"])
+    assert np.allclose(out.probs["style"].sum(-1), 1, atol=1e-4)
