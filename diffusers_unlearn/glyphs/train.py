@@ -91,7 +91,7 @@ def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
 def train_pipeline(
     output: str | Path = DEFAULT_OUTPUT,
     vae_steps: int = 600,
-    unet_steps: int = 1800,
+    unet_steps: int = 3600,
     batch_size: int = 32,
     seed: int = 0,
     dtype: torch.dtype = torch.float16,
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=None, help="folder to write the pipeline (or the scorer) to")
     parser.add_argument("--scorer", action="store_true", help="train the scorer instead of the pipeline")
     parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--unet-steps", type=int, default=1800)
+    parser.add_argument("--unet-steps", type=int, default=3600)
     parser.add_argument("--scorer-steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
