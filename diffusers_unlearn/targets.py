@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 CHECK_CONTEXTS = 4
 """Contexts (spread over the removal's list) on which candidates are checked and the removal's effect measured."""
-CHECK_NEIGHBORS = 3
+CHECK_NEIGHBORS = 8
 """Nearest protected neighbours a candidate is compared with."""
 CHECK_LATENT_SIDE = 16
 """Latent side the check's noise predictions are made at (latents are cropped: 16 keeps SD 1.5's check cheap)."""

@@ -241,3 +241,12 @@ def generate_transformer(pipe, prompt: str, seed: int = 0, steps: int = 2):
         max_sequence_length=pipe.tokenizer_3.model_max_length if hasattr(pipe, "tokenizer_3") else
         pipe.tokenizer_2.model_max_length,
     ).images  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _target_check_on_random_models(request, monkeypatch):
+    """Tests marked `random_targets` erase from random tiny models, which draw every word about as differently
+    from every other: whether a mapping candidate is "drawn as the concept" is noise there, so that rule (not the
+    untrained-word rule) is off. test_targets.py builds a meaningful case on purpose; the digits model keeps it."""
+    if request.node.get_closest_marker("random_targets"):
+        monkeypatch.setattr("diffusers_unlearn.targets.MIN_SEPARATION", 0.0)

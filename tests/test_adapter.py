@@ -16,6 +16,8 @@ from safetensors.torch import save_file
 import diffusers_unlearn as du
 from diffusers_unlearn.adapter import HEADER_KEY, LORA_METADATA_KEY, METADATA_NAME, PROBES_NAME, WEIGHTS_NAME
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 TESTS = Path(__file__).parent
 
 

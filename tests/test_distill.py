@@ -16,6 +16,8 @@ from diffusers_unlearn.distance import PromptBank
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.methods import distill as distill_module
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 FAST = dict(steps=40, batch_size=4, latent_pool=16, sampling_steps=5, learning_rate=3e-3)
 
 

@@ -14,6 +14,8 @@ from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 NEIGHBORS = ["dog", "tree", "rabbit"]
 PROTECTED = ["", "a photo of a dog", "a painting of a tree", "dog", "a drawing of a rabbit"]
 PIPELINES = {"sd": make_sd_pipeline, "sdxl": make_sdxl_pipeline}

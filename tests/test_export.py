@@ -8,6 +8,8 @@ from conftest import generate
 import diffusers_unlearn as du
 from diffusers_unlearn.export import export_kohya
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 PROMPT = "a photo of a cat"
 
 

@@ -22,6 +22,8 @@ from diffusers_unlearn.export import export_kohya
 from diffusers_unlearn.families import FLUX, STABLE_DIFFUSION_3, family_of
 from diffusers_unlearn.prompts import align
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 PROMPT = "a photo of cat"
 PRESERVE = ["a photo of dog", "a photo of tree", "a painting of a house"]
 TEMPLATES = ["a photo of {}", "a painting of {}", "{} on a grassy hill"]

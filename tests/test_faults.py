@@ -6,7 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import diffusers_unlearn as du
+
+pytestmark = pytest.mark.random_targets  # see conftest.py
 
 CHILD = """
 import sys

@@ -28,6 +28,8 @@ from diffusers_unlearn.adapter import WEIGHTS_NAME, sha256_file
 from diffusers_unlearn.errors import ConcurrentUpdateError
 from diffusers_unlearn.stack import MANIFEST_NAME
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 PROMPT = "a photo of a cat"
 TOKEN = "hf_test"
 

@@ -8,6 +8,8 @@ import diffusers_unlearn as du
 from diffusers_unlearn.distance import PromptBank
 from diffusers_unlearn.families import family_of
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 
 def unet_output(pipe, prompt: str) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)

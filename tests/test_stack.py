@@ -11,6 +11,8 @@ import diffusers_unlearn as du
 from diffusers_unlearn.adapter import WEIGHTS_NAME
 from diffusers_unlearn.stack import MANIFEST_NAME
 
+pytestmark = pytest.mark.random_targets  # see conftest.py
+
 PROMPT = "a photo of a cat"
 
 
