@@ -154,13 +154,19 @@ def run(args) -> dict:
         rows, made = [], []
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
-            adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
-            made.append(adapter)
-            if method == "joint merge":
-                adapter = du.UnlearningStack(made).merge("joint", pipe=bare)
-                pipe.unload_unlearning()
+            try:
+                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
+            except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
+                print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
+                adapter = None
+            if adapter is not None:
+                made.append(adapter)
+                if method == "joint merge":
+                    adapter = du.UnlearningStack(made).merge("joint", pipe=bare)
+                    pipe.unload_unlearning()
             seconds = time.perf_counter() - started
-            pipe.load_unlearning(adapter, mode="fused")
+            if adapter is not None:
+                pipe.load_unlearning(adapter, mode="fused")
             removed = list(sequence[:step])
             forget, related, general = probes_at(removed)
             result = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
@@ -183,6 +189,7 @@ def run(args) -> dict:
                 "related_cells": len(related),
                 "general_cells": len(general),
                 "erase_seconds": seconds,
+                "removal_made": adapter is not None,
                 "per_concept_forget": result.forget,
             }
             rows.append(row)
