@@ -325,6 +325,9 @@ def _metadata(
         # may name it twice: drop any record that still mentions a name.
         lowered = [n.lower() for n in names]
         metadata["targets"] = [r for r in choice.records if not any(n in r["context"].lower() for n in lowered)]
+        metadata["target_candidates"] = [
+            r for r in metadata["target_candidates"] if not any(n in r["candidate"].lower() for n in lowered)
+        ]
         for key in ("protected_prompts", "preserve"):
             metadata[key] = [p for p in metadata[key] if not any(n in p.lower() for n in lowered)]
     return metadata
