@@ -197,13 +197,10 @@ def erase(
     else:
         words = [*(mapping_candidates or ()), "", *([category] if category else [])]
         candidates = [Candidate(word) for word in dict.fromkeys(words) if word.lower() not in lowered]
-    for candidate in candidates:
-        if candidate.label.lower() in removed:
-            candidate.rejected = "removed earlier: loaded removals map it elsewhere"
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(
-        bank, contexts, names, candidates, [n for n, _ in neighbor_ranking if n.lower() not in removed], distances,
-        samples=distance_samples, seed=seed,
+        bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
+        removed=removed, samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets
     # Three groups, each weighing the same in the objective whatever its size: a handful of `preserve` prompts

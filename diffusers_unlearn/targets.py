@@ -12,6 +12,8 @@ generic word "digit" was never in a training caption, and "a green digit" is dra
    nearest other concept (the protected neighbours nearest the concept). A candidate the model treats as the
    concept is drawn as it. Without neighbours there is nothing to compare with, and only rule 1 applies.
 
+A concept a loaded removal erased is no target either (after "seven" -> "four", "seven" is drawn as a four).
+
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -114,6 +116,7 @@ def choose_targets(
     neighbors: Sequence[str],
     distances: Callable[[list[tuple[str, str]]], torch.Tensor],
     *,
+    removed: Collection[str] = (),
     samples: int = 16,
     seed: int = 0,
 ) -> TargetChoice:
@@ -126,11 +129,17 @@ def choose_targets(
         candidates (`Sequence[Candidate]`): Mapping candidates.
         neighbors (`Sequence[str]`): Protected neighbour words, nearest first.
         distances (`Callable`): The removal's distance, `(a, b)` pairs to a tensor; chooses among candidates.
+        removed (`Collection[str]`): Concepts and aliases of the removals loaded on the pipeline, lower-case: not
+            targets (the model no longer draws them), and not the "other concepts" of rule 2.
         samples (`int`), seed (`int`): Samples of the check's score distances.
 
     Raises:
         InvalidConceptError: Every candidate of some context was rejected.
     """
+    for candidate in candidates:
+        if candidate.label.lower() in removed:
+            candidate.rejected = "removed earlier: a loaded removal maps it elsewhere"
+    neighbors = [n for n in neighbors if n.lower() not in removed]
     _reject_untrained(bank, candidates, [*names, *neighbors])
     step = max(1, len(contexts) / CHECK_CONTEXTS)
     checked = list(dict.fromkeys(contexts[int(i * step)] for i in range(min(CHECK_CONTEXTS, len(contexts)))))
