@@ -1,0 +1,116 @@
+"""Attacks on the shipped digits model: each finds the concept on the unerased model (so it can fail), and the
+hardened removal lowers what it finds. Small settings (4 images, 8 denoising steps, few iterations): seconds."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import diffusers_unlearn as du
+from diffusers_unlearn import attacks, digits
+from diffusers_unlearn.digits.concepts import Concept
+from diffusers_unlearn.evaluation import DigitsConceptScorer
+from diffusers_unlearn.methods.harden import HardenConfig, derive_embeddings
+
+SETTINGS = attacks.AttackSettings(images=4, steps=8, progress=False)
+FAST = {
+    "token_search": {"iterations": 3, "candidates": 16, "samples": 4},
+    "embedding": {"iterations": 40, "samples": 4},
+    "learned_token": {"iterations": 25, "samples": 4},
+    "revival": {"steps": 10, "images_per_concept": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.manual_seed(0)
+    base = digits.load_pipeline()
+    hardened = digits.load_pipeline()
+    adapter = du.erase(hardened, **Concept(7).erase_kwargs(), harden=HardenConfig(rounds=2))
+    hardened.load_unlearning(adapter)
+    target = attacks.digits_target(Concept(7))
+    target = dataclasses.replace(target, paraphrases=target.paraphrases[:6], templates=target.templates[:2])
+    return base, hardened, adapter, target, DigitsConceptScorer()
+
+
+@pytest.mark.parametrize("attack", ["paraphrase", "token_search", "learned_token", "revival"])
+def test_attack_finds_concept_and_hardening_lowers_it(world, attack):
+    base, hardened, _, target, scorer = world
+    options = {attack: FAST.get(attack, {})}
+    kwargs = {"attacks": [attack], "settings": SETTINGS, "options": options, "reference": base}
+    unerased = attacks.run_attacks(base, target, scorer, **kwargs)[attack]
+    erased = attacks.run_attacks(hardened, target, scorer, **kwargs)[attack]
+    assert unerased.asr >= 0.75, unerased.per_prompt
+    assert erased.asr < unerased.asr - 0.4, erased.per_prompt
+    assert erased.images.shape[0] == erased.hits.shape[0] == len(erased.per_prompt) * SETTINGS.images
+
+
+def test_embedding_attack_recovers_what_prompts_cannot(world):
+    """The documented limit (docs/security.md): the removal holds for prompts, not against an attacker who
+    optimises the text embedding itself."""
+    base, hardened, _, target, scorer = world
+    direct = attacks.direct_attack(hardened, target, scorer, settings=SETTINGS)
+    result = attacks.embedding_attack(hardened, target, scorer, reference=base, settings=SETTINGS, **FAST["embedding"])
+    assert direct.asr <= 0.25
+    assert result.asr >= 0.75
+    assert result.details["loss"] < result.details["loss_before"]
+
+
+def test_token_search_returns_a_typable_prompt(world):
+    base, _, _, target, scorer = world
+    result = attacks.token_search_attack(base, target, scorer, reference=base, settings=SETTINGS, iterations=1)
+    assert len(result.details["token_ids"]) == 5
+    assert not set(result.details["token_ids"]) & {base.tokenizer.convert_tokens_to_ids("seven</w>")}
+    assert "seven" in result.details["prompt"]
+
+
+def test_revival_restores_the_pipeline(world):
+    _, hardened, _, target, scorer = world
+    before = {k: v.clone() for k, v in hardened.unet.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    reference = hardened(target.prompt, num_inference_steps=4, generator=generator, output_type="np").images
+    attacks.revival_attack(hardened, target, scorer, reference=hardened, settings=SETTINGS, steps=2)
+    after = hardened.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    generator = torch.Generator().manual_seed(0)
+    again = hardened(target.prompt, num_inference_steps=4, generator=generator, output_type="np").images
+    np.testing.assert_array_equal(reference, again)
+
+
+def test_callable_scorer_and_target_checks(world):
+    base, _, _, target, _ = world
+    result = attacks.direct_attack(base, target, lambda images: np.ones(len(images), bool), settings=SETTINGS)
+    assert result.asr == 1.0
+    with pytest.raises(ValueError, match="names none"):
+        attacks.AttackTarget("seven", "a red three", {"digit": 7}, names=("seven",))
+    with pytest.raises(ValueError, match="Unknown attacks"):
+        attacks.run_attacks(base, target, "digits", attacks=["nope"])
+    with pytest.raises(ValueError, match="reference"):
+        attacks.run_attacks(base, target, "digits", attacks=["embedding"])
+
+
+def test_hardening_closes_the_closed_form_preimage(world):
+    """Each round makes the derived embedding reproduce less of the concept; the removal still erases."""
+    _, _, adapter, _, _ = world
+    leak = adapter.metadata["figures"]["harden_leak"]
+    assert leak[-1] > leak[0]
+    assert adapter.metadata["figures"]["forget_residual"] < 0.5
+    remap = torch.zeros(4, 4, dtype=torch.float64)  # no edit: the derived embedding is the forget vector itself
+    forget = torch.randn(3, 4, dtype=torch.float64)
+    derived = derive_embeddings(remap, torch.eye(4, dtype=torch.float64), forget, ridge=1e-9)
+    torch.testing.assert_close(derived, forget)
+
+
+def test_cli_attack(world, tmp_path, capsys):
+    from diffusers_unlearn.cli import ATTACK_NAMES, main
+
+    assert ATTACK_NAMES == attacks.ATTACKS
+    _, _, adapter, _, _ = world
+    adapter.save_pretrained(tmp_path / "no-seven")
+    argv = ["attack", "--removal", str(tmp_path / "no-seven"), "--concept", "seven", "--attack", "direct"]
+    assert main([*argv, "--images", "2", "--steps", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["asr"]) == {"direct"} and 0.0 <= out["asr"]["direct"] <= 1.0
+    assert main(["attack", "--model", "nope", "--removal", "x", "--concept", "seven"]) == 1
