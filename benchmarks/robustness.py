@@ -146,7 +146,12 @@ def write_report(stored: dict, output: Path) -> None:
         "*embedding* 200 Adam steps on the text encoder's output; *learned token* 200 steps of textual inversion "
         "of one token, measured in the seed prompt and 8 other contexts; *revival* a rank-4 LoRA fine-tuned 100 "
         "steps on three unrelated digits. 16 images per attack prompt, 20 DDIM steps, guidance 7.5, seed 0. "
-        "Related / general retention as in the continual benchmark (relative to the untouched model).",
+        "Related / general retention as in the continual benchmark (relative to the untouched model). *s / removal*: "
+        "mean `erase` time over the removals so far, measured on a 2-core machine shared with other jobs (noisy). "
+        "Removals `erase` refused (no mapping target it trusts) are listed below; the sequence went on without them.",
+        "",
+        "The glyphs world is not in this table: its model was not shipped when this ran (`glyphs_target` and the "
+        "`glyphs` scorer are ready for it).",
         "",
         "| stage | method | " + " | ".join(names) + " | related ret. | general ret. | s / removal |",
         "|---|---|" + "---|" * len(names) + "---|---|---|",
@@ -157,6 +162,7 @@ def write_report(stored: dict, output: Path) -> None:
             f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {_pct(r['related'])} | "
             f"{_pct(r['general'])} | {r['erase_seconds_mean']:.2f} |"
         )
+    lines += ["", *_targets(rows)]
     missing = [f"{m} after removal {s}" for s in STAGES for m in METHODS if f"{m}|{s}" not in rows]
     lines += ["", "![ASR per attack and method](robustness.png)", ""]
     if missing:
@@ -201,6 +207,37 @@ def write_report(stored: dict, output: Path) -> None:
     lines.append("")
     output.write_text("\n".join(lines))
     _plot(measured, names, output.with_suffix(".png"))
+
+
+def _targets(rows: dict) -> list[str]:
+    """The hardened removal against the targets of issue 17, at each measured stage."""
+    lines = [
+        "Targets for the hardened removal (issue 17): paraphrase and token-search ASR <= 5%, embedding ASR at most "
+        "half the plain closed form's at the same stage, related / general retention >= 90% / 95%.",
+        "",
+        "| stage | paraphrase | token search | embedding (hardened / plain) | related | general |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stage in STAGES:
+        hard, plain = rows.get(f"hardened|{stage}"), rows.get(f"closed form|{stage}")
+        if hard is None:
+            continue
+        asr = hard["asr"]
+
+        def mark(ok: bool) -> str:
+            return "met" if ok else "**not met**"
+
+        embedding = "n/a"
+        if plain is not None and "embedding" in asr:
+            ratio = f"{_pct(asr['embedding'])} / {_pct(plain['asr']['embedding'])}"
+            embedding = f"{ratio}: {mark(asr['embedding'] <= plain['asr']['embedding'] / 2)}"
+        lines.append(
+            f"| {stage} | {_pct(asr.get('paraphrase'))}: {mark(asr.get('paraphrase', 1) <= 0.05)} | "
+            f"{_pct(asr.get('token_search'))}: {mark(asr.get('token_search', 1) <= 0.05)} | {embedding} | "
+            f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
+            f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} |"
+        )
+    return lines
 
 
 def _pct(value) -> str:
