@@ -150,8 +150,10 @@ def write_report(stored: dict, output: Path) -> None:
         "mean `erase` time over the removals so far, measured on a 2-core machine shared with other jobs (noisy). "
         "Removals `erase` refused (no mapping target it trusts) are listed below; the sequence went on without them.",
         "",
-        "The glyphs world is not in this table: its model was not shipped when this ran (`glyphs_target` and the "
-        "`glyphs` scorer are ready for it).",
+        "The glyphs world is not in this table. Its model was shipped while this ran; `attacks.glyphs_target` and the "
+        "`glyphs` scorer run end to end on it, but the shipped model (far from converged) draws the concept tried "
+        "(*Q*, seed prompt *the red letter q*) in 0% of direct and 2% of held-out-paraphrase images *before* any "
+        "removal, so an ASR there would measure the model, not the removal.",
         "",
         "| stage | method | " + " | ".join(names) + " | related ret. | general ret. | s / removal |",
         "|---|---|" + "---|" * len(names) + "---|---|---|",
@@ -237,6 +239,11 @@ def _targets(rows: dict) -> list[str]:
             f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
             f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} |"
         )
+    lines += [
+        "",
+        "An ASR means something only where retention holds: where retention misses its bar, a low ASR may just "
+        "mean the model no longer draws digits well (the hardened chain after 25 removals), not that it resists.",
+    ]
     return lines
 
 
