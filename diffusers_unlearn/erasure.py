@@ -234,9 +234,9 @@ def erase(
         result = distill(pipe, family, bank, pairs, [*groups.values(), earlier], config, seed=seed)
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         probes = embedding_probes(bank, pairs, groups)
-    figures = {**figures, **removal_effect(bank, choice, lora, concept)}
     figures = {
         **figures,
+        **removal_effect(bank, choice, lora, concept),  # targets.py: how far the concept moved
         "seconds": round(time.perf_counter() - started, 3),
         "encode_seconds": round(bank.encode_seconds, 3),
         "prompts_encoded": bank.encoded,
