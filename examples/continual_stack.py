@@ -23,7 +23,9 @@ def forget_accuracy(pipe, concepts) -> dict[str, float]:
 
 def main() -> None:
     pipe = digits.load_pipeline()
-    requests = [Concept(7), Concept(3, "blue"), Concept(4)]
+    # Not "four" third: "seven" is mapped to fours (the model's own choice), and erasing "four" after it moves
+    # what "no-seven" protects, which the check refuses (collateral 0.52 > 0.5).
+    requests = [Concept(7), Concept(3, "blue"), Concept(5)]
     stack = diffusers_unlearn.UnlearningStack()
     with tempfile.TemporaryDirectory() as folder:
         for concept in requests:  # months apart, in practice
@@ -35,10 +37,10 @@ def main() -> None:
         print("still generated:", forget_accuracy(pipe, requests))
         print(stack.check(pipe))
 
-        # Withdraw the second request: "no-four", made on top of it, is re-solved without it.
+        # Withdraw the second request: "no-five", made on top of it, is re-solved without it.
         pipe.unload_unlearning()
         stack.remove("no-blue-three", pipe=pipe)
-        print("after withdrawal:", stack.names, "| re-solved:", stack["no-four"].metadata["resolved"])
+        print("after withdrawal:", stack.names, "| re-solved:", stack["no-five"].metadata["resolved"])
 
         # Deploy the chain as one LoRA pass.
         pipe.load_unlearning(stack, mode="merged")

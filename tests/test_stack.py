@@ -202,6 +202,7 @@ def test_merge_concat_is_exact_and_svd_reports_its_error(chain, tmp_path):
         stack.merge("average")
 
 
+@pytest.mark.trained_model
 def test_interference_and_joint_repair_on_the_digits_model(tmp_path):
     """Independently made "seven" and "red seven" push the red-seven prompts twice: flagged, and the joint merge
     repairs it; disjoint or chained removals pass; the merges agree with the stack loaded removal by removal."""
@@ -211,7 +212,8 @@ def test_interference_and_joint_repair_on_the_digits_model(tmp_path):
 
     pipe = digits.load_pipeline()
     seven = du.erase(pipe, **Concept(7).erase_kwargs())
-    red_seven = du.erase(pipe, **Concept(7, "red").erase_kwargs())
+    # "a red" is drawn as a seven, so this combination has no target of its own in the model: map it to fours
+    red_seven = du.erase(pipe, **(Concept(7, "red").erase_kwargs() | {"mapping_candidates": ["four"]}))
     three = du.erase(pipe, **Concept(3).erase_kwargs())
     pipe.load_unlearning(seven)
     three_on_top = du.erase(pipe, **Concept(3).erase_kwargs())
@@ -220,17 +222,17 @@ def test_interference_and_joint_repair_on_the_digits_model(tmp_path):
     overlapping = du.UnlearningStack([seven, red_seven])
     report = overlapping.check(pipe)
     assert not report.passed and "verdict: FAILED" in str(report)
-    assert report.shift[0, 1] > 0.5 and report.shift[1, 0] > 0.5  # measured 0.71 and 1.13
+    assert report.shift[0, 1] > 0.5 and report.shift[1, 0] > 0.5  # measured 0.69 and 1.16
     report.plot(tmp_path / "heatmap.png")
     assert (tmp_path / "heatmap.png").stat().st_size > 1000
     concat = du.merge_deviation(list(overlapping), overlapping.merge("concat"))
     joint = du.merge_deviation(list(overlapping), overlapping.merge("joint", pipe=pipe))
     torch.testing.assert_close(concat, report.stack_shift)  # the plain sum deviates by exactly the shift
-    assert (joint < concat / 2).all() and joint.max() < 0.4  # measured 0.12 and 0.24
+    assert (joint < concat / 2).all() and joint.max() < 0.4  # measured 0.07 and 0.23
     # a redacted member is re-solved from its stored statistics; its concept is matched by its salted hash
     secret = du.UnlearningStack([du.erase(pipe, **Concept(7).erase_kwargs(), redact=True), red_seven])
     secret_joint = du.merge_deviation(list(secret), secret.merge("joint", pipe=pipe))
-    assert (secret_joint < concat / 2).all()  # measured 0.11 and 0.24
+    assert (secret_joint < concat / 2).all()  # measured 0.15 and 0.12
 
     assert du.UnlearningStack([seven, three]).check(pipe).passed
     chain = du.UnlearningStack([seven, three_on_top])
