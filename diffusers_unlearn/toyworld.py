@@ -293,7 +293,10 @@ def save_pipeline(output: str | Path, vae, text_encoder, tokenizer, unet, dtype:
 
 def load_pipeline(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
     """Load a toy-world pipeline offline, without safety checker, progress bar disabled."""
-    from diffusers import StableDiffusionPipeline
+    from .quiet import TORCHVISION_NOTICE, quiet
+
+    with quiet(TORCHVISION_NOTICE):  # transformers' notice on diffusers' import of CLIP's image processor
+        from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import toyworld
 from .data import COLOURS, DIGITS, IMAGE_SIZE, NUMERALS, STROKES, TEMPLATES, prompt
 from .scorer import DigitScorer, ScorerOutput, load_scorer
 
@@ -53,21 +54,7 @@ def load_pipeline(
         (16, 16)
         ```
     """
-    from ..quiet import TORCHVISION_NOTICE, quiet
-
-    with quiet(TORCHVISION_NOTICE):  # transformers' notice on diffusers' import of CLIP's image processor
-        from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(path or MODEL_DIR),
-        dtype=dtype,
-        local_files_only=True,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return toyworld.load_pipeline(path or MODEL_DIR, device, dtype)
 
 
 __all__ = [
