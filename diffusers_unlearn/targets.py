@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .adapter import UnlearningAdapter
 from .distance import PromptBank, noise_predictions, prediction_distance
 from .errors import InvalidConceptError
 from .layers import base_linear
@@ -259,7 +260,8 @@ def removal_effect(bank: PromptBank, choice: TargetChoice, lora: dict[str, torch
     """
     before_prompts = [c.fill(concept) for c in choice.checked] + [choice.targets[c] for c in choice.checked]
     before = _predict(bank, before_prompts, choice.samples, choice.seed)
-    with _applied(getattr(bank.pipe, bank.family.denoiser), bank.family.denoiser, lora):
+    removal = UnlearningAdapter(lora_weights=lora, metadata={"denoiser": bank.family.denoiser})  # its layers, deltas
+    with _applied(getattr(bank.pipe, bank.family.denoiser), removal):
         after = _predict(bank, [c.fill(concept) for c in choice.checked], choice.samples, choice.seed, cache=False)
     forget, target = [c.fill(concept) for c in choice.checked], [choice.targets[c] for c in choice.checked]
     moved = sum(prediction_distance(after[f], before[f]) for f in forget)
@@ -285,19 +287,15 @@ def is_weak(figures: dict) -> bool:
 
 
 @contextlib.contextmanager
-def _applied(denoiser: torch.nn.Module, prefix: str, lora: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Adds a LoRA's weight change (`B @ A`, `lora_alpha == r`) to the denoiser's base weights, then restores them."""
+def _applied(denoiser: torch.nn.Module, removal: UnlearningAdapter) -> Iterator[None]:
+    """Adds a removal's weight change to the denoiser's base weights, then restores them exactly."""
     saved = {}
     try:
-        for key, down in lora.items():
-            if not key.endswith(".lora_A.weight"):
-                continue
-            path = key[len(prefix) + 1 : -len(".lora_A.weight")]
-            linear = base_linear(denoiser.get_submodule(path))
-            up = lora[key.replace(".lora_A.", ".lora_B.")]
-            saved[path] = linear.weight.detach().clone()
-            linear.weight.data += (up.float() @ down.float()).to(linear.weight.device, linear.weight.dtype)
+        for layer in removal.layer_names:
+            linear = base_linear(denoiser.get_submodule(layer))
+            saved[layer] = linear.weight.detach().clone()
+            linear.weight.data += removal.delta(layer).to(linear.weight.device, linear.weight.dtype)
         yield
     finally:
-        for path, weight in saved.items():
-            base_linear(denoiser.get_submodule(path)).weight.data.copy_(weight)
+        for layer, weight in saved.items():
+            base_linear(denoiser.get_submodule(layer)).weight.data.copy_(weight)
