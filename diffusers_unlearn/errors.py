@@ -1,8 +1,10 @@
 """Every error the package raises on purpose, in one hierarchy users can catch.
 
 All of them derive from [`UnlearningError`]; each also derives from the built-in exception a
-diffusers user would expect (`ValueError` for bad arguments, `FileNotFoundError` for missing
-files), so existing `except ValueError:` code keeps working.
+diffusers user would expect (`ValueError` for bad arguments, `TypeError` for arguments of the wrong kind,
+`FileNotFoundError` for missing files, `ImportError` for a missing optional dependency), so existing
+`except ValueError:` code keeps working. `tests/test_errors.py` walks the package's `raise` statements and keeps
+it so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ class UnsupportedPipelineError(UnlearningError, TypeError):
 
 class InvalidConceptError(UnlearningError, ValueError):
     """The concept, its aliases, prompts or neighbours cannot be used as given."""
+
+
+class InvalidArgumentError(UnlearningError, ValueError):
+    """An argument or a setting is out of range, unknown, or does not fit with another: a method's config
+    (`ClosedFormConfig`, `DistillConfig`, `HardenConfig`), `AttackSettings`, an unknown method, distance, attack or
+    scorer name, an output path of the wrong kind. The message names the argument and what it accepts."""
+
+
+class InvalidTypeError(UnlearningError, TypeError):
+    """An argument is of a kind the function does not take (e.g. a `DistillConfig` for `method="closed_form"`); the
+    message lists the kinds it does take."""
+
+
+class UnknownCheckError(InvalidArgumentError, KeyError):
+    """A scorer was asked about an attribute it does not predict (a check `{"shape": ...}` for a scorer that knows
+    `digit`, `colour` and `stroke`); the message lists the attributes it predicts."""
+
+
+class MissingDependencyError(UnlearningError, ImportError):
+    """An optional dependency of the feature asked for is not installed; the message names the `pip install`."""
 
 
 class AdapterFormatError(UnlearningError, ValueError):
