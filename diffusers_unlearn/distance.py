@@ -20,6 +20,7 @@ import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from .errors import InvalidConceptError
 from .families import ModelFamily
 
 DistanceKind = Literal["proxy", "score"]
@@ -123,7 +124,7 @@ class PromptBank:
             total = vectors.T @ vectors if total is None else total + vectors.T @ vectors
             rows += vectors.shape[0]
         if total is None:
-            raise ValueError("No prompts to form a moment from.")
+            raise InvalidConceptError("No prompts to form a moment from: pass at least one prompt.")
         return total / rows
 
     def _entry(self, prompt: str) -> Encoded:

@@ -18,7 +18,7 @@ from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
 from .constraints import Constraints, concept_hash_of, embedding_probes, names_pattern, solve
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
-from .errors import InvalidConceptError, WeakRemovalWarning
+from .errors import InvalidArgumentError, InvalidConceptError, InvalidTypeError, WeakRemovalWarning
 from .families import family_of
 from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
@@ -112,6 +112,8 @@ def erase(
         UnsupportedPipelineError: The pipeline's family cannot be edited.
         InvalidConceptError: Empty concept, unknown tokens, prompts without the concept or too long,
             a neighbour equal to the concept.
+        InvalidArgumentError: An unknown `method` or `distance`, or `harden=` with `method="distill"`.
+        InvalidTypeError: A `config` of another method than `method`.
 
     Example:
         ```py
@@ -128,16 +130,16 @@ def erase(
     started = time.perf_counter()
     configs = {"closed_form": ClosedFormConfig, "distill": DistillConfig}
     if method not in configs:
-        raise ValueError(f"Unknown method {method!r}; available: 'closed_form', 'distill'.")
+        raise InvalidArgumentError(f"Unknown method {method!r}; use 'closed_form' or 'distill'.")
     distance = distance or ("score" if method == "distill" else "proxy")
     if distance not in ("proxy", "score"):
-        raise ValueError(f"Unknown distance {distance!r}; use 'proxy' or 'score'.")
+        raise InvalidArgumentError(f"Unknown distance {distance!r}; use 'proxy' or 'score'.")
     config = config or configs[method]()
     if not isinstance(config, configs[method]):
-        raise TypeError(f"method={method!r} takes a {configs[method].__name__}, got {type(config).__name__}.")
+        raise InvalidTypeError(f"method={method!r} takes a {configs[method].__name__}, got {type(config).__name__}.")
     harden = HardenConfig() if harden is True else (harden or None)
     if harden is not None and method != "closed_form":
-        raise ValueError("harden= applies to method='closed_form' only.")
+        raise InvalidArgumentError("harden= applies to method='closed_form' only: drop it, or use that method.")
 
     family = family_of(pipe)
     denoiser = getattr(pipe, family.denoiser)

@@ -25,6 +25,8 @@ import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from .errors import InvalidArgumentError, UnknownCheckError
+
 
 @dataclass(frozen=True)
 class ConceptProbe:
@@ -222,14 +224,18 @@ class AttributeConceptScorer:
         for j, check in enumerate(checks):
             for key, value in check.items():
                 if key not in predicted:
-                    raise KeyError(f"the scorer does not predict {key!r} (it predicts {sorted(predicted)})")
+                    raise UnknownCheckError(
+                        f"the scorer does not predict {key!r}: a check may name {sorted(predicted)} (any subset)"
+                    )
                 out[:, j] &= np.asarray([v == value for v in predicted[key]], dtype=bool)
         return out
 
     def shows(self, images: np.ndarray, checks: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Whether image `i` shows `checks[i]`: a bool array `(N,)`."""
         if len(checks) != len(images):
-            raise ValueError(f"one check per image: {len(images)} images, {len(checks)} checks")
+            raise InvalidArgumentError(
+                f"one check per image: {len(images)} images, {len(checks)} checks (use `which` for a table of checks)"
+            )
         unique = list({tuple(sorted(c.items())): None for c in checks})
         index = {key: j for j, key in enumerate(unique)}
         table = self.which(images, [dict(key) for key in unique])

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from .adapter import HEADER_KEY, UnlearningAdapter, atomic_write
-from .errors import UnsupportedPipelineError
+from .errors import InvalidArgumentError, InvalidTypeError, UnsupportedPipelineError
 from .families import FAMILIES, ModelFamily
 
 
@@ -71,12 +71,14 @@ def export_kohya(source, path: str | os.PathLike, *, dtype: torch.dtype = torch.
 
     adapter = source.merge("concat") if isinstance(source, UnlearningStack) else source
     if not isinstance(adapter, UnlearningAdapter):
-        raise TypeError(f"export_kohya takes an UnlearningAdapter or an UnlearningStack, not {type(source).__name__}.")
+        raise InvalidTypeError(
+            f"export_kohya takes an UnlearningAdapter or an UnlearningStack, not {type(source).__name__}."
+        )
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path} should end in .safetensors: that is the file the other tools look for.")
+        raise InvalidArgumentError(f"{path} should end in .safetensors: that is the file the other tools look for.")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the path of the file to write.")
+        raise InvalidArgumentError(f"{path} is a folder; pass the path of the file to write.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = kohya_state_dict(adapter, dtype)
     header = {

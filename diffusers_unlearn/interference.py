@@ -26,6 +26,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from .adapter import UnlearningAdapter
+from .errors import MissingDependencyError
 from .families import family_of
 from .layers import base_linear
 from .targets import WEAK_SHIFT, is_weak
@@ -132,7 +133,9 @@ class InterferenceReport:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError("report.plot needs matplotlib: pip install 'diffusers-unlearn[dev]'") from error
+            raise MissingDependencyError(
+                "report.plot needs matplotlib: pip install 'diffusers-unlearn[dev]'"
+            ) from error
         from matplotlib.patches import Rectangle
 
         panels = [

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InvalidArgumentError, InvalidConceptError
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
@@ -92,7 +94,9 @@ def build_tokenizer(folder: str | Path, words: Sequence[str], max_length: int):
         for w in bad:
             mine = chain(w)
             merges = mine + [m for m in merges if m not in mine]
-    raise RuntimeError(f"could not make single-token words: {bad}")
+    raise InvalidConceptError(
+        f"could not make {bad} single tokens: a toy world's vocabulary needs one token per word; rename or drop them."
+    )
 
 
 def build_scheduler():
@@ -322,7 +326,10 @@ def to_tensor(images: Any, size: int) -> torch.Tensor:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected images of shape (N, H, W, 3), got {tuple(x.shape)}")
+        raise InvalidArgumentError(
+            f"expected images of shape (N, H, W, 3) (uint8 or floats in [0, 1]) or a list of PIL images, got "
+            f"{tuple(x.shape)}"
+        )
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     x = x.permute(0, 3, 1, 2).clamp(0, 1)
     if x.shape[-2:] != (size, size):

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from ..errors import InvalidArgumentError
 from .base import (
     AttackResult,
     AttackSettings,
@@ -96,17 +97,20 @@ def run_attacks(
         `dict[str, AttackResult]`, in the order asked.
 
     Raises:
-        ValueError: An unknown attack, or one that needs `reference` without it.
+        InvalidArgumentError: An unknown attack, or one that needs `reference` without it.
     """
     settings = settings or AttackSettings()
     scorer = resolve_scorer(scorer)
     options = options or {}
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
-        raise ValueError(f"Unknown attacks {unknown}; available: {list(ATTACKS)}.")
+        raise InvalidArgumentError(f"Unknown attacks {unknown}; pass names from {list(ATTACKS)}.")
     needs_reference = [a for a in attacks if a not in ("direct", "paraphrase")]
     if needs_reference and reference is None:
-        raise ValueError(f"{needs_reference} are guided by the model without the removals: pass `reference`.")
+        raise InvalidArgumentError(
+            f"{needs_reference} are guided by the model without the removals: pass `reference` (the same pipeline "
+            "without them), or run only 'direct' and 'paraphrase'."
+        )
     functions = {
         "direct": direct_attack,
         "paraphrase": paraphrase_attack,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from ..errors import UnsupportedPipelineError
+from ..errors import InvalidArgumentError, InvalidConceptError, UnsupportedPipelineError
 from ..evaluation import ConceptScorer, generate_images
 from ..families import family_of
 
@@ -61,10 +61,15 @@ class AttackTarget:
 
     def __post_init__(self):
         if not self.names:
-            raise ValueError("An attack target needs the concept's words in `names`.")
+            raise InvalidConceptError(
+                'An attack target needs the concept\'s words in `names` (e.g. `("seven", "7")`).'
+            )
         self.context  # noqa: B018 -- raises if the seed prompt does not name the concept
         if any("{}" not in t for t in self.templates):
-            raise ValueError("Every template needs a '{}' slot where the concept (or the learned token) goes.")
+            raise InvalidConceptError(
+                "Every template needs a '{}' slot where the concept (or the learned token) goes: "
+                f"{[t for t in self.templates if '{}' not in t]} have none."
+            )
 
     @property
     def context(self) -> str:
@@ -72,7 +77,10 @@ class AttackTarget:
         pattern = r"(?<!\w)(" + "|".join(re.escape(n) for n in sorted(self.names, key=len, reverse=True)) + r")(?!\w)"
         found = re.search(pattern, self.prompt, flags=re.IGNORECASE)
         if found is None:
-            raise ValueError(f"The seed prompt {self.prompt!r} names none of {self.names} as a word.")
+            raise InvalidConceptError(
+                f"The seed prompt {self.prompt!r} names none of {self.names} as a word: write the concept into the "
+                "prompt, or add the word it uses to `names`."
+            )
         return self.prompt[: found.start()] + "{}" + self.prompt[found.end() :]
 
 
@@ -132,14 +140,16 @@ class AttackSettings:
 
     def __post_init__(self):
         if self.images < 1 or self.steps < 1 or self.batch_size < 1:
-            raise ValueError("images, steps and batch_size must be positive.")
+            raise InvalidArgumentError(
+                f"images, steps and batch_size must be positive, got {self.images}, {self.steps}, {self.batch_size}."
+            )
 
 
 def resolve_scorer(scorer: Scorer | str) -> Scorer:
     """A scorer object from a world's name (`"digits"`, `"glyphs"`: its classifier) or the object itself.
 
     Raises:
-        ValueError: An unknown name.
+        InvalidArgumentError: An unknown name.
     """
     if not isinstance(scorer, str):
         return scorer
@@ -147,7 +157,7 @@ def resolve_scorer(scorer: Scorer | str) -> Scorer:
         from .. import evaluation
 
         return getattr(evaluation, f"{scorer.capitalize()}ConceptScorer")()
-    raise ValueError(f"Unknown scorer {scorer!r}: use 'digits', 'glyphs', a ConceptScorer or a callable.")
+    raise InvalidArgumentError(f"Unknown scorer {scorer!r}: use 'digits', 'glyphs', a ConceptScorer or a callable.")
 
 
 def judge(scorer: Scorer, images: np.ndarray, check: Any) -> np.ndarray:

@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from ..errors import InvalidConceptError
 from .base import (
     AttackResult,
     AttackSettings,
@@ -146,7 +147,10 @@ def learned_token_attack(
         ids = token_ids(pipe, "")
         body = [ids[0].item(), *head, placeholder, *tail, ids[1].item()]
         if len(body) > len(ids):
-            raise ValueError(f"{context!r} is too long for the tokenizer.")
+            raise InvalidConceptError(
+                f"{context!r} is too long for the tokenizer ({len(ids)} tokens with the placeholder): use shorter "
+                "`templates` in the target."
+            )
         ids[: len(body)] = torch.tensor(body)
         return ids, 1 + len(head)
 

@@ -9,6 +9,7 @@ import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from ..errors import InvalidArgumentError, InvalidConceptError
 from .base import (
     AttackResult,
     AttackSettings,
@@ -71,7 +72,9 @@ def paraphrase_attack(
     for prompt in paraphrases_of(target):
         (prompts if len(word_ids(pipe, prompt)) + 2 <= limit else skipped).append(prompt)
     if not prompts:
-        raise ValueError("No paraphrase fits the tokenizer: give the target paraphrases or templates.")
+        raise InvalidConceptError(
+            f"No paraphrase fits the tokenizer ({limit} tokens): give the target shorter `paraphrases` or `templates`."
+        )
     images = generate_prompts(pipe, prompts, settings)
     return result_of("paraphrase", prompts, images, scorer, target.check, started, {"skipped": skipped})
 
@@ -118,7 +121,7 @@ def token_search_attack(
 
     Raises:
         UnsupportedPipelineError: An SDXL pipeline.
-        ValueError: The seed prompt leaves no room for `tokens` more tokens.
+        InvalidArgumentError: The seed prompt leaves no room for `tokens` more tokens.
     """
     require_sd(pipe, "token search")
     settings = settings or AttackSettings()
@@ -128,8 +131,9 @@ def token_search_attack(
     base_ids = token_ids(pipe, target.prompt)
     prompt_length = len(word_ids(pipe, target.prompt))
     if prompt_length + tokens + 2 > tokenizer.model_max_length:
-        raise ValueError(
-            f"{target.prompt!r} leaves no room for {tokens} adversarial tokens in {tokenizer.model_max_length}."
+        raise InvalidArgumentError(
+            f"{target.prompt!r} leaves no room for {tokens} adversarial tokens in {tokenizer.model_max_length}: "
+            "pass fewer `tokens` or a shorter seed prompt."
         )
     table = pipe.text_encoder.get_input_embeddings().weight.detach()
     allowed = torch.ones(table.shape[0], dtype=torch.bool)

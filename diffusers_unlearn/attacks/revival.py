@@ -14,6 +14,7 @@ from diffusers import DiffusionPipeline
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import InvalidArgumentError
 from .base import AttackResult, AttackSettings, AttackTarget, Scorer, generate_prompts, resolve_scorer, result_of
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,10 @@ def _training_latents(pipe, target, reference, data, settings, images_per_concep
             prompts += [prompt] * len(images)
         return torch.cat(latents), prompts
     if reference is None or not target.unrelated:
-        raise ValueError("The revival attack needs `data`, or a `reference` pipeline and the target's `unrelated`.")
+        raise InvalidArgumentError(
+            "The revival attack needs `data`, or a `reference` pipeline and the target's `unrelated` prompts: pass "
+            "one of them."
+        )
     prompts = [p for p in target.unrelated for _ in range(images_per_concept)]
     generators = [torch.Generator().manual_seed(settings.seed + 30_000 + i) for i in range(len(prompts))]
     latents = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from ..errors import InvalidConceptError
 from ..evaluation import ConceptProbe
 from .data import COLOURS, DIGITS, NUMERALS, STROKES, TEMPLATES, prompt
 
@@ -34,13 +35,17 @@ class Concept:
 
     def __post_init__(self):
         if self.digit is None and self.colour is None:
-            raise ValueError("A concept needs a digit, a colour, or both.")
+            raise InvalidConceptError(
+                'A concept needs a digit, a colour, or both: `Concept(7)`, `Concept(colour="red")`.'
+            )
         if self.digit is not None and not 0 <= self.digit <= 9:
-            raise ValueError(f"digit must be 0..9, got {self.digit}")
+            raise InvalidConceptError(f"digit must be 0..9, got {self.digit}")
         if self.colour is not None and self.colour not in COLOURS:
-            raise ValueError(f"colour must be one of {COLOURS}, got {self.colour!r}")
+            raise InvalidConceptError(f"colour must be one of {COLOURS}, got {self.colour!r}")
         if self.stroke is not None and (self.stroke not in STROKES or self.digit is None or self.colour is None):
-            raise ValueError("A stroke only narrows a digit-and-colour combination.")
+            raise InvalidConceptError(
+                f'A stroke ({STROKES}) only narrows a digit-and-colour combination: `Concept(3, "blue", "bold")`.'
+            )
 
     @property
     def kind(self) -> str:

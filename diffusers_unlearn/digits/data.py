@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidConceptError
+
 DIGITS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 """Digit words; the index of a word is its digit."""
 
@@ -88,11 +90,11 @@ def prompt(digit: int, colour: str | None = None, stroke: str | None = None) -> 
         ```
     """
     if not isinstance(digit, (int, np.integer)) or isinstance(digit, bool) or not 0 <= int(digit) <= 9:
-        raise ValueError(f"digit must be an int in 0..9, got {digit!r}")
+        raise InvalidConceptError(f"digit must be an int in 0..9, got {digit!r}")
     if colour is not None and colour not in COLOURS:
-        raise ValueError(f"colour must be one of {COLOURS} or None, got {colour!r}")
+        raise InvalidConceptError(f"colour must be one of {COLOURS} or None, got {colour!r}")
     if stroke is not None and stroke not in STROKES:
-        raise ValueError(f"stroke must be one of {STROKES} or None, got {stroke!r}")
+        raise InvalidConceptError(f"stroke must be one of {STROKES} or None, got {stroke!r}")
     text = f"a {colour} {DIGITS[int(digit)]}" if colour else f"a {DIGITS[int(digit)]}"
     return f"{text}, {stroke}" if stroke else text
 

@@ -15,6 +15,7 @@ import random
 import zlib
 from dataclasses import dataclass
 
+from ..errors import InvalidConceptError
 from ..evaluation import ConceptProbe
 from .data import (
     CHARACTERS,
@@ -83,15 +84,19 @@ class Concept:
     def __post_init__(self):
         given = [x is not None for x in (self.char, self.style, self.colour)]
         if not any(given):
-            raise ValueError("A concept needs a character, a style or a colour.")
+            raise InvalidConceptError(
+                'A concept needs a character, a style or a colour: `Concept("Q")`, `Concept.parse("serif Q")`.'
+            )
         if self.char is not None and self.char not in CHARACTERS:
-            raise ValueError(f"char must be one of {''.join(CHARACTERS)}, got {self.char!r}")
+            raise InvalidConceptError(f"char must be one of {''.join(CHARACTERS)}, got {self.char!r}")
         if self.style is not None and self.style not in STYLES:
-            raise ValueError(f"style must be one of {tuple(STYLES)}, got {self.style!r}")
+            raise InvalidConceptError(f"style must be one of {tuple(STYLES)}, got {self.style!r}")
         if self.colour is not None and self.colour not in COLOURS:
-            raise ValueError(f"colour must be one of {COLOURS}, got {self.colour!r}")
+            raise InvalidConceptError(f"colour must be one of {COLOURS}, got {self.colour!r}")
         if sum(given) > 1 and (self.char is None or self.style is None):
-            raise ValueError("Combinations are a character in a style (optionally in a colour).")
+            raise InvalidConceptError(
+                'Combinations are a character in a style (optionally in a colour): `Concept("Q", "serif", "red")`.'
+            )
 
     @classmethod
     def parse(cls, text: str) -> Concept:
@@ -99,7 +104,7 @@ class Concept:
         itself or its word: `"7"`, `"seven"`, `"&"`, `"ampersand"`).
 
         Raises:
-            ValueError: if a word names nothing of the glyphs model.
+            InvalidConceptError: if a word names nothing of the glyphs model.
         """
         char = style = colour = None
         names = {w: c for c in CHARACTERS for w in (c, *char_words(c)[1:])}
@@ -111,7 +116,10 @@ class Concept:
             elif any(word.lower() in words for words in COLOUR_SYNONYMS.values()):
                 colour = next(c for c, words in COLOUR_SYNONYMS.items() if word.lower() in words)
             else:
-                raise ValueError(f"{word!r} is no character, style or colour of the glyphs model")
+                raise InvalidConceptError(
+                    f'{word!r} is no character, style or colour of the glyphs model: use words like "Q", "seven", '
+                    f'"&", a style of {tuple(STYLES)} or a colour of {COLOURS}.'
+                )
         return cls(char, style, colour)
 
     @property

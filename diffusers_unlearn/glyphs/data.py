@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InvalidConceptError
+
 LETTERS: tuple[str, ...] = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 DIGIT_CHARS: tuple[str, ...] = tuple("0123456789")
 SYMBOLS: tuple[str, ...] = ("&", "#", "%", "+", "$")
@@ -156,13 +158,15 @@ def fill(
     """Fill a template with canonical words (the character itself, the first synonym of style and colour).
 
     Raises:
-        ValueError: if the template needs a slot that is ``None``.
+        InvalidConceptError: if the template needs a slot that is ``None``.
     """
     values = {"char": char_words(char)[0], "kind": kind_of(char), "colour": colour, "style": style}
     values["background"] = background
     for key, value in values.items():
         if "{" + key + "}" in template and value is None:
-            raise ValueError(f"template {template!r} needs {key}")
+            raise InvalidConceptError(
+                f"template {template!r} needs {key}: pass it, or use a template without {{{key}}}."
+            )
     return template.format(**values)
 
 
@@ -187,13 +191,13 @@ def prompt(char: str, colour: str | None = None, style: str | None = None, backg
         ```
     """
     if char not in CHARACTERS:
-        raise ValueError(f"char must be one of {''.join(CHARACTERS)}, got {char!r}")
+        raise InvalidConceptError(f"char must be one of {''.join(CHARACTERS)}, got {char!r}")
     if colour is not None and colour not in COLOURS:
-        raise ValueError(f"colour must be one of {COLOURS} or None, got {colour!r}")
+        raise InvalidConceptError(f"colour must be one of {COLOURS} or None, got {colour!r}")
     if style is not None and style not in STYLES:
-        raise ValueError(f"style must be one of {tuple(STYLES)} or None, got {style!r}")
+        raise InvalidConceptError(f"style must be one of {tuple(STYLES)} or None, got {style!r}")
     if background is not None and background not in BACKGROUNDS:
-        raise ValueError(f"background must be one of {BACKGROUNDS} or None, got {background!r}")
+        raise InvalidConceptError(f"background must be one of {BACKGROUNDS} or None, got {background!r}")
     text = f"the {colour + ' ' if colour else ''}{kind_of(char)} {char_words(char)[0]}"
     if style:
         text += f" in {style}"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidArgumentError
+
 
 @dataclass
 class ClosedFormConfig:
@@ -40,11 +42,17 @@ class ClosedFormConfig:
 
     def __post_init__(self):
         if self.lambda_protect < 0 or self.lambda_reg <= 0:
-            raise ValueError("lambda_protect must be >= 0 and lambda_reg > 0.")
+            raise InvalidArgumentError(
+                f"lambda_protect must be >= 0 and lambda_reg > 0, got {self.lambda_protect} and {self.lambda_reg}."
+            )
         if self.rank is not None and self.rank < 1:
-            raise ValueError(f"rank must be a positive integer or None, got {self.rank}.")
+            raise InvalidArgumentError(
+                f"rank must be a positive integer or None (chosen by min_energy), got {self.rank}."
+            )
         if self.max_rank < 1 or not 0 < self.min_energy <= 1:
-            raise ValueError("max_rank must be >= 1 and min_energy in (0, 1].")
+            raise InvalidArgumentError(
+                f"max_rank must be >= 1 and min_energy in (0, 1], got {self.max_rank} and {self.min_energy}."
+            )
 
 
 @dataclass

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..adapter import atomic_write
 from ..distance import PromptBank
-from ..errors import ResolveError
+from ..errors import InvalidArgumentError, ResolveError
 from ..families import ModelFamily
 
 _ADAPTER = "diffusers_unlearn_distill"  # the student's adapter name while it trains
@@ -88,11 +88,19 @@ class DistillConfig:
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
-            raise ValueError("rank, steps, batch_size and latent_pool must be positive.")
+            raise InvalidArgumentError(
+                "rank, steps, batch_size and latent_pool must be positive, got "
+                f"{self.rank}, {self.steps}, {self.batch_size}, {self.latent_pool}."
+            )
         if not 0 < self.max_timestep <= 1000 or self.sampling_steps < 2:
-            raise ValueError("max_timestep must be in (0, 1000] and sampling_steps >= 2.")
+            raise InvalidArgumentError(
+                f"max_timestep must be in (0, 1000] and sampling_steps >= 2, got {self.max_timestep} and "
+                f"{self.sampling_steps}."
+            )
         if self.negative_guidance < 0:
-            raise ValueError("negative_guidance must be >= 0.")
+            raise InvalidArgumentError(
+                f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
+            )
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -146,7 +154,10 @@ def distill(
         if name.endswith(targets) and isinstance(getattr(module, "base_layer", module), torch.nn.Linear)
     ]  # a layer that already carries removals as adapters is a LoRA wrapper of the Linear: the new adapter joins it
     if not layers:
-        raise ValueError(f"No layer of the denoiser ends with {targets}.")
+        raise InvalidArgumentError(
+            f"No Linear layer of the denoiser ends with {targets}: pass `DistillConfig(target_modules=...)` naming "
+            "the ends of its cross-attention key / value projections."
+        )
     groups = [list(dict.fromkeys(group)) for group in protected if group]
     replayed = list(dict.fromkeys(p for group in groups for p in group))
     weights = _group_weights(groups, replayed)
@@ -402,7 +413,7 @@ def _resume(config: DistillConfig, params, optimizer) -> tuple[int, list[float]]
         k for k in mine if k not in ("steps", "checkpoint_dir", "checkpoint_every") and saved.get(k) != mine[k]
     ]
     if differing:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"The checkpoint in {config.checkpoint_dir} was made with other settings ({differing}); use another "
             "checkpoint_dir or the same settings."
         )

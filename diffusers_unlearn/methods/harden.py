@@ -28,6 +28,7 @@ from diffusers import DiffusionPipeline
 
 from ..constraints import Constraints, Solution, solve
 from ..distance import PromptBank
+from ..errors import InvalidArgumentError
 from .closed_form import ClosedFormConfig, forget_statistics
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class HardenConfig:
 
     def __post_init__(self):
         if self.rounds < 1 or self.ridge <= 0 or self.weight <= 0:
-            raise ValueError("rounds must be >= 1, ridge and weight > 0.")
+            raise InvalidArgumentError(
+                f"rounds must be >= 1, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
+            )
 
 
 def derive_embeddings(remap: torch.Tensor, gram: torch.Tensor, forget: torch.Tensor, ridge: float) -> torch.Tensor:
