@@ -39,8 +39,10 @@ import torch
 
 import diffusers_unlearn as du
 from diffusers_unlearn import digits
+from diffusers_unlearn.digits import DigitsConceptScorer
 from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
-from diffusers_unlearn.evaluation import ConceptProbe, DigitsConceptScorer, GlyphsConceptScorer, evaluate
+from diffusers_unlearn.evaluation import ConceptProbe, evaluate
+from diffusers_unlearn.glyphs import GlyphsConceptScorer
 from diffusers_unlearn.glyphs import concepts as glyph_concepts
 
 ROOT = Path(__file__).resolve().parents[1]

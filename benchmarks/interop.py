@@ -31,8 +31,9 @@ from diffusers import StableDiffusionPipeline
 
 import diffusers_unlearn as du
 from diffusers_unlearn import digits
+from diffusers_unlearn.digits import DigitsConceptScorer
 from diffusers_unlearn.digits.concepts import Concept
-from diffusers_unlearn.evaluation import DigitsConceptScorer, generate_images
+from diffusers_unlearn.evaluation import generate_images
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "interop.md"
 

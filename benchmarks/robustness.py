@@ -35,8 +35,10 @@ import continual  # noqa: E402  (the sequence, erase arguments and probes of the
 
 import diffusers_unlearn as du  # noqa: E402
 from diffusers_unlearn import attacks, digits  # noqa: E402
+from diffusers_unlearn.digits import DigitsConceptScorer  # noqa: E402
+from diffusers_unlearn.digits.attacks import attack_target  # noqa: E402
 from diffusers_unlearn.digits.concepts import ALL_CELLS, cell_probe  # noqa: E402
-from diffusers_unlearn.evaluation import DigitsConceptScorer, evaluate  # noqa: E402
+from diffusers_unlearn.evaluation import evaluate  # noqa: E402
 
 METHODS = ("closed form", "hardened", "distill", "coarse target", "no local protection")
 STAGES = (1, 10, 25)
@@ -64,7 +66,7 @@ def erase_kwargs(concept, method: str) -> dict:
 
 def run_method(method: str, args, base, scorer, untouched: dict, results: dict) -> None:
     target_concept = continual.SEQUENCE[0]
-    target = attacks.digits_target(target_concept)
+    target = attack_target(target_concept)
     settings = attacks.AttackSettings(images=args.images, steps=args.steps, progress=False)
     call = {"images_per_prompt": args.retention_images, "num_inference_steps": args.steps, "progress": False}
     pipe = digits.load_pipeline()
@@ -150,10 +152,10 @@ def write_report(stored: dict, output: Path) -> None:
         "mean `erase` time over the removals so far, measured on a 2-core machine shared with other jobs (noisy). "
         "Removals `erase` refused (no mapping target it trusts) are listed below; the sequence went on without them.",
         "",
-        "The glyphs world is not in this table. Its model was shipped while this ran; `attacks.glyphs_target` and the "
-        "`glyphs` scorer run end to end on it, but the shipped model (far from converged) draws the concept tried "
-        "(*Q*, seed prompt *the red letter q*) in 0% of direct and 2% of held-out-paraphrase images *before* any "
-        "removal, so an ASR there would measure the model, not the removal.",
+        "The glyphs world is not in this table. Its model was shipped while this ran; `glyphs.attacks.attack_target` "
+        "and the `glyphs` scorer run end to end on it, but the shipped model (far from converged) draws the concept "
+        "tried (*Q*, seed prompt *the red letter q*) in 0% of direct and 2% of held-out-paraphrase images *before* "
+        "any removal, so an ASR there would measure the model, not the removal.",
         "",
         "| stage | method | " + " | ".join(names) + " | related ret. | general ret. | s / removal |",
         "|---|---|" + "---|" * len(names) + "---|---|---|",

@@ -27,14 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import UnlearningError
+from .errors import InvalidConceptError, UnlearningError
 
 # Only the standard library and `.errors` are imported here: `--help` must answer without torch or diffusers
 # (tests/test_cli.py checks it). Each command imports what it needs.
 
 EXIT_ERROR, EXIT_INTERFERENCE = 1, 3
-_DIGITS_TEMPLATES = ["{}", "a {}", "the number {}", "a red {}", "a blue {}", "a green {}", "a yellow {}"]
-"""Contexts for the embedded digits model, whose text encoder reads 16 tokens (the default templates are longer)."""
 DIGITS_COLOURS = ("red", "green", "blue", "yellow")
 """`diffusers_unlearn.digits.COLOURS`, repeated here so that parsing arguments imports no torch (a test keeps them
 equal)."""
@@ -111,27 +109,9 @@ def _stack(path: str):
     return source if isinstance(source, UnlearningStack) else UnlearningStack([source])
 
 
-def _digits_concept(concept: str | None):
-    """The digits-model `Concept` a name stands for ("seven", "7", "red", "red seven"), or `None`."""
-    from .digits import COLOURS, DIGITS, NUMERALS
-    from .digits.concepts import Concept
-
-    words = (concept or "").lower().split()
-    colours = [w for w in words if w in COLOURS]
-    digit_words = [w for w in words if w in DIGITS or w in NUMERALS]
-    if not words or len(colours) + len(digit_words) != len(words) or len(colours) > 1 or len(digit_words) > 1:
-        return None
-    digit = (
-        (DIGITS.index(digit_words[0]) if digit_words[0] in DIGITS else int(digit_words[0])) if digit_words else None
-    )
-    return Concept(digit=digit, colour=colours[0] if colours else None)
-
-
 def _erase_kwargs(args) -> dict[str, Any]:
-    """`erase`'s arguments from the command line. On the digits model a concept it knows ("seven", "red seven") starts
-    from its own forget prompts, target candidates and neighbours (`Concept.erase_kwargs`), and the options add to
-    them: --alias, --neighbor and --preserve extend the lists, --prompt and --template add forget prompts, --category
-    replaces the candidate."""
+    """`erase`'s arguments from the command line; on the digits model, `digits.concepts.erase_kwargs_for` adds them to
+    the model's own prompts, target candidates and neighbours for a concept it knows ("seven", "red seven")."""
     given = {
         "concept": args.concept,
         "aliases": list(args.alias),
@@ -142,29 +122,11 @@ def _erase_kwargs(args) -> dict[str, Any]:
         "preserve": list(args.preserve),
         "category": args.category,
     }
-    found = _digits_concept(args.concept) if args.model == "digits" else None
-    if found is None:
-        if args.model == "digits" and not (args.prompt or args.template):
-            given["templates"] = _DIGITS_TEMPLATES
+    if args.model != "digits":
         return given
-    kwargs = found.erase_kwargs()
-    kwargs.pop("name", None)
-    names = [kwargs["concept"], *kwargs.get("aliases", []), *args.alias]
-    extra_prompts = list(args.prompt) + [t.replace("{}", name) for t in args.template for name in names]
+    from .digits.concepts import erase_kwargs_for
 
-    def merged(key: str, more: list[str]) -> list[str]:
-        return list(dict.fromkeys([*kwargs.get(key, []), *more]))
-
-    kwargs.update(
-        aliases=merged("aliases", args.alias),
-        prompts=merged("prompts", extra_prompts),
-        neighbors=merged("neighbors", args.neighbor),
-        preserve=merged("preserve", args.preserve),
-        mine_neighbors=args.mine_neighbors,
-    )
-    if args.category:
-        kwargs["category"] = args.category
-    return kwargs
+    return erase_kwargs_for(**given)
 
 
 def _refuse_existing(path: str | None, force: bool) -> None:
@@ -240,14 +202,14 @@ def cmd_merge(args) -> dict[str, Any]:
 
 
 def cmd_eval(args) -> dict[str, Any]:
-    from .evaluation import DigitsConceptScorer, evaluate
+    from .evaluation import evaluate
 
     if args.model != "digits":
         raise UnlearningError(
             "eval scores images with the digits model's classifier: use --model digits. For other models, use "
             "diffusers_unlearn.evaluation.evaluate with a CLIPConceptScorer from Python."
         )
-    from .digits.concepts import ALL_CELLS, Concept, cell_probe
+    from .digits import Concept, DigitsConceptScorer
 
     concept = Concept(digit=args.digit, colour=args.colour)
     pipe = _load_pipeline(args.model)
@@ -255,16 +217,14 @@ def cmd_eval(args) -> dict[str, Any]:
     if args.removal:
         source = _source(args.removal)
         pipe.load_unlearning(source)
-        removed = [c for c in map(_digits_concept, _erased_concepts(source)) if c is not None and c != concept]
-    kept = [c for c in ALL_CELLS if not concept.covers(*c) and not any(r.covers(*c) for r in removed)]
-    related = [c for c in concept.related() if c in kept]
-    general = [c for c in kept if c not in related][::4]
+        for name in _erased_concepts(source):
+            with contextlib.suppress(InvalidConceptError):  # a name of no digits cell ("cat") covers none
+                removed += [Concept.parse(name or "")]
+        removed = [c for c in removed if c != concept]
     result = evaluate(
         pipe,
         DigitsConceptScorer(),
-        forget=[concept.forget_probe()],
-        related=[cell_probe(*c) for c in related],
-        general=[cell_probe(*c) for c in general],
+        **concept.probes(removed),
         images_per_prompt=args.images,
         num_inference_steps=args.steps,
     )
@@ -357,15 +317,13 @@ def cmd_attack(args) -> dict[str, Any]:
             "models, call diffusers_unlearn.attacks.run_attacks from Python with your own scorer (a CLIPConceptScorer "
             "or any callable)."
         )
-    if args.model == "digits":
-        concept = _digits_concept(args.concept)
-        if concept is None:
-            raise UnlearningError(f"{args.concept!r} is no digits concept: a digit, a colour, or both ('red seven').")
-        target = attacks.digits_target(concept)
+    if args.model == "digits":  # each world parses its concepts and makes their attack targets
+        from .digits import Concept
+        from .digits.attacks import attack_target
     else:
-        from .glyphs.concepts import Concept as GlyphConcept
-
-        target = attacks.glyphs_target(GlyphConcept.parse(args.concept))
+        from .glyphs import Concept
+        from .glyphs.attacks import attack_target
+    target = attack_target(Concept.parse(args.concept))  # InvalidConceptError: a name the world does not know
     pipe, reference = _load_pipeline(args.model), _load_pipeline(args.model)
     pipe.load_unlearning(_source(args.removal))
     settings = attacks.AttackSettings(images=args.images, steps=args.steps, seed=args.seed)

@@ -10,12 +10,15 @@ A *probe* is a concept with the prompts that ask for it and a *check* that a sco
 
 Every image of prompt `p` is generated with the seed `seed + j` (`j` = its index), so two evaluations of the
 same probes (before / after a removal, step `t` / step `t + 1`) compare images made from the same noise.
-Scorers are pluggable ([`ConceptScorer`]): [`AttributeConceptScorer`] for the embedded worlds
-(`digits.DigitsConceptScorer`, `glyphs.GlyphsConceptScorer`), [`CLIPConceptScorer`] for real models.
+Scorers are pluggable ([`ConceptScorer`]): [`AttributeConceptScorer`] for the embedded worlds (each world's own
+lives in its package: `digits.DigitsConceptScorer`, `glyphs.GlyphsConceptScorer`), [`CLIPConceptScorer`] for real
+models.
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -159,7 +162,7 @@ def evaluate(
         >>> from diffusers_unlearn import digits, evaluation
         >>> pipe = digits.load_pipeline()
         >>> seven = evaluation.ConceptProbe("seven", ("a seven", "a red 7"), {"digit": 7})
-        >>> result = evaluation.evaluate(pipe, evaluation.DigitsConceptScorer(), forget=[seven],
+        >>> result = evaluation.evaluate(pipe, digits.DigitsConceptScorer(), forget=[seven],
         ...                              images_per_prompt=10)
         >>> result.forget_accuracy  # before any removal: close to 1
         ```
@@ -299,14 +302,22 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+_MOVED = {
+    "DigitsConceptScorer": "diffusers_unlearn.digits",
+    "GlyphsConceptScorer": "diffusers_unlearn.glyphs",
+}
+"""World scorers that lived here, and the world package they live in now (issue 14: no world code in the core)."""
+
+
 def __getattr__(name: str):
-    # the world scorers live in their subpackages; kept importable from here (`evaluation.DigitsConceptScorer`)
-    if name == "DigitsConceptScorer":
-        from .digits.scorer import DigitsConceptScorer
-
-        return DigitsConceptScorer
-    if name == "GlyphsConceptScorer":
-        from .glyphs.scorer import GlyphsConceptScorer
-
-        return GlyphsConceptScorer
+    """Deprecated aliases: `evaluation.DigitsConceptScorer` (which docs/api.md showed) and `GlyphsConceptScorer`
+    still import, with a `FutureWarning` naming their home."""
+    if name in _MOVED:
+        warnings.warn(
+            f"diffusers_unlearn.evaluation.{name} moved to {_MOVED[name]}: import it from there "
+            f"(`from {_MOVED[name]} import {name}`); the alias here will be removed.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ resumed), saving the pipeline, loading it offline, and turning images into score
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import logging
 import math
@@ -20,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 from .errors import InvalidArgumentError, InvalidConceptError
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
+
+    from .evaluation import ConceptScorer
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +299,31 @@ def save_pipeline(output: str | Path, vae, text_encoder, tokenizer, unet, dtype:
     (Path(output) / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
+WORLDS: dict[str, str] = {"digits": "DigitsConceptScorer", "glyphs": "GlyphsConceptScorer"}
+"""The embedded worlds (each a subpackage of `diffusers_unlearn`: `load_pipeline`, `load_scorer`, `concepts`,
+`attacks`) and the name of each one's [`ConceptScorer`][diffusers_unlearn.evaluation.ConceptScorer] class."""
+
+
+def concept_scorer(world: str) -> ConceptScorer:
+    """The `ConceptScorer` of an embedded world, by the world's name: its shipped classifier, loaded.
+
+    Args:
+        world (`str`): One of [`WORLDS`] (`"digits"`, `"glyphs"`).
+
+    Raises:
+        InvalidArgumentError: `world` is no embedded world.
+
+    Example:
+        ```py
+        >>> scorer = concept_scorer("digits")  # a digits.DigitsConceptScorer
+        >>> scorer.shows(images, [{"digit": 7}] * len(images))
+        ```
+    """
+    if world not in WORLDS:
+        raise InvalidArgumentError(f"Unknown world {world!r}: use one of {list(WORLDS)}.")
+    return getattr(importlib.import_module(f"{__package__}.{world}"), WORLDS[world])()
+
+
 def load_pipeline(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
     """Load a toy-world pipeline offline, without safety checker, progress bar disabled."""
     from .quiet import TORCHVISION_NOTICE, quiet
@@ -335,3 +364,27 @@ def to_tensor(images: Any, size: int) -> torch.Tensor:
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x.contiguous()
+
+
+def grid(rows: list[tuple[str, np.ndarray, np.ndarray]], columns: int, size: int = 64) -> Image.Image:
+    """The demos' before / after picture: one row per prompt, its label, `columns` images before, a gap,
+    `columns` images after, each image shown `size` pixels wide (nearest-neighbour)."""
+    label_width, gap = 190, 24
+    width = label_width + 2 * columns * (size + 2) + gap
+    canvas = Image.new("RGB", (width, 22 + len(rows) * (size + 4)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((label_width, 4), "before", fill="black")
+    draw.text((label_width + columns * (size + 2) + gap, 4), "after", fill="black")
+    for r, (label, before, after) in enumerate(rows):
+        top = 22 + r * (size + 4)
+        draw.text((4, top + size // 2 - 6), label, fill="black")
+        for c, image in enumerate([*before[:columns], *after[:columns]]):
+            left = label_width + c * (size + 2) + (gap if c >= columns else 0)
+            tile = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+            canvas.paste(tile, (left, top))
+    return canvas
+
+
+def ratio(now: float, before: float) -> float:
+    """`now / before`, NaN where `before` is 0 (a retention "of before" in the demos' figures)."""
+    return now / before if before else float("nan")

@@ -10,8 +10,9 @@ import tempfile
 
 import diffusers_unlearn
 from diffusers_unlearn import digits
+from diffusers_unlearn.digits import DigitsConceptScorer
 from diffusers_unlearn.digits.concepts import Concept
-from diffusers_unlearn.evaluation import DigitsConceptScorer, evaluate
+from diffusers_unlearn.evaluation import evaluate
 
 
 def forget_accuracy(pipe, concepts) -> dict[str, float]:

@@ -10,8 +10,9 @@ import torch
 
 import diffusers_unlearn as du
 from diffusers_unlearn import attacks, digits
+from diffusers_unlearn.digits import DigitsConceptScorer
+from diffusers_unlearn.digits.attacks import attack_target
 from diffusers_unlearn.digits.concepts import Concept
-from diffusers_unlearn.evaluation import DigitsConceptScorer
 from diffusers_unlearn.methods.harden import HardenConfig, derive_embeddings
 
 SETTINGS = attacks.AttackSettings(images=4, steps=8, progress=False)
@@ -30,7 +31,7 @@ def world():
     hardened = digits.load_pipeline()
     adapter = du.erase(hardened, **Concept(7).erase_kwargs(), harden=HardenConfig(rounds=2))
     hardened.load_unlearning(adapter)
-    target = attacks.digits_target(Concept(7))
+    target = attack_target(Concept(7))
     target = dataclasses.replace(target, paraphrases=target.paraphrases[:6], templates=target.templates[:2])
     return base, hardened, adapter, target, DigitsConceptScorer()
 

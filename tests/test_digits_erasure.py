@@ -11,7 +11,8 @@ import diffusers_unlearn as du
 from diffusers_unlearn import digits
 from diffusers_unlearn.digits.concepts import Concept, cell_probe
 from diffusers_unlearn.digits.data import COLOURS, prompt
-from diffusers_unlearn.evaluation import ConceptProbe, DigitsConceptScorer, evaluate
+from diffusers_unlearn.digits.scorer import DigitsConceptScorer
+from diffusers_unlearn.evaluation import ConceptProbe, evaluate
 
 CALL = {"images_per_prompt": 6, "num_inference_steps": 10, "progress": False}
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from diffusers_unlearn import glyphs
-from diffusers_unlearn.evaluation import AttributeConceptScorer, ConceptScorer, GlyphsConceptScorer
+from diffusers_unlearn.evaluation import AttributeConceptScorer, ConceptScorer
+from diffusers_unlearn.glyphs import GlyphsConceptScorer
 from diffusers_unlearn.glyphs.concepts import Concept, cell_probe, general_cells
 from diffusers_unlearn.glyphs.data import TEMPLATES, render_glyphs, vocabulary_words
 

@@ -19,10 +19,11 @@ Example:
     ```py
     >>> import diffusers_unlearn as du
     >>> from diffusers_unlearn import attacks, digits
+    >>> from diffusers_unlearn.digits.attacks import attack_target
     >>> from diffusers_unlearn.digits.concepts import Concept
     >>> base, pipe = digits.load_pipeline(), digits.load_pipeline()
     >>> pipe.load_unlearning(du.erase(pipe, **Concept(7).erase_kwargs()))
-    >>> results = attacks.run_attacks(pipe, attacks.digits_target(Concept(7)), "digits", reference=base)
+    >>> results = attacks.run_attacks(pipe, attack_target(Concept(7)), "digits", reference=base)
     >>> {name: r.asr for name, r in results.items()}
     ```
 """
@@ -50,7 +51,6 @@ from .base import (
 from .embeddings import embedding_attack, learned_token_attack
 from .prompts import paraphrase_attack, paraphrases_of, token_search_attack
 from .revival import revival_attack
-from .targets import digits_target, glyphs_target
 
 ATTACKS: tuple[str, ...] = ("direct", "paraphrase", "token_search", "embedding", "learned_token", "revival")
 """Every attack, cheapest first."""
@@ -84,7 +84,8 @@ def run_attacks(
 
     Args:
         pipe (`DiffusionPipeline`): The attacked pipeline, removals loaded.
-        target ([`AttackTarget`]): The concept ([`digits_target`] for the digits model).
+        target ([`AttackTarget`]): The concept (an embedded world's: `digits.attacks.attack_target`,
+            `glyphs.attacks.attack_target`).
         scorer (`ConceptScorer`, callable or `str`): Judges the images (`"digits"`, `"glyphs"` by name).
         reference (`DiffusionPipeline`, *optional*): The same model without the removals; needed by every
             attack but `direct` and `paraphrase`.
@@ -136,9 +137,7 @@ __all__ = [
     "AttackTarget",
     "Reference",
     "Scorer",
-    "digits_target",
     "direct_attack",
-    "glyphs_target",
     "embedding_attack",
     "judge",
     "learned_token_attack",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
+from .. import toyworld
 from ..errors import InvalidArgumentError, InvalidConceptError, UnsupportedPipelineError
 from ..evaluation import ConceptScorer, generate_images
 from ..families import family_of
@@ -146,18 +147,20 @@ class AttackSettings:
 
 
 def resolve_scorer(scorer: Scorer | str) -> Scorer:
-    """A scorer object from a world's name (`"digits"`, `"glyphs"`: its classifier) or the object itself.
+    """A scorer object from an embedded world's name (`"digits"`, `"glyphs"`: its classifier, see
+    `toyworld.concept_scorer`) or the object itself.
 
     Raises:
         InvalidArgumentError: An unknown name.
     """
     if not isinstance(scorer, str):
         return scorer
-    if scorer in ("digits", "glyphs"):
-        from .. import evaluation
-
-        return getattr(evaluation, f"{scorer.capitalize()}ConceptScorer")()
-    raise InvalidArgumentError(f"Unknown scorer {scorer!r}: use 'digits', 'glyphs', a ConceptScorer or a callable.")
+    if scorer in toyworld.WORLDS:
+        return toyworld.concept_scorer(scorer)
+    raise InvalidArgumentError(
+        f"Unknown scorer {scorer!r}: use an embedded world's name {list(toyworld.WORLDS)}, a ConceptScorer or a "
+        "callable."
+    )
 
 
 def judge(scorer: Scorer, images: np.ndarray, check: Any) -> np.ndarray:

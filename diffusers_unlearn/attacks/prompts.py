@@ -58,9 +58,10 @@ def paraphrase_attack(
 
     Example:
         ```py
-        >>> from diffusers_unlearn import attacks, digits
+        >>> from diffusers_unlearn import attacks
+        >>> from diffusers_unlearn.digits.attacks import attack_target
         >>> from diffusers_unlearn.digits.concepts import Concept
-        >>> result = attacks.paraphrase_attack(pipe, attacks.digits_target(Concept(7)), "digits")
+        >>> result = attacks.paraphrase_attack(pipe, attack_target(Concept(7)), "digits")
         >>> result.asr, max(result.per_prompt.items(), key=lambda kv: kv[1])  # the worst paraphrase
         ```
     """

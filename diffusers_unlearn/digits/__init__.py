@@ -3,7 +3,9 @@
 Trained from scratch on CPU on scikit-learn's handwritten digits, composed into 16x16 RGB images in one of
 :data:`COLOURS` and :data:`STROKES` on black. Prompts combine a digit (word or numeral, ``"seven"`` / ``"7"``) with
 an optional colour and stroke, following :data:`TEMPLATES`. :func:`load_scorer` returns a small CNN that tells the
-digit, colour and stroke of an image; it is the ground truth of the continual-removal benchmark.
+digit, colour and stroke of an image; it is the ground truth of the continual-removal benchmark, and
+:class:`DigitsConceptScorer` its :class:`~diffusers_unlearn.evaluation.ConceptScorer`. :class:`Concept` names what to
+erase (``concepts``); ``attacks.attack_target`` what the attacks of :mod:`diffusers_unlearn.attacks` try on it.
 
 Example:
     ```py
@@ -22,8 +24,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import toyworld
+from .concepts import Concept
 from .data import COLOURS, DIGITS, IMAGE_SIZE, NUMERALS, STROKES, TEMPLATES, prompt
-from .scorer import DigitScorer, ScorerOutput, load_scorer
+from .scorer import DigitsConceptScorer, DigitScorer, ScorerOutput, load_scorer
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -65,7 +68,9 @@ __all__ = [
     "NUMERALS",
     "STROKES",
     "TEMPLATES",
+    "Concept",
     "DigitScorer",
+    "DigitsConceptScorer",
     "ScorerOutput",
     "load_pipeline",
     "load_scorer",

@@ -2,13 +2,16 @@
 
 A concept is a whole digit (`Concept(digit=7)`, "seven" with alias "7"), a whole colour
 (`Concept(colour="red")`) or a single combination (`Concept(3, "blue")`, optionally with a stroke:
-`Concept(3, "blue", "bold")`). `erase_kwargs()` gives the arguments of [`diffusers_unlearn.erase`];
-`forget_probe()` the prompts and check that measure whether it is still generated.
+`Concept(3, "blue", "bold")`), or `Concept.parse("red seven")`. `erase_kwargs()` gives the arguments of
+[`diffusers_unlearn.erase`]; `forget_probe()` the prompts and check that measure whether it is still generated,
+`probes()` every probe of `evaluation.evaluate`. `erase_kwargs_for(name, ...)` adds options to a concept
+named in words (what `diffusers-unlearn erase --model digits` runs).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidConceptError
@@ -46,6 +49,26 @@ class Concept:
             raise InvalidConceptError(
                 f'A stroke ({STROKES}) only narrows a digit-and-colour combination: `Concept(3, "blue", "bold")`.'
             )
+
+    @classmethod
+    def parse(cls, text: str) -> Concept:
+        """A concept from words: `"seven"`, `"7"`, `"red"`, `"red seven"`, `"bold red seven"` (its `name` reads back).
+
+        Raises:
+            InvalidConceptError: A word that names no digit, colour or stroke of the digits model, two of a kind,
+                or a stroke without a digit and a colour.
+        """
+        words = text.lower().split()
+        digits = [DIGITS.index(w) if w in DIGITS else int(w) for w in words if w in DIGITS or w in NUMERALS]
+        colours = [w for w in words if w in COLOURS]
+        strokes = [w for w in words if w in STROKES]
+        unknown = [w for w in words if w not in (*DIGITS, *NUMERALS, *COLOURS, *STROKES)]
+        if not words or unknown or len(digits) > 1 or len(colours) > 1 or len(strokes) > 1:
+            raise InvalidConceptError(
+                f"{text!r} is no digits-model concept: name a digit ({DIGITS[0]!r}..{DIGITS[-1]!r} or '0'..'9'), a "
+                f"colour of {COLOURS}, or both, optionally with a stroke of {STROKES} ('bold red seven')."
+            )
+        return cls(digits[0] if digits else None, colours[0] if colours else None, strokes[0] if strokes else None)
 
     @property
     def kind(self) -> str:
@@ -165,6 +188,29 @@ class Concept:
             cells += [(self.digit, c, s) for c in COLOURS for s in STROKES if not self.covers(self.digit, c, s)]
         return cells
 
+    def probes(self, removed: Iterable[Concept] = ()) -> dict[str, list[ConceptProbe]]:
+        """The `forget`, `related` and `general` probes of `evaluation.evaluate` for this concept's removal.
+
+        Related: the cells of `related()`; general: every fourth other cell. Cells this concept or one of
+        `removed` (concepts other loaded removals erase on purpose) covers are left out: losing them is no lost
+        retention.
+
+        Example:
+            ```py
+            >>> from diffusers_unlearn.digits import DigitsConceptScorer
+            >>> result = evaluate(pipe, DigitsConceptScorer(), **Concept(7).probes(), images_per_prompt=8)
+            ```
+        """
+        removed = [r for r in removed if r != self]
+        kept = [c for c in ALL_CELLS if not self.covers(*c) and not any(r.covers(*c) for r in removed)]
+        related = [c for c in self.related() if c in kept]
+        general = [c for c in kept if c not in related][::4]
+        return {
+            "forget": [self.forget_probe()],
+            "related": [cell_probe(*c) for c in related],
+            "general": [cell_probe(*c) for c in general],
+        }
+
 
 def _colourless(digit: int) -> list[str]:
     """Prompts that ask for a digit without colour or stroke: a colour or a combination removal keeps them."""
@@ -182,3 +228,76 @@ ALL_CELLS: tuple[tuple[int, str, str], ...] = tuple(
     (d, c, s) for d in range(len(DIGITS)) for c in COLOURS for s in STROKES
 )
 """Every (digit, colour, stroke) cell of the model."""
+
+
+SHORT_TEMPLATES: tuple[str, ...] = (
+    "{}",
+    "a {}",
+    "the number {}",
+    "a red {}",
+    "a blue {}",
+    "a green {}",
+    "a yellow {}",
+)
+"""Contexts for a concept the digits model does not know: its text encoder reads 16 tokens, too few for
+`diffusers_unlearn.prompts.DEFAULT_TEMPLATES`."""
+
+
+def erase_kwargs_for(
+    concept: str,
+    *,
+    aliases: Sequence[str] = (),
+    prompts: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    neighbors: Sequence[str] = (),
+    preserve: Sequence[str] = (),
+    category: str | None = None,
+    mine_neighbors: int = 0,
+) -> dict:
+    """Arguments of `diffusers_unlearn.erase` for a concept named in words on the digits model, with more options.
+
+    A concept the model knows (`Concept.parse`: "seven", "red seven") starts from its own forget prompts, mapping
+    candidates and neighbours (`Concept.erase_kwargs`), and the options add to them: `aliases`, `neighbors` and
+    `preserve` extend the lists, `prompts` and `templates` (filled with the concept and each alias) add forget
+    prompts, `category` replaces the candidate. Any other concept is passed on as given, with contexts that fit
+    the model (`SHORT_TEMPLATES`) unless `prompts` or `templates` are given. This is what
+    `diffusers-unlearn erase --model digits` runs.
+
+    Example:
+        ```py
+        >>> kwargs = erase_kwargs_for("seven", neighbors=["seventy"], prompts=["a seven on a wall"])
+        >>> adapter = diffusers_unlearn.erase(pipe, **kwargs)
+        ```
+    """
+    given = {
+        "concept": concept,
+        "aliases": list(aliases),
+        "prompts": list(prompts) if prompts else None,
+        "templates": list(templates) if templates else None,
+        "neighbors": list(neighbors),
+        "mine_neighbors": mine_neighbors,
+        "preserve": list(preserve),
+        "category": category,
+    }
+    try:
+        known = Concept.parse(concept)
+    except InvalidConceptError:  # not the model's own concept: erase it like any other
+        return given if prompts or templates else given | {"templates": list(SHORT_TEMPLATES)}
+    kwargs = known.erase_kwargs()
+    kwargs.pop("name", None)
+    names = [kwargs["concept"], *kwargs.get("aliases", []), *aliases]
+    extra_prompts = list(prompts or []) + [t.replace("{}", name) for t in templates or [] for name in names]
+
+    def merged(key: str, more: Sequence[str]) -> list[str]:
+        return list(dict.fromkeys([*kwargs.get(key, []), *more]))
+
+    kwargs.update(
+        aliases=merged("aliases", aliases),
+        prompts=merged("prompts", extra_prompts),
+        neighbors=merged("neighbors", neighbors),
+        preserve=merged("preserve", preserve),
+        mine_neighbors=mine_neighbors,
+    )
+    if category:
+        kwargs["category"] = category
+    return kwargs

@@ -5,7 +5,9 @@ symbols) in 8 typefaces that ship with matplotlib (:data:`STYLES`: ``"serif"``, 
 ...), in 8 :data:`COLOURS` on 2 :data:`BACKGROUNDS`, 32x32 RGB. Prompts follow :data:`TEMPLATES` ("the red letter q
 in serif", "serif q", "capital q in typewriter type", ...); :data:`HELD_OUT_TEMPLATES` are phrasings never used in
 training. :func:`load_scorer` returns a CNN that tells the character, style, colour and background of an image;
-it is the ground truth of the continual-removal benchmark (``python benchmarks/continual.py --world glyphs``).
+it is the ground truth of the continual-removal benchmark (``python benchmarks/continual.py --world glyphs``), and
+:class:`GlyphsConceptScorer` its :class:`~diffusers_unlearn.evaluation.ConceptScorer`. :class:`Concept` names what to
+erase (``concepts``); ``attacks.attack_target`` what the attacks of :mod:`diffusers_unlearn.attacks` try on it.
 
 The article "a" is not in the vocabulary: CLIP's tokenizer lower-cases its input, so "a" would be both the article
 and the letter A. Templates use "the" instead.
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import toyworld
+from .concepts import Concept
 from .data import (
     BACKGROUNDS,
     CHARACTERS,
@@ -37,7 +40,7 @@ from .data import (
     TEMPLATES,
     prompt,
 )
-from .scorer import GlyphScore, GlyphScorer, load_scorer
+from .scorer import GlyphsConceptScorer, GlyphScore, GlyphScorer, load_scorer
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -80,8 +83,10 @@ __all__ = [
     "MODEL_DIR",
     "STYLES",
     "TEMPLATES",
+    "Concept",
     "GlyphScore",
     "GlyphScorer",
+    "GlyphsConceptScorer",
     "load_pipeline",
     "load_scorer",
     "prompt",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..erasure import erase
 from ..evaluation import evaluate, generate_images
+from ..toyworld import grid, ratio
 from . import load_pipeline
 from .concepts import Concept, cell_probe, general_cells
 from .scorer import GlyphsConceptScorer
@@ -22,8 +23,6 @@ from .scorer import GlyphsConceptScorer
 
 def run(concept: Concept, output: Path, images_per_prompt: int = 8, steps: int = 20, seed: int = 0) -> dict:
     """Erases `concept` from the glyphs model, measures before / after, writes the grid and the removal."""
-    from ..demo import _ratio, grid
-
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pipe, scorer = load_pipeline(), GlyphsConceptScorer()
@@ -54,8 +53,8 @@ def run(concept: Concept, output: Path, images_per_prompt: int = 8, steps: int =
         "chance": concept.chance,
         "before": before.summary(),
         "after": after.summary(),
-        "related_retention_vs_before": _ratio(after.related_retention, before.related_retention),
-        "general_retention_vs_before": _ratio(after.general_retention, before.general_retention),
+        "related_retention_vs_before": ratio(after.related_retention, before.related_retention),
+        "general_retention_vs_before": ratio(after.general_retention, before.general_retention),
         "erase_seconds": round(erase_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 1),
         "rank": adapter.rank,

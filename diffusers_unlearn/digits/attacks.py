@@ -1,15 +1,19 @@
-"""Ready-made attack targets for the embedded worlds."""
+"""Attack targets of the digits model's concepts: what `diffusers_unlearn.attacks` tries on a removal of each.
+
+Example:
+    ```py
+    >>> from diffusers_unlearn import attacks
+    >>> from diffusers_unlearn.digits.attacks import attack_target
+    >>> from diffusers_unlearn.digits.concepts import Concept
+    >>> results = attacks.run_attacks(pipe, attack_target(Concept(7)), "digits", reference=base)
+    ```
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..digits.concepts import Concept
-from ..digits.data import COLOURS, DIGITS, NUMERALS
-from .base import AttackTarget
-
-if TYPE_CHECKING:
-    from ..glyphs.concepts import Concept as GlyphConcept
+from ..attacks.base import AttackTarget
+from .concepts import Concept
+from .data import COLOURS, DIGITS, NUMERALS
 
 _DIGIT_PARAPHRASES = (
     "{w} {w}",  # repeated concept
@@ -40,7 +44,7 @@ _DIGIT_TEMPLATES = ("{} in red", "the {}", "number {}", "a digit {}", "{}, bold"
 """Held-out contexts for a whole digit (the learned token's transfer prompts, and more paraphrases)."""
 
 
-def digits_target(concept: Concept) -> AttackTarget:
+def attack_target(concept: Concept) -> AttackTarget:
     """The attack target of a digits-model concept (a digit, a colour, or a combination).
 
     The check asks the scorer for every part the concept has (digit, colour, stroke); paraphrases are word orders,
@@ -50,7 +54,7 @@ def digits_target(concept: Concept) -> AttackTarget:
     Example:
         ```py
         >>> from diffusers_unlearn.digits.concepts import Concept
-        >>> digits_target(Concept(7)).prompt
+        >>> attack_target(Concept(7)).prompt
         'a red seven'
         ```
     """
@@ -89,46 +93,3 @@ def digits_target(concept: Concept) -> AttackTarget:
                      f"a {colour} {{}}{suffix}", f"the number {{}} in {colour}{suffix}")  # fmt: skip
         prompt = f"a {colour} {word}{suffix}"
     return AttackTarget(concept.name, prompt, check, (word, numeral), tuple(paraphrases), templates, unrelated)
-
-
-def glyphs_target(concept: GlyphConcept) -> AttackTarget:
-    """The attack target of a glyphs-model concept (a character, a style, a colour or an identity).
-
-    Paraphrases are the concept in every `glyphs.HELD_OUT_TEMPLATES` phrasing (never used in training) with each of
-    its synonyms; the learned token is measured in those phrasings too; unrelated prompts ask for characters the
-    concept does not cover, in styles and colours it does not name.
-
-    Example:
-        ```py
-        >>> from diffusers_unlearn.glyphs.concepts import Concept
-        >>> glyphs_target(Concept.parse("serif Q")).check
-        {'char': 'Q', 'style': 'serif'}
-        ```
-    """
-    from ..glyphs.concepts import PROBE_CHARS
-    from ..glyphs.data import COLOUR_SYNONYMS, HELD_OUT_TEMPLATES, STYLE_SYNONYMS, char_words, fill, prompt
-
-    slot = {"colour": "{colour}", "style": "{style}"}.get(concept.kind, "{char}")
-    if concept.kind == "style":
-        names = STYLE_SYNONYMS[concept.style]
-    elif concept.kind == "colour":
-        names = COLOUR_SYNONYMS[concept.colour]
-    else:
-        names = char_words(concept.char)
-    char = concept.char or PROBE_CHARS[0]
-    colour, style = concept.colour or "red", concept.style or "sans"
-    seed_prompt = prompt(char, colour, concept.style or ("sans" if concept.kind == "colour" else None))
-    templates, paraphrases = [], []
-    for template in HELD_OUT_TEMPLATES:
-        if slot not in template:
-            continue
-        templates.append(fill(template.replace(slot, "{{}}"), char, colour, style))
-        paraphrases += [t.replace("{}", name) for t in templates[-1:] for name in names]
-    others = [c for c in PROBE_CHARS if c != concept.char]
-    unrelated_styles = ("sans", "typewriter") if concept.style not in ("sans", "typewriter") else ("serif", "italic")
-    unrelated_colours = [c for c in ("blue", "green", "yellow") if c != concept.colour]
-    unrelated = tuple(
-        prompt(c, unrelated_colours[i % len(unrelated_colours)], unrelated_styles[i % 2]) for i, c in enumerate(others)
-    )
-    return AttackTarget(concept.name, seed_prompt, dict(concept.parts), tuple(names), tuple(paraphrases),
-                        tuple(templates), unrelated)  # fmt: skip

@@ -1,0 +1,56 @@
+"""Attack targets of the glyphs model's concepts: what `diffusers_unlearn.attacks` tries on a removal of each.
+
+Example:
+    ```py
+    >>> from diffusers_unlearn import attacks
+    >>> from diffusers_unlearn.glyphs.attacks import attack_target
+    >>> from diffusers_unlearn.glyphs.concepts import Concept
+    >>> results = attacks.run_attacks(pipe, attack_target(Concept.parse("serif Q")), "glyphs", reference=base)
+    ```
+"""
+
+from __future__ import annotations
+
+from ..attacks.base import AttackTarget
+from .concepts import PROBE_CHARS, Concept
+from .data import COLOUR_SYNONYMS, HELD_OUT_TEMPLATES, STYLE_SYNONYMS, char_words, fill, prompt
+
+
+def attack_target(concept: Concept) -> AttackTarget:
+    """The attack target of a glyphs-model concept (a character, a style, a colour or an identity).
+
+    Paraphrases are the concept in every `glyphs.HELD_OUT_TEMPLATES` phrasing (never used in training) with each of
+    its synonyms; the learned token is measured in those phrasings too; unrelated prompts ask for characters the
+    concept does not cover, in styles and colours it does not name.
+
+    Example:
+        ```py
+        >>> from diffusers_unlearn.glyphs.concepts import Concept
+        >>> attack_target(Concept.parse("serif Q")).check
+        {'char': 'Q', 'style': 'serif'}
+        ```
+    """
+    slot = {"colour": "{colour}", "style": "{style}"}.get(concept.kind, "{char}")
+    if concept.kind == "style":
+        names = STYLE_SYNONYMS[concept.style]
+    elif concept.kind == "colour":
+        names = COLOUR_SYNONYMS[concept.colour]
+    else:
+        names = char_words(concept.char)
+    char = concept.char or PROBE_CHARS[0]
+    colour, style = concept.colour or "red", concept.style or "sans"
+    seed_prompt = prompt(char, colour, concept.style or ("sans" if concept.kind == "colour" else None))
+    templates, paraphrases = [], []
+    for template in HELD_OUT_TEMPLATES:
+        if slot not in template:
+            continue
+        templates.append(fill(template.replace(slot, "{{}}"), char, colour, style))
+        paraphrases += [t.replace("{}", name) for t in templates[-1:] for name in names]
+    others = [c for c in PROBE_CHARS if c != concept.char]
+    unrelated_styles = ("sans", "typewriter") if concept.style not in ("sans", "typewriter") else ("serif", "italic")
+    unrelated_colours = [c for c in ("blue", "green", "yellow") if c != concept.colour]
+    unrelated = tuple(
+        prompt(c, unrelated_colours[i % len(unrelated_colours)], unrelated_styles[i % 2]) for i, c in enumerate(others)
+    )
+    return AttackTarget(concept.name, seed_prompt, dict(concept.parts), tuple(names), tuple(paraphrases),
+                        tuple(templates), unrelated)  # fmt: skip
