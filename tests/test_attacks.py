@@ -115,3 +115,13 @@ def test_cli_attack(world, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out["asr"]) == {"direct"} and 0.0 <= out["asr"]["direct"] <= 1.0
     assert main(["attack", "--model", "nope", "--removal", "x", "--concept", "seven"]) == 1
+
+
+def test_a_scorer_by_world_name():
+    from diffusers_unlearn import glyphs
+    from diffusers_unlearn.errors import InvalidArgumentError
+
+    assert isinstance(attacks.resolve_scorer("digits"), DigitsConceptScorer)
+    assert isinstance(attacks.resolve_scorer("glyphs"), glyphs.GlyphsConceptScorer)
+    with pytest.raises(InvalidArgumentError, match="digits"):
+        attacks.resolve_scorer("cats")

@@ -3,7 +3,14 @@
 import pytest
 
 from diffusers_unlearn.digits import COLOURS, STROKES
-from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
+from diffusers_unlearn.digits.concepts import (
+    ALL_CELLS,
+    LOOKALIKES,
+    SHORT_TEMPLATES,
+    Concept,
+    cell_probe,
+    erase_kwargs_for,
+)
 
 
 def test_kinds_names_and_chance():
@@ -47,3 +54,39 @@ def test_probes_and_related_cells():
     assert (8, "blue", "bold") in related and (3, "red", "thin") in related
     assert not any(Concept(3, "blue").covers(*cell) for cell in related)
     assert cell_probe(3, "red", "thin").check == {"digit": 3, "colour": "red"}
+
+
+def test_parse_reads_back_every_name_and_refuses_the_rest():
+    from diffusers_unlearn.errors import InvalidConceptError
+
+    every = [Concept(d) for d in range(10)] + [Concept(colour=c) for c in COLOURS]
+    every += [Concept(d, c, s) for d, c, s in ALL_CELLS] + [Concept(d, c) for d, c, _ in ALL_CELLS]
+    assert all(Concept.parse(c.name) == c for c in every)
+    assert Concept.parse("Red 7") == Concept(7, "red")
+    for text in ("cat", "seven seven", "red blue", "bold seven", "", "a seven"):
+        with pytest.raises(InvalidConceptError):
+            Concept.parse(text)
+
+
+def test_probes_leave_out_what_removals_erase_on_purpose():
+    seven = Concept(7).probes()
+    assert [p.check for p in seven["forget"]] == [{"digit": 7}]
+    assert all(p.check["digit"] != 7 for p in seven["related"] + seven["general"])
+    assert {p.check["digit"] for p in seven["related"]} == set(LOOKALIKES[7])
+    with_red = Concept(7).probes([Concept(colour="red"), Concept(7)])
+    kept = with_red["related"] + with_red["general"]
+    assert kept and all(p.check["colour"] != "red" and p.check["digit"] != 7 for p in kept)
+    assert len(with_red["related"]) < len(seven["related"])
+
+
+def test_erase_kwargs_for_adds_options_to_a_known_concept_and_passes_others_on():
+    plain = erase_kwargs_for("red seven")
+    assert {k: v for k, v in plain.items() if k != "mine_neighbors"} == {
+        k: v for k, v in Concept(7, "red").erase_kwargs().items() if k != "name"
+    }
+    more = erase_kwargs_for("seven", aliases=["sevens"], templates=["{} on a wall"], preserve=["a wall"], category="x")
+    assert more["aliases"] == ["7", "sevens"] and more["category"] == "x" and more["preserve"][-1] == "a wall"
+    assert {"seven on a wall", "7 on a wall", "sevens on a wall"} <= set(more["prompts"])
+    other = erase_kwargs_for("cat", neighbors=["dog"])
+    assert other["templates"] == list(SHORT_TEMPLATES) and other["neighbors"] == ["dog"] and other["prompts"] is None
+    assert erase_kwargs_for("cat", prompts=["a cat"])["templates"] is None
