@@ -1,40 +1,53 @@
 """Adding a LoRA adapter to layers that PEFT has wrapped already, without a walk of the model per adapter.
 
 diffusers' `load_lora_adapter` builds the adapter's `LoraConfig`, then PEFT's `inject_adapter_in_model` walks every
-module of the model to find the targets, and `set_peft_model_state_dict` loads the weights through the whole model's
-`load_state_dict`; on an SD 1.5 UNet that is ~0.2-0.3 s per adapter, whatever the adapter's size, and it grows with
-the number of adapters already loaded (each adds modules to walk). A stack of 100 removals took ~29 s to load.
+module of the model to find the targets and `set_peft_model_state_dict` loads the weights through the whole model's
+`load_state_dict`: on an SD 1.5 UNet ~0.2-0.3 s per adapter whatever its size, growing with the adapters already
+loaded (each adds modules to walk). A stack of 100 removals took ~29 s to load that way.
 
-[`load_lora_adapter`] does the same thing in a few milliseconds when every layer the adapter edits is a PEFT LoRA
-`Linear` already (the second and later removals of a stack: the first goes through diffusers): it builds the config
-with diffusers' own function, registers it in `model.peft_config`, calls PEFT's `update_layer` on each target in the
-order PEFT's walk would, copies the weights, and makes the new adapter the active one on every LoRA layer, as PEFT's
-injection does. The model is left in the state diffusers + PEFT leave it in: the same config (target modules
-condensed as PEFT condenses them), the same layers and parameters (values, dtype, device, `requires_grad`, training
-flag), the same active adapters, the same random numbers drawn for the (overwritten) initial weights.
-`tests/test_fast_inject.py` compares both paths.
+[`load_lora_adapter`] does the same in milliseconds when every layer the adapter edits is a PEFT LoRA `Linear`
+already (the second and later removals of a stack; the first goes through diffusers): the config from diffusers' own
+function, registered in `model.peft_config`; per target, in the order of PEFT's walk, what PEFT's `update_layer`
+does for a plain LoRA adapter, then the weights copied in; the new adapter made the active one on every LoRA layer, as
+PEFT's injection leaves it. The model ends in the state diffusers + PEFT leave it in: the same config (target modules
+condensed as PEFT condenses them), the same modules and parameters (values, dtype, device, `requires_grad`, training
+flag), the same active adapters, and the same random numbers drawn for the initial weights (overwritten by the
+loaded ones, but drawn from the global generator, which a pipeline without a `generator` then reads).
+`tests/test_fast_inject.py` compares both paths bit for bit; the first use in a process compares them once more on a
+two-layer model (`_matches_peft`), so that another PEFT version that changes `update_layer` falls back instead of
+diverging.
 
-Whatever this code does not reproduce exactly goes through diffusers instead (a layer not wrapped yet, a merged
-LoRA layer, another kind of PEFT layer, DoRA, LoRA biases, rank or alpha patterns that differ per layer are fine; a
-hotswap setup, tensor parallelism, a transformers model, auxiliary PEFT wrappers, an adapter name that is also part
-of a module name, ...): the fast path is an optimisation, never a different result.
+Anything this code does not reproduce exactly goes through diffusers instead: a layer not wrapped yet, a LoRA layer
+with a merged adapter (PEFT's injection unmerges it), another PEFT method's layers, DoRA, LoRA biases, dropout, other
+initialisations, a hotswap setup, tensor or context parallelism, a transformers model (PEFT converts their configs),
+auxiliary PEFT wrappers (`modules_to_save`), an adapter name that is also part of a module name. The fast path is an
+optimisation, never a different result.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
-from diffusers.utils.peft_utils import _create_lora_config
-from peft.tuners.lora.layer import Linear as LoraLinear
-from peft.tuners.lora.layer import LoraLayer
-from peft.tuners.tuners_utils import BaseTunerLayer, _find_minimal_target_modules
-from peft.utils.constants import MIN_TARGET_MODULES_FOR_OPTIMIZATION
-from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
 from torch import nn
+
+try:  # private helpers of diffusers and PEFT: where a version lacks one, every load goes through diffusers
+    from diffusers.loaders.peft import PeftAdapterMixin
+    from diffusers.utils.peft_utils import _create_lora_config
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.lora.layer import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer, _find_minimal_target_modules
+    from peft.utils.constants import MIN_TARGET_MODULES_FOR_OPTIMIZATION
+    from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
+except ImportError:  # pragma: no cover - depends on the installed versions
+    _IMPORTED = False
+else:
+    _IMPORTED = True
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +91,17 @@ def add_to_wrapped_layers(
     Returns:
         `bool`: whether the adapter was added.
     """
+    if not _matches_peft():
+        return False
     plan = _plan(model, state_dict, prefix, adapter_name)
     if plan is None:
         return False
-    config, targets, lora_layers = plan
+    _add(model, adapter_name, *plan)
+    return True
+
+
+def _add(model: nn.Module, adapter_name: str, config, targets: list, lora_layers: list) -> None:
+    """Adds the adapter as `_plan` laid out; on any error, takes it out again and re-raises."""
     model.peft_config[adapter_name] = config
     done: list[LoraLinear] = []
     active_before = [(layer, layer._active_adapter) for layer in lora_layers]
@@ -103,7 +123,6 @@ def add_to_wrapped_layers(
             layer._active_adapter = active_adapter
         model.peft_config.pop(adapter_name, None)
         raise
-    return True
 
 
 def _update_layer(layer: LoraLinear, adapter_name: str, config, key: str) -> None:
@@ -120,7 +139,7 @@ def _update_layer(layer: LoraLinear, adapter_name: str, config, key: str) -> Non
     alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
     layer.r[adapter_name] = r
     layer.lora_alpha[adapter_name] = alpha
-    layer.lora_dropout.update(nn.ModuleDict({adapter_name: nn.Identity()}))
+    layer.lora_dropout[adapter_name] = nn.Identity()  # what `update(nn.ModuleDict(...))` leaves
     layer.lora_A[adapter_name] = nn.Linear(layer.in_features, r, bias=False)
     layer.lora_B[adapter_name] = nn.Linear(r, layer.out_features, bias=False)
     layer.lora_bias[adapter_name] = False
@@ -265,3 +284,82 @@ def _condensed(target_modules: frozenset[str], names: tuple[str, ...]) -> frozen
     suffixes = tuple("." + suffix for suffix in target_modules)
     others = [name for name in names if name not in target_modules and not name.endswith(suffixes)]
     return frozenset(_find_minimal_target_modules(target_modules, others))
+
+
+# ------------------------------------------------------------------------------------ the check against PEFT
+if _IMPORTED:
+
+    class _Probe(nn.Module, PeftAdapterMixin):
+        """Two linear layers with diffusers' PEFT integration: the smallest model `_matches_peft` can load into."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Linear(6, 5)
+            self.second = nn.Linear(5, 4)
+
+
+def _probe_lora(seed: int, rank: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for layer, (inputs, outputs) in {"first": (6, 5), "second": (5, 4)}.items():
+        weights[f"probe.{layer}.lora_A.weight"] = torch.randn(rank, inputs, generator=generator)
+        weights[f"probe.{layer}.lora_B.weight"] = torch.randn(outputs, rank, generator=generator)
+    return weights
+
+
+def _state(model: nn.Module) -> tuple:
+    """What `_matches_peft` compares: the module tree, the parameters and each LoRA layer's bookkeeping."""
+    modules = [(name, type(module), module.training) for name, module in model.named_modules()]
+    parameters = [(name, p.dtype, p.requires_grad, p.detach().clone()) for name, p in model.named_parameters()]
+    layers = [
+        {
+            key: value
+            for key, value in vars(module).items()
+            if not key.startswith("_") and not isinstance(value, nn.Module)
+        }
+        | {"active": module.active_adapters, "disabled": module.disable_adapters}
+        for module in model.modules()
+        if isinstance(module, BaseTunerLayer)
+    ]
+    return modules, parameters, layers, dict(model.peft_config)
+
+
+def _same(stock: tuple, fast: tuple) -> bool:
+    (modules, parameters, layers, configs), (fast_modules, fast_parameters, fast_layers, fast_configs) = stock, fast
+    if modules != fast_modules or layers != fast_layers or configs != fast_configs:
+        return False
+    if [p[:3] for p in parameters] != [p[:3] for p in fast_parameters]:
+        return False
+    return all(torch.equal(p[3], q[3]) for p, q in zip(parameters, fast_parameters, strict=True))
+
+
+@functools.cache
+def _matches_peft() -> bool:
+    """Whether the fast path leaves a model exactly as diffusers' `load_lora_adapter` does, with the diffusers and
+    PEFT installed: checked once per process on a two-layer model (a few milliseconds; the global random state is
+    left as it was)."""
+    if not _IMPORTED:
+        return False
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            torch.manual_seed(0)
+            stock = _Probe()
+            fast = copy.deepcopy(stock)
+            for model in (stock, fast):
+                model.load_lora_adapter(_probe_lora(1, 2), prefix="probe", adapter_name="probe-a")
+            torch.manual_seed(1)
+            stock.load_lora_adapter(_probe_lora(2, 3), prefix="probe", adapter_name="probe-b")
+            stock_random = torch.get_rng_state()
+            torch.manual_seed(1)
+            plan = _plan(fast, _probe_lora(2, 3), "probe", "probe-b")
+            if plan is None:
+                return False
+            _add(fast, "probe-b", *plan)
+            matches = torch.equal(stock_random, torch.get_rng_state()) and _same(_state(stock), _state(fast))
+    except Exception:  # noqa: BLE001 - any difference in the private APIs used: diffusers' path
+        logger.debug("LoRA adapters load through diffusers only: the fast path failed its check", exc_info=True)
+        return False
+    if not matches:
+        logger.debug("LoRA adapters load through diffusers only: the fast path does not match this PEFT version")
+    return matches

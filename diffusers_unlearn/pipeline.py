@@ -46,6 +46,7 @@ from .errors import (
 )
 from .families import family_of
 from .layers import base_linear, edited_layers, fingerprint
+from .peft_inject import load_lora_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -537,13 +538,15 @@ def _holds(denoiser, name: str, adapter: UnlearningAdapter) -> bool:
 
 
 def _load_peft(denoiser, entry: _Entry) -> None:
-    """Loads a removal as a PEFT adapter through diffusers' own loader, on the (unwrapped) denoiser only."""
+    """Loads a removal as a PEFT adapter, on the (unwrapped) denoiser only: through diffusers' own loader, or, where
+    PEFT has wrapped the removal's layers already, by adding it to them directly (`peft_inject`: the same result
+    without PEFT's walk of every module per adapter)."""
     # copies: diffusers may keep the tensors it is given as the layers' parameters, and the removal's own tensors
     # are what verification compares the layers with
     weights = {key: value.clone() for key, value in entry.adapter.lora_weights.items()}
     with warnings.catch_warnings():  # several adapters on one model is the point of a stack
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        denoiser.load_lora_adapter(weights, prefix=entry.adapter.denoiser, adapter_name=entry.name)
+        load_lora_adapter(denoiser, weights, prefix=entry.adapter.denoiser, adapter_name=entry.name)
 
 
 def _delete_peft(pipe, denoiser, names: list[str]) -> None:
@@ -551,8 +554,11 @@ def _delete_peft(pipe, denoiser, names: list[str]) -> None:
     once the denoiser holds no adapter at all (a LoRA of the user's, here or in a text encoder, is left alone)."""
     present = [name for name in names if name in _peft_names(denoiser)]
     _unmerge(denoiser, present)
-    if present:
+    if present and set(present) == _peft_names(denoiser):
+        denoiser.unload_lora()  # all of them: what deleting each then unloading leaves, without a walk per adapter
+    elif present:
         denoiser.delete_adapters(present)
+    if present:
         pipe._merged_adapters = set(pipe.fused_loras) - set(present)
     if _has_peft(denoiser) and not _peft_names(denoiser):
         denoiser.unload_lora()
