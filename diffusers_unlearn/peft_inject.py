@@ -151,9 +151,11 @@ def _update_layer(layer: LoraLinear, adapter_name: str, config, key: str) -> Non
     if device is not None:
         cast = dtype if dtype is not None and (dtype.is_floating_point or dtype.is_complex) else None
         for modules in (layer.lora_A, layer.lora_B):
-            modules[adapter_name] = (
-                modules[adapter_name].to(device, dtype=cast) if cast else modules[adapter_name].to(device)
-            )
+            weight = modules[adapter_name].weight
+            if weight.device != device or (cast is not None and weight.dtype != cast):  # else `.to` changes nothing
+                modules[adapter_name] = (
+                    modules[adapter_name].to(device, dtype=cast) if cast else modules[adapter_name].to(device)
+                )
 
 
 def _plan(model: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str, adapter_name: str):

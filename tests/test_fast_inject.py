@@ -49,8 +49,9 @@ def _inputs():
 
 
 def _output(unet):
+    inputs = {key: value.to(unet.dtype) if value.is_floating_point() else value for key, value in _inputs().items()}
     with torch.no_grad():
-        return unet(**_inputs(), return_dict=False)[0]
+        return unet(**inputs, return_dict=False)[0]
 
 
 def assert_same_state(stock, fast):
@@ -136,6 +137,18 @@ def test_adapters_added_like_peft(unets):
         model.unload_lora()
     assert_same_state(stock, fast)
     assert not any(isinstance(m, BaseTunerLayer) for m in fast.modules())
+
+
+def test_adapters_cast_to_the_layers_dtype(unets):
+    stock, fast, added = unets
+    stock.to(torch.bfloat16)
+    fast.to(torch.bfloat16)
+    layers = _linear_layers(stock, 6)
+    for seed in range(3):
+        _load_both(stock, fast, _lora(stock, layers, 4, seed=seed), f"adapter{seed}", seed)
+    assert added == ["adapter1", "adapter2"]
+    assert fast.get_submodule(layers[0]).lora_A["adapter2"].weight.dtype == torch.bfloat16
+    assert_same_state(stock, fast)
 
 
 def test_unwrapped_layer_goes_through_diffusers(unets):
