@@ -3,6 +3,7 @@
 Methods, all built from the same code:
 
 - `ours`: closed form, fine-grained targets, local protection, each removal made on top of the stack;
+- `chain (before)`: the same with issue 19's settings (protection held to the chain, no earlier protection);
 - `coarse target`: the same, but every forget prompt mapped to "" (ESD / UCE-style anchor);
 - `no local protection`: the same, with `lambda_protect=0` (no neighbours, no empty prompt, no earlier removals);
 - `naive stacking`: locality-aware removals each made independently on the untouched model, then summed;
@@ -76,13 +77,17 @@ SEQUENCE: tuple[Concept, ...] = (
 )
 """25 removals: two whole digits, one whole colour, 6 digit-colour combinations, 16 digit-colour-stroke ones."""
 
-METHODS = ("ours", "coarse target", "no local protection", "naive stacking", "joint merge", "distill")
+METHODS = (
+    "ours", "chain (before)", "coarse target", "no local protection", "naive stacking", "joint merge", "distill",
+)  # fmt: skip
 
 
 def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> dict:
     kwargs = concept.erase_kwargs() | {"config": config}
     if method == "coarse target":
         kwargs["anchor"] = ""
+    if method == "chain (before)":  # issue 19's closed form: protection held to the chain, no earlier protection
+        kwargs["config"] = du.ClosedFormConfig(lambda_protect=config.lambda_protect, lambda_reg=config.lambda_reg)
     if method == "distill":
         # the digits model fixes colour and shape in its first, noisiest steps: train on all timesteps, not only
         # below 600 (LACU's range for Stable Diffusion), or colours are not erased (measured: "red" 90% kept)
@@ -136,9 +141,36 @@ def relative(now: dict[str, float], before: dict[str, float]) -> float:
     return sum(now.values()) / base if base else float("nan")
 
 
+def closed_form_config(args) -> du.ClosedFormConfig:
+    return du.ClosedFormConfig(
+        lambda_protect=args.lambda_protect, lambda_reg=args.lambda_reg, anchor=args.anchor,
+        earlier_protection=args.earlier_protection,
+    )  # fmt: skip
+
+
+def erase_step(pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept]):
+    """One removal; when every mapping target is refused, the user's recourse the error names: the same request
+    with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
+    Returns the removal (`None`: refused even then) and the fallback used, if any."""
+    kwargs = erase_kwargs(concept, method, config)
+    try:
+        return du.erase(pipe, **kwargs), None
+    except du.InvalidConceptError as error:
+        if concept.digit is None or "anchor" in kwargs:
+            raise
+        first = error
+    gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
+    fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
+    kwargs["mapping_candidates"] = [*kwargs.get("mapping_candidates", []), *fallback]
+    try:
+        return du.erase(pipe, **kwargs), "other digits"
+    except du.InvalidConceptError:
+        raise first from None
+
+
 def run(args) -> dict:
     scorer = DigitsConceptScorer()
-    config = du.ClosedFormConfig(lambda_protect=args.lambda_protect, lambda_reg=args.lambda_reg)
+    config = closed_form_config(args)
     call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False}
     sequence = SEQUENCE[: args.removals]
     pipe = digits.load_pipeline()
@@ -150,14 +182,19 @@ def run(args) -> dict:
     results = {"untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {}}
     print(f"untouched: forget {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)
 
+    untouched_pipe = digits.load_pipeline()  # the interference check reads the untouched weights
     for method in args.methods:
         pipe = digits.load_pipeline()
         bare = digits.load_pipeline() if method in ("naive stacking", "joint merge") else None
         rows, made = [], []
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
+            fallback = None
             try:
-                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
+                if args.target_fallback:
+                    adapter, fallback = erase_step(bare or pipe, concept, method, config, list(sequence[: step - 1]))
+                else:
+                    adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
                 adapter = None
@@ -169,14 +206,24 @@ def run(args) -> dict:
             seconds = time.perf_counter() - started
             if adapter is not None:
                 pipe.load_unlearning(adapter, mode="fused")
+            if step % args.eval_every and step != len(sequence):
+                rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds, "removal_made":
+                             adapter is not None, "target_fallback": fallback, **_made(adapter)})  # fmt: skip
+                continue
             removed = list(sequence[:step])
             forget, related, general = probes_at(removed)
             result = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
             excess = max(result.forget[c.name] - c.chance for c in removed)
             combos = [c for c in removed if c.kind == "combination"]
+            conjunction_excess = max(  # combinations by conjunction, the rest as above
+                (result.forget[c.name + CONJUNCTION] - conjunction_chance(c)) if c.kind == "combination"
+                else (result.forget[c.name] - c.chance) for c in removed
+            )  # fmt: skip
             row = {
                 "step": step,
                 "concept": concept.name,
+                "target_fallback": fallback,
+                "worst_conjunction_excess": conjunction_excess,
                 "forget_accuracy": sum(result.forget[c.name] for c in removed) / len(removed),
                 "conjunction_forget": (
                     sum(result.forget[c.name + CONJUNCTION] for c in combos) / len(combos) if combos else math.nan
@@ -192,6 +239,8 @@ def run(args) -> dict:
                 "general_cells": len(general),
                 "erase_seconds": seconds,
                 "removal_made": adapter is not None,
+                **_made(adapter),
+                "check": _check(untouched_pipe, made) if method not in ("joint merge",) else None,
                 "per_concept_forget": result.forget,
             }
             rows.append(row)
@@ -203,6 +252,29 @@ def run(args) -> dict:
             )
         results["methods"][method] = rows
     return results
+
+
+def _check(pipe, made: list) -> dict | None:
+    """`UnlearningStack.check` on the removals made so far (issue 16, point 3: does it predict the damage?)."""
+    if not made:
+        return None
+    report = du.UnlearningStack(made).check(pipe)
+    return {
+        "passed": report.passed,
+        "undo": float(report.stack_undo.max()),
+        "shift": float(report.stack_shift.max()),
+        "collateral": float(report.stack_collateral.max()),
+        "weak": len(report.weak),
+        "failures": report.failures()[:5],
+    }
+
+
+def _made(adapter) -> dict:
+    """What a step's removal chose and measured of itself (targets, solve and effect figures)."""
+    if adapter is None:
+        return {"targets": [], "figures": {}}
+    figures = {k: v for k, v in adapter.metadata.get("figures", {}).items() if isinstance(v, int | float)}
+    return {"targets": [t["target"] for t in adapter.metadata.get("targets", [])], "figures": figures}
 
 
 def write_report(results: dict, args) -> None:
@@ -231,7 +303,7 @@ def write_report(results: dict, args) -> None:
         "related retention (last / min) | general retention (last / min) | seconds per removal |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for method, rows in results["methods"].items():
+    for method, rows in _measured(results):
         last = rows[-1]
         lines.append(
             f"| {method} | {_steps_at_bars(rows)} | "
@@ -244,7 +316,7 @@ def write_report(results: dict, args) -> None:
             f"{sum(r['erase_seconds'] for r in rows) / len(rows):.2f} |"
         )
     lines += ["", "![curves](continual.png)", ""]
-    for method, rows in results["methods"].items():
+    for method, rows in _measured(results):
         lines += [
             f"## {method}",
             "",
@@ -261,8 +333,8 @@ def write_report(results: dict, args) -> None:
             )
         lines.append("")
     args.output.write_text("\n".join(lines))
-    (args.output.parent / "continual.json").write_text(json.dumps(results, indent=1))
-    _plot(results, args.output.parent / "continual.png")
+    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    _plot(results, args.output.with_suffix(".png"))
 
 
 def _steps_at_bars(rows: list[dict]) -> int:
@@ -274,6 +346,11 @@ def _steps_at_bars(rows: list[dict]) -> int:
             break
         count += 1
     return count
+
+
+def _measured(results: dict) -> list[tuple[str, list[dict]]]:
+    """Each method's measured rows (with `--eval-every`, the steps in between only record their removal)."""
+    return [(method, [r for r in rows if "related" in r]) for method, rows in results["methods"].items()]
 
 
 def _pct(value: float) -> str:
@@ -293,10 +370,10 @@ def _plot(results: dict, path: Path) -> None:
         ("general", "general retention"),
     ]
     for axis, (key, title) in zip(axes, panels, strict=True):
-        for method, rows in results["methods"].items():
+        for method, rows in _measured(results):
             axis.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", markersize=3, label=method)
         if key == "forget_accuracy":
-            rows = next(iter(results["methods"].values()))
+            rows = next(iter((rows for _, rows in _measured(results))))
             axis.plot([r["step"] for r in rows], [r["chance"] for r in rows], "k--", label="chance")
         else:
             axis.axhline({"related": 0.9, "general": 0.95}[key], color="k", linestyle="--", label="target")
@@ -538,7 +615,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--methods", nargs="+", default=None, choices=sorted(set(METHODS) | set(GLYPH_METHODS)))
-    parser.add_argument("--eval-every", type=int, default=1, help="glyphs: measure every N steps (and the last)")
+    parser.add_argument("--eval-every", type=int, default=1, help="measure every N steps (and the last)")
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
     parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
@@ -547,6 +624,10 @@ def main() -> None:
     defaults = du.ClosedFormConfig()
     parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)
     parser.add_argument("--lambda-reg", type=float, default=defaults.lambda_reg)
+    parser.add_argument("--anchor", choices=("chain", "base"), default=defaults.anchor)
+    parser.add_argument("--earlier-protection", type=float, default=defaults.earlier_protection)
+    parser.add_argument("--target-fallback", action="store_true", help="digits: on a refused target, retry with "
+                        "the digits not removed as candidates")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="default docs/benchmarks/continual[_glyphs].md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from the json, run nothing")
     args = parser.parse_args()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -43,12 +43,15 @@ class Constraints:
         weights (`dict[str, float]`): Group weights (a joint solve gives each member's groups `1 / k`).
         statistics (`list[tuple[torch.Tensor, torch.Tensor]]`): Forget statistics `(moment, shift)` of
             removals known only by their stored probes (redacted removals in a joint merge).
+        current (`set[str]`): Groups held to the current model's outputs even when the solve holds the others to
+            the untouched model's (`solve(..., chain=...)`): prompts that loaded removals erased.
     """
 
     forget: list[list[tuple[str, str]]] = field(default_factory=list)
     protect: dict[str, list[str]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     statistics: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    current: set[str] = field(default_factory=set)
 
     @property
     def protected(self) -> list[str]:
@@ -75,6 +78,7 @@ def solve(
     bank: PromptBank | None = None,
     weights: dict[str, torch.Tensor] | None = None,
     gram: torch.Tensor | None = None,
+    chain: torch.Tensor | None = None,
 ) -> Solution:
     """Solves `constraints` on the pipeline's current weights (every loaded removal applied).
 
@@ -87,6 +91,10 @@ def solve(
         bank ([`PromptBank`], *optional*): Embeddings already computed.
         weights (`dict[str, torch.Tensor]`, *optional*): The edited layers' current weights, if already read.
         gram (`torch.Tensor`, *optional*): Their projection Gram matrix (`projection_gram`), if already formed.
+        chain (`torch.Tensor`, *optional*): `(d, d)` map `M` of the loaded removals on the text embeddings
+            (current weights `W = W_base M`, see [`chain_map`]). Given, the protected groups are held to their
+            untouched outputs (`(I + G) c = M^-1 c`) instead of their current ones (`G c = 0`); the earlier
+            removals' forget moments (`protect_factors`) stay held to the current ones.
     """
     family = family_of(pipe)
     bank = bank if bank is not None else PromptBank(pipe, family)  # an empty bank is falsy (len 0)
@@ -117,9 +125,17 @@ def solve(
         shift += member_shift.double() / members
 
     protect_moment = torch.zeros(d, d, dtype=torch.float64)
+    anchored = torch.zeros(d, d, dtype=torch.float64)  # the groups held to the untouched model, with `chain`
     for group, prompts in constraints.protect.items():
         if prompts:
-            protect_moment += constraints.weights.get(group, 1.0) * bank.moment(prompts)
+            group_moment = constraints.weights.get(group, 1.0) * bank.moment(prompts)
+            protect_moment += group_moment
+            if group not in constraints.current:
+                anchored += group_moment
+    if chain is not None:  # protected prompts pulled back to their untouched outputs: the shift of the pairs
+        # (c, M^-1 c) is (M^-1 - I) Q, weighed like the protection
+        repair = torch.linalg.solve(chain.double(), anchored) - anchored
+        shift = shift + config.lambda_protect * repair
     if protect_factors:  # keep earlier removals removed: one more group, the mean of their forget moments
         earlier = sum(f.double().T @ f.double() for f in protect_factors) / len(protect_factors)
         protect_moment = protect_moment + earlier
@@ -164,6 +180,66 @@ def solve(
         "remap_down": remap.down.contiguous(),
     }
     return Solution(lora=lora, remap=remap, figures=figures, probes=probes)
+
+
+def chain_map(adapters: Sequence[UnlearningAdapter]) -> torch.Tensor | None:
+    """The map `M` on the text embeddings of a chain of closed-form removals, in load order.
+
+    Each removal `k` changes the edited layers by `W_(k-1) @ up_k @ down_k` (its stored remap), so after the chain
+    the weights are `W_base @ M` with `M = (I + up_1 down_1) ... (I + up_n down_n)`, exactly (the LoRA is the
+    truncated remap). `None` when a removal has no stored remap (distilled, or made by another tool): its change is
+    not a remap of the embeddings.
+    """
+    chain = None
+    for adapter in adapters:
+        if "remap_up" not in adapter.probes or "remap_down" not in adapter.probes:
+            return None
+        up, down = adapter.probes["remap_up"].double(), adapter.probes["remap_down"].double()
+        step = torch.eye(up.shape[0], dtype=torch.float64) + up @ down
+        chain = step if chain is None else chain @ step
+    return chain
+
+
+def earlier_protected(
+    previous: Sequence[UnlearningAdapter],
+    names: Sequence[str],
+    groups: dict[str, list[str]],
+    forget_prompts: dict[Context, list[str]],
+) -> list[str]:
+    """The prompts the loaded removals protected that a new removal must keep too.
+
+    Dropped: the new removal's forget prompts, and prompts that name its concept or an alias unless it protects
+    them itself ("blue three" keeps "a red three", which "seven" protected; "three" would not).
+    """
+    own = {p for prompts in groups.values() for p in prompts}
+    erased = {p for prompts in forget_prompts.values() for p in prompts}
+    mentions = names_pattern(list(names))
+    kept = (p for a in previous for p in a.metadata.get("protected_prompts", []))
+    return list(dict.fromkeys(p for p in kept if p not in erased and (p in own or not mentions.search(p))))
+
+
+def hold_removed(constraints: Constraints, previous: Sequence[UnlearningAdapter], removed: Collection[str]) -> None:
+    """Moves the protected prompts that loaded removals erased into groups held to the current model.
+
+    With protection held to the untouched model (`ClosedFormConfig(anchor="base")`), a protected "a blue seven"
+    (a neighbour of "blue three") would be pulled back to a seven after "seven" was removed; it is held where the
+    chain put it instead, like the earlier removals' forget prompts. Erased: an earlier forget prompt, or a prompt
+    naming a concept in `removed`. Each group's weight is shared between its two parts by their sizes.
+    """
+    erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
+    pattern = names_pattern(sorted(removed)) if removed else None
+    for group, prompts in list(constraints.protect.items()):
+        gone = [p for p in prompts if p in erased or (pattern is not None and pattern.search(p))]
+        if not gone:
+            continue
+        rest, weight = [p for p in prompts if p not in set(gone)], constraints.weights.get(group, 1.0)
+        key = f"{group} (removed)"
+        constraints.protect[key], constraints.weights[key] = gone, weight * len(gone) / len(prompts)
+        constraints.current.add(key)
+        if rest:
+            constraints.protect[group], constraints.weights[group] = rest, weight * len(rest) / len(prompts)
+        else:
+            del constraints.protect[group]
 
 
 def embedding_probes(bank: PromptBank, pairs: list[tuple[str, str]], groups: dict[str, list[str]]) -> dict:

@@ -16,7 +16,16 @@ from diffusers import DiffusionPipeline
 
 from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
-from .constraints import Constraints, concept_hash_of, embedding_probes, names_pattern, solve
+from .constraints import (
+    Constraints,
+    chain_map,
+    concept_hash_of,
+    earlier_protected,
+    embedding_probes,
+    hold_removed,
+    names_pattern,
+    solve,
+)
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
 from .errors import InvalidArgumentError, InvalidConceptError, InvalidTypeError, WeakRemovalWarning
 from .families import family_of
@@ -193,7 +202,11 @@ def erase(
     # fine-grained mapping targets: one per context, shared by the concept and its aliases, never a candidate
     # the model draws as the concept itself, nor one removed earlier (targets.py).
     previous = loaded_adapters(pipe)
-    removed = {n.lower() for a in previous for n in [a.metadata.get("concept"), *a.metadata.get("aliases", [])] if n}
+    # a removal that protects its own word in other contexts ("blue three" keeps "a red three") did not remove it
+    removed = {
+        n.lower() for a in previous for n in [a.metadata.get("concept"), *a.metadata.get("aliases", [])]
+        if n and not any(names_pattern([n]).search(p) for p in a.metadata.get("protected_prompts", []))
+    }  # fmt: skip
     if anchor is not None:
         candidates = [Candidate(anchor, fixed=True)]
     else:
@@ -221,8 +234,14 @@ def erase(
             "bank": bank,
             "weights": weights,
             "gram": gram,
+            "chain": chain_map(previous) if previous and config.anchor == "base" else None,
         }
-        constraints = Constraints(forget=[pairs], protect=groups)
+        constraints = Constraints(forget=[pairs], protect=dict(groups))
+        if previous and config.earlier_protection > 0:  # what earlier removals kept, unless this one erases it
+            constraints.protect["earlier"] = earlier_protected(previous, names, groups, forget_prompts)
+            constraints.weights["earlier"] = config.earlier_protection
+        if solve_kwargs["chain"] is not None:  # held to the untouched model, except what was erased since
+            hold_removed(constraints, previous, removed)
         if harden is None:
             solution, harden_figures = solve(pipe, constraints, config, **solve_kwargs), {}
         else:  # methods/harden.py: derive the embeddings that still regenerate the concept, erase them, re-solve

@@ -12,7 +12,8 @@ generic word "digit" was never in a training caption, and "a green digit" is dra
    nearest other concept (the protected neighbours nearest the concept). A candidate the model treats as the
    concept is drawn as it. Without neighbours there is nothing to compare with, and only rule 1 applies.
 
-A concept a loaded removal erased is no target either (after "seven" -> "four", "seven" is drawn as a four).
+A concept a loaded removal erased is no target either (after "seven" -> "four", "seven" is drawn as a four); a
+removal that protects its own word in other contexts ("blue three" keeps "a red three") did not erase the word.
 
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.

@@ -32,6 +32,14 @@ class ClosedFormConfig:
             at most `max_rank`.
         max_rank (`int`): Upper bound on the automatic rank (size: ~100 kB per rank for SD 1.5 in fp16).
         min_energy (`float`): Share of the edit's energy (squared singular values) the automatic rank keeps.
+        anchor (`str`): What a removal made on top of others holds its protected prompts to. `"chain"`: their
+            outputs under the removals loaded now (drift those removals left stays, and compounds over a long
+            chain). `"base"`: their outputs under the untouched model, so each removal also repairs the drift the
+            earlier ones left on what it protects; earlier removals' forget prompts stay held to the chain (they
+            stay removed). Needs the loaded removals' remaps (closed-form removals); others fall back to `"chain"`.
+        earlier_protection (`float`): Weight of one more protected group: every prompt the loaded removals
+            protected (minus this removal's forget prompts), so that a later removal cannot wear down what an
+            earlier one kept. 0 (default): not protected again.
     """
 
     lambda_protect: float = 0.4
@@ -39,6 +47,8 @@ class ClosedFormConfig:
     rank: int | None = None
     max_rank: int = 12
     min_energy: float = 0.99
+    anchor: str = "chain"
+    earlier_protection: float = 0.0
 
     def __post_init__(self):
         if self.lambda_protect < 0 or self.lambda_reg <= 0:
@@ -53,6 +63,10 @@ class ClosedFormConfig:
             raise InvalidArgumentError(
                 f"max_rank must be >= 1 and min_energy in (0, 1], got {self.max_rank} and {self.min_energy}."
             )
+        if self.anchor not in ("chain", "base"):
+            raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
+        if self.earlier_protection < 0:
+            raise InvalidArgumentError(f"earlier_protection must be >= 0, got {self.earlier_protection}.")
 
 
 @dataclass
