@@ -67,11 +67,12 @@ _LAZY: dict[str, str] = {
     "erase": "erasure",
     "export_kohya": "export",
     "hub": "hub",  # the module itself
+    "workflows": "workflows",  # the module itself
 }
 """Public name -> the module (in this package) that defines it."""
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports these on first use
-    from . import hub
+    from . import hub, workflows
     from .adapter import UnlearningAdapter
     from .erasure import erase
     from .export import export_kohya
@@ -214,4 +215,5 @@ __all__ = [
     "merge_deviation",
     "unlearning",
     "unload_unlearning",
+    "workflows",
 ]

@@ -9,35 +9,49 @@ On disk (DESIGN §4)::
       unlearning.json                    # the same provenance, readable without tools
       unlearning_probes.safetensors      # second moments of the forget / protected embeddings and the remap
                                          # factors, used to protect this removal later and to check interference
+      unlearning_stack.json              # the manifest: the sha256 of each file above (see `manifest.py`)
 
-Vanilla `pipe.load_lora_weights("no-van-gogh")` loads it without this package.
+Vanilla `pipe.load_lora_weights("no-van-gogh")` loads it without this package. A chain of removals is the same
+files under `adapters/NNN-name/`, one manifest for all ([`write_removals`]); [`read_removals`] reads either, every
+file verified against the manifest before it is parsed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import tempfile
-from collections.abc import Callable
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import AdapterFormatError, AdapterNotFoundError
+from .errors import AdapterFormatError, AdapterNameError, AdapterNotFoundError
+from .hub import HubMixin, HubOptions, download, resolve_entries
+from .manifest import (  # noqa: F401 - sha256_file and atomic_write are re-exported for callers of this module
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    METADATA_NAME,
+    PROBES_NAME,
+    WEIGHTS_NAME,
+    atomic_write,
+    entry_for,
+    manifest_of,
+    manifest_path,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 
-if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
+logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1.0"
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-METADATA_NAME = "unlearning.json"
-PROBES_NAME = "unlearning_probes.safetensors"
 HEADER_KEY = "diffusers_unlearn"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key: LoraConfig fields only
 
@@ -54,38 +68,6 @@ def content_id(lora_weights: dict[str, torch.Tensor]) -> str:
         digest.update(key.encode())
         digest.update(lora_weights[key].detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Calls `write(tmp_path)` then renames the result onto `path`: readers see the old file or the new one.
-
-    The file gets the mode any new file gets (0o666 less the umask, usually 644), not `mkstemp`'s private 600.
-    """
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
 
 
 def model_name(name_or_path: str | os.PathLike | None) -> str | None:
@@ -108,7 +90,7 @@ def model_name(name_or_path: str | os.PathLike | None) -> str | None:
 
 
 @dataclass
-class UnlearningAdapter:
+class UnlearningAdapter(HubMixin):
     """One concept removal: LoRA tensors for the denoiser plus provenance.
 
     Made by [`erase`]; loaded onto a pipeline with [`load_unlearning`]; saved as a diffusers LoRA.
@@ -192,6 +174,19 @@ class UnlearningAdapter:
         """The LoraConfig fields diffusers reads from `lora_adapter_metadata` (nothing else may go there)."""
         return {"r": self.rank, "lora_alpha": self.rank, "target_modules": sorted(self.layer_names)}
 
+    def same_as(self, other: UnlearningAdapter) -> bool:
+        """Whether `other` is the same removal: same provenance, same LoRA tensors, same probes."""
+        if other is self:
+            return True
+        if (
+            self.metadata != other.metadata
+            or self.lora_weights.keys() != other.lora_weights.keys()
+            or self.probes.keys() != other.probes.keys()
+        ):
+            return False
+        pairs = [(self.lora_weights, other.lora_weights), (self.probes, other.probes)]
+        return all(torch.equal(x[key].detach().cpu(), y[key].detach().cpu()) for x, y in pairs for key in x)
+
     # ---------------------------------------------------------------------------------------------- files
     def save_pretrained(
         self,
@@ -203,16 +198,16 @@ class UnlearningAdapter:
     ) -> Path:
         """Writes the removal to a folder that vanilla `pipe.load_lora_weights(folder)` also loads.
 
-        Every file is written to a temporary name and renamed into place, so an interrupted save leaves the
-        previous files readable.
+        The folder holds the three files and a manifest that pins the sha256 of each (see `manifest.py`). Every
+        file is written to a temporary name and renamed into place, the manifest last.
 
         Args:
             save_directory (`str` or `os.PathLike`): Folder to write (created if needed).
             dtype (`torch.dtype`, *optional*): Cast the LoRA tensors, e.g. `torch.float16` to halve the size.
             push_to_hub (`bool`, defaults to `False`): Also publish the removal with [`push_to_hub`], to
                 `push_kwargs["repo_id"]` (default: the folder's name), as diffusers' `save_pretrained` does.
-            push_kwargs: Passed to [`push_to_hub`] (`repo_id`, `private`, `token`, `commit_message`, `revision`,
-                `report`, `endpoint`).
+            push_kwargs: Passed to [`push_to_hub`] (`repo_id`, `branch`, `private`, `commit_message`, `report`,
+                `token`, `endpoint`).
 
         Returns:
             `Path`: the folder.
@@ -223,11 +218,26 @@ class UnlearningAdapter:
             >>> adapter.save_pretrained("no-seven", push_to_hub=True, repo_id="my-org/no-seven")
             ```
         """
+        if dtype is None:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **push_kwargs)
+        weights = {key: value.to(dtype) for key, value in self.lora_weights.items()}
+        cast = UnlearningAdapter(lora_weights=weights, metadata=self.metadata, probes=self.probes)
+        return cast.save_pretrained(save_directory, push_to_hub=push_to_hub, **push_kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
         folder = Path(save_directory)
+        self._write_files(folder)
+        entry = entry_for(
+            folder, ".", name=self.name, concept=self.concept, adapter_id=self.metadata.get("adapter_id")
+        )
+        write_manifest(folder, manifest_of([entry], **_base_of([self])))
+
+    def _write_files(self, folder: Path) -> None:
+        """The removal's own files (no manifest), each written atomically."""
         if folder.is_file():
             raise AdapterFormatError(f"{folder} is a file; save_pretrained needs a folder path.")
         folder.mkdir(parents=True, exist_ok=True)
-        weights = {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous() for k, v in self.lora_weights.items()}
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.lora_weights.items()}
         provenance = json.dumps(self.metadata, sort_keys=True)
         lora_metadata = {f"{self.denoiser}.{k}": v for k, v in self.lora_config().items()}
         header = {"format": "pt", LORA_METADATA_KEY: json.dumps(lora_metadata, sort_keys=True), HEADER_KEY: provenance}
@@ -236,115 +246,40 @@ class UnlearningAdapter:
         atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata=header))
         if probes:
             atomic_write(folder / PROBES_NAME, lambda tmp: save_file(probes, tmp, metadata={"format": "pt"}))
+        elif (folder / PROBES_NAME).is_file():
+            (folder / PROBES_NAME).unlink()  # an earlier removal's: it would be read with this one
         atomic_write(
             folder / METADATA_NAME,
             lambda tmp: Path(tmp).write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n"),
         )
-        if push_to_hub:
-            self.push_to_hub(push_kwargs.pop("repo_id", folder.resolve().name), **push_kwargs)
-        elif push_kwargs:
-            raise TypeError(f"save_pretrained got {sorted(push_kwargs)}, which only apply with push_to_hub=True.")
-        return folder
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool = False,
-        token: str | None = None,
-        commit_message: str | None = None,
-        revision: str | None = None,
-        report=None,
-        endpoint: str | None = None,
-    ) -> CommitInfo:
-        """Publishes the removal to a Hub repo, its files at the root (see [`hub.push_adapter`]).
-
-        Vanilla `pipe.load_lora_weights(repo_id)` loads the result; `from_pretrained(repo_id)` pulls it verified.
-
-        Args:
-            repo_id (`str`): `"org/name"`; created if needed.
-            private (`bool`, defaults to `False`): Create the repo private.
-            token (`str`, *optional*): Hub token with write access; default the stored one.
-            commit_message (`str`, *optional*): Default `"Publish <name>"`.
-            revision (`str`, *optional*): Branch to push to; default `"main"`.
-            report ([`InterferenceReport`], *optional*): Shown in the model card.
-            endpoint (`str`, *optional*): Hub endpoint; default `HF_ENDPOINT`.
-
-        Returns:
-            `huggingface_hub.CommitInfo`: the commit (`.oid`: pin it when loading).
-
-        Example:
-            ```py
-            >>> info = adapter.push_to_hub("org/no-seven")
-            >>> UnlearningAdapter.from_pretrained("org/no-seven", revision=info.oid)
-            ```
-        """
-        from .hub import push_adapter
-
-        return push_adapter(
-            self,
-            repo_id,
-            private=private,
-            token=token,
-            commit_message=commit_message,
-            revision=revision,
-            report=report,
-            endpoint=endpoint,
-        )
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        endpoint: str | None = None,
-    ) -> UnlearningAdapter:
-        """Reads a removal written by [`save_pretrained`], or pulls one from the Hub (see [`hub.load_adapter`]).
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): The folder (or its
-                `pytorch_lora_weights.safetensors`), or a Hub repo id (`"org/name"`) written by [`push_to_hub`].
-            revision (`str`, *optional*): Branch, tag or commit of the Hub repo; default `"main"`.
-            token, cache_dir, local_files_only, endpoint: As in `huggingface_hub.snapshot_download`.
-
-        Raises:
-            AdapterNotFoundError: No weights file there, no such repo, or not cached while offline.
-            AdapterFormatError: The file is not a valid removal (see the message for what is wrong), or a pulled file
-                does not match its sha256.
-        """
-        from . import hub  # hub imports this module
-
-        path = pretrained_model_name_or_path
-        if not os.path.exists(path) and hub.is_repo_id(path):
-            return hub.load_adapter(
-                path,
-                revision=revision,
-                token=token,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                endpoint=endpoint,
+    def _from_pretrained(cls, folder: Path, options: HubOptions) -> UnlearningAdapter:
+        adapters = read_removals(folder, options)
+        if len(adapters) != 1:
+            raise AdapterNameError(
+                f"{folder} holds a chain of {len(adapters)} removals, not one: load it with "
+                "`UnlearningStack.from_pretrained` (or `pipe.load_unlearning`)."
             )
-        if revision is not None:
-            raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
-        folder = Path(path)
-        if folder.is_file():
-            folder = folder.parent
+        return adapters[0]
+
+    def _removals(self) -> list[UnlearningAdapter]:
+        return [self]
+
+    @classmethod
+    def _read(cls, folder: Path) -> UnlearningAdapter:
+        """Parses the removal files of `folder` (untrusted bytes: every failure is an `AdapterFormatError`).
+
+        This checks the files' content, not their integrity: [`read_removals`] verifies them against the manifest
+        first.
+        """
         weights_path = folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise AdapterNotFoundError(
                 f"No removal at {folder}: expected {WEIGHTS_NAME} there. Pass the folder that "
                 '`UnlearningAdapter.save_pretrained` wrote, or the id ("org/name") of a repo `push_to_hub` wrote.'
             )
-        try:
-            with safe_open(weights_path, framework="pt") as handle:
-                header = handle.metadata() or {}
-                weights = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except Exception as error:  # safetensors raises several types for corrupt files
-            raise AdapterFormatError(f"{weights_path} is not a readable safetensors file: {error}") from error
+        weights, header = _read_safetensors(weights_path)
         if HEADER_KEY not in header:
             raise AdapterFormatError(
                 f"{weights_path} is a LoRA without diffusers-unlearn provenance; load it with "
@@ -352,18 +287,12 @@ class UnlearningAdapter:
             )
         metadata = _parse_metadata(header[HEADER_KEY], weights_path)
         sidecar = folder / METADATA_NAME
-        if sidecar.is_file() and json.loads(sidecar.read_text()) != metadata:
+        if sidecar.is_file() and _read_json(sidecar) != metadata:
             raise AdapterFormatError(
                 f"{sidecar} disagrees with the provenance inside {WEIGHTS_NAME}: one was edited by hand. "
                 f"The header is authoritative; delete {METADATA_NAME} to regenerate it with save_pretrained."
             )
-        probes = {}
-        if (folder / PROBES_NAME).is_file():
-            try:
-                with safe_open(folder / PROBES_NAME, framework="pt") as handle:
-                    probes = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-            except Exception as error:
-                raise AdapterFormatError(f"{folder / PROBES_NAME} is not a readable safetensors file.") from error
+        probes = _read_safetensors(folder / PROBES_NAME)[0] if (folder / PROBES_NAME).is_file() else {}
         adapter = cls(lora_weights=weights, metadata=metadata, probes=probes)
         adapter.validate()
         return adapter
@@ -438,3 +367,198 @@ def _parse_metadata(text: str, source: Path) -> dict[str, Any]:
     if metadata["rank"] < 1:
         raise AdapterFormatError(f"The provenance in {source} has rank {metadata['rank']}; a LoRA rank is >= 1.")
     return metadata
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and header of a safetensors file; any failure (corrupt bytes, bad header) is a format error."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises several types for corrupt files
+        raise AdapterFormatError(f"{path} is not a readable safetensors file: {error}") from error
+    return tensors, header
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; invalid UTF-8 or JSON is a format error."""
+    if path.stat().st_size > _MAX_METADATA_BYTES:
+        raise AdapterFormatError(f"{path} is larger than {_MAX_METADATA_BYTES} bytes.")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise AdapterFormatError(f"{path} is not valid JSON ({type(error).__name__}: {error}).") from error
+
+
+def _base_of(adapters: Sequence[UnlearningAdapter]) -> dict[str, str | None]:
+    """What a manifest records of the base model: the first removal's (all share its fingerprint)."""
+    first = adapters[0].metadata if adapters else {}
+    return {"base_model": first.get("base_model"), "base_fingerprint": first.get("base_fingerprint")}
+
+
+# ------------------------------------------------------------------------------------- folders of removals
+def read_removals(folder: str | os.PathLike, options: HubOptions | None = None) -> list[UnlearningAdapter]:
+    """The removals a local folder holds, in order, verified: a chain, or a single removal.
+
+    With a manifest (what `save_pretrained` and `push_to_hub` write), every file of every entry is checked against
+    its sha256 before it is parsed, entries pinned in other repos are fetched at their commit (with `options`),
+    and each removal must agree with its entry (name, concept, id) and with the manifest's base model; then the
+    chain's parents are checked ([`check_parents`]). A folder without a manifest (written by an older release,
+    or copied without it) holds one removal whose files are parsed and checked for consistency, but not against
+    sha256: a warning says so.
+
+    Args:
+        folder (`str` or `os.PathLike`): The folder, its manifest, or a removal's weights file.
+        options ([`HubOptions`], *optional*): For entries pinned in other repos.
+
+    Raises:
+        AdapterNotFoundError: No removal there.
+        AdapterFormatError: A file does not match its sha256, or is not a valid removal or manifest.
+
+    Example:
+        ```py
+        >>> [a.name for a in read_removals("removals")]
+        ['no-seven', 'no-red']
+        ```
+    """
+    root = Path(folder)
+    if root.is_file():
+        root = root.parent
+    if manifest_path(root) is None:
+        adapter = UnlearningAdapter._read(root)
+        logger.warning(
+            "%s has no %s: its files were parsed but not verified against sha256. Save it again to pin them.",
+            root,
+            MANIFEST_NAME,
+        )
+        return [adapter]
+    manifest = read_manifest(root)  # read once: what is verified is what is loaded
+    adapters = []
+    for index, item in enumerate(resolve_entries(root, manifest, options or HubOptions())):
+        adapter = UnlearningAdapter._read(item.folder)
+        entry = item.entry
+        for key, value in (("name", adapter.name), ("concept", adapter.concept)):
+            if key in entry and entry[key] != value:
+                raise AdapterFormatError(f"{MANIFEST_NAME} lists {key} {entry[key]!r} but its files hold {value!r}.")
+        if entry.get("adapter_id") not in (None, adapter.metadata.get("adapter_id")):
+            raise AdapterFormatError(
+                f"{MANIFEST_NAME} lists {entry['name']!r} with another adapter_id than its files."
+            )
+        recorded = {"base_fingerprint": adapter.base_fingerprint}
+        if index == 0:
+            recorded["base_model"] = adapter.metadata.get("base_model")
+        for key, value in recorded.items():
+            if manifest.get(key) is not None and manifest[key] != value:
+                raise AdapterFormatError(
+                    f"Removal {adapter.name!r} records {key} {value!r}; {MANIFEST_NAME} says {manifest[key]!r}. "
+                    "Refusing to load the removals: the manifest and the files disagree."
+                )
+        adapters.append(adapter)
+    check_parents(adapters)
+    return adapters
+
+
+def load_removals(source: str | os.PathLike, options: HubOptions | None = None) -> list[UnlearningAdapter]:
+    """The removals of a local folder or a Hub repo (downloaded at one commit), verified: see [`read_removals`]."""
+    options = options or HubOptions()
+    return read_removals(download(source, options), options)
+
+
+def write_removals(save_directory: str | os.PathLike, adapters: Sequence[UnlearningAdapter]) -> Path:
+    """Writes a chain: every removal under `adapters/NNN-name/`, then the manifest (last, atomically).
+
+    Saving over an earlier save never modifies a folder the old manifest lists: a removal already saved there is
+    kept as it is, and a different removal at the same position goes to a new folder (`NNN-name-<id>`). Folders no
+    manifest lists are deleted only after the new manifest is in place, so a save killed at any point leaves the
+    previous chain or the new one readable and verified.
+
+    Returns:
+        `Path`: the folder.
+    """
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for position, adapter in enumerate(adapters, 1):
+        relative = Path("adapters") / f"{position:03d}-{adapter.name}"
+        if (folder / relative).exists() and not _holds(folder / relative, adapter):
+            relative = relative.with_name(f"{relative.name}-{adapter.metadata.get('adapter_id', 'new')[:8]}")
+        if not _holds(folder / relative, adapter):
+            adapter._write_files(folder / relative)
+        entries.append(
+            entry_for(
+                folder / relative,
+                relative.as_posix(),
+                name=adapter.name,
+                concept=adapter.concept,
+                adapter_id=adapter.metadata.get("adapter_id"),
+            )
+        )
+    write_manifest(folder, manifest_of(entries, **_base_of(adapters)))
+    listed = {entry["path"] for entry in entries}
+    for stale in sorted((folder / "adapters").iterdir()) if (folder / "adapters").is_dir() else ():
+        if stale.is_dir() and f"adapters/{stale.name}" not in listed:
+            shutil.rmtree(stale, ignore_errors=True)
+    for name in (WEIGHTS_NAME, METADATA_NAME, PROBES_NAME):  # a single removal saved here before
+        (folder / name).unlink(missing_ok=True)
+    return folder
+
+
+def _holds(folder: Path, adapter: UnlearningAdapter) -> bool:
+    """Whether `folder` already holds exactly this removal (same provenance, same tensors, same probes)."""
+    if not (folder / WEIGHTS_NAME).is_file():
+        return False
+    try:
+        return UnlearningAdapter._read(folder).same_as(adapter)
+    except AdapterFormatError:
+        return False
+
+
+def check_parents(adapters: Sequence[UnlearningAdapter]) -> None:
+    """Checks the removals' recorded parents (what each was made on top of) against the chain.
+
+    A parent the chain holds under its name but with other weights (a stale chain: the parent was re-made and this
+    removal was not) and parents that form a cycle (provenance that cannot be true) are refused. A parent the chain
+    does not hold at all is allowed, with a warning: the removal still erases its concept, it was just solved on a
+    model that carried that parent. The order within the chain does not matter: the edits add up.
+
+    Raises:
+        AdapterFormatError: Malformed parents, a stale parent, or a cycle.
+    """
+    by_name = {adapter.name: adapter for adapter in adapters}
+    graph: dict[str, list[str]] = {}
+    for adapter in adapters:
+        parents = adapter.metadata.get("parents", [])
+        if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in parents):
+            raise AdapterFormatError(f"Removal {adapter.name!r} has malformed `parents` in its provenance.")
+        for parent in parents:
+            held, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
+            if held is None:
+                logger.warning(
+                    "Removal %r was made on top of %r, which this chain does not hold; it still erases its concept, "
+                    "but was solved on a model that carried %r.", adapter.name, parent["name"], parent["name"]
+                )  # fmt: skip
+            elif recorded and held.metadata.get("adapter_id") not in (None, recorded):
+                raise AdapterFormatError(
+                    f"Removal {adapter.name!r} was made on top of {parent['name']!r} with id {recorded}, but the "
+                    f"chain holds a different {parent['name']!r} ({held.metadata.get('adapter_id')}): the chain is "
+                    f"stale. Re-make {adapter.name!r} on top of the current {parent['name']!r}."
+                )
+        graph[adapter.name] = [p["name"] for p in parents if p["name"] in by_name]
+    state: dict[str, int] = {}  # 1: being visited, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join(path[path.index(name) :] + [name])
+            raise AdapterFormatError(
+                f"The removals' parents form a cycle ({cycle}): a removal cannot be made on top of itself. The "
+                "provenance was edited or corrupted; do not load this chain."
+            )
+        state[name] = 1
+        for parent in graph[name]:
+            visit(parent, [*path, name])
+        state[name] = 2
+
+    for name in graph:
+        visit(name, [])

@@ -78,13 +78,13 @@ def _hub_errors(action: str, args) -> Iterator[None]:
     error, so that the command exits 1 with a message instead of a traceback."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import _transport_errors
+    from .hub import transport_errors
 
     try:
         yield
     except UnlearningError:
         raise
-    except (HfHubHTTPError, OSError, *_transport_errors()) as error:
+    except (HfHubHTTPError, OSError, *transport_errors()) as error:
         where = args.endpoint or "the Hub ($HF_ENDPOINT or huggingface.co)"
         raise UnlearningError(
             f"Cannot {action} {args.repo_id!r} on {where}: {type(error).__name__}: {str(error).rstrip('.')}. "
@@ -252,22 +252,18 @@ def cmd_export(args) -> dict[str, Any]:
 
 
 def cmd_push(args) -> dict[str, Any]:
-    from . import hub
+    from . import workflows
     from .stack import UnlearningStack
 
-    options = {"token": args.token, "endpoint": args.endpoint, "revision": args.revision}
+    options = {"token": args.token, "endpoint": args.endpoint, "branch": args.revision, "commit_message": args.message}
     source = _source(args.source)
     if args.append and isinstance(source, UnlearningStack):
         raise UnlearningError("--append adds one removal to a chain on the Hub; pass a removal folder.")
     with _hub_errors("publish to", args):
         if args.append:
-            commit = hub.append_to_hub(args.repo_id, source, retry=args.retry, commit_message=args.message, **options)
-        elif isinstance(source, UnlearningStack):
-            commit = hub.push_stack(source, args.repo_id, private=args.private, commit_message=args.message, **options)
+            commit = workflows.append(args.repo_id, source, retry=args.retry, **options)
         else:
-            commit = hub.push_adapter(
-                source, args.repo_id, private=args.private, commit_message=args.message, **options
-            )
+            commit = source.push_to_hub(args.repo_id, private=args.private, **options)
     return {
         "repo_id": args.repo_id,
         "commit": getattr(commit, "oid", None),
@@ -276,20 +272,19 @@ def cmd_push(args) -> dict[str, Any]:
 
 
 def cmd_pull(args) -> dict[str, Any]:
-    from . import hub
     from .stack import UnlearningStack
 
     _refuse_existing(args.output, args.force)
     with _hub_errors("download", args):
-        adapters = hub.load(
+        stack = UnlearningStack.from_pretrained(
             args.repo_id,
             revision=args.revision,
             token=args.token,
             local_files_only=args.local_files_only,
             endpoint=args.endpoint,
         )  # every file verified before anything is written
-    written = UnlearningStack(adapters).save_pretrained(args.output)
-    return {"repo_id": args.repo_id, "written": str(written), "removals": [a.name for a in adapters]}
+    written = stack.save_pretrained(args.output)
+    return {"repo_id": args.repo_id, "written": str(written), "removals": stack.names}
 
 
 def cmd_demo(args) -> dict[str, Any]:

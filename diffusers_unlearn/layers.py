@@ -8,7 +8,23 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .families import ModelFamily
+from .families import ModelFamily, family_of
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model under `torch.compile` (`_orig_mod`) or `DataParallel` / `DistributedDataParallel` (`module`)."""
+    while True:
+        if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif isinstance(vars(module).get("_modules", {}).get("_orig_mod"), nn.Module):  # torch.compile's wrapper
+            module = module._orig_mod
+        else:
+            return module
+
+
+def denoiser_of(pipe) -> nn.Module:
+    """The pipeline's denoiser, unwrapped: what every edit, check and PEFT call of ours acts on."""
+    return unwrap(getattr(pipe, family_of(pipe).denoiser))
 
 
 def edited_layers(denoiser: nn.Module, family: ModelFamily) -> dict[str, nn.Module]:

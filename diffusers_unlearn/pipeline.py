@@ -22,35 +22,39 @@ import os
 import shutil
 import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Unpack
 
 import torch
 from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
-from torch import nn
 
-from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id
+from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, load_removals, write_removals
 from .errors import (
     AdapterFormatError,
     AdapterNameError,
-    AdapterNotFoundError,
     BaseModelMismatchError,
     InterferenceError,
     InteropError,
     InteropWarning,
+    InvalidArgumentError,
+    InvalidTypeError,
     VerificationError,
 )
 from .families import family_of
+from .hub import HubKwargs, HubOptions
+from .interference import check_interference
 from .layers import base_linear, edited_layers, fingerprint
+from .layers import denoiser_of as _denoiser
+from .merge import merge_removals
 from .peft_inject import load_lora_adapter
 
 logger = logging.getLogger(__name__)
 
-AdapterSource = str | os.PathLike | UnlearningAdapter | Mapping  # or an UnlearningStack, or a LoRA state dict
+AdapterSource = str | os.PathLike | UnlearningAdapter | Mapping | Iterable[UnlearningAdapter]  # e.g. a stack
 LoadMode = Literal["adapters", "merged", "fused"]
 
 _VERIFY_RTOL = 1e-3
@@ -127,22 +131,6 @@ def _set_state(pipe: DiffusionPipeline, state: _State | None) -> None:
     for name, guard in _GUARDS.items():
         if hasattr(type(pipe), name):
             vars(pipe)[name] = types.MethodType(guard, pipe)
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The model under `torch.compile` (`_orig_mod`) or `DataParallel` / `DistributedDataParallel` (`module`)."""
-    while True:
-        if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif isinstance(vars(module).get("_modules", {}).get("_orig_mod"), nn.Module):  # torch.compile's wrapper
-            module = module._orig_mod
-        else:
-            return module
-
-
-def _denoiser(pipe: DiffusionPipeline) -> nn.Module:
-    """The pipeline's denoiser, unwrapped: what every edit, check and PEFT call of ours acts on."""
-    return _unwrap(getattr(pipe, family_of(pipe).denoiser))
 
 
 def loaded_adapters(pipe: DiffusionPipeline) -> list[UnlearningAdapter]:
@@ -231,30 +219,22 @@ def _scaled(adapter: UnlearningAdapter, scale: float) -> UnlearningAdapter:
     return UnlearningAdapter(lora_weights=weights, metadata=dict(adapter.metadata), probes=adapter.probes)
 
 
-def _expand(source: AdapterSource, hub_options: dict, pipe, adapter_name: str | None) -> list[UnlearningAdapter]:
-    """The removals a source stands for: one adapter, or every adapter of a stack, in order."""
-    from . import hub
-    from .stack import UnlearningStack
-
+def _expand(source: AdapterSource, options: HubOptions, pipe, adapter_name: str | None) -> list[UnlearningAdapter]:
+    """The removals a source stands for: one adapter, the removals of a folder or repo, or those of an iterable
+    (an `UnlearningStack`, a list of adapters)."""
     if isinstance(source, UnlearningAdapter):
         return [source]
-    if isinstance(source, UnlearningStack):
-        return list(source.adapters)
     if isinstance(source, Mapping):
         return [_from_state_dict(source, pipe, adapter_name)]
     if isinstance(source, str | os.PathLike):
-        if not os.path.exists(source) and not hub.is_repo_id(source):
-            raise AdapterNotFoundError(
-                f"No removal at {source!r}: pass a folder written by `UnlearningAdapter.save_pretrained` or "
-                '`UnlearningStack.save_pretrained`, the id ("org/name") of a Hub repo written by `push_to_hub`, '
-                "an adapter object or a LoRA state dict."
-            )
-        if os.path.exists(source) and hub_options["revision"] is not None:
-            raise ValueError(f"`revision` applies to Hub repos; {source} is a local path.")
-        return hub.load(source, **hub_options)  # a chain or one removal, local or pulled, verified before use
-    raise TypeError(
-        f"Cannot load a removal from {type(source).__name__}; pass a folder path, an UnlearningAdapter, an "
-        "UnlearningStack or a LoRA state dict."
+        return load_removals(source, options)  # a chain or one removal, local or pulled, verified before use
+    if isinstance(source, Iterable):
+        removals = list(source)
+        if all(isinstance(removal, UnlearningAdapter) for removal in removals):
+            return removals
+    raise InvalidTypeError(
+        f"Cannot load a removal from {type(source).__name__}; pass a folder path or Hub repo id, an "
+        "UnlearningAdapter, an UnlearningStack (or any iterable of adapters) or a LoRA state dict."
     )
 
 
@@ -266,11 +246,7 @@ def load_unlearning(
     mode: LoadMode = "adapters",
     scale: float = 1.0,
     check: bool | Literal["warn"] = False,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    endpoint: str | None = None,
+    **hub_kwargs: Unpack[HubKwargs],
 ) -> tuple[LoadedUnlearning, ...]:
     """Loads one removal, or several in order, onto `pipe`; all or nothing.
 
@@ -300,10 +276,9 @@ def load_unlearning(
         check (`bool` or `"warn"`, defaults to `False`): Measure interference between the new removals and those
             already loaded (see [`check_interference`]) before touching the pipeline; raise on failure, or warn
             with `"warn"`.
-        revision (`str`, *optional*): Branch, tag or commit of a Hub repo source; default `"main"`. Resolved to
-            one commit for the whole chain.
-        token, cache_dir, local_files_only, endpoint: For Hub repos, as in `huggingface_hub.snapshot_download`;
-            with `local_files_only=True` (or `HF_HUB_OFFLINE=1`) only the cache is used.
+        hub_kwargs: For Hub repo sources, the [`HubOptions`]: `revision` (branch, tag or commit; default `"main"`;
+            resolved to one commit for the whole chain), `token`, `cache_dir`, `local_files_only` (with `True`, or
+            `HF_HUB_OFFLINE=1`, only the cache is used), `endpoint`.
 
     Returns:
         `tuple[LoadedUnlearning, ...]`: everything loaded on the pipeline now, in order (as `pipe.unlearning`).
@@ -329,26 +304,23 @@ def load_unlearning(
         ```
     """
     if mode not in ("adapters", "merged", "fused"):
-        raise ValueError(f"Unknown mode {mode!r}; use 'adapters', 'merged' or 'fused'.")
+        raise InvalidArgumentError(f"Unknown mode {mode!r}; use 'adapters', 'merged' or 'fused'.")
     if check not in (True, False, "warn"):
-        raise ValueError(f"check must be True, False or 'warn', got {check!r}.")
+        raise InvalidArgumentError(f"check must be True, False or 'warn', got {check!r}.")
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive number, got {scale!r}.")
+        raise InvalidArgumentError(f"scale must be a positive number, got {scale!r}.")
     source = pretrained_model_name_or_path_or_dict
-    sources = list(source) if isinstance(source, list | tuple) else [source]
-    hub_options = dict(
-        revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only, endpoint=endpoint
-    )
-    adapters = [adapter for s in sources for adapter in _expand(s, hub_options, pipe, adapter_name)]
+    options = HubOptions.of(hub_kwargs)
+    single = isinstance(source, str | os.PathLike | Mapping | UnlearningAdapter) or not isinstance(source, Iterable)
+    sources = [source] if single else list(source)
+    adapters = [adapter for s in sources for adapter in _expand(s, options, pipe, adapter_name)]
     if not adapters:
-        raise ValueError("Nothing to load: the source is empty.")
+        raise InvalidArgumentError("Nothing to load: the source is empty.")
     if adapter_name is not None and len(adapters) > 1 and mode != "merged":
         raise AdapterNameError("`adapter_name` names a single removal; several are loaded under their own names.")
     if mode == "merged":
-        from .stack import UnlearningStack
-
         members = tuple(a.name for a in adapters)
-        merged = UnlearningStack(adapters).merge("concat", name=adapter_name) if len(adapters) > 1 else adapters[0]
+        merged = merge_removals(adapters, "concat", name=adapter_name) if len(adapters) > 1 else adapters[0]
         entries = [_Entry(_scaled(merged, scale), adapter_name or merged.name, mode, members, scale)]
     else:
         names = [adapter_name] if adapter_name is not None else [a.name for a in adapters]
@@ -401,8 +373,6 @@ def _layers(entries: list[_Entry], state: _State) -> set[str]:
 
 
 def _check_interference(pipe: DiffusionPipeline, adapters: list[UnlearningAdapter], warn_only: bool) -> None:
-    from .interference import check_interference
-
     report = check_interference(pipe, [*loaded_adapters(pipe), *adapters])
     if report.passed:
         return
@@ -930,15 +900,13 @@ def _guarded_save_pretrained(self, save_directory, *args, **kwargs):
 
 def _save_provenance(state: _State, folder: Path) -> None:
     """The fused removals as a stack folder: what the saved weights carry, with the base model they were made for."""
-    from .stack import UnlearningStack
-
     adapters = []
     for entry in state.entries:
         metadata = {**entry.adapter.metadata, "name": entry.name}
         if entry.scale != 1.0:
             metadata["hyperparameters"] = {**metadata.get("hyperparameters", {}), "load_scale": entry.scale}
         adapters.append(UnlearningAdapter(entry.adapter.lora_weights, metadata, entry.adapter.probes))
-    UnlearningStack(adapters).save_pretrained(folder)
+    write_removals(folder, adapters)
 
 
 _GUARDS = {

@@ -9,54 +9,45 @@ On disk (DESIGN §4-5)::
 
 The stack checks its removals for interference ([`check_interference`]), merges them (exact sum, SVD
 compression, or a joint closed-form re-solve) and withdraws one from the middle of a chain by re-solving the
-removals that were made on top of it.
+removals that were made on top of it. It drives a pipeline only through the members `import diffusers_unlearn`
+gives it (`pipe.load_unlearning`, `pipe.unload_unlearning`, `pipe.unlearning`): this module does not import
+`pipeline.py`, and `pipeline.py` does not import it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from diffusers import DiffusionPipeline
 
-from .adapter import FORMAT_VERSION, WEIGHTS_NAME, UnlearningAdapter, atomic_write, content_id, sha256_file
-from .constraints import config_of, constraints_of, forget_pairs, joint_constraints, moment_factor, solve
-from .errors import (
-    AdapterFormatError,
-    AdapterNameError,
-    BaseModelMismatchError,
-    ResolveError,
-    UnlearningError,
-)
+from .adapter import UnlearningAdapter, content_id, read_removals, write_removals
+from .constraints import config_of, constraints_of, forget_pairs, joint_constraints, solve
+from .errors import AdapterNameError, BaseModelMismatchError, ResolveError
+from .families import family_of
+from .hub import HubMixin, HubOptions
 from .interference import InterferenceReport, check_interference
-from .pipeline import (
-    LoadedUnlearning,
-    LoadMode,
-    base_fingerprint,
-    load_unlearning,
-    loaded_adapters,
-    unload_unlearning,
-)
+from .layers import denoiser_of, edited_layers, fingerprint
+from .manifest import MANIFEST_NAME, WEIGHTS_NAME, manifest_path
+from .merge import merge_removals, merged, merged_metadata
 
 if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
+    from .pipeline import LoadedUnlearning, LoadMode
 
-MANIFEST_NAME = "unlearning_stack.json"
+__all__ = ["MANIFEST_NAME", "UnlearningStack", "is_stack"]
+
 _JOINT_MIN_ENERGY = 0.999  # members' remaps are already truncated: keep nearly all of the joint edit
 
 
 logger = logging.getLogger(__name__)
 
 
-class UnlearningStack:
+class UnlearningStack(HubMixin):
     """An ordered chain of [`UnlearningAdapter`]s for one base model.
 
     Args:
@@ -117,13 +108,13 @@ class UnlearningStack:
             AdapterNameError: The name is already in the stack.
             BaseModelMismatchError: The removal was made for other base weights than the stack's.
         """
-        if adapter.name in self.names:
-            raise AdapterNameError(f"The stack already holds a removal named {adapter.name!r}.")
         if self._adapters and adapter.base_fingerprint != self.base_fingerprint:
             raise BaseModelMismatchError(
                 f"Removal {adapter.name!r} was made for base weights {adapter.base_fingerprint}; this stack's are "
                 f"{self.base_fingerprint}."
             )
+        if adapter.name in self.names:
+            raise AdapterNameError(f"The stack already holds a removal named {adapter.name!r}.")
         self._adapters.append(adapter)
 
     def remove(self, name: str, *, pipe: DiffusionPipeline | None = None, resolve: bool = True) -> UnlearningAdapter:
@@ -183,14 +174,14 @@ class UnlearningStack:
         chain = self._adapters[:index]
         try:
             if chain:
-                load_unlearning(pipe, chain)
+                pipe.load_unlearning(chain)
             for adapter in self._adapters[index + 1 :]:
                 if adapter.name in dependents:
-                    adapter = _resolved(pipe, adapter, withdrawn)
-                load_unlearning(pipe, adapter)
+                    adapter = _resolved(pipe, adapter, withdrawn, chain)
+                pipe.load_unlearning(adapter)
                 chain.append(adapter)
         finally:
-            unload_unlearning(pipe)
+            pipe.unload_unlearning()
         self._adapters = chain
         return withdrawn
 
@@ -204,7 +195,7 @@ class UnlearningStack:
         self, pipe: DiffusionPipeline, *, mode: LoadMode = "adapters", check: bool | Literal["warn"] = False
     ) -> tuple[LoadedUnlearning, ...]:
         """Loads every removal onto `pipe`, in order, all or nothing (see [`load_unlearning`] for `mode`, `check`)."""
-        return load_unlearning(pipe, list(self._adapters), mode=mode, check=check)
+        return pipe.load_unlearning(list(self._adapters), mode=mode, check=check)
 
     def check(self, pipe: DiffusionPipeline, **thresholds: float) -> InterferenceReport:
         """Interference report of the removals on each other (see [`check_interference`]); no image generated.
@@ -252,41 +243,9 @@ class UnlearningStack:
             >>> merged.save_pretrained("no-sevens")  # one diffusers LoRA for the whole chain
             ```
         """
-        if not self._adapters:
-            raise ValueError("The stack is empty: nothing to merge.")
         if method == "joint":
             return self._merge_joint(pipe, rank, name)
-        if method not in ("concat", "svd"):
-            raise ValueError(f"Unknown merge method {method!r}; available: 'concat', 'svd', 'joint'.")
-        denoiser = self._adapters[0].denoiser
-        layers = list(dict.fromkeys(layer for a in self._adapters for layer in a.layer_names))
-        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        worst_error = 0.0
-        for layer in layers:
-            members = [a.factors(layer) for a in self._adapters if layer in a.layer_names]
-            down = torch.cat([a_.float() for a_, _ in members])
-            up = torch.cat([b_.float() for _, b_ in members], dim=1)
-            if method == "svd":
-                target = rank or max(a.rank for a in self._adapters)
-                delta = up @ down
-                u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
-                up, down = u[:, :target] * sv[:target], vh[:target]
-                kept = (up @ down - delta).norm() / delta.norm().clamp_min(1e-30)
-                worst_error = max(worst_error, float(kept))
-            factors[layer] = (down, up)
-        merged_rank = max(d.shape[0] for d, _ in factors.values())
-        weights = {}
-        for layer, (down, up) in factors.items():  # pad to one rank: diffusers' LoraConfig has one r
-            pad = merged_rank - down.shape[0]
-            weights[f"{denoiser}.{layer}.lora_A.weight"] = torch.nn.functional.pad(down, (0, 0, 0, pad))
-            weights[f"{denoiser}.{layer}.lora_B.weight"] = torch.nn.functional.pad(up, (0, pad))
-        probes = {}
-        for key in ("forget_moment", "protect_moment"):  # the members' mean moment, as the chain protects them
-            factors_ = [a.probes[key].double() for a in self if key in a.probes]
-            if factors_:
-                probes[key] = moment_factor(sum(f.T @ f for f in factors_) / len(factors_))
-        metadata = self._merged_metadata(method, name, merged_rank, {"merge_error": worst_error})
-        return self._merged(weights, metadata, probes)
+        return merge_removals(self._adapters, method, rank=rank, name=name)
 
     def _merge_joint(self, pipe: DiffusionPipeline | None, rank: int | None, name: str | None) -> UnlearningAdapter:
         if pipe is None:
@@ -300,250 +259,23 @@ class UnlearningStack:
             min_energy=_JOINT_MIN_ENERGY,
         )
         solution = solve(pipe, joint, config)
-        metadata = self._merged_metadata("joint", name, solution.remap.rank, solution.figures)
+        metadata = merged_metadata(self._adapters, "joint", name, solution.remap.rank, solution.figures)
         metadata["hyperparameters"] = dataclasses.asdict(config)
-        return self._merged(solution.lora, metadata, solution.probes)
-
-    def _merged_metadata(self, method: str, name: str | None, rank: int, figures: dict) -> dict:
-        first = self._adapters[0].metadata
-        return {
-            "format_version": FORMAT_VERSION,
-            "name": name or f"merged-{len(self)}-removals",
-            "concept": None,
-            "redacted": any(a.concept is None for a in self._adapters),
-            "method": f"merge:{method}",
-            "members": [
-                {"name": a.name, "concept": a.concept, "adapter_id": a.metadata.get("adapter_id")} for a in self
-            ],
-            "family": first.get("family"),
-            "denoiser": first.get("denoiser", "unet"),
-            "base_model": first.get("base_model"),
-            "base_fingerprint": self.base_fingerprint,
-            "rank": rank,
-            "figures": figures,
-        }
-
-    @staticmethod
-    def _merged(weights: dict, metadata: dict, probes: dict) -> UnlearningAdapter:
-        merged = UnlearningAdapter(lora_weights=weights, metadata=metadata, probes=probes)
-        merged.metadata["adapter_id"] = content_id(weights)
-        merged.validate()
-        return merged
+        return merged(solution.lora, metadata, solution.probes)
 
     # ------------------------------------------------------------------------------------------- files
-    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **push_kwargs) -> Path:
-        """Writes every removal under `adapters/NNN-name/`, then the manifest (last, atomically).
-
-        Saving over an earlier save never modifies a folder the old manifest lists: a removal already saved there
-        is kept as it is, and a different removal at the same position goes to a new folder
-        (`NNN-name-<id>`). Folders no manifest lists are deleted only after the new manifest is in place, so a
-        save killed at any point leaves the previous chain or the new one readable and verified.
-
-        Args:
-            save_directory (`str` or `os.PathLike`): The stack folder (created if needed).
-            push_to_hub (`bool`, defaults to `False`): Also publish the chain with [`push_to_hub`], to
-                `push_kwargs["repo_id"]` (default: the folder's name), as diffusers' `save_pretrained` does.
-            push_kwargs: Passed to [`push_to_hub`] (`repo_id`, `private`, `token`, `commit_message`, `revision`,
-                `report`, `parent_commit`, `endpoint`).
-
-        Returns:
-            `Path`: the folder.
-        """
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        entries = []
-        for position, adapter in enumerate(self._adapters, 1):
-            relative = Path("adapters") / f"{position:03d}-{adapter.name}"
-            if (folder / relative).exists() and not _holds(folder / relative, adapter):
-                relative = relative.with_name(f"{relative.name}-{adapter.metadata.get('adapter_id', 'new')[:8]}")
-            if not _holds(folder / relative, adapter):
-                adapter.save_pretrained(folder / relative)
-            entries.append(
-                {
-                    "name": adapter.name,
-                    "path": relative.as_posix(),
-                    "sha256": sha256_file(folder / relative / WEIGHTS_NAME),
-                    "concept": adapter.concept,
-                    "adapter_id": adapter.metadata.get("adapter_id"),
-                }
-            )
-        first = self._adapters[0].metadata if self._adapters else {}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "base_model": first.get("base_model"),
-            "base_fingerprint": self.base_fingerprint,
-            "entries": entries,
-        }
-        text = json.dumps(manifest, indent=2) + "\n"
-        atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
-        listed = {entry["path"] for entry in entries}
-        for stale in sorted((folder / "adapters").iterdir()) if (folder / "adapters").is_dir() else ():
-            if stale.is_dir() and f"adapters/{stale.name}" not in listed:
-                shutil.rmtree(stale, ignore_errors=True)
-        if push_to_hub:
-            self.push_to_hub(push_kwargs.pop("repo_id", folder.resolve().name), **push_kwargs)
-        elif push_kwargs:
-            raise TypeError(f"save_pretrained got {sorted(push_kwargs)}, which only apply with push_to_hub=True.")
-        return folder
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool = False,
-        token: str | None = None,
-        commit_message: str | None = None,
-        revision: str | None = None,
-        report: InterferenceReport | None = None,
-        parent_commit: str | None = None,
-        endpoint: str | None = None,
-    ) -> CommitInfo:
-        """Publishes the chain to a Hub repo in one commit: `adapters/NNN-name/` per removal, the manifest (sha256
-        of every file) and a model card (see [`hub.push_stack`]; to add one removal later, [`hub.append_to_hub`]).
-
-        Args:
-            repo_id (`str`): `"org/name"`; created if needed.
-            private, token, commit_message, revision, endpoint: As in [`UnlearningAdapter.push_to_hub`].
-            report ([`InterferenceReport`], *optional*): Shown in the model card, e.g. `stack.check(pipe)`.
-            parent_commit (`str`, *optional*): Write only if the branch still points to this commit.
-
-        Returns:
-            `huggingface_hub.CommitInfo`: the commit.
-
-        Raises:
-            ConcurrentUpdateError: The branch moved past `parent_commit`; nothing was written.
-
-        Example:
-            ```py
-            >>> stack.push_to_hub("org/no-sevens", report=stack.check(pipe))
-            >>> pipe.load_unlearning("org/no-sevens")
-            ```
-        """
-        from .hub import push_stack
-
-        return push_stack(
-            self,
-            repo_id,
-            private=private,
-            token=token,
-            commit_message=commit_message,
-            revision=revision,
-            report=report,
-            parent_commit=parent_commit,
-            endpoint=endpoint,
-        )
+    # `save_pretrained`, `from_pretrained` and `push_to_hub` come from `HubMixin`; these are its hooks.
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Every removal under `adapters/NNN-name/`, then the manifest (see [`write_removals`])."""
+        write_removals(save_directory, self._adapters)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        endpoint: str | None = None,
-    ) -> UnlearningStack:
-        """Reads a stack folder (or its manifest), checking every weights file against its recorded sha256, or
-        pulls a chain from the Hub (see [`hub.load_stack`]: every file verified, entries kept in other repos fetched
-        at their pinned commit).
+    def _from_pretrained(cls, folder: Path, options: HubOptions) -> UnlearningStack:
+        """The removals of a chain folder, or of a single removal's folder, verified (see [`read_removals`])."""
+        return cls(read_removals(folder, options))
 
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): A folder written by [`save_pretrained`] (or its
-                manifest), or a Hub repo id (`"org/name"`).
-            revision (`str`, *optional*): Branch, tag or commit of the Hub repo; default `"main"`.
-            token, cache_dir, local_files_only, endpoint: As in `huggingface_hub.snapshot_download`.
-
-        Raises:
-            AdapterNotFoundError: No manifest, a listed adapter folder is missing, no such repo, or not cached while
-                offline.
-            AdapterFormatError: Malformed manifest, unknown format version, or a weights file that does not
-                match its sha256 (modified after the stack was saved).
-        """
-        from . import hub
-
-        path = pretrained_model_name_or_path
-        if revision is not None and os.path.exists(path):
-            raise ValueError(f"`revision={revision!r}` applies to Hub repos; {path} is a local path.")
-        # one reader for local and pulled chains: manifest schema, every listed file against its sha256, names, and
-        # the chain's base fingerprint
-        return hub.load_stack(
-            path,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            endpoint=endpoint,
-        )
-
-
-def _holds(folder: Path, adapter: UnlearningAdapter) -> bool:
-    """Whether `folder` already holds exactly this removal (same provenance, same tensors, same probes)."""
-    if not (folder / WEIGHTS_NAME).is_file():
-        return False
-    try:
-        saved = UnlearningAdapter.from_pretrained(folder)
-    except UnlearningError:
-        return False
-    same_probes = saved.probes.keys() == adapter.probes.keys() and all(
-        torch.equal(saved.probes[k].cpu(), adapter.probes[k].detach().cpu()) for k in saved.probes
-    )
-    return (
-        saved.metadata == adapter.metadata
-        and content_id(saved.lora_weights) == content_id(adapter.lora_weights)
-        and same_probes
-    )
-
-
-def check_parents(adapters: Sequence[UnlearningAdapter]) -> None:
-    """Checks the removals' recorded parents (what each was made on top of) against the chain.
-
-    A parent the chain holds under its name but with other weights (a stale chain: the parent was re-made and this
-    removal was not) and parents that form a cycle (provenance that cannot be true) are refused. A parent the chain
-    does not hold at all is allowed, with a warning: the removal still erases its concept, it was just solved on a
-    model that carried that parent. The order within the chain does not matter: the edits add up.
-
-    Raises:
-        AdapterFormatError: Malformed parents, a stale parent, or a cycle.
-    """
-    by_name = {adapter.name: adapter for adapter in adapters}
-    graph: dict[str, list[str]] = {}
-    for adapter in adapters:
-        parents = adapter.metadata.get("parents", [])
-        if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in parents):
-            raise AdapterFormatError(f"Removal {adapter.name!r} has malformed `parents` in its provenance.")
-        for parent in parents:
-            held, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
-            if held is None:
-                logger.warning(
-                    "Removal %r was made on top of %r, which this chain does not hold; it still erases its concept, "
-                    "but was solved on a model that carried %r.", adapter.name, parent["name"], parent["name"]
-                )  # fmt: skip
-            elif recorded and held.metadata.get("adapter_id") not in (None, recorded):
-                raise AdapterFormatError(
-                    f"Removal {adapter.name!r} was made on top of {parent['name']!r} with id {recorded}, but the "
-                    f"chain holds a different {parent['name']!r} ({held.metadata.get('adapter_id')}): the chain is "
-                    f"stale. Re-make {adapter.name!r} on top of the current {parent['name']!r}."
-                )
-        graph[adapter.name] = [p["name"] for p in parents if p["name"] in by_name]
-    state: dict[str, int] = {}  # 1: being visited, 2: done
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join(path[path.index(name) :] + [name])
-            raise AdapterFormatError(
-                f"The removals' parents form a cycle ({cycle}): a removal cannot be made on top of itself. The "
-                "provenance was edited or corrupted; do not load this chain."
-            )
-        state[name] = 1
-        for parent in graph[name]:
-            visit(parent, [*path, name])
-        state[name] = 2
-
-    for name in graph:
-        visit(name, [])
+    def _removals(self) -> list[UnlearningAdapter]:
+        return list(self._adapters)
 
 
 def _made_on(adapter: UnlearningAdapter, name: str) -> bool:
@@ -561,20 +293,25 @@ def _detached(adapter: UnlearningAdapter, withdrawn: str) -> UnlearningAdapter:
 
 def _require_base(pipe: DiffusionPipeline, stack: UnlearningStack, action: str) -> None:
     """Re-solving needs the bare base model: nothing of ours loaded, the stack's base weights."""
-    if loaded_adapters(pipe):
+    if pipe.unlearning:
         raise ResolveError(
             f"To {action}, pass the base pipeline: unload its removals first (pipe.unload_unlearning())."
         )
-    if base_fingerprint(pipe) != stack.base_fingerprint:
+    found = fingerprint(edited_layers(denoiser_of(pipe), family_of(pipe)))
+    if found != stack.base_fingerprint:
         raise BaseModelMismatchError(
-            f"The stack was made for base weights {stack.base_fingerprint}; this pipeline's are "
-            f"{base_fingerprint(pipe)}."
+            f"The stack was made for base weights {stack.base_fingerprint}; this pipeline's are {found}."
         )
 
 
-def _resolved(pipe: DiffusionPipeline, adapter: UnlearningAdapter, withdrawn: UnlearningAdapter) -> UnlearningAdapter:
-    """`adapter` re-solved from its constraints on `pipe` as loaded now (its earlier removals, without `withdrawn`)."""
-    previous = loaded_adapters(pipe)
+def _resolved(
+    pipe: DiffusionPipeline,
+    adapter: UnlearningAdapter,
+    withdrawn: UnlearningAdapter,
+    previous: Sequence[UnlearningAdapter],
+) -> UnlearningAdapter:
+    """`adapter` re-solved from its constraints on `pipe`, loaded with `previous` (its earlier removals, without
+    `withdrawn`)."""
     solution = solve(
         pipe,
         constraints_of(adapter),
@@ -595,6 +332,7 @@ def _resolved(pipe: DiffusionPipeline, adapter: UnlearningAdapter, withdrawn: Un
 
 
 def is_stack(path: str | os.PathLike) -> bool:
-    """Whether `path` is a stack folder or a stack manifest."""
-    path = Path(path)
-    return (path / MANIFEST_NAME).is_file() or (path.is_file() and path.name == MANIFEST_NAME)
+    """Whether `path` is a chain folder or its manifest (not a single removal's folder, which has its weights at
+    the root beside its manifest)."""
+    found = manifest_path(path)
+    return found is not None and not (found.parent / WEIGHTS_NAME).is_file()

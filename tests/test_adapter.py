@@ -15,6 +15,9 @@ from safetensors.torch import save_file
 
 import diffusers_unlearn as du
 from diffusers_unlearn.adapter import HEADER_KEY, LORA_METADATA_KEY, METADATA_NAME, PROBES_NAME, WEIGHTS_NAME
+from diffusers_unlearn.manifest import MANIFEST_NAME
+
+FILES = sorted([WEIGHTS_NAME, METADATA_NAME, PROBES_NAME, MANIFEST_NAME])  # the manifest pins the others' sha256
 
 pytestmark = pytest.mark.random_targets  # see conftest.py
 
@@ -28,7 +31,7 @@ def adapter(sd_pipe):
 
 def test_round_trip(adapter, tmp_path):
     folder = adapter.save_pretrained(tmp_path / "no-cat")
-    assert sorted(p.name for p in folder.iterdir()) == sorted([WEIGHTS_NAME, METADATA_NAME, PROBES_NAME])
+    assert sorted(p.name for p in folder.iterdir()) == FILES
     loaded = du.UnlearningAdapter.from_pretrained(folder)
     assert loaded.metadata == adapter.metadata
     assert loaded.concept == "cat" and loaded.name == "no-cat"
@@ -140,6 +143,7 @@ def _drop_one(tensors):
 )
 def test_bad_files_raise_format_errors(adapter, tmp_path, corrupt, message):
     folder = adapter.save_pretrained(tmp_path / "no-cat")
+    (folder / MANIFEST_NAME).unlink()  # with it, any of these fails its sha256 first (tests/test_tamper.py)
     corrupt(folder)
     with pytest.raises(du.AdapterFormatError, match=message):
         du.UnlearningAdapter.from_pretrained(folder)
@@ -162,4 +166,4 @@ def test_failed_save_keeps_the_previous_files(adapter, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         adapter.save_pretrained(folder, dtype=torch.float16)
     assert (folder / WEIGHTS_NAME).read_bytes() == before
-    assert sorted(p.name for p in folder.iterdir()) == sorted([WEIGHTS_NAME, METADATA_NAME, PROBES_NAME])
+    assert sorted(p.name for p in folder.iterdir()) == FILES

@@ -234,8 +234,9 @@ def test_bad_state_dicts_and_scales(sd_pipe, removals):
 def test_signature_like_diffusers():
     parameters = inspect.signature(du.load_unlearning).parameters
     assert list(parameters)[:2] == ["pipe", "pretrained_model_name_or_path_or_dict"]
-    assert all(p.kind is p.KEYWORD_ONLY for p in list(parameters.values())[2:])
-    assert {"adapter_name", "mode", "scale", "check", "revision", "token"} <= set(parameters)
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in list(parameters.values())[2:])
+    assert {"adapter_name", "mode", "scale", "check", "hub_kwargs"} <= set(parameters)
+    assert {"revision", "token", "cache_dir", "local_files_only", "endpoint"} <= set(du.hub.HubKwargs.__annotations__)
 
 
 def test_a_removal_already_loaded_as_a_plain_lora_is_refused(sd_pipe, removals, tmp_path):
