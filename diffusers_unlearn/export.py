@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from .adapter import HEADER_KEY, UnlearningAdapter, atomic_write
 from .errors import InvalidArgumentError, InvalidTypeError, UnsupportedPipelineError
 from .families import FAMILIES, ModelFamily
+from .merge import merge_removals
 
 
 def kohya_state_dict(adapter: UnlearningAdapter, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
@@ -67,9 +69,11 @@ def export_kohya(source, path: str | os.PathLike, *, dtype: torch.dtype = torch.
         >>> pipe.load_lora_weights("no-van-gogh.safetensors")  # diffusers reads it too
         ```
     """
-    from .stack import UnlearningStack
-
-    adapter = source.merge("concat") if isinstance(source, UnlearningStack) else source
+    adapter = source
+    if not isinstance(source, UnlearningAdapter) and isinstance(source, Iterable):  # a stack: its exact sum
+        removals = list(source)
+        if removals and all(isinstance(removal, UnlearningAdapter) for removal in removals):
+            adapter = merge_removals(removals, "concat")
     if not isinstance(adapter, UnlearningAdapter):
         raise InvalidTypeError(
             f"export_kohya takes an UnlearningAdapter or an UnlearningStack, not {type(source).__name__}."

@@ -27,6 +27,14 @@ def denoiser_of(pipe) -> nn.Module:
     return unwrap(getattr(pipe, family_of(pipe).denoiser))
 
 
+def active_adapters(denoiser: nn.Module) -> list[str]:
+    """The PEFT adapters active on the denoiser now, in order (PEFT activates them on every LoRA layer alike)."""
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer):
+            return list(module.active_adapters)
+    return []
+
+
 def edited_layers(denoiser: nn.Module, family: ModelFamily) -> dict[str, nn.Module]:
     """Maps module name to module for every layer `family` edits, in the denoiser's module order.
 

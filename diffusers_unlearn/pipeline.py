@@ -47,6 +47,7 @@ from .errors import (
 from .families import family_of
 from .hub import HubKwargs, HubOptions
 from .interference import check_interference
+from .layers import active_adapters as _active_adapters
 from .layers import base_linear, edited_layers, fingerprint
 from .layers import denoiser_of as _denoiser
 from .merge import merge_removals
@@ -578,12 +579,6 @@ def _merged_delta(module) -> torch.Tensor | float:
         if name in module.lora_A:
             total = total + module.get_delta_weight(name).detach().float()
     return total
-
-
-def _active_adapters(denoiser) -> list[str]:
-    for module in _tuner_layers(denoiser):
-        return list(module.active_adapters)
-    return []
 
 
 def _keep_in_effect(pipe, denoiser, state: _State, active: Sequence[str]) -> None:

@@ -39,6 +39,7 @@ from ..adapter import atomic_write
 from ..distance import PromptBank
 from ..errors import InvalidArgumentError, ResolveError
 from ..families import ModelFamily
+from ..layers import active_adapters
 
 _ADAPTER = "diffusers_unlearn_distill"  # the student's adapter name while it trains
 _CHECKPOINT = "distill_checkpoint.safetensors"
@@ -184,10 +185,8 @@ def _train(
 ) -> DistillResult:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from ..pipeline import _active_adapters
-
     wrapped = {name: denoiser.get_submodule(name) for name in layers}
-    _activate(denoiser, list(dict.fromkeys([*_active_adapters(denoiser), _ADAPTER])))  # each adapter once
+    _activate(denoiser, list(dict.fromkeys([*active_adapters(denoiser), _ADAPTER])))  # each adapter once
     params = []
     for module in denoiser.modules():  # exactly the new adapter's weights train
         for parameter in module.parameters(recurse=False):
@@ -275,10 +274,10 @@ def _activate(denoiser, names: list[str]) -> None:
 
 
 def _remove_adapter(pipe, denoiser) -> None:
-    from ..pipeline import _active_adapters, _delete_peft
-
-    _delete_peft(pipe, denoiser, [_ADAPTER])  # the PEFT wrappers go too once no adapter is left
-    remaining = [n for n in _active_adapters(denoiser) if n != _ADAPTER]
+    denoiser.delete_adapters([_ADAPTER])  # never merged: diffusers' own deletion is all it needs
+    if not getattr(denoiser, "peft_config", None):
+        denoiser.unload_lora()  # the PEFT wrappers go too once no adapter is left
+    remaining = [n for n in active_adapters(denoiser) if n != _ADAPTER]
     if remaining:
         _activate(denoiser, remaining)
     denoiser.requires_grad_(False)
