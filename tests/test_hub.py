@@ -26,7 +26,7 @@ import diffusers_unlearn as du
 from diffusers_unlearn import hub
 from diffusers_unlearn.adapter import WEIGHTS_NAME, sha256_file
 from diffusers_unlearn.errors import ConcurrentUpdateError
-from diffusers_unlearn.stack import MANIFEST_NAME
+from diffusers_unlearn.manifest import MANIFEST_NAME, read_manifest
 
 pytestmark = pytest.mark.random_targets  # see conftest.py
 
@@ -90,7 +90,7 @@ def manifest_at(server: HubServer, repo_id: str, revision: str = "main") -> dict
 
 
 def test_push_then_pull_a_chain_end_to_end(server, kw, removals):
-    info = hub.push_stack(du.UnlearningStack(removals.chain), "org/no-pets", **kw)
+    info = du.UnlearningStack(removals.chain).push_to_hub("org/no-pets", **kw)
     assert info.oid == server.head("org/no-pets")
     endpoints = {(method, path.split("?")[0]) for method, path in server.requests}
     assert {("POST", "/api/repos/create"), ("POST", "/api/models/org/no-pets/preupload/main")} <= endpoints
@@ -100,7 +100,7 @@ def test_push_then_pull_a_chain_end_to_end(server, kw, removals):
 
     folder = hub.download("org/no-pets", **kw)
     assert folder.name == info.oid  # the commit that was downloaded
-    stack = hub.load_stack("org/no-pets", **kw)
+    stack = du.UnlearningStack.from_pretrained("org/no-pets", **kw)
     assert stack.names == ["no-cat", "no-dog", "no-tree"]
     for pulled, made in zip(stack, removals.chain, strict=True):
         assert_same_removal(pulled, made)
@@ -119,9 +119,9 @@ def test_push_then_pull_a_chain_end_to_end(server, kw, removals):
 
 def test_single_removal_repo_is_a_plain_diffusers_lora_and_the_card_snippet_runs(server, kw, removals):
     cat = removals.chain[0]
-    hub.push_adapter(cat, "org/no-cat", **kw)
+    cat.push_to_hub("org/no-cat", **kw)
     assert {WEIGHTS_NAME, MANIFEST_NAME, "README.md"} <= set(server.files("org/no-cat"))
-    assert_same_removal(hub.load_adapter("org/no-cat", **kw), cat)
+    assert_same_removal(du.UnlearningAdapter.from_pretrained("org/no-cat", **kw), cat)
 
     folder = hub.download("org/no-cat", **kw)
     plain = make_sd_pipeline()
@@ -132,14 +132,14 @@ def test_single_removal_repo_is_a_plain_diffusers_lora_and_the_card_snippet_runs
 
     # appending to it turns it into a chain: its files move under adapters/, unchanged
     sha = manifest_at(server, "org/no-cat")["entries"][0]["sha256"]
-    hub.append_to_hub("org/no-cat", removals.chain[1], **kw)
+    du.workflows.append("org/no-cat", removals.chain[1], **kw)
     entries = manifest_at(server, "org/no-cat")["entries"]
     assert [(e["path"], e["sha256"]) for e in entries][0] == ("adapters/001-no-cat", sha)
     assert WEIGHTS_NAME not in server.files("org/no-cat")
-    assert hub.load_stack("org/no-cat", **kw).names == ["no-cat", "no-dog"]
+    assert du.UnlearningStack.from_pretrained("org/no-cat", **kw).names == ["no-cat", "no-dog"]
 
     # the card's "diffusers alone" snippet for a chain, run as written (the repo id pointed at the pulled folder)
-    hub.push_stack(du.UnlearningStack(removals.chain), "org/no-pets", **kw)
+    du.UnlearningStack(removals.chain).push_to_hub("org/no-pets", **kw)
     folder = hub.download("org/no-pets", **kw)
     snippet = (folder / "README.md").read_text().split("With diffusers alone")[1].split("```py")[1].split("```")[0]
     snippet = "\n".join(line for line in snippet.splitlines() if "import" not in line and "pipe = " not in line)
@@ -167,13 +167,13 @@ def test_two_concurrent_appends_cannot_overwrite_each_other(server, kw, removals
     cat, (dog, tree) = removals.chain[0], removals.on_cat
 
     def append_both(repo_id: str, retry: bool) -> tuple[dict, str]:
-        head = hub.push_stack([cat], repo_id, **kw).oid
+        head = du.UnlearningStack([cat]).push_to_hub(repo_id, **kw).oid
         server.hold_commits(2)  # both appends read the same head before either commits
         results = {}
 
         def append(adapter):
             try:
-                results[adapter.name] = hub.append_to_hub(repo_id, adapter, retry=retry, **kw)
+                results[adapter.name] = du.workflows.append(repo_id, adapter, retry=retry, **kw)
             except Exception as error:  # noqa: BLE001 - the test inspects it
                 results[adapter.name] = error
 
@@ -197,45 +197,46 @@ def test_two_concurrent_appends_cannot_overwrite_each_other(server, kw, removals
     assert all(r.oid for r in results.values()), results
     names = [e["name"] for e in manifest_at(server, "org/race-retry")["entries"]]
     assert names[0] == "no-cat" and sorted(names[1:]) == sorted([dog.name, tree.name])
-    assert hub.load_stack("org/race-retry", **kw).names == names
+    assert du.UnlearningStack.from_pretrained("org/race-retry", **kw).names == names
 
 
 def test_a_tag_resolves_to_one_commit_which_is_what_gets_recorded(server, kw, removals):
     cat, dog, tree = removals.chain
     api = HfApi(**kw)
-    first = hub.push_stack([cat, dog], "org/no-pets", **kw)
+    first = du.UnlearningStack([cat, dog]).push_to_hub("org/no-pets", **kw)
     api.create_tag("org/no-pets", tag="v1")
-    hub.append_to_hub("org/no-pets", tree, **kw)  # main moves on, v1 stays
+    du.workflows.append("org/no-pets", tree, **kw)  # main moves on, v1 stays
     before = len(server.requests)
-    assert hub.load_stack("org/no-pets", revision="v1", **kw).names == ["no-cat", "no-dog"]
+    assert du.UnlearningStack.from_pretrained("org/no-pets", revision="v1", **kw).names == ["no-cat", "no-dog"]
     paths = [path.split("?")[0] for _, path in server.requests[before:]]
     assert [p for p in paths if "/revision/" in p] == ["/api/models/org/no-pets/revision/v1"]  # resolved once
     assert all(f"/{first.oid}/" in p for p in paths if "/resolve/" in p or "/tree/" in p)  # then only the commit
 
     # a chain referencing another repo records the commit the tag pointed to, not the tag
-    hub.push_adapter(dog, "org/no-dog", **kw)
+    dog.push_to_hub("org/no-dog", **kw)
     api.create_tag("org/no-dog", tag="v2")
     pinned = server.head("org/no-dog")
-    hub.push_stack([cat], "org/mix", **kw)
-    hub.append_to_hub("org/mix", "org/no-dog", source_revision="v2", **kw)
+    du.UnlearningStack([cat]).push_to_hub("org/mix", **kw)
+    du.workflows.append("org/mix", "org/no-dog", source_revision="v2", **kw)
     entry = manifest_at(server, "org/mix")["entries"][1]
     assert entry["repo_id"] == "org/no-dog" and entry["revision"] == pinned and entry["path"] == "."
-    hub.push_adapter(removals.secret, "org/no-dog", **kw)  # the other repo moves on
-    resolved = hub.resolve_stack(hub.download("org/mix", **kw), **kw)
+    removals.secret.push_to_hub("org/no-dog", **kw)  # the other repo moves on
+    mix = hub.download("org/mix", **kw)
+    resolved = hub.resolve_entries(mix, read_manifest(mix), hub.HubOptions(**kw))
     assert [(r.repo_id, r.revision) for r in resolved] == [(None, None), ("org/no-dog", pinned)]
-    mixed = hub.load_stack("org/mix", **kw)
+    mixed = du.UnlearningStack.from_pretrained("org/mix", **kw)
     assert mixed.names == ["no-cat", "no-dog"]
     assert_same_removal(mixed[1], dog)
 
     with pytest.raises(du.BaseModelMismatchError, match="base weights"):
-        hub.append_to_hub("org/mix", removals.foreign, **kw)
+        du.workflows.append("org/mix", removals.foreign, **kw)
     with pytest.raises(du.AdapterNameError, match="already holds"):
-        hub.append_to_hub("org/mix", dog, **kw)
+        du.workflows.append("org/mix", dog, **kw)
     assert [e["name"] for e in manifest_at(server, "org/mix")["entries"]] == ["no-cat", "no-dog"]
 
 
 def test_tampered_weights_are_refused_before_the_pipeline_is_touched(server, kw, removals):
-    hub.push_stack(du.UnlearningStack(removals.chain), "org/no-pets", **kw)
+    du.UnlearningStack(removals.chain).push_to_hub("org/no-pets", **kw)
     good = server.head("org/no-pets")
     path = f"adapters/002-no-dog/{WEIGHTS_NAME}"
     data = bytearray(server.files("org/no-pets")[path])
@@ -244,15 +245,15 @@ def test_tampered_weights_are_refused_before_the_pipeline_is_touched(server, kw,
         "org/no-pets", [CommitOperationAdd(path, bytes(data))], commit_message="edit"
     )
     with pytest.raises(du.AdapterFormatError, match=f"{path} does not match the sha256"):
-        hub.load_stack("org/no-pets", **kw)
+        du.UnlearningStack.from_pretrained("org/no-pets", **kw)
 
     # a file changed in the local cache after download is refused too, offline
     folder = hub.download("org/no-pets", revision=good, **kw)
-    assert len(hub.load_stack("org/no-pets", revision=good, local_files_only=True, **kw)) == 3
+    assert len(du.UnlearningStack.from_pretrained("org/no-pets", revision=good, local_files_only=True, **kw)) == 3
     cached = (folder / "adapters" / "003-no-tree" / "unlearning_probes.safetensors").resolve()
     cached.write_bytes(cached.read_bytes()[:-1] + b" ")
     with pytest.raises(du.AdapterFormatError, match="003-no-tree/unlearning_probes.safetensors does not match"):
-        hub.load_stack("org/no-pets", revision=good, local_files_only=True, **kw)
+        du.UnlearningStack.from_pretrained("org/no-pets", revision=good, local_files_only=True, **kw)
 
 
 def test_interrupted_downloads_are_resumed_and_verified(server, kw, removals, monkeypatch, tmp_path):
@@ -264,10 +265,10 @@ def test_interrupted_downloads_are_resumed_and_verified(server, kw, removals, mo
     # the client writes what it received in chunks of 10 MB and resumes after the last one; 1 KB chunks make
     # these 20 KB files behave like the large files of a real model
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1024)
-    hub.push_stack(du.UnlearningStack(removals.chain), "org/no-pets", **kw)
+    du.UnlearningStack(removals.chain).push_to_hub("org/no-pets", **kw)
     path = f"adapters/002-no-dog/{WEIGHTS_NAME}"
     server.cut_downloads[path] = 2  # the first two transfers of this file stop half way
-    stack = hub.load_stack("org/no-pets", **kw)
+    stack = du.UnlearningStack.from_pretrained("org/no-pets", **kw)
     resumed = [header for file, header in server.ranges if file == path]
     assert len(resumed) == 2 and all(header != "bytes=0-" for header in resumed)
     for pulled, made in zip(stack, removals.chain, strict=True):
@@ -294,25 +295,25 @@ def test_interrupted_downloads_are_resumed_and_verified(server, kw, removals, mo
 
 
 def test_cached_chain_loads_offline_and_an_uncached_one_says_what_to_do(server, kw, removals, tmp_path):
-    hub.push_stack(du.UnlearningStack(removals.chain[:2]), "org/no-pets", **kw)
-    hub.load_stack("org/no-pets", **kw)  # fills the cache
+    du.UnlearningStack(removals.chain[:2]).push_to_hub("org/no-pets", **kw)
+    du.UnlearningStack.from_pretrained("org/no-pets", **kw)  # fills the cache
     before = len(server.requests)
-    assert hub.load_stack("org/no-pets", local_files_only=True, **kw).names == ["no-cat", "no-dog"]
+    assert du.UnlearningStack.from_pretrained("org/no-pets", local_files_only=True, **kw).names == ["no-cat", "no-dog"]
     assert len(server.requests) == before  # nothing asked of the Hub
     with pytest.raises(du.AdapterNotFoundError, match=r"local_files_only=True was passed.*hf download org/other"):
-        hub.load_stack("org/other", local_files_only=True, **kw)
+        du.UnlearningStack.from_pretrained("org/other", local_files_only=True, **kw)
     with pytest.raises(du.AdapterNotFoundError, match="No Hub repo 'org/other'"):
-        hub.load_stack("org/other", **kw)
+        du.UnlearningStack.from_pretrained("org/other", **kw)
     with pytest.raises(du.AdapterNotFoundError, match="has no revision 'v9'"):
-        hub.load_stack("org/no-pets", revision="v9", **kw)
+        du.UnlearningStack.from_pretrained("org/no-pets", revision="v9", **kw)
 
     # HF_HUB_OFFLINE=1 in a fresh process (huggingface_hub reads it at import), no endpoint at all
     script = textwrap.dedent(
         """
-        from diffusers_unlearn import hub
-        print(hub.load_stack("org/no-pets").names)
+        from diffusers_unlearn import UnlearningStack
+        print(UnlearningStack.from_pretrained("org/no-pets").names)
         try:
-            hub.load_stack("org/other")
+            UnlearningStack.from_pretrained("org/other")
         except FileNotFoundError as error:
             print(type(error).__name__, error)
         """
@@ -344,25 +345,31 @@ def test_pull_from_a_hand_written_cache(removals, tmp_path):
         link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    stack = hub.load_stack("org/offline", cache_dir=tmp_path / "cache", local_files_only=True)
+    stack = du.UnlearningStack.from_pretrained("org/offline", cache_dir=tmp_path / "cache", local_files_only=True)
     assert stack.names == ["no-cat", "no-dog"]
     assert hub.download("org/offline", cache_dir=tmp_path / "cache", local_files_only=True).name == commit
     with pytest.raises(du.AdapterNotFoundError, match="revision 'v1'"):
-        hub.load_stack("org/offline", revision="v1", cache_dir=tmp_path / "cache", local_files_only=True)
+        du.UnlearningStack.from_pretrained(
+            "org/offline", revision="v1", cache_dir=tmp_path / "cache", local_files_only=True
+        )
 
 
 def test_revoking_a_removal_is_a_new_commit_and_history_keeps_it(server, kw, removals, sd_pipe):
     cat, dog, tree = removals.chain
-    before = hub.push_stack(du.UnlearningStack(removals.chain), "org/no-pets", **kw)
+    before = du.UnlearningStack(removals.chain).push_to_hub("org/no-pets", **kw)
     old_cat = manifest_at(server, "org/no-pets")["entries"][0]
-    hub.revoke("org/no-pets", "no-dog", pipe=sd_pipe, **kw)
+    du.workflows.remove("org/no-pets", "no-dog", pipe=sd_pipe, **kw)
     entries = manifest_at(server, "org/no-pets")["entries"]
     assert [e["name"] for e in entries] == ["no-cat", "no-tree"]
     assert entries[0] == old_cat  # untouched: not re-uploaded
     assert not any(p.startswith("adapters/002-no-dog") for p in server.files("org/no-pets"))
-    stack = hub.load_stack("org/no-pets", **kw)
+    stack = du.UnlearningStack.from_pretrained("org/no-pets", **kw)
     assert stack["no-tree"].metadata["resolved"]["withdrawn"] == "no-dog"  # re-solved without it
-    assert hub.load_stack("org/no-pets", revision=before.oid, **kw).names == ["no-cat", "no-dog", "no-tree"]
+    assert du.UnlearningStack.from_pretrained("org/no-pets", revision=before.oid, **kw).names == [
+        "no-cat",
+        "no-dog",
+        "no-tree",
+    ]
 
 
 def test_malformed_manifests_are_refused(tmp_path, removals):
@@ -378,9 +385,9 @@ def test_malformed_manifests_are_refused(tmp_path, removals):
         broken = {**manifest, "entries": [{**manifest["entries"][0], **change}]}
         (folder / MANIFEST_NAME).write_text(json.dumps(broken))
         with pytest.raises(du.AdapterFormatError, match=message):
-            hub.load_stack(folder)
+            du.UnlearningStack.from_pretrained(folder)
     with pytest.raises(du.AdapterNotFoundError, match="not a Hub repo id"):
-        hub.load_stack("no/such/folder")
+        du.UnlearningStack.from_pretrained("no/such/folder")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -394,15 +401,15 @@ def test_public_push_to_hub_and_from_pretrained(server, kw, removals):
 
     du.UnlearningStack([cat, dog]).push_to_hub("org/no-pets", **kw)
     HfApi(**kw).create_tag("org/no-pets", tag="v1")
-    hub.append_to_hub("org/no-pets", tree, **kw)
+    du.workflows.append("org/no-pets", tree, **kw)
     assert du.UnlearningStack.from_pretrained("org/no-pets", revision="v1", **kw).names == ["no-cat", "no-dog"]
     assert du.UnlearningStack.from_pretrained("org/no-pets", **kw).names == ["no-cat", "no-dog", "no-tree"]
     with pytest.raises(du.AdapterNameError, match="chain of 3"):
         du.UnlearningAdapter.from_pretrained("org/no-pets", **kw)
     # a local folder whose manifest references another repo
-    hub.push_stack([cat], "org/mix", **kw)
+    du.UnlearningStack([cat]).push_to_hub("org/mix", **kw)
     du.UnlearningStack([dog]).push_to_hub("org/no-dog", **kw)
-    hub.append_to_hub("org/mix", "org/no-dog", **kw)
+    du.workflows.append("org/mix", "org/no-dog", **kw)
     local = hub.download("org/mix", **kw)
     assert du.UnlearningStack.from_pretrained(local, **kw).names == ["no-cat", "no-dog"]
 
@@ -424,3 +431,28 @@ def test_public_load_unlearning_from_a_repo_id(server, kw, removals):
     with pytest.raises(du.AdapterFormatError, match=f"{path} does not match the sha256"):
         pipe.load_unlearning("org/no-pets", adapter_name=None, **kw)
     assert [u.name for u in pipe.unlearning] == ["no-cat"]
+
+
+def test_the_former_hub_functions_warn_and_still_work(server, kw, removals):
+    """docs/hub.md promised these names; they stay as thin `FutureWarning` aliases of the calls that replaced them."""
+    cat, dog, _ = removals.chain
+    with pytest.warns(FutureWarning, match="hub.push_stack is deprecated"):
+        hub.push_stack([cat], "org/old", **kw)
+    with pytest.warns(FutureWarning, match="hub.append_to_hub is deprecated"):
+        hub.append_to_hub("org/old", dog, **kw)
+    with pytest.warns(FutureWarning, match="hub.load_stack is deprecated"):
+        assert hub.load_stack("org/old", **kw).names == ["no-cat", "no-dog"]
+    with pytest.warns(FutureWarning, match="hub.load is deprecated"):
+        assert [a.name for a in hub.load("org/old", **kw)] == ["no-cat", "no-dog"]
+    with pytest.warns(FutureWarning, match="hub.resolve_stack is deprecated"):
+        resolved = hub.resolve_stack(hub.download("org/old", **kw), **kw)
+    assert [r.entry["name"] for r in resolved] == ["no-cat", "no-dog"]
+    with pytest.warns(FutureWarning, match="hub.push_adapter is deprecated"):
+        hub.push_adapter(cat, "org/old-cat", **kw)
+    with pytest.warns(FutureWarning, match="hub.load_adapter is deprecated"):
+        assert_same_removal(hub.load_adapter("org/old-cat", **kw), cat)
+    with pytest.warns(FutureWarning, match="hub.revoke is deprecated"):
+        hub.revoke("org/old", "no-dog", **kw)
+    assert du.UnlearningStack.from_pretrained("org/old", **kw).names == ["no-cat"]
+    with pytest.raises(AttributeError):
+        hub.no_such_function  # noqa: B018
