@@ -28,6 +28,12 @@ probes hold (only its verdict, not reported as a result, depends on them).
     python benchmarks/stack.py                      # sizes 1, 10, 50, 100; writes docs/benchmarks/stack.md
     python benchmarks/stack.py --quick              # sizes 1 and 10, 2 repeats, writes nothing (smoke test)
     python benchmarks/stack.py --sizes 1 100 --modes merged fused --threads 4
+    python benchmarks/stack.py --loads-only --sizes 100 --repeats 5 --output load.md   # load times only
+
+`--loads-only` measures nothing but `load_unlearning` (and `unload_unlearning`): one process, one model, the modes
+loaded in turn in each round (adapters, merged, fused, adapters, ...), so that a busy machine slows them alike; it
+reports each mode's times and its ratio to the merged load of the same round. No forward pass runs: the figures are
+meaningful on a shared machine where a 512 px forward is not.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import diffusers_unlearn as du
+from diffusers_unlearn import peft_inject
 from diffusers_unlearn.adapter import FORMAT_VERSION, content_id
 from diffusers_unlearn.families import STABLE_DIFFUSION
 from diffusers_unlearn.layers import edited_layers
@@ -266,6 +273,51 @@ def measure(mode: str, size: int, repeats: int, rank: int) -> dict:
     }
 
 
+def measure_loads(sizes: list[int], modes: list[str], repeats: int, rank: int) -> list[dict]:
+    """Load and unload times of every (mode, size), the modes interleaved round by round in this process."""
+    pipe = sd15_pipeline()
+    rows = []
+    for size in sizes:
+        stack = synthetic_stack(pipe, size, rank)
+        times: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
+        for round_ in range(repeats):
+            for mode in modes:
+                began = time.perf_counter()
+                loaded = du.load_unlearning(pipe, stack, mode=mode)
+                load_s = time.perf_counter() - began
+                expected = 1 if mode == "merged" else size
+                if len(loaded) != expected or not all(entry.verified for entry in loaded):
+                    raise RuntimeError(f"load_unlearning({mode!r}) left {loaded}")
+                began = time.perf_counter()
+                du.unload_unlearning(pipe)
+                times[mode].append((load_s, time.perf_counter() - began))
+            summary = ", ".join(f"{mode} {times[mode][-1][0]:.2f}s" for mode in modes)
+            print(f"    [{size} removals] round {round_ + 1}/{repeats}: {summary}", file=sys.stderr, flush=True)
+        for mode in modes:
+            loads = [load for load, _ in times[mode]]
+            row = {"mode": mode, "size": size, "loads": loads, "unloads": [unload for _, unload in times[mode]]}
+            if "merged" in modes:
+                merged = [load for load, _ in times["merged"]]
+                row["ratios"] = [load / reference for load, reference in zip(loads, merged, strict=True)]
+            rows.append(row)
+    return rows
+
+
+def load_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| mode | removals | load s: first / median [min, max] | x merged load (median of rounds) | unload s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        loads = r["loads"]
+        ratio = f"{statistics.median(r['ratios']):.2f}" if "ratios" in r else "-"
+        lines.append(
+            f"| {r['mode']} | {r['size']} | {loads[0]:.2f} / {statistics.median(loads):.2f} "
+            f"[{min(loads):.2f}, {max(loads):.2f}] | {ratio} | {statistics.median(r['unloads']):.2f} |"
+        )
+    return lines
+
+
 def run_configuration(mode: str, size: int, args: argparse.Namespace) -> dict:
     """Runs [`measure`] in a fresh process with the same thread count."""
     threads = str(args.threads)
@@ -388,7 +440,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="bare / loaded forward pairs per configuration (default 7)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP / MKL threads of each run")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "stack.md")
+    parser.add_argument("--output", type=Path, help="default docs/benchmarks/stack.md; --loads-only: none")
+    parser.add_argument("--loads-only", action="store_true", help="only load / unload times, modes interleaved")
+    parser.add_argument(
+        "--diffusers-injection",
+        action="store_true",
+        help="--loads-only: every adapter through diffusers' load_lora_adapter (PEFT's walk per adapter), as before "
+        "diffusers_unlearn.peft_inject",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 7)
@@ -400,6 +459,26 @@ def main() -> None:
         return
 
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
+    if args.loads_only:
+        diffusers_logging.set_verbosity_error()
+        if args.diffusers_injection:
+            peft_inject.add_to_wrapped_layers = lambda *args, **kwargs: False
+        started = time.perf_counter()
+        lines = load_table(measure_loads(list(sizes), args.modes, args.repeats, args.rank))
+        command = " ".join(["python benchmarks/stack.py", *sys.argv[1:]])
+        lines = [
+            f"`{command}` on {machine()}, {args.threads} CPU threads, torch {torch.__version__}, Python "
+            f"{platform.python_version()}; {time.perf_counter() - started:.0f} s in all.",
+            "",
+            *lines,
+        ]
+        print("\n".join(lines))
+        if args.output and not args.quick:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text("\n".join(lines) + "\n")
+            print(f"wrote {args.output}", file=sys.stderr)
+        return
+    args.output = args.output or ROOT / "docs" / "benchmarks" / "stack.md"
     configurations = [(mode, size) for size in sizes for mode in args.modes]
     started, rows = time.perf_counter(), []
     for position, (mode, size) in enumerate(configurations, 1):
