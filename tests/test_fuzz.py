@@ -16,8 +16,7 @@ from safetensors.torch import save_file
 
 import diffusers_unlearn as du
 from diffusers_unlearn.adapter import HEADER_KEY, WEIGHTS_NAME, _parse_metadata
-from diffusers_unlearn.hub import read_manifest
-from diffusers_unlearn.stack import MANIFEST_NAME
+from diffusers_unlearn.manifest import MANIFEST_NAME, METADATA_NAME, PROBES_NAME, read_manifest
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -95,3 +94,80 @@ def test_stack_manifest_readers(tmp_path_factory, manifest):
         raise du.AdapterFormatError("accepted")  # an empty chain is fine: count it as handled
     with contextlib.suppress(TYPED):
         read_manifest(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Raw bytes: what sits before the JSON and safetensors parsers (invalid UTF-8, truncation, flipped bits).
+# ---------------------------------------------------------------------------------------------------------
+def _tiny_removal(name: str, parents: list | None = None) -> du.UnlearningAdapter:
+    generator = torch.Generator().manual_seed(len(name))
+    weights = {
+        f"unet.block.{i}.lora_{ab}.weight": torch.randn(shape, generator=generator)
+        for i in range(2)
+        for ab, shape in (("A", (2, 6)), ("B", (5, 2)))
+    }
+    metadata = {
+        "format_version": "1.0", "name": name, "concept": name[3:], "rank": 2, "base_fingerprint": "sha256:x",
+        "method": "closed_form", "adapter_id": du.adapter.content_id(weights), "parents": parents or [],
+    }  # fmt: skip
+    return du.UnlearningAdapter(weights, metadata, probes={"forget_moment": torch.randn(3, 6, generator=generator)})
+
+
+@pytest.fixture(scope="module")
+def saved_chain(tmp_path_factory):
+    cat = _tiny_removal("no-cat")
+    dog = _tiny_removal("no-dog", parents=[{"name": "no-cat", "adapter_id": cat.metadata["adapter_id"]}])
+    root = tmp_path_factory.mktemp("chain")
+    stack, single = du.UnlearningStack([cat, dog]).save_pretrained(root / "stack"), cat.save_pretrained(root / "single")
+    assert du.UnlearningStack.from_pretrained(stack).names == ["no-cat", "no-dog"]  # untouched, they load
+    assert du.UnlearningAdapter.from_pretrained(single).same_as(cat)
+    return stack, single
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@settings(max_examples=FILE_CASES)
+@given(st.data(), st.sampled_from(["flip", "truncate", "insert", "replace"]), st.booleans())
+def test_any_change_to_the_bytes_of_a_saved_folder_is_refused(tmp_path_factory, saved_chain, data, edit, single):
+    """Whatever file of a saved stack or single removal is edited, however: `AdapterFormatError`, before parsing."""
+    source = saved_chain[1] if single else saved_chain[0]
+    folder = tmp_path_factory.mktemp("edited")
+    for name in _files(source):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes((source / name).read_bytes())
+    path = folder / data.draw(st.sampled_from(_files(source)), label="file")
+    original = path.read_bytes()
+    at = data.draw(st.integers(0, len(original) - 1), label="at")
+    if edit == "flip":
+        changed = original[:at] + bytes([original[at] ^ data.draw(st.integers(1, 255))]) + original[at + 1 :]
+    elif edit == "truncate":
+        changed = original[:at]
+    elif edit == "insert":
+        changed = original[:at] + data.draw(st.binary(min_size=1, max_size=20)) + original[at:]
+    else:
+        changed = data.draw(st.binary(max_size=300).filter(lambda b: b != original))
+    path.write_bytes(changed)
+    with pytest.raises(du.AdapterFormatError):
+        (du.UnlearningAdapter if single else du.UnlearningStack).from_pretrained(folder)
+
+
+@settings(max_examples=FILE_CASES)
+@given(st.binary(max_size=400) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_manifest_and_metadata_readers_on_raw_bytes(tmp_path_factory, saved_chain, data):
+    """Raw bytes as the manifest of a chain, and as the `unlearning.json` of a removal without a manifest."""
+    folder = tmp_path_factory.mktemp("raw")
+    (folder / MANIFEST_NAME).write_bytes(data)
+    try:
+        stack = du.UnlearningStack.from_pretrained(folder)
+    except TYPED:
+        pass
+    else:
+        assert len(stack) == 0  # only an empty chain can be accepted from bytes alone
+    single = tmp_path_factory.mktemp("sidecar")
+    for name in (WEIGHTS_NAME, PROBES_NAME):
+        (single / name).write_bytes((saved_chain[1] / name).read_bytes())
+    (single / METADATA_NAME).write_bytes(data)
+    with pytest.raises(du.AdapterFormatError):
+        du.UnlearningAdapter.from_pretrained(single)
