@@ -118,7 +118,10 @@ def saved_chain(tmp_path_factory):
     cat = _tiny_removal("no-cat")
     dog = _tiny_removal("no-dog", parents=[{"name": "no-cat", "adapter_id": cat.metadata["adapter_id"]}])
     root = tmp_path_factory.mktemp("chain")
-    stack, single = du.UnlearningStack([cat, dog]).save_pretrained(root / "stack"), cat.save_pretrained(root / "single")
+    stack, single = (
+        du.UnlearningStack([cat, dog]).save_pretrained(root / "stack"),
+        cat.save_pretrained(root / "single"),
+    )
     assert du.UnlearningStack.from_pretrained(stack).names == ["no-cat", "no-dog"]  # untouched, they load
     assert du.UnlearningAdapter.from_pretrained(single).same_as(cat)
     return stack, single
