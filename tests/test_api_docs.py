@@ -262,6 +262,10 @@ def _bind(name: str, call: ast.Call, found, drop_first: bool) -> str | None:
         bind(*[None] * len(positional), **{k.arg: None for k in call.keywords})
     except TypeError as error:
         return f"{name}({ast.unparse(call)[len(name) + 1 :]}: {error}"
+    named = {p.name for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD}
+    unknown = {k.arg for k in call.keywords} - named - set(du.hub.HubKwargs.__annotations__)
+    if "hub_kwargs" in signature.parameters and unknown:  # `**hub_kwargs` takes the Hub options only
+        return f"{name}({ast.unparse(call)[len(name) + 1 :]}: {sorted(unknown)} are not Hub options"
     return None
 
 
