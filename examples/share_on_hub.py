@@ -8,7 +8,7 @@ against a local server).
 import sys
 
 import diffusers_unlearn
-from diffusers_unlearn import digits, hub
+from diffusers_unlearn import digits, workflows
 from diffusers_unlearn.digits.concepts import Concept
 
 
@@ -25,7 +25,7 @@ def main(repo_id: str) -> None:
 
     # Later: one more removal, appended safely (another team's concurrent append cannot be overwritten).
     adapter = diffusers_unlearn.erase(pipe, **Concept(colour="yellow").erase_kwargs())
-    hub.append_to_hub(repo_id, adapter, retry=True)
+    workflows.append(repo_id, adapter, retry=True)
 
     # A product team loads the chain with one line, every file verified before it touches the pipeline.
     fresh = digits.load_pipeline()
