@@ -2,8 +2,9 @@
 
 Pushes and pulls go end to end through `HfApi(endpoint=...)`, `snapshot_download` and `hf_hub_download` against the
 small Hub look-alike in `hub_server.py` (127.0.0.1, files on disk); offline pulls read a Hugging Face cache, one of
-them written by hand. The tests call `diffusers_unlearn.hub` directly, except the last section, which goes through
-the public methods (`push_to_hub`, `from_pretrained("org/name")`, `pipe.load_unlearning("org/name")`).
+them written by hand. The tests go through the public calls (`push_to_hub`, `from_pretrained("org/name")`,
+`pipe.load_unlearning("org/name")`, `workflows.append` / `remove`, `hub.download`); the last test checks that the
+former `hub` functions still work, with a `FutureWarning`.
 """
 
 import json
@@ -331,7 +332,7 @@ def test_cached_chain_loads_offline_and_an_uncached_one_says_what_to_do(server, 
 
 def test_pull_from_a_hand_written_cache(removals, tmp_path):
     """The layout `huggingface_hub` writes (blobs, snapshots/<commit> of symlinks, refs/main), filled by hand from
-    a folder `UnlearningStack.save_pretrained` wrote (its manifest pins the weights' sha256 only)."""
+    a folder `UnlearningStack.save_pretrained` wrote (its manifest pins the sha256 of every file)."""
     saved = du.UnlearningStack(removals.chain[:2]).save_pretrained(tmp_path / "saved")
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "cache" / "models--org--offline"
