@@ -141,3 +141,14 @@ def test_a_manifest_of_an_older_release_still_loads(saved, tmp_path):
     weights.write_bytes(_flip(weights.read_bytes(), 0.9))
     with pytest.raises(du.AdapterFormatError, match="does not match the sha256"):
         du.UnlearningStack.from_pretrained(folder)
+
+
+def test_any_iterable_of_removals_loads_and_the_single_folder_is_one_removal(saved):
+    """`load_unlearning` takes a stack, a generator of removals or a folder alike (it does not know the stack)."""
+    pipe, stack = saved["pipe"], du.UnlearningStack.from_pretrained(saved["stack"])
+    for source in (stack, (removal for removal in stack), saved["stack"]):
+        assert [u.name for u in pipe.load_unlearning(source)] == ["no-horse", "no-cat", "no-dog"]
+        pipe.unload_unlearning(["no-cat", "no-dog"])
+    assert du.UnlearningStack.from_pretrained(saved["single"]).names == ["no-cat"]
+    with pytest.raises(du.AdapterNameError, match="chain of 2"):
+        du.UnlearningAdapter.from_pretrained(saved["stack"])
