@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -148,19 +149,25 @@ def closed_form_config(args) -> du.ClosedFormConfig:
     )  # fmt: skip
 
 
-def erase_step(pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept]):
+def erase_step(
+    pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False
+):
     """One removal; when every mapping target is refused, the user's recourse the error names: the same request
     with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
-    Returns the removal (`None`: refused even then) and the fallback used, if any."""
+    `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
+    if any."""
     kwargs = erase_kwargs(concept, method, config)
+    gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
+    fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
+    if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
+        kwargs["mapping_candidates"] = [*kwargs.get("mapping_candidates", []), *fallback]
+        return du.erase(pipe, **kwargs), "other digits offered"
     try:
         return du.erase(pipe, **kwargs), None
     except du.InvalidConceptError as error:
         if concept.digit is None or "anchor" in kwargs:
             raise
         first = error
-    gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
-    fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     kwargs["mapping_candidates"] = [*kwargs.get("mapping_candidates", []), *fallback]
     try:
         return du.erase(pipe, **kwargs), "other digits"
@@ -192,7 +199,9 @@ def run(args) -> dict:
             fallback = None
             try:
                 if args.target_fallback:
-                    adapter, fallback = erase_step(bare or pipe, concept, method, config, list(sequence[: step - 1]))
+                    adapter, fallback = erase_step(
+                        bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits
+                    )
                 else:
                     adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
@@ -281,7 +290,7 @@ def write_report(results: dict, args) -> None:
     lines = [
         "# Continual removal on the digits model",
         "",
-        f"`python benchmarks/continual.py{' --quick' if args.quick else ''}`: {args.removals} sequential removals, "
+        f"`{results.get('command', 'python benchmarks/continual.py')}`: {args.removals} sequential removals, "
         f"{args.images} images per prompt, {args.steps} DDIM steps, guidance 7.5, fixed seeds (image j of every "
         "prompt from seed j, so every step sees the same noise). Each removal is fused into the weights after "
         "it is made. Retention is a percentage of the untouched model on the same prompts and seeds; forget "
@@ -292,13 +301,18 @@ def write_report(results: dict, args) -> None:
         "## Summary (last step, and worst over all steps)",
         "",
         "*Steps at the bars*: how many removals, from the first, keep every removed concept within 10 points of "
-        "chance, related retention >= 90% and general retention >= 95% (DESIGN §7 asks for 25).",
+        "chance, related retention >= 90% and general retention >= 95% (DESIGN §7 asks for 25); *conjunction*: the "
+        "same, with combinations measured by conjunction (issue 16's measure; n/a: the run predates it).",
+        "",
+        "*Targets*: a step whose every mapping target is refused is retried, as the error message says, with the "
+        "digits the chain has not removed as candidates (`--target-fallback`; marked *fallback* below); a step "
+        "refused even then makes no removal and counts as failed.",
         "",
         "*Combinations, conjunction*: the same images of the combinations removed so far, counted as still showing "
         "the concept only if digit, colour and stroke all are (a thin yellow nine no longer shows a bold yellow "
         "nine); chance 2.5% (1.25% with a stroke). n/a: the run predates this measure.",
         "",
-        "| method | steps at the bars | forget (last) | worst excess over chance (any step) | "
+        "| method | steps at the bars (digit / conjunction) | forget (last) | worst excess over chance (any step) | "
         "combinations, conjunction (last) | "
         "related retention (last / min) | general retention (last / min) | seconds per removal |",
         "|---|---|---|---|---|---|---|---|",
@@ -306,7 +320,7 @@ def write_report(results: dict, args) -> None:
     for method, rows in _measured(results):
         last = rows[-1]
         lines.append(
-            f"| {method} | {_steps_at_bars(rows)} | "
+            f"| {method} | {_steps_at_bars(rows)} / {_steps_at_bars(rows, 'worst_conjunction_excess')} | "
             f"{100 * last['forget_accuracy']:.1f}% (chance {100 * last['chance']:.1f}%) | "
             f"{100 * max(r['worst_excess'] for r in rows):+.1f} pts | "
             f"{_pct(last.get('conjunction_forget', math.nan))} "
@@ -320,16 +334,24 @@ def write_report(results: dict, args) -> None:
         lines += [
             f"## {method}",
             "",
-            "| step | removed | forget acc. | chance | worst excess | combinations, conjunction | related ret. | "
-            "general ret. | cells (rel / gen) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| step | removed | forget acc. | chance | worst excess (digit / conjunction) | "
+            "combinations, conjunction | related ret. | general ret. | cells (rel / gen) | "
+            "check (undo / shift / collateral) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
+            removed = r["concept"] + (" (fallback)" if r.get("target_fallback") == "other digits" else "")
+            removed = removed if r.get("removal_made", True) else f"{r['concept']} (refused)"
+            check = r.get("check")
+            verdict = "n/a" if not check else (
+                f"{'pass' if check['passed'] else 'FAIL'} ({check['undo']:.2f} / {check['shift']:.2f} / "
+                f"{check['collateral']:.2f})"
+            )  # fmt: skip
             lines.append(
-                f"| {r['step']} | {r['concept']} | {100 * r['forget_accuracy']:.1f}% | {100 * r['chance']:.1f}% | "
-                f"{100 * r['worst_excess']:+.1f} | {_pct(r.get('conjunction_forget', math.nan))} | "
-                f"{_pct(r['related'])} | {_pct(r['general'])} | "
-                f"{r['related_cells']} / {r['general_cells']} |"
+                f"| {r['step']} | {removed} | {100 * r['forget_accuracy']:.1f}% | {100 * r['chance']:.1f}% | "
+                f"{100 * r['worst_excess']:+.1f} / {100 * r.get('worst_conjunction_excess', math.nan):+.1f} | "
+                f"{_pct(r.get('conjunction_forget', math.nan))} | {_pct(r['related'])} | {_pct(r['general'])} | "
+                f"{r['related_cells']} / {r['general_cells']} | {verdict} |"
             )
         lines.append("")
     args.output.write_text("\n".join(lines))
@@ -337,12 +359,14 @@ def write_report(results: dict, args) -> None:
     _plot(results, args.output.with_suffix(".png"))
 
 
-def _steps_at_bars(rows: list[dict]) -> int:
+def _steps_at_bars(rows: list[dict], excess: str = "worst_excess") -> int | str:
     """Leading steps with every removed concept within 10 points of chance, related >= 90%, general >= 95%."""
+    if any(excess not in r for r in rows):
+        return "n/a"
     count = 0
     for r in rows:
         related_ok = math.isnan(r["related"]) or r["related"] >= 0.9
-        if r["worst_excess"] > 0.10 or not related_ok or r["general"] < 0.95:
+        if r[excess] > 0.10 or not related_ok or r["general"] < 0.95:
             break
         count += 1
     return count
@@ -628,6 +652,8 @@ def main() -> None:
     parser.add_argument("--earlier-protection", type=float, default=defaults.earlier_protection)
     parser.add_argument("--target-fallback", action="store_true", help="digits: on a refused target, retry with "
                         "the digits not removed as candidates")  # fmt: skip
+    parser.add_argument("--combination-digits", action="store_true", help="digits: offer combinations the "
+                        "digits not removed as mapping candidates from the start")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="default docs/benchmarks/continual[_glyphs].md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from the json, run nothing")
     args = parser.parse_args()
@@ -647,6 +673,7 @@ def main() -> None:
     started = time.perf_counter()
     results = run_glyphs(args) if glyph_world else run(args)
     results["seconds"] = time.perf_counter() - started
+    results["command"] = "python benchmarks/continual.py " + " ".join(sys.argv[1:])
     if args.update and previous.is_file():
         kept = json.loads(previous.read_text())
         kept["methods"].update(results["methods"])
