@@ -78,7 +78,7 @@ def _hub_errors(action: str, args) -> Iterator[None]:
     error, so that the command exits 1 with a message instead of a traceback."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import transport_errors
+    from .hub.download import transport_errors
 
     try:
         yield

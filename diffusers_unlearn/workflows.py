@@ -24,8 +24,11 @@ from huggingface_hub import CommitInfo, constants
 
 from .adapter import UnlearningAdapter, load_removals, read_removals
 from .errors import AdapterNameError, BaseModelMismatchError, ConcurrentUpdateError, InvalidArgumentError
-from .hub import CARD_NAME, HubKwargs, HubOptions, ResolvedEntry, commit_files, download, head, model_card
-from .hub import resolve_entries as _resolve_entries
+from .hub.card import CARD_NAME, model_card
+from .hub.commit import commit_files
+from .hub.download import ResolvedEntry, download, head
+from .hub.download import resolve_entries as _resolve_entries
+from .hub.options import HubKwargs, HubOptions
 from .manifest import (
     MANIFEST_NAME,
     entry_for,

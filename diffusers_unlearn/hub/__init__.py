@@ -6,6 +6,10 @@ Everything network goes through `huggingface_hub` (`snapshot_download`, `HfApi.c
 manifest is read and checked by `diffusers_unlearn.manifest`, and the chain workflows that change a published
 chain (`append`, `remove`) live in `diffusers_unlearn.workflows`. See docs/architecture.md.
 
+Public here: [`HubOptions`] (and `HubKwargs`, the keyword arguments it is made from), [`download`] (the one
+"local folder or Hub repo?" resolver), [`resolve_entries`] (a manifest's entries as verified local folders, for
+audits), [`model_card`] and [`HubMixin`]. The commit helpers are in `hub.commit`.
+
 The functions this module held before (`load_stack`, `load_adapter`, `load`, `push_stack`, `push_adapter`,
 `append_to_hub`, `revoke`, `resolve_stack`, `read_manifest`) are kept as deprecated aliases (`FutureWarning`).
 """
@@ -15,9 +19,8 @@ from __future__ import annotations
 import importlib
 import warnings
 
-from .card import CARD_NAME, CARD_TAGS, model_card
-from .commit import commit_files, prepare_repo, push_folder
-from .download import ResolvedEntry, download, head, resolve_entries, transport_errors
+from .card import model_card
+from .download import ResolvedEntry, download, resolve_entries
 from .mixin import HubMixin
 from .options import HubKwargs, HubOptions
 
@@ -50,19 +53,4 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = [
-    "CARD_NAME",
-    "CARD_TAGS",
-    "HubKwargs",
-    "HubMixin",
-    "HubOptions",
-    "ResolvedEntry",
-    "commit_files",
-    "download",
-    "head",
-    "model_card",
-    "prepare_repo",
-    "push_folder",
-    "resolve_entries",
-    "transport_errors",
-]
+__all__ = ["HubKwargs", "HubMixin", "HubOptions", "ResolvedEntry", "download", "model_card", "resolve_entries"]
