@@ -99,7 +99,7 @@ class UnlearningAdapter(HubMixin):
         lora_weights (`dict[str, torch.Tensor]`): diffusers-format LoRA state dict
             (`"unet.<layer>.lora_A.weight"` `(r, d_in)` and `"unet.<layer>.lora_B.weight"` `(d_out, r)`), with
             `lora_alpha == r`, i.e. the layer's weight change is exactly `B @ A`.
-        metadata (`dict`): Provenance, see `docs/api.md` (format version, concept or its salted hash, aliases,
+        metadata (`dict`): Provenance, see `docs/loading.md` (format version, concept or its salted hash, aliases,
             chosen targets, protected prompts, method and hyper-parameters, base fingerprint, parents, figures).
         probes (`dict[str, torch.Tensor]`): Factors of the forget / protected embedding moments and of the remap.
 

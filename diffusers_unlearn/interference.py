@@ -204,7 +204,7 @@ def check_interference(
             relative to its own edit (back, beyond or sideways).
         collateral_threshold (`float`, defaults to 0.5): Largest relative move of a removal's protected inputs.
 
-    The defaults are calibrated on the digits model (`docs/api.md`): independently made "seven" and "red seven"
+    The defaults are calibrated on the digits model (`docs/stacks.md`): independently made "seven" and "red seven"
     give shifts of 0.71 and 1.13; disjoint or chained pairs 0.09-0.16. Collateral also counts moves the acting
     removal intends (one removal protects "three" as a neighbour, another erases it): 0.19 for such a pair,
     0.33 for "seven" in the chain seven, blue three, five, 0.38 for "seven" then "yellow"; the limit sits above.

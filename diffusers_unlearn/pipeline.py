@@ -255,7 +255,7 @@ def load_unlearning(
     shapes, unique adapter names, not already on the pipeline as a plain LoRA) and verified after (every edited
     layer carries exactly its delta). If any step fails the pipeline is restored to its previous state and the
     error is raised. Once loaded, a removal stays in effect through diffusers' LoRA operations, or the operation
-    warns ([`InteropWarning`]) or refuses ([`InteropError`]): see docs/api.md, "Interop with diffusers".
+    warns ([`InteropWarning`]) or refuses ([`InteropError`]): see docs/loading.md, "Interop with diffusers".
 
     Args:
         pipe (`DiffusionPipeline`): A Stable Diffusion or SDXL pipeline.

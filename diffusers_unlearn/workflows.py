@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["append", "remove"]
+
 DEFAULT_RETRIES = 3
 
 

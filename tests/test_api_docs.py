@@ -1,6 +1,7 @@
-"""docs/api.md matches the code: every signature it shows, and every call in its examples, against `inspect`.
+"""The API docs match the code: every signature they show, and every call in their examples, against `inspect`.
 
-What counts, in inline code and in code blocks of docs/api.md:
+docs/api.md is the whole public API on one page; the guide pages (`GUIDES`) say it in full. What counts, in inline
+code and in code blocks of those pages:
 
 - a *signature*: `name(parameters)` with defaults (`=`), a `*`, `**kwargs` or a return (`-> Type`), e.g.
   `adapter.save_pretrained(save_directory, *, dtype=None, push_to_hub=False, **push_kwargs) -> Path`. Its
@@ -27,7 +28,10 @@ import pytest
 
 import diffusers_unlearn as du
 
-API = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+API = DOCS / "api.md"
+GUIDES = ("erasing.md", "loading.md", "stacks.md", "models.md", "evaluation.md", "hub.md")
+"""Pages whose signatures and calls are checked as api.md's are."""
 _INSTANCES = {
     "pipe": None,  # pipeline members: the module-level function, `pipe` bound
     "adapter": "UnlearningAdapter",
@@ -126,9 +130,10 @@ def documented(text: str, context: str | None = None):
 
 
 def sections() -> list[tuple[str, str | None]]:
-    """`(text, module)` per `##` section of docs/api.md; `module` is the one its heading names, if any."""
+    """`(text, module)` per `##` section of docs/api.md and the guides; `module` is the one its heading names."""
     found = []
-    for part in re.split(r"^(?=## )", API.read_text(), flags=re.MULTILINE):
+    text = "\n".join((DOCS / page).read_text() for page in ("api.md", *GUIDES))
+    for part in re.split(r"^(?=## )", text, flags=re.MULTILINE):
         heading = re.match(r"## .*?`(diffusers_unlearn(?:\.\w+)+)`", part)
         found.append((part, heading.group(1) if heading else None))
     return found
@@ -239,7 +244,7 @@ def test_documented_signatures_match_the_code():
             if signature_like:  # else a call with values (`stack.remove("no-red", pipe=pipe)`), checked below
                 problems += compare(name, params, found, drop_first)
                 checked.append(name)
-    assert not problems, "docs/api.md disagrees with the code:\n" + "\n".join(problems)
+    assert not problems, "the API docs disagree with the code:\n" + "\n".join(problems)
     for expected in ("diffusers_unlearn.erase", "adapter.save_pretrained", "UnlearningAdapter.from_pretrained",
                      "stack.save_pretrained", "UnlearningStack.from_pretrained"):  # fmt: skip
         assert expected in checked, f"docs/api.md shows no signature of {expected}"
@@ -290,7 +295,7 @@ def test_documented_calls_bind_to_the_code():
         for name, call, found, drop_first in _calls(source, module):
             problem = _bind(name, call, found, drop_first)
             problems += [problem] if problem else []
-    assert not problems, "docs/api.md calls the API with arguments it does not take:\n" + "\n".join(problems)
+    assert not problems, "the API docs call the API with arguments it does not take:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("name", [n for n in du.__all__ if not n.startswith("_")])
