@@ -330,6 +330,8 @@ def write_report(results: dict, args) -> None:
             f"{sum(r['erase_seconds'] for r in rows) / len(rows):.2f} |"
         )
     lines += ["", "![curves](continual.png)", ""]
+    if results.get("notes"):  # which rows come from which run, kept in the json beside the figures
+        lines += ["## Notes on this run", "", *results["notes"], ""]
     for method, rows in _measured(results):
         lines += [
             f"## {method}",
