@@ -215,7 +215,8 @@ def erase(
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(
         bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
-        removed=removed, samples=distance_samples, seed=seed,
+        removed=removed, erased={p for a in previous for p in a.metadata.get("forget_prompts", [])},
+        samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets
     # Three groups, each weighing the same in the objective whatever its size: a handful of `preserve` prompts

@@ -119,6 +119,7 @@ def choose_targets(
     distances: Callable[[list[tuple[str, str]]], torch.Tensor],
     *,
     removed: Collection[str] = (),
+    erased: Collection[str] = (),
     samples: int = 16,
     seed: int = 0,
 ) -> TargetChoice:
@@ -133,6 +134,9 @@ def choose_targets(
         distances (`Callable`): The removal's distance, `(a, b)` pairs to a tensor; chooses among candidates.
         removed (`Collection[str]`): Concepts and aliases of the removals loaded on the pipeline, lower-case: not
             targets (the model no longer draws them), and not the "other concepts" of rule 2.
+        erased (`Collection[str]`): Forget prompts of the loaded removals. A neighbour erased in a checked context
+            is not "another concept" of rule 2: the model now draws it as its removal's target, which may be the
+            very candidate checked ("a yellow eight, bold" after "yellow eight" -> "a yellow", for "a yellow, bold").
         samples (`int`), seed (`int`): Samples of the check's score distances.
 
     Raises:
@@ -145,7 +149,7 @@ def choose_targets(
     _reject_untrained(bank, candidates, [*names, *neighbors])
     step = max(1, len(contexts) / CHECK_CONTEXTS)
     checked = list(dict.fromkeys(contexts[int(i * step)] for i in range(min(CHECK_CONTEXTS, len(contexts)))))
-    near = list(neighbors[:CHECK_NEIGHBORS])
+    near = [n for n in neighbors if not any(c.fill(n) in erased for c in checked)][:CHECK_NEIGHBORS]
 
     def distance(context: Context, prompt: str) -> float:
         predicted = _predict(bank, [context.fill(names[0]), prompt], samples, seed)

@@ -143,3 +143,18 @@ def test_a_combination_removal_leaves_its_word_a_target():
 
     assert rejected({"templates": ["a red {}"], "preserve": ["a blue cat"]}) is None
     assert "removed earlier" in rejected({"templates": ["a red {}", "{}"]})
+
+
+def test_a_neighbour_erased_in_the_context_is_no_reference_for_the_target_check():
+    """Rule 2 compares a candidate with the nearest *other* concept; one a loaded removal erased in that context is
+    drawn as that removal's target now, which may be the candidate itself."""
+
+    def separation(templates):
+        pipe = make_sd_pipeline()
+        first = du.erase(pipe, "cat", templates=["a red {}"], neighbors=["rabbit"], preserve=["a blue cat"])
+        pipe.load_unlearning(first, mode="fused")
+        second = du.erase(pipe, "dog", templates=templates, neighbors=["cat"])
+        return next(c["separation"] for c in second.metadata["target_candidates"] if c["checked"])
+
+    assert separation(["a red {}"]) is None  # "a red cat" is erased: no neighbour left to compare with
+    assert separation(["a blue {}"]) is not None  # "a blue cat" is not
