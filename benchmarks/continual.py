@@ -3,7 +3,7 @@
 Methods, all built from the same code:
 
 - `ours`: closed form, fine-grained targets, local protection, each removal made on top of the stack;
-- `chain (before)`: the same with issue 19's settings (protection held to the chain, no earlier protection);
+- `chain (before)` (only when asked for): the same without issue 16's options (`--anchor`, `--earlier-protection`);
 - `coarse target`: the same, but every forget prompt mapped to "" (ESD / UCE-style anchor);
 - `no local protection`: the same, with `lambda_protect=0` (no neighbours, no empty prompt, no earlier removals);
 - `naive stacking`: locality-aware removals each made independently on the untouched model, then summed;
@@ -78,16 +78,17 @@ SEQUENCE: tuple[Concept, ...] = (
 )
 """25 removals: two whole digits, one whole colour, 6 digit-colour combinations, 16 digit-colour-stroke ones."""
 
-METHODS = (
-    "ours", "chain (before)", "coarse target", "no local protection", "naive stacking", "joint merge", "distill",
-)  # fmt: skip
+METHODS = ("ours", "coarse target", "no local protection", "naive stacking", "joint merge", "distill")
+REFERENCE = "chain (before)"
+"""Not run by default: the closed form with the solve's default protection, beside an `ours` run with `--anchor` or
+`--earlier-protection` (issue 16's variants)."""
 
 
 def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> dict:
     kwargs = concept.erase_kwargs() | {"config": config}
     if method == "coarse target":
         kwargs["anchor"] = ""
-    if method == "chain (before)":  # issue 19's closed form: protection held to the chain, no earlier protection
+    if method == REFERENCE:  # the closed form without issue 16's options: protection held to the chain
         kwargs["config"] = du.ClosedFormConfig(lambda_protect=config.lambda_protect, lambda_reg=config.lambda_reg)
     if method == "distill":
         # the digits model fixes colour and shape in its first, noisiest steps: train on all timesteps, not only
@@ -454,7 +455,7 @@ def run_glyphs(args) -> dict:
     from diffusers_unlearn import glyphs
 
     scorer = GlyphsConceptScorer(glyphs.load_scorer(args.scorer))
-    config = du.ClosedFormConfig(lambda_protect=args.lambda_protect, lambda_reg=args.lambda_reg)
+    config = closed_form_config(args)
     call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False}
     sequence = list(GLYPH_SEQUENCE[: args.removals])
     general_sample = glyph_concepts.general_cells(args.general_cells)
@@ -640,7 +641,7 @@ def main() -> None:
     parser.add_argument("--removals", type=int, default=None, help="default: the whole sequence (25 / 50)")
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
-    parser.add_argument("--methods", nargs="+", default=None, choices=sorted(set(METHODS) | set(GLYPH_METHODS)))
+    parser.add_argument("--methods", nargs="+", default=None, choices=sorted({*METHODS, *GLYPH_METHODS, REFERENCE}))
     parser.add_argument("--eval-every", type=int, default=1, help="measure every N steps (and the last)")
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
