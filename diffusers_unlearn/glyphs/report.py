@@ -74,6 +74,32 @@ def measure(
     return out
 
 
+@torch.no_grad()
+def vae_reconstruction(pipe, scorer, data=None, batch_size: int = 512) -> dict[str, float]:
+    """Scorer accuracy per head on held-out renders passed through the pipeline's VAE (encode, posterior mean,
+    decode): the ceiling of what generated images can reach.
+
+    Args:
+        data: Renders to use (default: jitter seed 1, as :func:`~.scorer.evaluate_scorer`).
+    """
+    from .data import render_glyphs
+    from .scorer import HEADS
+
+    data = data or render_glyphs(variants=2, seed=1)
+    x, *labels = data.all_compositions()
+    vae = pipe.vae
+    parts = []
+    for i in range(0, len(x), batch_size):
+        z = vae.encode((x[i : i + batch_size] * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+        parts.append(((vae.decode(z).sample.float().cpu() + 1) / 2).clamp(0, 1))
+    score = scorer(torch.cat(parts).permute(0, 2, 3, 1))
+    acc: dict[str, float] = {
+        name: float((score.labels[name] == truth.numpy()).mean()) for name, truth in zip(HEADS, labels, strict=True)
+    }
+    acc["n"] = len(x)
+    return acc
+
+
 def grid_image(pipe, path: Path, steps: int = 20, seed: int = 0) -> None:
     """A PNG grid: one row per style, characters "A", "G", "Q", "R", "7", "&" in cycling colours, on black."""
     from PIL import Image
@@ -94,7 +120,9 @@ def grid_image(pipe, path: Path, steps: int = 20, seed: int = 0) -> None:
     big.save(path)
 
 
-def write_report(results: dict, scorer_accuracy: dict, training: dict, out_dir: Path, args) -> Path:
+def write_report(
+    results: dict, scorer_accuracy: dict, training: dict, out_dir: Path, args, reconstruction: dict | None = None
+) -> Path:
     lines = [
         "# The glyphs model",
         "",
@@ -104,10 +132,10 @@ def write_report(results: dict, scorer_accuracy: dict, training: dict, out_dir: 
         "",
         "Styles: " + ", ".join(f"`{s}` ({f})" for s, f in STYLES.items()) + ".",
         "",
-        "Architecture: CLIPTextModel (width 256, 1 layer, 4 heads, MLP 512, max 12 tokens; every caption word one "
+        "Architecture: CLIPTextModel (width 256, 2 layers, 4 heads, MLP 512, max 12 tokens; every caption word one "
         "token); AutoencoderKL 32x32x3 <-> 4x8x8 (channels 16/32/32, no attention); UNet2DConditionModel on 8x8 "
         "latents (channels 32/64, cross-attention at both levels, no mid block); DDIM. Text encoder trained jointly "
-        "with the UNet (10% empty captions), EMA 0.995.",
+        f"with the UNet (10% empty captions), EMA {training.get('ema_decay', 0.995)}.",
         "",
         "## Training",
         "",
@@ -127,6 +155,15 @@ def write_report(results: dict, scorer_accuracy: dict, training: dict, out_dir: 
         *[f"| {k} | {100 * v:.2f}% |" for k, v in scorer_accuracy.items() if k != "n"],
         "",
         f"({scorer_accuracy.get('n')} images.)",
+        "",
+        "## VAE reconstruction",
+        "",
+        "The same held-out renders encoded by the pipeline's VAE (posterior mean) and decoded, then scored: the "
+        "ceiling for generated images (what the latent space cannot carry, the UNet cannot draw).",
+        "",
+        "| head | accuracy |",
+        "|---|---|",
+        *[f"| {k} | {100 * v:.2f}% |" for k, v in (reconstruction or {}).items() if k != "n"],
         "",
         "## Base model: asked attribute recognised by the scorer",
         "",
@@ -156,7 +193,11 @@ def write_report(results: dict, scorer_accuracy: dict, training: dict, out_dir: 
     path = out_dir / "glyphs_model.md"
     path.write_text("\n".join(lines))
     (out_dir / "glyphs_model.json").write_text(
-        json.dumps({"base": results, "scorer": scorer_accuracy, "training": training}, indent=1) + "\n"
+        json.dumps(
+            {"base": results, "scorer": scorer_accuracy, "vae_reconstruction": reconstruction, "training": training},
+            indent=1,
+        )
+        + "\n"
     )
     return path
 
@@ -180,13 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     pipe, scorer = load_pipeline(path=args.model), load_scorer(args.scorer)
     scorer_accuracy = evaluate_scorer(scorer)
     logger.info("scorer %s (%.0f s)", scorer_accuracy, time.time() - t0)
+    reconstruction = vae_reconstruction(pipe, scorer)
+    logger.info("VAE reconstruction %s (%.0f s)", reconstruction, time.time() - t0)
     results = measure(pipe, scorer, seeds=args.seeds, steps=args.steps, styles_per_char=args.styles_per_char)
     summary = {k: {h: v[h] for h in ("char", "style", "colour")} for k, v in results.items()}
     logger.info("base model %s (%.0f s)", summary, time.time() - t0)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     grid_image(pipe, args.out_dir / "glyphs_grid.png", steps=args.steps)
     training = json.loads((args.model / "training.json").read_text())
-    path = write_report(results, scorer_accuracy, training, args.out_dir, args)
+    path = write_report(results, scorer_accuracy, training, args.out_dir, args, reconstruction)
     logger.info("wrote %s (%.0f s)", path, time.time() - t0)
 
 

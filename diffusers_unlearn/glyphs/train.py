@@ -7,15 +7,17 @@ Usage::
 
 Training is seeded and resumable: the UNet phase writes the full training state to ``OUTPUT/train_state.pt`` (and
 the EMA pipeline to ``OUTPUT``) every ``--checkpoint-every`` steps; running the same command again continues from
-there (the VAE, once trained, is read back from ``OUTPUT/vae_trained``). The state file is deleted when training
-completes.
+there (the VAE, once trained, is read back from ``OUTPUT/vae_trained``). The state file and ``vae_trained`` are
+deleted when training completes, so that ``OUTPUT`` holds only the pipeline.
 
-1. a tiny ``AutoencoderKL`` (32x32x3 <-> 4x8x8) on rendered glyphs (reconstruction + small KL);
-2. the ``UNet2DConditionModel`` jointly with a from-scratch ``CLIPTextModel`` of width 256 (epsilon prediction,
-   10% empty captions for classifier-free guidance, AdamW with warm-up and cosine decay, EMA 0.995 of both).
+1. a tiny ``AutoencoderKL`` (32x32x3 <-> 4x8x8, 1500 steps of 64) on rendered glyphs (reconstruction + small KL);
+2. the ``UNet2DConditionModel`` jointly with a from-scratch ``CLIPTextModel`` of width 256, 2 layers (epsilon
+   prediction, 10% empty captions for classifier-free guidance, AdamW with warm-up and cosine decay, EMA 0.999 of
+   both), 25000 steps of 32.
 
-The sizes are those one session could afford on a shared 2-core machine (about 1.5 s per UNet step of 32 images
-there): the shipped model is far from converged; more ``--unet-steps`` is the first thing to try on a free machine.
+Sized for the budget of issue 15 (<= 90 minutes on 2 CPU cores): the VAE is about 0.3 s per step and the UNet phase
+about 0.12 s per step on one free core, several times slower beside other jobs. The shipped model's run, its wall
+time and its bars are in ``docs/benchmarks/glyphs_model.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 MAX_LENGTH = 12
 TEXT_WIDTH = 256
+TEXT_LAYERS = 2
 DEFAULT_OUTPUT = Path(__file__).parent / "model"
 
 
@@ -44,13 +48,13 @@ def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # each component from the same seed, so that a VAE trained alone is the same VAE
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
             hidden_size=TEXT_WIDTH,
             intermediate_size=2 * TEXT_WIDTH,
-            num_hidden_layers=1,
+            num_hidden_layers=TEXT_LAYERS,
             num_attention_heads=4,
             max_position_embeddings=MAX_LENGTH,
             projection_dim=TEXT_WIDTH,
@@ -60,6 +64,7 @@ def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
             hidden_act="quick_gelu",
         )
     )
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -72,6 +77,7 @@ def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
         sample_size=32,
         mid_block_add_attention=False,
     )
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -90,13 +96,14 @@ def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
 
 def train_pipeline(
     output: str | Path = DEFAULT_OUTPUT,
-    vae_steps: int = 600,
-    unet_steps: int = 3600,
+    vae_steps: int = 1500,
+    unet_steps: int = 25000,
     batch_size: int = 32,
     seed: int = 0,
     dtype: torch.dtype = torch.float16,
-    checkpoint_every: int = 200,
+    checkpoint_every: int = 1000,
     variants: int = 4,
+    ema_decay: float = 0.999,
 ) -> Path:
     """Train every component and save a ``StableDiffusionPipeline`` to ``output`` (weights stored in ``dtype``)."""
     from diffusers import AutoencoderKL
@@ -134,6 +141,7 @@ def train_pipeline(
             "batch_size": batch_size,
             "seed": seed,
             "variants": variants,
+            "ema_decay": ema_decay,
             "threads": torch.get_num_threads(),
             "vae_seconds": round(t_vae, 1),
             "total_seconds_this_run": round(time.time() - t0, 1),
@@ -163,14 +171,15 @@ def train_pipeline(
         seed,
         MAX_LENGTH,
         lr=1e-3,
-        ema_decay=0.995,
-        warmup=150,
+        ema_decay=ema_decay,
+        warmup=300,
         checkpoint=save,
         checkpoint_every=checkpoint_every,
         state_path=state_path,
     )
     save(text_encoder, unet, unet_steps)
     state_path.unlink(missing_ok=True)
+    shutil.rmtree(vae_file, ignore_errors=True)
     return output
 
 
@@ -178,13 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=None, help="folder to write the pipeline (or the scorer) to")
     parser.add_argument("--scorer", action="store_true", help="train the scorer instead of the pipeline")
-    parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--unet-steps", type=int, default=3600)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=25000)
     parser.add_argument("--scorer-steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--checkpoint-every", type=int, default=200, help="save state and EMA pipeline every N steps")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="save state and EMA pipeline every N steps")
     parser.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
