@@ -6,19 +6,78 @@
 
 Writes `OUTPUT/before_after.png` (rows: prompts; left: before, right: after, same seeds),
 `OUTPUT/no-<concept>/` (the removal, a diffusers LoRA) and `OUTPUT/figures.json`, and prints forget accuracy,
-related retention and general retention measured with the world's scorer. Runs offline in about a minute. Each
-world's demo is its `demo.run` (`diffusers_unlearn.digits.demo`, `diffusers_unlearn.glyphs.demo`); this module
-parses the options and prints.
+related retention and general retention measured with the world's scorer (`run`). Runs offline in about a minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .digits.data import COLOURS as DIGITS_COLOURS
+from .erasure import erase
+from .evaluation import evaluate, generate_images
+from .toyworld import concept_scorer, grid, ratio
+
+
+def run(
+    world: str, concept: Any, output: Path, images_per_prompt: int = 8, steps: int = 20, seed: int = 0
+) -> dict[str, Any]:
+    """Erases `concept` from an embedded model, measures before / after, writes the grid and the removal.
+
+    Args:
+        world (`str`): `"digits"` or `"glyphs"`: the package whose `load_pipeline` and scorer are used.
+        concept: That world's `Concept` (`digits.Concept(7)`, `glyphs.Concept.parse("serif")`): its
+            `erase_kwargs()` make the removal and its `probes()` measure it.
+        output (`Path`): Folder for `before_after.png`, `figures.json` and the removal.
+
+    Returns:
+        The figures written to `figures.json`: before / after summaries, retention relative to before, erase
+        seconds, rank and the first targets.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    pipe = importlib.import_module(f".{world}", __package__).load_pipeline()
+    scorer = concept_scorer(world)
+    call = {"images_per_prompt": images_per_prompt, "num_inference_steps": steps, "seed": seed}
+    probes = concept.probes()
+    before = evaluate(pipe, scorer, **probes, **call)
+
+    erase_started = time.perf_counter()
+    adapter = erase(pipe, **concept.erase_kwargs())
+    erase_seconds = time.perf_counter() - erase_started
+    adapter.save_pretrained(output / adapter.name)
+    pipe.load_unlearning(adapter)
+    after = evaluate(pipe, scorer, **probes, **call)
+
+    shown = list(concept.forget_probe().prompts[:3])
+    shown += [p.prompts[0] for p in probes["related"][:2] + probes["general"][:2]]
+    images_after = generate_images(pipe, shown, images_per_prompt=6, num_inference_steps=steps, seed=seed)
+    pipe.unload_unlearning()
+    images_before = generate_images(pipe, shown, images_per_prompt=6, num_inference_steps=steps, seed=seed)
+    rows = [(p, images_before[6 * i : 6 * i + 6], images_after[6 * i : 6 * i + 6]) for i, p in enumerate(shown)]
+    grid(rows, columns=6).save(output / "before_after.png")
+
+    figures = {
+        "concept": concept.name,
+        "chance": concept.chance,
+        "before": before.summary(),
+        "after": after.summary(),
+        "related_retention_vs_before": ratio(after.related_retention, before.related_retention),
+        "general_retention_vs_before": ratio(after.general_retention, before.general_retention),
+        "erase_seconds": round(erase_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "rank": adapter.rank,
+        "targets": adapter.metadata["targets"][:3],
+    }
+    (output / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,17 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if args.world == "glyphs":  # only the world asked for is loaded
         from .glyphs import Concept
-        from .glyphs.demo import run
 
         concept = Concept.parse(args.concept)
     else:
         from .digits import Concept
-        from .digits.demo import run
 
         digit = 7 if args.digit is None and args.colour is None else args.digit
         concept = Concept(digit=digit, colour=args.colour)
     print(f"Erasing {concept.name!r} from the embedded {args.world} model ...", flush=True)
-    figures = run(concept, args.output, images_per_prompt=args.images, steps=args.steps)
+    figures = run(args.world, concept, args.output, images_per_prompt=args.images, steps=args.steps)
     b, a = figures["before"], figures["after"]
     print(
         f"\nforget accuracy  {100 * b['forget_accuracy']:5.1f}% -> {100 * a['forget_accuracy']:5.1f}%"

@@ -125,6 +125,20 @@ def test_concepts():
         Concept(style="serif", colour="red")
 
 
+def test_style_and_colour_removals_are_offered_the_others_as_targets_and_probed_without_them():
+    """The emptied context ("the letter a in") is drawn in a default style / colour, which may be the one erased:
+    the other styles / colours are the candidates, never the concept itself."""
+    serif, red = Concept(style="serif"), Concept(colour="red")
+    assert serif.erase_kwargs()["mapping_candidates"] == [s for s in glyphs.STYLES if s != "serif"]
+    assert red.erase_kwargs()["mapping_candidates"] == [c for c in glyphs.COLOURS if c != "red"]
+    assert "mapping_candidates" not in Concept("Q").erase_kwargs()  # a character keeps erase's own candidates
+    probes = serif.probes()
+    assert [p.check for p in probes["forget"]] == [serif.forget_probe().check]
+    kept = probes["related"] + probes["general"]
+    assert kept and all(p.check["style"] != "serif" for p in kept)
+    assert {p.concept for p in probes["related"]}.isdisjoint(p.concept for p in probes["general"])
+
+
 def test_generate_is_seeded_and_scored(pipe, scorer):
     prompts = [glyphs.prompt("H", "blue", "bold"), glyphs.prompt("7", "orange", "serif", "white")]
 

@@ -179,7 +179,8 @@ class Concept:
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
         The erased word is the character (for a character or an identity), the style word or the colour word,
-        with its synonyms as aliases; the other characters (styles, colours) are its neighbours. A style or a
+        with its synonyms as aliases; the other characters (styles, colours) are its neighbours, and for a style
+        or a colour the other styles or colours are its mapping candidates. A style or a
         colour keeps the characters asked without it; an identity keeps the same character in the other styles
         and without a style, and its look-alikes in the same style.
         """
@@ -193,6 +194,9 @@ class Concept:
                 "concept": word,
                 "aliases": list(synonyms[word][1:]),
                 "prompts": self.forget_prompts(),
+                # the emptied context is drawn in a default style / colour, which may be this one (sans, red):
+                # the other styles / colours are targets the model draws as something else
+                "mapping_candidates": [key for key in synonyms if key != word],
                 "neighbors": others,
                 "preserve": list(dict.fromkeys(preserve)),
                 "name": name,
@@ -248,6 +252,26 @@ class Concept:
         cells = [(self.char, s, colour) for s in STYLE_NEIGHBOURS[self.style]]
         cells += [(c, self.style, colour) for c in LOOKALIKES[self.char][:2]]
         return cells
+
+    def probes(self, general: int = 12) -> dict[str, list[ConceptProbe]]:
+        """The `forget`, `related` and `general` probes of `evaluation.evaluate` for this concept's removal.
+
+        Related: the cells of `related()` it does not cover; general: the first `general` cells of
+        `general_cells` that are neither covered nor related.
+
+        Example:
+            ```py
+            >>> from diffusers_unlearn.glyphs import GlyphsConceptScorer
+            >>> result = evaluate(pipe, GlyphsConceptScorer(), **Concept(style="serif").probes(), images_per_prompt=8)
+            ```
+        """
+        related = [cell for cell in self.related() if not self.covers(*cell)]
+        kept = [cell for cell in general_cells(general) if not self.covers(*cell) and cell not in related]
+        return {
+            "forget": [self.forget_probe()],
+            "related": [cell_probe(c) for c in related],
+            "general": [cell_probe(c) for c in kept],
+        }
 
 
 def cell_probe(cell: Cell) -> ConceptProbe:
