@@ -72,18 +72,19 @@ def content_id(lora_weights: dict[str, torch.Tensor]) -> str:
 
 def model_name(name_or_path: str | os.PathLike | None) -> str | None:
     """What provenance records as `base_model`: a Hub id or a name, never a local path (which would leak a user's
-    folders into published files and mean nothing elsewhere). The embedded digits model is `"digits"`; another local
-    folder is recorded by its name."""
+    folders into published files and mean nothing elsewhere). A model shipped in this package
+    (`diffusers_unlearn/<world>/model`) is recorded by its world's name (`"digits"`, `"glyphs"`); another local
+    folder by its own name."""
     if name_or_path is None:
         return None
     text = str(name_or_path)
     path = Path(text).expanduser()
     if not path.is_absolute() and not text.startswith((".", "~")) and not path.exists():
         return text  # a Hub id ("org/name") or a name
-    digits_model = Path(__file__).parent / "digits" / "model"
     try:
-        if path.resolve() == digits_model.resolve():
-            return "digits"
+        resolved = path.resolve()
+        if resolved.name == "model" and resolved.parent.parent == Path(__file__).parent.resolve():
+            return resolved.parent.name
     except OSError:
         pass
     return path.resolve().name or text

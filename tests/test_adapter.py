@@ -167,3 +167,15 @@ def test_failed_save_keeps_the_previous_files(adapter, tmp_path, monkeypatch):
         adapter.save_pretrained(folder, dtype=torch.float16)
     assert (folder / WEIGHTS_NAME).read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == FILES
+
+
+def test_base_model_of_a_shipped_model_is_its_world_and_of_a_folder_its_name(tmp_path):
+    """Provenance never records a local path: the embedded models by their world, another folder by its name."""
+    from diffusers_unlearn.adapter import model_name
+
+    package = Path(du.__file__).parent
+    assert model_name(package / "digits" / "model") == "digits"
+    assert model_name(package / "glyphs" / "model") == "glyphs"
+    (tmp_path / "model").mkdir()
+    assert model_name(tmp_path / "model") == "model"  # a folder named "model" elsewhere is only a name
+    assert model_name("org/name") == "org/name"
