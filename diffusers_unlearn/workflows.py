@@ -28,7 +28,7 @@ from .hub.card import CARD_NAME, model_card
 from .hub.commit import commit_files
 from .hub.download import ResolvedEntry, download, head
 from .hub.download import resolve_entries as _resolve_entries
-from .hub.options import HubKwargs, HubOptions
+from .hub.options import HubKwargs, HubOptions, write_options
 from .manifest import (
     MANIFEST_NAME,
     entry_for,
@@ -113,7 +113,8 @@ def append(
         >>> append("org/no-sevens", "org/no-cat", source_revision="v2")  # pinned reference
         ```
     """
-    options, branch = _options(hub_kwargs, branch)
+    options, branch = write_options(hub_kwargs, branch)
+    branch = branch or constants.DEFAULT_REVISION
     attempts = 1 + (DEFAULT_RETRIES if retry is True else int(retry))
     if attempts < 1:
         raise InvalidArgumentError(f"`retry` must be a bool or a number of retries >= 0, got {retry!r}.")
@@ -184,7 +185,8 @@ def remove(
         >>> remove("org/no-sevens", "no-red", pipe=pipe)
         ```
     """
-    options, branch = _options(hub_kwargs, branch)
+    options, branch = write_options(hub_kwargs, branch)
+    branch = branch or constants.DEFAULT_REVISION
     current = head(repo_id, options, branch=branch)
     items = _read_chain(repo_id, options, current)
     stack = UnlearningStack([item.adapter for item in items])
@@ -198,14 +200,6 @@ def remove(
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _options(hub_kwargs: dict[str, Any], branch: str | None) -> tuple[HubOptions, str]:
-    options = HubOptions.of(hub_kwargs)
-    if options.revision is not None:  # the former `append_to_hub` / `revoke` named the chain's branch `revision`
-        warnings.warn("`revision=` names the chain's branch here: pass `branch=` instead.", FutureWarning, 3)
-        branch, options = branch or options.revision, options.at(None)
-    return options, branch or constants.DEFAULT_REVISION
-
-
 def _read_chain(repo_id: str, options: HubOptions, commit: str) -> list[_Item]:
     """The chain at `commit`, verified, with the manifest entries to keep (empty if the repo has no manifest)."""
     folder = download(repo_id, options.at(commit))

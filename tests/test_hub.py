@@ -457,3 +457,13 @@ def test_the_former_hub_functions_warn_and_still_work(server, kw, removals):
     assert du.UnlearningStack.from_pretrained("org/old", **kw).names == ["no-cat"]
     with pytest.raises(AttributeError):
         hub.no_such_function  # noqa: B018
+
+
+def test_a_write_takes_its_branch_from_the_former_revision_argument_with_a_warning():
+    from diffusers_unlearn.hub.options import write_options
+
+    with pytest.warns(FutureWarning, match="pass `branch=`"):
+        options, branch = write_options({"revision": "dev", "token": "t"}, None)
+    assert (branch, options.revision, options.token) == ("dev", None, "t")
+    options, branch = write_options({"token": "t"}, "main")  # no warning: nothing deprecated
+    assert (branch, options.revision) == ("main", None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
@@ -18,7 +17,7 @@ from ..manifest import read_manifest
 from .card import CARD_NAME, model_card
 from .commit import push_folder
 from .download import download
-from .options import HubKwargs, HubOptions
+from .options import HubKwargs, HubOptions, write_options
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -129,12 +128,7 @@ class HubMixin:
             >>> pipe.load_unlearning("org/no-sevens", revision=info.oid)
             ```
         """
-        options = HubOptions.of(hub_kwargs)
-        if options.revision is not None:
-            warnings.warn(
-                "push_to_hub(revision=...) is deprecated: the branch to push to is `branch=`.", FutureWarning, 2
-            )
-            branch = branch or options.revision
+        options, branch = write_options(hub_kwargs, branch)
         removals = self._removals()
         if not removals:
             raise InvalidArgumentError("Nothing to push: there is no removal.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypedDict
@@ -65,3 +66,16 @@ class HubOptions:
     def at(self, revision: str | None) -> HubOptions:
         """The same options at another revision (e.g. the commit a branch was resolved to)."""
         return replace(self, revision=revision)
+
+
+def write_options(hub_kwargs: Mapping[str, Any], branch: str | None) -> tuple[HubOptions, str | None]:
+    """The options of a write to the Hub, and the branch it writes to.
+
+    A write reads at no `revision`: the former push / append / withdraw calls named the branch `revision=`, which
+    still works, with a FutureWarning (pointing at the caller of the public function that calls this).
+    """
+    options = HubOptions.of(hub_kwargs)
+    if options.revision is not None:
+        warnings.warn("`revision=` names the branch to write to: pass `branch=` instead.", FutureWarning, 3)
+        branch, options = branch or options.revision, options.at(None)
+    return options, branch
