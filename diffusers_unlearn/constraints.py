@@ -112,8 +112,9 @@ def solve(
     forget_moment = torch.zeros(d, d, dtype=torch.float64)
     shift = torch.zeros(d, d, dtype=torch.float64)
     forget_rows, target_rows = [], []
+    fixed = bank.prefix_set(protected)  # embeddings a protected prompt has too are not edited (`aligned`)
     for member in constraints.forget:
-        aligned = [bank.aligned(f, t) for f, t in member]
+        aligned = [bank.aligned(f, t, fixed=fixed) for f, t in member]
         rows, targets = torch.cat([f for f, _ in aligned]), torch.cat([t for _, t in aligned])
         member_moment, member_shift = forget_statistics(rows, targets)
         forget_moment += member_moment / members

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -102,11 +102,25 @@ class PromptBank:
         return self._ids[prompt]
 
     def aligned(
-        self, prompt_a: str, prompt_b: str, held: dict[str, Encoded] | None = None
+        self,
+        prompt_a: str,
+        prompt_b: str,
+        held: dict[str, Encoded] | None = None,
+        fixed: Collection[tuple] = frozenset(),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of `a` and `b` at the token positions that may differ, paired (see `align`); from `held`
-        (what `add` returned) when given."""
+        (what `add` returned) when given.
+
+        `fixed`: prefix keys (`ModelFamily.prefix_keys`) of protected prompts. Positions of `a` with one of them
+        hold the very embedding a protected prompt has ("q in" of "q in serif" is "q in" of "q in roman"), so
+        no edit can move them and keep it: they are left out, unless that leaves nothing.
+        """
         positions_a, positions_b = self.family.align(self.pipe, self.ids(prompt_a), self.ids(prompt_b))
+        if fixed:
+            keys = self.family.prefix_keys(self.pipe, self.ids(prompt_a))
+            free = [k for k, i in enumerate(positions_a) if keys[i] is None or keys[i] not in fixed]
+            if free:
+                positions_a, positions_b = [positions_a[k] for k in free], [positions_b[k] for k in free]
         embeds_a = held[prompt_a][0] if held else self.embeds(prompt_a)
         embeds_b = held[prompt_b][0] if held else self.embeds(prompt_b)
         return embeds_a[positions_a], embeds_b[positions_b]
@@ -115,6 +129,10 @@ class PromptBank:
         """The prompts' `(embeds, pooled)` in chunks of `batch_size`, each encoded in one call."""
         for start in range(0, len(prompts), self.batch_size):
             yield self.add(prompts[start : start + self.batch_size])
+
+    def prefix_set(self, prompts: Sequence[str]) -> set[tuple]:
+        """Every prefix key (`ModelFamily.prefix_keys`) of the prompts: the embeddings they pin."""
+        return {key for p in prompts for key in self.family.prefix_keys(self.pipe, self.ids(p)) if key is not None}
 
     def moment(self, prompts: Sequence[str]) -> torch.Tensor:
         """`mean_i c_i c_i^T` over every token embedding of the prompts, float64 `(d, d)`, in bounded memory."""

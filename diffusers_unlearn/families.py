@@ -155,6 +155,21 @@ class ModelFamily:
             offset += length
         return positions_a, positions_b
 
+    def prefix_keys(self, pipe: DiffusionPipeline, ids: tuple[list[int], ...]) -> list[tuple | None]:
+        """Per position of the embedding sequence, what alone determines its embedding, where that is a prefix.
+
+        In a causal segment the embedding at token `k` depends only on tokens `0..k`: two prompts with the same
+        key at a position have the same embedding there. Positions of bidirectional segments and padding (which
+        sees the whole prompt) get `None`.
+        """
+        keys: list[tuple | None] = []
+        for index, (segment, segment_ids) in enumerate(zip(self.segments, ids, strict=True)):
+            length = segment.size(pipe)
+            for k in range(length):
+                causal = segment.causal and k < len(segment_ids)
+                keys.append((index, tuple(segment_ids[: k + 1])) if causal else None)
+        return keys
+
     # ---------------------------------------------------------------------------------------- denoiser
     def random_latents(self, pipe: DiffusionPipeline, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` standard-normal latents in the layout the denoiser reads, on the CPU."""

@@ -112,7 +112,7 @@ def test_concepts():
     assert [c.kind for c in (q, serif, red, serif_q)] == ["character", "style", "colour", "identity"]
     assert serif_q.chance == pytest.approx(1 / (41 * 8))
     kwargs = serif_q.erase_kwargs()
-    assert kwargs["concept"] == "q" and all("q" in p.split() and "serif" in p.split() for p in kwargs["prompts"])
+    assert kwargs["concept"] == "serif" and all("q" in p.split() and "serif" in p.split() for p in kwargs["prompts"])
     assert "the letter q in sans" in kwargs["preserve"]  # the same character in another style is kept
     assert Concept("7").erase_kwargs()["aliases"] == ["seven"]
     assert all("serif" in p.split() for p in serif.erase_kwargs()["prompts"])
@@ -152,3 +152,31 @@ def test_generate_is_seeded_and_scored(pipe, scorer):
     out = scorer(first)
     assert len(out) == 4 and all(0 <= i < len(glyphs.CHARACTERS) for i in out.labels["char"])
     assert np.allclose(out.probs["style"].sum(-1), 1, atol=1e-4)
+
+
+def test_an_identity_is_erased_where_a_prompt_names_all_of_it():
+    """ "serif Q": the style word is erased (drawn in another style, the Q is no longer a serif Q), and each forget
+    prompt with another character is protected, so that the edit acts only on the embeddings that see both."""
+    serif_q = Concept("Q", "serif")
+    kwargs = serif_q.erase_kwargs()
+    assert kwargs["mapping_candidates"] == [s for s in glyphs.STYLES if s != "serif"]
+    contrast = serif_q.contrast_prompts()
+    assert "serif o" in contrast and "the serif 0" in contrast  # its look-alikes, in the same phrasing
+    assert set(contrast) <= set(kwargs["preserve"])
+    assert not any(serif_q.mentioned_in(p) for p in contrast)
+    coloured = Concept("R", "bold", "red").contrast_prompts()
+    assert any("blue" in p.split() and "r" in p.split() and "bold" in p.split() for p in coloured)  # other colours
+    assert Concept("Q").contrast_prompts() == [] and Concept(style="serif").contrast_prompts() == []
+
+
+def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():
+    """A broad sample of other cells, in training phrasings other than the probes' canonical one."""
+    for concept in (Concept("Q"), Concept(style="serif"), Concept(colour="red"), Concept("Q", "serif")):
+        background = concept.background_prompts(150)
+        assert len(background) == len(set(background)) == 150
+        assert not any(concept.mentioned_in(p) for p in background)
+        canonical = {glyphs.prompt(*cell[:1], cell[2], cell[1]) for cell in glyphs.concepts.ALL_CELLS}
+        assert canonical.isdisjoint(background)
+        assert set(background) <= set(concept.erase_kwargs(background=150)["preserve"])
+    assert Concept("Q").background_prompts(10) == Concept("Q").background_prompts(10)  # seeded by the concept
+    assert Concept("Q").mentioned_in("the letter q in red") and not Concept("Q", "serif").mentioned_in("serif o")

@@ -156,6 +156,63 @@ class Concept:
     # ------------------------------------------------------------------------------------------ erasing
     def forget_prompts(self, limit: int = 48) -> list[str]:
         """Training templates filled so that they ask for the concept (at most `limit`, a fixed sample)."""
+        return list(dict.fromkeys(fill(*slots) for slots in self._forget_slots(limit)))
+
+    def contrast_prompts(self, limit: int = 48, others: int = 40) -> list[str]:
+        """For an identity, its forget prompts with another character (its look-alikes and `others` more) or,
+        coloured, another colour: what the removal must keep. Empty for other kinds.
+
+        Protected, they pin every embedding a forget prompt shares with them ("serif" of "serif q" is "serif" of
+        "serif o"), so that the edit acts only where the prompt names the whole identity.
+        """
+        if self.kind != "identity":
+            return []
+        rng = random.Random(zlib.crc32(self.name.encode()))
+        rest = [c for c in CHARACTERS if c not in LOOKALIKES[self.char]]
+        chars = [*LOOKALIKES[self.char], *rng.sample(rest, min(others, len(rest)))]
+        prompts = []
+        for template, char, colour, style, background in self._forget_slots(limit):
+            for other in chars:
+                if other != char and ("capital" not in template or other in LETTERS):
+                    prompts.append(fill(template, other, colour, style, background))
+            if self.colour is not None:
+                prompts += [fill(template, char, other, style, background) for other in COLOURS if other != colour]
+        return list(dict.fromkeys(prompts))
+
+    def background_prompts(self, count: int = 200) -> list[str]:
+        """`count` prompts of random cells the concept does not cover, in the training templates other than the
+        canonical one (the probes' phrasing): a sample of everything else the model draws, for the removal to hold.
+
+        A removal edits a 256-wide text space that every one of the model's ~330 words shares; the prompts it
+        protects near the concept pin only a few of its directions, and the rest of the vocabulary moves with the
+        edit unless a broad sample of ordinary prompts holds it (docs/benchmarks/continual_analysis.md).
+        """
+        rng = random.Random(zlib.crc32(self.name.encode()) + 1)
+        templates = [t for t in TEMPLATES if t != "the {colour} {kind} {char} in {style}"]
+        prompts: list[str] = []
+        for char, style, colour in rng.sample(list(ALL_CELLS), len(ALL_CELLS)):
+            if len(prompts) == count:
+                break
+            template = rng.choice(templates)
+            if self.covers(char, style, colour) or ("capital" in template and char not in LETTERS):
+                continue
+            text = fill(template, char, colour, style, rng.choice(("black", "white")))
+            if not self.mentioned_in(text) and text not in prompts:
+                prompts.append(text)
+        return prompts
+
+    def mentioned_in(self, text: str) -> bool:
+        """Whether a prompt names every part of the concept (and so asks for it, in some reading)."""
+        words = set(text.lower().split())
+        names = {
+            "char": {w.lower() for w in char_words(self.char)} if self.char else set(),
+            "style": set(STYLE_SYNONYMS[self.style]) if self.style else set(),
+            "colour": set(COLOUR_SYNONYMS[self.colour]) if self.colour else set(),
+        }
+        return all(words & names[part] for part in self.parts)
+
+    def _forget_slots(self, limit: int) -> list[tuple[str, str, str, str, str]]:
+        """`(template, char, colour, style, background)` of the forget prompts (at most `limit`, a fixed sample)."""
         rng = random.Random(zlib.crc32(self.name.encode()))
         slot = {"character": "{char}", "style": "{style}", "colour": "{colour}"}.get(self.kind)
         templates = [
@@ -164,18 +221,20 @@ class Concept:
             if (slot is None or slot in t)
             and (self.kind != "identity" or ("{style}" in t and (self.colour is None or "{colour}" in t)))
         ]
-        prompts = []
+        slots, seen = [], set()
         chars = [self.char] if self.char else list(PROBE_CHARS)
         for template, char in itertools.product(templates, chars):
             if "capital" in template and char not in LETTERS:
                 continue
             colour = self.colour or rng.choice(COLOURS)
             style = self.style or rng.choice(list(STYLES))
-            prompts.append(fill(template, char, colour, style, rng.choice(("black", "white"))))
-        prompts = list(dict.fromkeys(prompts))
-        return prompts if len(prompts) <= limit else sorted(rng.sample(prompts, limit), key=prompts.index)
+            filled = (template, char, colour, style, rng.choice(("black", "white")))
+            if fill(*filled) not in seen:
+                seen.add(fill(*filled))
+                slots.append(filled)
+        return slots if len(slots) <= limit else sorted(rng.sample(slots, limit), key=slots.index)
 
-    def erase_kwargs(self) -> dict:
+    def erase_kwargs(self, background: int = 200) -> dict:
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
         The erased word is the character (for a character or an identity), the style word or the colour word,
@@ -185,6 +244,7 @@ class Concept:
         and without a style, and its look-alikes in the same style.
         """
         name = "no-" + self.name.replace(" ", "-")
+        background = self.background_prompts(background)
         if self.kind in ("style", "colour"):
             synonyms = STYLE_SYNONYMS if self.kind == "style" else COLOUR_SYNONYMS
             word = self.style if self.kind == "style" else self.colour
@@ -198,23 +258,34 @@ class Concept:
                 # the other styles / colours are targets the model draws as something else
                 "mapping_candidates": [key for key in synonyms if key != word],
                 "neighbors": others,
-                "preserve": list(dict.fromkeys(preserve)),
+                "preserve": list(dict.fromkeys([*preserve, *background])),
+                "name": name,
+            }
+        if self.kind == "identity":  # the style word where the prompt names the whole identity: drawn in another
+            # style, the character is no longer "a serif Q" (edits where a prompt names only part are refused: the
+            # contrast prompts pin them)
+            same_char = [prompt(self.char, self.colour, s) for s in STYLES if s != self.style]
+            lookalikes = [prompt(c, self.colour, self.style) for c in LOOKALIKES[self.char]]
+            return {
+                "concept": self.style,
+                "aliases": list(STYLE_SYNONYMS[self.style][1:]),
+                "prompts": self.forget_prompts(),
+                "mapping_candidates": [key for key in STYLES if key != self.style],
+                "preserve": list(
+                    dict.fromkeys([prompt(self.char), *same_char, *lookalikes, *self.contrast_prompts(), *background])
+                ),
                 "name": name,
             }
         words = char_words(self.char)
-        kwargs = {
+        return {
             "concept": words[0],
             "aliases": list(words[1:]),
             "prompts": self.forget_prompts(),
             "category": kind_of(self.char),
             "neighbors": [w for c in CHARACTERS if c != self.char for w in char_words(c)[:1]],
+            "preserve": background,
             "name": name,
         }
-        if self.kind == "identity":
-            others = [prompt(self.char, self.colour, s) for s in STYLES if s != self.style]
-            lookalikes = [prompt(c, self.colour, self.style) for c in LOOKALIKES[self.char]]
-            kwargs["preserve"] = [prompt(self.char), f"{words[0]} in {self.colour or 'red'}", *others, *lookalikes]
-        return kwargs
 
     # ---------------------------------------------------------------------------------------- measuring
     def forget_probe(self) -> ConceptProbe:

@@ -108,7 +108,8 @@ def harden_solve(
     started = time.perf_counter()
     solution = solve(pipe, constraints, config, bank=bank, gram=gram, **solve_kwargs)
     pairs = [pair for member in constraints.forget for pair in member]
-    aligned = [bank.aligned(f, t) for f, t in pairs]
+    fixed = bank.prefix_set(constraints.protected)
+    aligned = [bank.aligned(f, t, fixed=fixed) for f, t in pairs]
     forget = torch.cat([f for f, _ in aligned]).double()
     targets = torch.cat([t for _, t in aligned]).double()
     # Solving with k+1 forget members halves each member's weight: halve the protection too, and weigh the derived
