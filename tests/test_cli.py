@@ -21,6 +21,17 @@ def cli(*args, cwd=None, env=None):
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
+def cli_here(capsys, monkeypatch, *args, cwd):
+    """`cli(...)` in this process (`main`, what the console script calls): the same exit code and output, without
+    the seconds a subprocess spends importing torch and diffusers."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def as_json(result) -> dict:
     assert result.returncode in (0, 3), result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -108,8 +119,13 @@ def test_the_erase_example_of_the_help_runs(tmp_path, monkeypatch):
     }
 
 
-def test_a_chain_from_the_command_line(tmp_path):
-    """erase twice into a stack, check it, merge it, export it, evaluate it."""
+def test_a_chain_from_the_command_line(tmp_path, capsys, monkeypatch):
+    """erase twice into a stack, check it, merge it, export it, evaluate it (in this process: the console script
+itself runs in the tests around this one)."""
+
+    def cli(*args, cwd):
+        return cli_here(capsys, monkeypatch, *args, cwd=cwd)
+
     for concept in ("seven", "three"):
         made = as_json(cli("erase", "--model", "digits", "--concept", concept, "--append", "removals", "--json",
                            cwd=tmp_path))  # fmt: skip
