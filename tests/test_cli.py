@@ -121,7 +121,7 @@ def test_the_erase_example_of_the_help_runs(tmp_path, monkeypatch):
 
 def test_a_chain_from_the_command_line(tmp_path, capsys, monkeypatch):
     """erase twice into a stack, check it, merge it, export it, evaluate it (in this process: the console script
-itself runs in the tests around this one)."""
+    itself runs in the tests around this one)."""
 
     def cli(*args, cwd):
         return cli_here(capsys, monkeypatch, *args, cwd=cwd)
