@@ -84,7 +84,7 @@ REFERENCE = "chain (before)"
 `--earlier-protection` (issue 16's variants)."""
 
 
-def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> dict:
+def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig, distill_steps: int = 500) -> dict:
     kwargs = concept.erase_kwargs() | {"config": config}
     if method == "coarse target":
         kwargs["anchor"] = ""
@@ -93,7 +93,7 @@ def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig) -> 
     if method == "distill":
         # the digits model fixes colour and shape in its first, noisiest steps: train on all timesteps, not only
         # below 600 (LACU's range for Stable Diffusion), or colours are not erased (measured: "red" 90% kept)
-        kwargs |= {"method": "distill", "config": du.DistillConfig(max_timestep=1000)}
+        kwargs |= {"method": "distill", "config": du.DistillConfig(max_timestep=1000, steps=distill_steps)}
     if method == "no local protection":
         kwargs.pop("neighbors", None)
         kwargs.pop("preserve", None)
@@ -345,16 +345,11 @@ def write_report(results: dict, args) -> None:
         for r in rows:
             removed = r["concept"] + (" (fallback)" if r.get("target_fallback") == "other digits" else "")
             removed = removed if r.get("removal_made", True) else f"{r['concept']} (refused)"
-            check = r.get("check")
-            verdict = "n/a" if not check else (
-                f"{'pass' if check['passed'] else 'FAIL'} ({check['undo']:.2f} / {check['shift']:.2f} / "
-                f"{check['collateral']:.2f})"
-            )  # fmt: skip
             lines.append(
                 f"| {r['step']} | {removed} | {100 * r['forget_accuracy']:.1f}% | {100 * r['chance']:.1f}% | "
                 f"{100 * r['worst_excess']:+.1f} / {100 * r.get('worst_conjunction_excess', math.nan):+.1f} | "
                 f"{_pct(r.get('conjunction_forget', math.nan))} | {_pct(r['related'])} | {_pct(r['general'])} | "
-                f"{r['related_cells']} / {r['general_cells']} | {verdict} |"
+                f"{r['related_cells']} / {r['general_cells']} | {_check_cell(r.get('check'))} |"
             )
         lines.append("")
     args.output.write_text("\n".join(lines))
@@ -462,7 +457,8 @@ def run_glyphs(args) -> dict:
     forget, related, general = glyph_probes_at(sequence, general_sample)
     every_cell = {cell for c in sequence for cell in c.related()} | set(general_sample)
     cells = [glyph_concepts.cell_probe(cell) for cell in sorted(every_cell)]
-    untouched = evaluate(glyphs.load_pipeline(path=args.model), scorer, forget=forget, general=cells, **call)
+    untouched_pipe = glyphs.load_pipeline(path=args.model)  # the interference check reads the untouched weights
+    untouched = evaluate(untouched_pipe, scorer, forget=forget, general=cells, **call)
     base_cells = untouched.general
     results = {"world": "glyphs", "untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {}}
     print(f"untouched: shows {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)
@@ -470,15 +466,17 @@ def run_glyphs(args) -> dict:
         pipe = glyphs.load_pipeline(path=args.model)
         bare = glyphs.load_pipeline(path=args.model) if method == "naive stacking" else None
         rows = results["methods"][method] = []
+        made = []
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
             try:
-                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
+                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, args.distill_steps))
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
                 rows.append({"step": step, "concept": concept.name, "error": str(error)})
                 continue
             seconds = time.perf_counter() - started
+            made.append(adapter)
             pipe.load_unlearning(adapter, mode="fused")
             if step % args.eval_every and step != len(sequence):
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds})
@@ -502,6 +500,7 @@ def run_glyphs(args) -> dict:
                 "related_cells": len(related),
                 "general_cells": len(general),
                 "per_concept_shown": shown,
+                "check": _check(untouched_pipe, made),
             }
             rows.append(row)
             _save_partial(results, args)
@@ -576,25 +575,33 @@ def write_glyph_report(results: dict, args) -> None:
             f"## {method}",
             "",
             "| step | removed | removal rate | shown before (untouched) | paraphrase removal | chance (mean) | "
-            "worst excess | related | general | cells (rel / gen) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "worst excess | related | general | cells (rel / gen) | check (undo / shift / collateral) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in all_rows:
             if "error" in r:
-                lines.append(f"| {r['step']} | {r['concept']} | erase failed: {r['error'][:80]} | | | | | | | |")
+                lines.append(f"| {r['step']} | {r['concept']} | erase failed: {r['error'][:80]} | | | | | | | | |")
             elif "removal_rate" in r:
                 lines.append(
                     f"| {r['step']} | {r['concept']} | {_pct(r['removal_rate'])} | "
                     f"{_pct(r.get('untouched_shown', math.nan))} | {_pct(r['paraphrase_removal_rate'])} | "
                     f"{_pct(r['chance'])} | {100 * r['worst_excess']:+.1f} | "
-                    f"{_pct(r['related'])} | {_pct(r['general'])} | {r['related_cells']} / {r['general_cells']} |"
+                    f"{_pct(r['related'])} | {_pct(r['general'])} | {r['related_cells']} / {r['general_cells']} | "
+                    f"{_check_cell(r.get('check'))} |"
                 )
             else:
-                lines.append(f"| {r['step']} | {r['concept']} | (not measured) | | | | | | | |")
+                lines.append(f"| {r['step']} | {r['concept']} | (not measured) | | | | | | | | |")
         lines.append("")
     args.output.write_text("\n".join(lines))
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
     _plot_glyphs(results, args.output.with_suffix(".png"))
+
+
+def _check_cell(check: dict | None) -> str:
+    if not check:
+        return "n/a"
+    verdict = "pass" if check["passed"] else "FAIL"
+    return f"{verdict} ({check['undo']:.2f} / {check['shift']:.2f} / {check['collateral']:.2f})"
 
 
 def _glyph_steps_at_bars(rows: list[dict]) -> int:
@@ -647,6 +654,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
     parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()
     parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)
