@@ -12,6 +12,13 @@ continual benchmark's baselines `coarse target` and `no local protection`.
     python benchmarks/robustness.py                                  # every method, stages 1 10 25
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1
     python benchmarks/robustness.py --render                         # rewrite the report from robustness.json
+    python benchmarks/robustness.py --methods "closed form" hardened --stages 1 --images 8 \
+        --embedding-budgets 0.05 0.1 0.2 0.4                         # only the norm-bounded embedding attack
+
+`--embedding-budgets` runs, instead of the whole suite, the embedding attack with each per-token budget
+(`embedding_attack(..., max_relative_norm=eps)`) and unbounded, and the inversion distance of the chain
+(`attacks.inversion_distance`: how far the embedding that exactly undoes the closed-form edit is); stored in
+robustness.json under "budgets", rendered as its own table.
 
 Results are merged into docs/benchmarks/robustness.json as each (method, stage) finishes, so runs of different
 parts add up and an interrupted run keeps what it measured.
@@ -83,6 +90,9 @@ def run_method(method: str, args, base, scorer, untouched: dict, results: dict) 
         pipe.load_unlearning(adapter, mode="fused")
         if step not in args.stages:
             continue
+        if args.embedding_budgets:
+            run_budgets(method, step, pipe, base, target, scorer, settings, args)
+            continue
         removed = [c for c in continual.SEQUENCE[:step] if not any(s.startswith(c.name + ":") for s in skipped)]
         forget, related, general = continual.probes_at(removed)
         retention = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
@@ -113,6 +123,37 @@ def run_method(method: str, args, base, scorer, untouched: dict, results: dict) 
         results[f"{method}|{step}"] = row
 
 
+def run_budgets(method: str, stage: int, pipe, base, target, scorer, settings, args) -> None:
+    """The embedding attack at each per-token budget and unbounded, and the chain's inversion distance."""
+    key = f"{method}|{stage}"
+    try:
+        inversion = attacks.inversion_distance(pipe, target.prompt, target.names)
+    except du.InvalidArgumentError as error:  # distill: no remap, no inverse
+        inversion = {"error": str(error).split(":")[0]}
+    row = {"method": method, "stage": stage, "images": args.images, "inversion": inversion, "attacks": {}}
+    stored = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    previous = stored.get("budgets", {}).get(key)
+    if previous and previous["images"] == args.images and previous["inversion"] == inversion:
+        row["attacks"] = dict(previous["attacks"])  # budgets of earlier runs (same settings) add up
+    for budget in [*args.embedding_budgets, None]:
+        result = attacks.embedding_attack(
+            pipe,
+            target,
+            scorer,
+            reference=base,
+            settings=settings,
+            max_relative_norm=budget,
+            **ATTACK_OPTIONS["embedding"],
+        )
+        label = "unbounded" if budget is None else f"{budget:g}"
+        keep = ("loss_before", "loss", "relative_change", "max_token_change")
+        row["attacks"][label] = {"asr": result.asr, "seconds": round(result.seconds, 1)} | {
+            k: result.details[k] for k in keep
+        }
+        print(f"{method:>12} stage {stage} budget {label:>9}: ASR {result.asr:.2f} loss {result.details['loss']:.2e}")
+        _save(args.json, {key: row}, section="budgets")
+
+
 def _findings(result: attacks.AttackResult) -> dict:
     keep = ("prompt", "loss", "loss_before", "relative_change", "seed_asr", "transfer_asr", "final_loss")
     out = {k: v for k, v in result.details.items() if k in keep}
@@ -123,10 +164,10 @@ def _findings(result: attacks.AttackResult) -> dict:
     return out
 
 
-def _save(path: Path, rows: dict) -> None:
-    """Merges rows into the JSON file, reading it right before writing (several runs may add parts)."""
+def _save(path: Path, rows: dict, section: str = "rows") -> None:
+    """Merges rows into a section of the JSON file, reading it right before writing (several runs may add parts)."""
     stored = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
-    stored["rows"].update(rows)
+    stored.setdefault(section, {}).update(rows)
     path.write_text(json.dumps(stored, indent=1))
 
 
@@ -167,6 +208,8 @@ def write_report(stored: dict, output: Path) -> None:
             f"{_pct(r['general'])} | {r['erase_seconds_mean']:.2f} |"
         )
     lines += ["", *_targets(rows)]
+    if stored.get("budgets"):
+        lines += ["", *_budgets(stored["budgets"])]
     missing = [f"{m} after removal {s}" for s in STAGES for m in METHODS if f"{m}|{s}" not in rows]
     lines += ["", "![ASR per attack and method](robustness.png)", ""]
     if missing:
@@ -249,6 +292,68 @@ def _targets(rows: dict) -> list[str]:
     return lines
 
 
+def _budgets(budgets: dict) -> list[str]:
+    """The norm-bounded embedding attack: ASR per budget, and the inversion distance of each removal."""
+    rows = sorted(budgets.values(), key=lambda r: (r["stage"], METHODS.index(r["method"])))
+    labels = sorted({label for r in rows for label in r["attacks"] if label != "unbounded"}, key=float)
+    labels.append("unbounded")
+    images = sorted({r["images"] for r in rows})
+    lines = [
+        "## Embedding attack with a budget",
+        "",
+        '`python benchmarks/robustness.py --methods "closed form" hardened --stages 1 --images 8 '
+        "--embedding-budgets " + " ".join(label for label in labels if label != "unbounded") + "`",
+        "",
+        "The embedding attack above is unbounded. Here each token vector of the optimised embedding is projected, "
+        "after every step, into the ball `||c'_t - c_t|| <= eps ||c_t||` around the seed prompt's vector "
+        f"(`embedding_attack(..., max_relative_norm=eps)`); 200 Adam steps, {'/'.join(map(str, images))} images "
+        "per budget, otherwise as above. *Inversion distance*: how far the embedding that exactly undoes the "
+        "closed-form edit (`c' = M^-1 c`, `attacks.inverse_embedding`) is from the seed prompt's, relative, at the "
+        "token *seven* and at the token where it is largest (a per-token budget that large contains it). "
+        "*Largest token change*: what the unbounded attack used. Where the inversion distance is far above the "
+        "budget at which the ASR reaches 100%, the attack does not need the exact inverse: it finds other "
+        "embeddings, close to the prompt's, that draw the concept. With 8 images per budget one image is 12.5 "
+        "points: read the step, not the digits.",
+        "",
+        "| stage | method | "
+        + " | ".join(f"eps {100 * float(label):g}%" if label != "unbounded" else label for label in labels)
+        + " | largest token change (unbounded) | inversion distance at *seven* | inversion distance, largest |",
+        "|---|---|" + "---|" * len(labels) + "---|---|---|",
+    ]
+    for r in rows:
+        cells = [_pct(r["attacks"][label]["asr"]) if label in r["attacks"] else "—" for label in labels]
+        unbounded = r["attacks"].get("unbounded", {})
+        inversion = r["inversion"]
+        distance = (
+            [f"{inversion['at_concept']:.3g}", f"{inversion['needed']:.3g}"]
+            if "needed" in inversion
+            else ["none (no remap)", "none"]
+        )
+        change = f"{unbounded['max_token_change']:.2f}" if "max_token_change" in unbounded else "—"
+        lines.append(
+            f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {change} | " + " | ".join(distance) + " |"
+        )
+    for stage in sorted({r["stage"] for r in rows}):
+        hard, plain = budgets.get(f"hardened|{stage}"), budgets.get(f"closed form|{stage}")
+        if hard is None or plain is None:
+            continue
+        halved = [
+            label
+            for label in labels
+            if label in hard["attacks"]
+            and label in plain["attacks"]
+            and plain["attacks"][label]["asr"] > 0
+            and hard["attacks"][label]["asr"] <= plain["attacks"][label]["asr"] / 2
+        ]
+        where = ", ".join(f"eps {100 * float(x):g}%" if x != "unbounded" else x for x in halved) or "no budget tried"
+        lines += [
+            "",
+            f"Stage {stage} (issue 17's target, embedding ASR at most half the plain removal's): met at {where}; "
+            "not met at the other budgets.",
+        ]
+    return lines
+
+
 def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.0f}%"
 
@@ -287,6 +392,13 @@ def main() -> None:
     parser.add_argument("--retention-images", type=int, default=8, help="images per retention prompt")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--embedding-budgets",
+        nargs="+",
+        type=float,
+        default=[],
+        help="run only the embedding attack, at these per-token budgets (relative norms) and unbounded",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
     args = parser.parse_args()
@@ -296,7 +408,7 @@ def main() -> None:
         base, scorer = digits.load_pipeline(), DigitsConceptScorer()
         call = {"images_per_prompt": args.retention_images, "num_inference_steps": args.steps, "progress": False}
         every = [cell_probe(*c) for c in ALL_CELLS] + [continual.digit_probe(d) for d in range(10)]
-        untouched = evaluate(base, scorer, general=every, **call).general
+        untouched = {} if args.embedding_budgets else evaluate(base, scorer, general=every, **call).general
         results: dict = {}
         for method in args.methods:
             run_method(method, args, base, scorer, untouched, results)

@@ -125,3 +125,126 @@ def test_a_scorer_by_world_name():
     assert isinstance(attacks.resolve_scorer("glyphs"), glyphs.GlyphsConceptScorer)
     with pytest.raises(InvalidArgumentError, match="digits"):
         attacks.resolve_scorer("cats")
+
+
+@pytest.fixture(scope="module")
+def tiny_chain():
+    """A tiny pipeline with two closed-form removals, the second made on top of the first, and its untouched twin."""
+    from conftest import make_sd_pipeline
+
+    from diffusers_unlearn import targets
+
+    separation, targets.MIN_SEPARATION = targets.MIN_SEPARATION, 0.0  # random model: see conftest.py
+    try:
+        base, pipe = make_sd_pipeline(), make_sd_pipeline()
+        cat = du.erase(pipe, "cat", neighbors=["dog", "tree"])
+        pipe.load_unlearning(cat)
+        dog = du.erase(pipe, "dog", neighbors=["tree", "rabbit"])
+        pipe.load_unlearning(dog)
+    finally:
+        targets.MIN_SEPARATION = separation
+    return base, pipe, cat, dog
+
+
+def _embeds(pipe, prompt: str) -> torch.Tensor:
+    from diffusers_unlearn.attacks.base import encode_ids, token_ids
+
+    with torch.no_grad():
+        return encode_ids(pipe, token_ids(pipe, prompt)[None]).float()
+
+
+def _noise(pipe, embeds: torch.Tensor) -> torch.Tensor:
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return pipe.unet(latents, torch.tensor([100, 700]), embeds.expand(2, -1, -1)).sample
+
+
+def test_inverse_embedding_undoes_the_closed_form_chain(tiny_chain):
+    """`c' = M^-1 c` makes the edited model compute what the untouched one computes for `c` (why an unbounded
+    embedding attack always wins against a K/V edit); `c` itself does not."""
+    base, pipe, cat, dog = tiny_chain
+    embeds = _embeds(base, "a photo of a cat")
+    wanted = _noise(base, embeds)
+    inverse = attacks.inverse_embedding(pipe, embeds)
+    assert (_noise(pipe, embeds) - wanted).abs().max() > 1e-2  # the removals change the prediction
+    torch.testing.assert_close(_noise(pipe, inverse.embeds), wanted, atol=1e-5, rtol=1e-5)
+    # the removals themselves, in load order, give the same map; the wrong order does not
+    torch.testing.assert_close(attacks.inverse_embedding([cat, dog], embeds).embeds, inverse.embeds)
+    assert not torch.allclose(attacks.inverse_embedding([dog, cat], embeds).embeds, inverse.embeds, atol=1e-4)
+    fused = make_fused(base, [cat, dog])
+    torch.testing.assert_close(
+        _noise(fused, attacks.inverse_embedding(fused, embeds).embeds), wanted, atol=1e-5, rtol=1e-5
+    )
+
+
+def make_fused(base, removals):
+    import copy
+
+    pipe = copy.deepcopy(base)
+    pipe.load_unlearning(removals, mode="fused")
+    return pipe
+
+
+def test_inversion_distance_is_large_at_the_concept_only(tiny_chain):
+    base, pipe, cat, _ = tiny_chain
+    concept = attacks.inversion_distance(pipe, "a photo of a cat", ["cat"])
+    assert concept["at_concept"] > 0.1 and concept["needed"] >= concept["at_concept"]
+    untouched = attacks.inversion_distance(base, "a photo of a cat", ["cat"])  # no removal: M = I
+    assert untouched["needed"] < 1e-6
+    only_cat = make_fused(base, [cat])
+    on_cat = attacks.inversion_distance(only_cat, "a photo of a cat", ["cat"])
+    protected = attacks.inversion_distance(only_cat, "a photo of a tree", ["cat"])  # a neighbour it keeps
+    assert protected["whole"] < 0.5 * on_cat["whole"]
+
+
+def test_inverse_embedding_refuses_what_it_cannot_invert(tiny_chain):
+    base, _, cat, dog = tiny_chain
+    embeds = _embeds(base, "a cat")
+    distilled = dataclasses.replace(cat, probes={k: v for k, v in cat.probes.items() if not k.startswith("remap")})
+    with pytest.raises(du.InvalidArgumentError, match="no remap"):
+        attacks.inverse_embedding([distilled], embeds)
+    q = torch.linalg.qr(cat.probes["remap_up"])[0]  # I - Q Q^T projects span(Q) out: no inverse
+    singular = dataclasses.replace(cat, probes=cat.probes | {"remap_up": -q, "remap_down": q.T.contiguous()})
+    with pytest.raises(du.InvalidArgumentError, match="singular"):
+        attacks.inverse_embedding([singular], embeds)
+    # two removals both made on the untouched model do not compose into (I + G_1)(I + G_2)
+    with pytest.raises(du.InvalidArgumentError, match="not made one on top of the other"):
+        attacks.inverse_embedding(make_fused(base, [cat, _dog_on_base(base)]), embeds)
+
+
+def _dog_on_base(base):
+    import copy
+
+    from diffusers_unlearn import targets
+
+    separation, targets.MIN_SEPARATION = targets.MIN_SEPARATION, 0.0
+    try:
+        return du.erase(copy.deepcopy(base), "dog", neighbors=["tree", "rabbit"])
+    finally:
+        targets.MIN_SEPARATION = separation
+
+
+def test_project_to_budget_stays_in_the_ball():
+    start = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    moved = start + torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
+    projected = attacks.project_to_budget(moved, start, 0.1)
+    ratio = (projected - start).norm(dim=-1) / start.norm(dim=-1)
+    assert ratio.max() <= 0.1 + 1e-6
+    near = start + 0.01 * (moved - start) / (moved - start).norm(dim=-1, keepdim=True) * start.norm(
+        dim=-1, keepdim=True
+    )
+    torch.testing.assert_close(attacks.project_to_budget(near, start, 0.1), near)  # inside: unchanged
+
+
+def test_bounded_embedding_attack_stays_within_its_budget(world):
+    base, hardened, _, target, scorer = world
+    options = {"iterations": 10, "samples": 2, "batch": 2}
+    bounded = attacks.embedding_attack(
+        hardened, target, scorer, reference=base, settings=SETTINGS, max_relative_norm=0.02, **options
+    )
+    free = attacks.embedding_attack(hardened, target, scorer, reference=base, settings=SETTINGS, **options)
+    assert bounded.details["max_token_change"] <= 0.02 + 1e-5
+    assert free.details["max_token_change"] > 0.05
+    assert bounded.details["loss"] > free.details["loss"]
+    with pytest.raises(du.InvalidArgumentError, match="max_relative_norm"):
+        attacks.embedding_attack(hardened, target, scorer, reference=base, max_relative_norm=0)

@@ -48,7 +48,14 @@ from .base import (
     resolve_scorer,
     result_of,
 )
-from .embeddings import embedding_attack, learned_token_attack
+from .embeddings import (
+    InverseEmbedding,
+    embedding_attack,
+    inverse_embedding,
+    inversion_distance,
+    learned_token_attack,
+    project_to_budget,
+)
 from .prompts import paraphrase_attack, paraphrases_of, token_search_attack
 from .revival import revival_attack
 
@@ -135,14 +142,18 @@ __all__ = [
     "AttackResult",
     "AttackSettings",
     "AttackTarget",
+    "InverseEmbedding",
     "Reference",
     "Scorer",
     "direct_attack",
     "embedding_attack",
+    "inverse_embedding",
+    "inversion_distance",
     "judge",
     "learned_token_attack",
     "paraphrase_attack",
     "paraphrases_of",
+    "project_to_budget",
     "resolve_scorer",
     "revival_attack",
     "run_attacks",
