@@ -42,6 +42,7 @@ import continual  # noqa: E402  (the sequence, erase arguments and probes of the
 
 import diffusers_unlearn as du  # noqa: E402
 from diffusers_unlearn import attacks, digits  # noqa: E402
+from diffusers_unlearn.attacks.base import empty_embeds, encode_ids, generate_embeds, token_ids  # noqa: E402
 from diffusers_unlearn.digits import DigitsConceptScorer  # noqa: E402
 from diffusers_unlearn.digits.attacks import attack_target  # noqa: E402
 from diffusers_unlearn.digits.concepts import ALL_CELLS, cell_probe  # noqa: E402
@@ -135,6 +136,14 @@ def run_budgets(method: str, stage: int, pipe, base, target, scorer, settings, a
     previous = stored.get("budgets", {}).get(key)
     if previous and previous["images"] == args.images and previous["inversion"] == inversion:
         row["attacks"] = dict(previous["attacks"])  # budgets of earlier runs (same settings) add up
+    if "needed" in inversion:  # the exact inverse itself, guidance's empty prompt inverted too
+        started = time.perf_counter()
+        inverse = attacks.inverse_embedding(pipe, encode_ids(pipe, token_ids(pipe, target.prompt)[None]).float())
+        negative = attacks.inverse_embedding(pipe, empty_embeds(pipe)).embeds
+        images = generate_embeds(pipe, inverse.embeds, settings, negative=negative)
+        asr = float(attacks.judge(scorer, images, target.check).mean())
+        row["exact_inverse"] = {"asr": asr, "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{method:>12} stage {stage} exact inverse: ASR {asr:.2f}")
     for budget in [*args.embedding_budgets, None]:
         result = attacks.embedding_attack(
             pipe,
@@ -310,6 +319,7 @@ def _budgets(budgets: dict) -> list[str]:
         "per budget, otherwise as above. *Inversion distance*: how far the embedding that exactly undoes the "
         "closed-form edit (`c' = M^-1 c`, `attacks.inverse_embedding`) is from the seed prompt's, relative, at the "
         "token *seven* and at the token where it is largest (a per-token budget that large contains it). "
+        "*Exact inverse*: ASR of images made from `c'` (guidance's empty prompt inverted too), no optimisation. "
         "*Largest token change*: what the unbounded attack used. Where the inversion distance is far above the "
         "budget at which the ASR reaches 100%, the attack does not need the exact inverse: it finds other "
         "embeddings, close to the prompt's, that draw the concept. With 8 images per budget one image is 12.5 "
@@ -317,8 +327,9 @@ def _budgets(budgets: dict) -> list[str]:
         "",
         "| stage | method | "
         + " | ".join(f"eps {100 * float(label):g}%" if label != "unbounded" else label for label in labels)
-        + " | largest token change (unbounded) | inversion distance at *seven* | inversion distance, largest |",
-        "|---|---|" + "---|" * len(labels) + "---|---|---|",
+        + " | largest token change (unbounded) | inversion distance at *seven* | inversion distance, largest "
+        "| exact inverse |",
+        "|---|---|" + "---|" * len(labels) + "---|---|---|---|",
     ]
     for r in rows:
         cells = [_pct(r["attacks"][label]["asr"]) if label in r["attacks"] else "—" for label in labels]
@@ -330,8 +341,13 @@ def _budgets(budgets: dict) -> list[str]:
             else ["none (no remap)", "none"]
         )
         change = f"{unbounded['max_token_change']:.2f}" if "max_token_change" in unbounded else "—"
+        exact = _pct(r["exact_inverse"]["asr"]) if "exact_inverse" in r else "—"
         lines.append(
-            f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {change} | " + " | ".join(distance) + " |"
+            f"| {r['stage']} | {r['method']} | "
+            + " | ".join(cells)
+            + f" | {change} | "
+            + " | ".join(distance)
+            + f" | {exact} |"
         )
     for stage in sorted({r["stage"] for r in rows}):
         hard, plain = budgets.get(f"hardened|{stage}"), budgets.get(f"closed form|{stage}")

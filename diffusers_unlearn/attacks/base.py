@@ -258,9 +258,14 @@ def empty_embeds(pipe: DiffusionPipeline) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_embeds(pipe: DiffusionPipeline, embeds: torch.Tensor, settings: AttackSettings) -> np.ndarray:
-    """`settings.images` images per row of `embeds` `(P, L, d)`, image `j` from seed `settings.seed + j`."""
-    uncond = empty_embeds(pipe)
+def generate_embeds(
+    pipe: DiffusionPipeline, embeds: torch.Tensor, settings: AttackSettings, negative: torch.Tensor | None = None
+) -> np.ndarray:
+    """`settings.images` images per row of `embeds` `(P, L, d)`, image `j` from seed `settings.seed + j`.
+
+    `negative` `(1, L, d)`: the unconditional input of guidance (default: the empty prompt's embeddings).
+    """
+    uncond = empty_embeds(pipe) if negative is None else negative.float()
     dtype = pipe.unet.dtype
     jobs = [(i, settings.seed + j) for i in range(embeds.shape[0]) for j in range(settings.images)]
     out = []

@@ -296,11 +296,16 @@ def inverse_embedding(
 
     Example:
         ```py
-        >>> from diffusers_unlearn import attacks
-        >>> pipe.load_unlearning(du.erase(pipe, "seven"))
-        >>> c = pipe.encode_prompt("a red seven", "cpu", 1, False)[0]
+        >>> import diffusers_unlearn as du
+        >>> from diffusers_unlearn import attacks, digits
+        >>> from diffusers_unlearn.digits.concepts import Concept
+        >>> pipe = digits.load_pipeline()
+        >>> pipe.load_unlearning(du.erase(pipe, **Concept(7).erase_kwargs()))
+        >>> c, uncond = pipe.encode_prompt("a red seven", "cpu", 1, True)
         >>> inverse = attacks.inverse_embedding(pipe, c)
-        >>> pipe(prompt_embeds=inverse.embeds).images  # a seven again
+        >>> negative = attacks.inverse_embedding(pipe, uncond).embeds  # guidance's input goes through M too
+        >>> pipe(prompt_embeds=inverse.embeds, negative_prompt_embeds=negative).images  # the untouched model's seven
+        >>> float(inverse.distance.max())  # ~98: c' is far from c (see `inversion_distance`)
         ```
     """
     if isinstance(source, DiffusionPipeline):
