@@ -84,8 +84,10 @@ REFERENCE = "chain (before)"
 `--earlier-protection` (issue 16's variants)."""
 
 
-def erase_kwargs(concept: Concept, method: str, config: du.ClosedFormConfig, distill_steps: int = 500) -> dict:
-    kwargs = concept.erase_kwargs() | {"config": config}
+def erase_kwargs(
+    concept: Concept, method: str, config: du.ClosedFormConfig, distill_steps: int = 500, **concept_options
+) -> dict:
+    kwargs = concept.erase_kwargs(**concept_options) | {"config": config}
     if method == "coarse target":
         kwargs["anchor"] = ""
     if method == REFERENCE:  # the closed form without issue 16's options: protection held to the chain
@@ -151,13 +153,14 @@ def closed_form_config(args) -> du.ClosedFormConfig:
 
 
 def erase_step(
-    pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False
-):
+    pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False,
+    erase_at: str = "digit",
+):  # fmt: skip
     """One removal; when every mapping target is refused, the user's recourse the error names: the same request
     with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
     `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
     if any."""
-    kwargs = erase_kwargs(concept, method, config)
+    kwargs = erase_kwargs(concept, method, config, erase_at=erase_at)
     gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
     fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
@@ -201,10 +204,13 @@ def run(args) -> dict:
             try:
                 if args.target_fallback:
                     adapter, fallback = erase_step(
-                        bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits
-                    )
+                        bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits,
+                        args.combination_at,
+                    )  # fmt: skip
                 else:
-                    adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config))
+                    adapter = du.erase(
+                        bare or pipe, **erase_kwargs(concept, method, config, erase_at=args.combination_at)
+                    )
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
                 adapter = None
@@ -654,6 +660,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
     parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--combination-at",
+        choices=("digit", "attribute"),
+        default="digit",
+        help="digits: erase a combination at its digit word, or at its stroke / colour word (`Concept.erase_kwargs`)",
+    )
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()

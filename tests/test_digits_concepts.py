@@ -47,6 +47,22 @@ def test_erase_kwargs():
     assert all("bold" in p for p in triple["prompts"]) and "a blue three, thin" in triple["preserve"]
 
 
+def test_a_combination_erased_at_its_attribute_keeps_its_digit_and_its_colour_elsewhere():
+    """`erase_at="attribute"`: "blue three" is erased at "blue" (mapped to another colour), and each forget prompt
+    with another digit is protected, so only the embeddings that see "blue" and "three" together move."""
+    combo = Concept(3, "blue").erase_kwargs(erase_at="attribute")
+    assert combo["concept"] == "blue" and combo["mapping_candidates"] == ["red", "green", "yellow"]
+    assert combo["prompts"] == Concept(3, "blue").forget_prompts()
+    assert {"a blue two", "a two in blue", "a red three", "three"} <= set(combo["preserve"])
+    assert not set(combo["prompts"]) & set(combo["preserve"])
+    triple = Concept(3, "blue", "bold").erase_kwargs(erase_at="attribute")
+    assert triple["concept"] == "bold" and triple["mapping_candidates"] == ["thin"]
+    assert {"a bold blue two", "a bold red three", "a blue three, thin"} <= set(triple["preserve"])
+    assert Concept(7).erase_kwargs(erase_at="attribute") == Concept(7).erase_kwargs()  # only combinations change
+    with pytest.raises(ValueError, match="erase_at"):
+        Concept(3, "blue").erase_kwargs(erase_at="colour")
+
+
 def test_probes_and_related_cells():
     probe = Concept(7).forget_probe()
     assert probe.check == {"digit": 7} and "the number 7" in probe.prompts

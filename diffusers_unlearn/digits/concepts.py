@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..errors import InvalidConceptError
+from ..errors import InvalidArgumentError, InvalidConceptError
 from ..evaluation import ConceptProbe
 from .data import COLOURS, DIGITS, NUMERALS, STROKES, TEMPLATES, prompt
 
@@ -113,8 +113,11 @@ class Concept:
                 prompts.append(template.format(digit=digit, colour=colour, stroke=stroke))
         return list(dict.fromkeys(prompts))
 
-    def erase_kwargs(self) -> dict:
+    def erase_kwargs(self, erase_at: str = "digit") -> dict:
         """Arguments of `diffusers_unlearn.erase` for this concept on the digits model.
+
+        `erase_at="attribute"` erases a combination at its stroke (or colour) word instead of its digit: the digit
+        stays, drawn in another stroke (colour); see `_attribute_kwargs` and docs/benchmarks/continual_analysis.md.
 
         The erased word is the digit (for a digit or a combination) or the colour; the other words of each
         prompt are its context. Mapping candidates: the context without the word and the generic word "digit"
@@ -137,6 +140,10 @@ class Concept:
                 "preserve": [p for d in range(len(DIGITS)) for p in _colourless(d)],
                 "name": f"no-{self.colour}",
             }
+        if erase_at not in ("digit", "attribute"):
+            raise InvalidArgumentError(f"erase_at must be 'digit' or 'attribute', got {erase_at!r}.")
+        if self.kind == "combination" and erase_at == "attribute":
+            return self._attribute_kwargs()
         word, numeral = DIGITS[self.digit], NUMERALS[self.digit]
         kwargs = {
             "concept": word,
@@ -151,15 +158,49 @@ class Concept:
         if self.kind == "combination":
             # A prompt without a stroke may show either stroke, so it is neither erased nor protected for a
             # concept with one: "a blue three" shares every token up to "three" with "a blue three, bold".
-            strokes = STROKES if self.stroke else (None, *STROKES)
-            others = [
-                prompt(self.digit, colour, stroke)
-                for colour in COLOURS
-                for stroke in strokes
-                if not self.covers(self.digit, colour, stroke)
-            ]
-            kwargs["preserve"] = others + _colourless(self.digit)
+            kwargs["preserve"] = self._same_digit_kept() + _colourless(self.digit)
         return kwargs
+
+    def _same_digit_kept(self) -> list[str]:
+        """The combination's digit in the other colours (and strokes): what its removal keeps."""
+        strokes = STROKES if self.stroke else (None, *STROKES)
+        return [
+            prompt(self.digit, colour, stroke)
+            for colour in COLOURS
+            for stroke in strokes
+            if not self.covers(self.digit, colour, stroke)
+        ]
+
+    def _attribute_kwargs(self) -> dict:
+        """A combination is erased where a prompt names all of it, at its stroke word (or, without one, its colour
+        word), mapped to the other strokes (colours): "a blue three" is drawn as a three of another colour. Each
+        forget prompt with another digit (and, with a stroke, another colour) is protected, so that the edit acts
+        only on the embeddings that see every part (a causal text encoder gives "a blue" the same embeddings in
+        "a blue three" and "a blue two"); so are the same digit in the other colours and strokes and the digit asked
+        without colour. A prompt without a stroke may show either stroke: neither erased nor protected for a
+        concept with one."""
+        word = self.stroke or self.colour
+        values = STROKES if self.stroke else COLOURS
+        forget = self.forget_prompts()
+        contrast = [
+            template.format(digit=DIGITS[digit], colour=colour, stroke=stroke)
+            for template in TEMPLATES
+            if "{colour}" in template and (self.stroke is None or "{stroke}" in template)
+            for digit, colour, stroke in itertools.product(range(len(DIGITS)), COLOURS, STROKES)
+            if (colour == self.colour or self.stroke is not None)
+            and (self.stroke in (None, stroke))
+            and (digit != self.digit or colour != self.colour)
+            and (digit == self.digit or colour == self.colour)
+        ]
+        kept = [*self._same_digit_kept(), *_colourless(self.digit), *contrast]
+        preserve = [p for p in dict.fromkeys(kept) if p not in forget]
+        return {
+            "concept": word,
+            "prompts": forget,
+            "mapping_candidates": [v for v in values if v != word],
+            "preserve": preserve,
+            "name": "no-" + self.name.replace(" ", "-"),
+        }
 
     # ---------------------------------------------------------------------------------------- measuring
     def forget_probe(self) -> ConceptProbe:
