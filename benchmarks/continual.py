@@ -457,7 +457,8 @@ def run_glyphs(args) -> dict:
 
     scorer = GlyphsConceptScorer(glyphs.load_scorer(args.scorer))
     config = closed_form_config(args)
-    call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False}
+    call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False,
+            "guidance_scale": glyphs.GUIDANCE_SCALE}  # fmt: skip
     sequence = list(GLYPH_SEQUENCE[: args.removals])
     general_sample = glyph_concepts.general_cells(args.general_cells)
     forget, related, general = glyph_probes_at(sequence, general_sample)
@@ -466,7 +467,8 @@ def run_glyphs(args) -> dict:
     untouched_pipe = glyphs.load_pipeline(path=args.model)  # the interference check reads the untouched weights
     untouched = evaluate(untouched_pipe, scorer, forget=forget, general=cells, **call)
     base_cells = untouched.general
-    results = {"world": "glyphs", "untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {}}
+    results = {"world": "glyphs", "untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {},
+               "guidance_scale": glyphs.GUIDANCE_SCALE}  # fmt: skip
     print(f"untouched: shows {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)
     for method in args.methods:
         pipe = glyphs.load_pipeline(path=args.model)
@@ -536,7 +538,8 @@ def write_glyph_report(results: dict, args) -> None:
         f"`python benchmarks/continual.py --world glyphs --images {args.images} --steps {args.steps} "
         f"--eval-every {args.eval_every}`: {len(GLYPH_SEQUENCE[: args.removals])} sequential removals mixing "
         "characters, styles, colours and character-in-style identities, each made on top of the chain and fused. "
-        f"{args.images} images per prompt, {args.steps} DDIM steps, guidance 7.5, image j of every prompt from seed "
+        f"{args.images} images per prompt, {args.steps} DDIM steps, guidance {results.get('guidance_scale', 7.5)} "
+        "(the model's `GUIDANCE_SCALE`), image j of every prompt from seed "
         f"j; measured every {args.eval_every} steps and after the last.",
         "",
         "- **removal rate**: share of a removed concept's images that no longer show it, by conjunction (an image "

@@ -43,9 +43,11 @@ def run(
     """
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    pipe = importlib.import_module(f".{world}", __package__).load_pipeline()
+    package = importlib.import_module(f".{world}", __package__)
+    pipe = package.load_pipeline()
     scorer = concept_scorer(world)
-    call = {"images_per_prompt": images_per_prompt, "num_inference_steps": steps, "seed": seed}
+    sampler = {"num_inference_steps": steps, "guidance_scale": getattr(package, "GUIDANCE_SCALE", 7.5)}
+    call = {"images_per_prompt": images_per_prompt, "seed": seed, **sampler}
     probes = concept.probes()
     before = evaluate(pipe, scorer, **probes, **call)
 
@@ -58,9 +60,9 @@ def run(
 
     shown = list(concept.forget_probe().prompts[:3])
     shown += [p.prompts[0] for p in probes["related"][:2] + probes["general"][:2]]
-    images_after = generate_images(pipe, shown, images_per_prompt=6, num_inference_steps=steps, seed=seed)
+    images_after = generate_images(pipe, shown, images_per_prompt=6, seed=seed, **sampler)
     pipe.unload_unlearning()
-    images_before = generate_images(pipe, shown, images_per_prompt=6, num_inference_steps=steps, seed=seed)
+    images_before = generate_images(pipe, shown, images_per_prompt=6, seed=seed, **sampler)
     rows = [(p, images_before[6 * i : 6 * i + 6], images_after[6 * i : 6 * i + 6]) for i, p in enumerate(shown)]
     grid(rows, columns=6).save(output / "before_after.png")
 

@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 MODEL_DIR = Path(__file__).parent / "model"
 """The shipped pipeline, in diffusers ``save_pretrained`` layout (fp16 safetensors)."""
 
+GUIDANCE_SCALE: float = 3.0
+"""The classifier-free guidance scale the shipped model draws its attributes best at; pass it to the pipeline
+(``guidance_scale=GUIDANCE_SCALE``). Stable Diffusion's 7.5 is too strong for this small model: it drifts colours
+to their neighbours (docs/benchmarks/glyphs_model.md measures both)."""
+
 
 def load_pipeline(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path: str | Path | None = None
@@ -67,7 +72,8 @@ def load_pipeline(
         ```py
         >>> pipe = load_pipeline()
         >>> g = torch.Generator().manual_seed(0)
-        >>> pipe("the red letter q in serif", num_inference_steps=20, generator=g).images[0].size
+        >>> image = pipe("the red letter q in serif", guidance_scale=GUIDANCE_SCALE, generator=g).images[0]
+        >>> image.size
         (32, 32)
         ```
     """
@@ -78,6 +84,7 @@ __all__ = [
     "BACKGROUNDS",
     "CHARACTERS",
     "COLOURS",
+    "GUIDANCE_SCALE",
     "HELD_OUT_TEMPLATES",
     "IMAGE_SIZE",
     "MODEL_DIR",

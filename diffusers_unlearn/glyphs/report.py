@@ -3,11 +3,13 @@
 Usage::
 
     python -m diffusers_unlearn.glyphs.report [--model DIR] [--scorer DIR] [--out-dir docs/benchmarks] [--seeds 8]
+        [--guidance 3.0] [--sweep 2 3 4 7.5]
 
 Every (character, style) cell is asked once, in a colour that cycles with the cell, with the canonical training
 prompt ("the red letter q in serif") and with a held-out template (:data:`HELD_OUT_TEMPLATES`, cycling); ``--seeds``
 images per prompt. The bars of issue 15: asked character >= 90%, colour >= 95%, style >= 85% on training
-templates; >= 80% / 90% / 75% on held-out templates.
+templates; >= 80% / 90% / 75% on held-out templates. Images are drawn at the model's guidance scale
+(:data:`~diffusers_unlearn.glyphs.GUIDANCE_SCALE`); ``--sweep`` also measures other scales on a quarter of the cells.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from ..evaluation import generate_images
+from . import GUIDANCE_SCALE
 from .data import CHARACTERS, COLOURS, HELD_OUT_TEMPLATES, STYLES, fill, prompt
 
 logger = logging.getLogger(__name__)
@@ -43,7 +46,12 @@ def cells(styles_per_char: int = len(STYLES)) -> list[tuple[str, str, str]]:
 
 
 def measure(
-    pipe, scorer, seeds: int = 8, steps: int = 20, guidance_scale: float = 7.5, styles_per_char: int = len(STYLES)
+    pipe,
+    scorer,
+    seeds: int = 8,
+    steps: int = 20,
+    guidance_scale: float = GUIDANCE_SCALE,
+    styles_per_char: int = len(STYLES),
 ) -> dict:
     """Per template set, the share of images whose character / style / colour is the one asked (and all three)."""
     out = {}
@@ -100,7 +108,7 @@ def vae_reconstruction(pipe, scorer, data=None, batch_size: int = 512) -> dict[s
     return acc
 
 
-def grid_image(pipe, path: Path, steps: int = 20, seed: int = 0) -> None:
+def grid_image(pipe, path: Path, steps: int = 20, seed: int = 0, guidance_scale: float = GUIDANCE_SCALE) -> None:
     """A PNG grid: one row per style, characters "A", "G", "Q", "R", "7", "&" in cycling colours, on black."""
     from PIL import Image
 
@@ -108,7 +116,9 @@ def grid_image(pipe, path: Path, steps: int = 20, seed: int = 0) -> None:
     prompts = [
         prompt(c, COLOURS[(i + j) % len(COLOURS)], s) for j, s in enumerate(STYLES) for i, c in enumerate(chars)
     ]
-    images = generate_images(pipe, prompts, images_per_prompt=1, seed=seed, num_inference_steps=steps)
+    images = generate_images(
+        pipe, prompts, images_per_prompt=1, seed=seed, num_inference_steps=steps, guidance_scale=guidance_scale
+    )
     side = images.shape[1]
     canvas = np.zeros((len(STYLES) * side, len(chars) * side, 3), dtype=np.float32)
     for k, image in enumerate(images):
@@ -121,7 +131,13 @@ def grid_image(pipe, path: Path, steps: int = 20, seed: int = 0) -> None:
 
 
 def write_report(
-    results: dict, scorer_accuracy: dict, training: dict, out_dir: Path, args, reconstruction: dict | None = None
+    results: dict,
+    scorer_accuracy: dict,
+    training: dict,
+    out_dir: Path,
+    args,
+    reconstruction: dict | None = None,
+    sweep: dict | None = None,
 ) -> Path:
     lines = [
         "# The glyphs model",
@@ -170,7 +186,7 @@ def write_report(
         f"`python -m diffusers_unlearn.glyphs.report --seeds {args.seeds} --steps {args.steps} --styles-per-char "
         f"{args.styles_per_char}`: each of the 41 characters in {args.styles_per_char} of the 8 styles (styles and "
         f"colours cycling; {41 * args.styles_per_char} prompts per template set), {args.seeds} seeds per prompt, "
-        f"{args.steps} DDIM steps, guidance 7.5.",
+        f"{args.steps} DDIM steps, guidance {args.guidance} (the model's `GUIDANCE_SCALE`).",
         "",
         "| templates | character | style | colour | all three | bars (char / colour / style) | met |",
         "|---|---|---|---|---|---|---|",
@@ -189,12 +205,31 @@ def write_report(
             f"| {s} | {100 * results['training']['per style'][s]:.1f}% | "
             f"{100 * results['held-out']['per style'][s]:.1f}% |"
         )
+    if sweep:
+        lines += [
+            "",
+            f"Guidance scale ({41 * 2} prompts per template set, {args.sweep_seeds} seeds: a quarter of the "
+            "cells above):",
+            "",
+            "| guidance | training: char / style / colour | held-out: char / style / colour |",
+            "|---|---|---|",
+        ]
+        for scale, r in sweep.items():
+            parts = [" / ".join(f"{100 * r[t][k]:.1f}%" for k in ("char", "style", "colour")) for t in r]
+            lines.append(f"| {scale} | {parts[0]} | {parts[1]} |")
     lines += ["", "![grid: one row per style](glyphs_grid.png)", ""]
     path = out_dir / "glyphs_model.md"
     path.write_text("\n".join(lines))
     (out_dir / "glyphs_model.json").write_text(
         json.dumps(
-            {"base": results, "scorer": scorer_accuracy, "vae_reconstruction": reconstruction, "training": training},
+            {
+                "base": results,
+                "guidance_scale": args.guidance,
+                "guidance_sweep": sweep,
+                "scorer": scorer_accuracy,
+                "vae_reconstruction": reconstruction,
+                "training": training,
+            },
             indent=1,
         )
         + "\n"
@@ -214,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--styles-per-char", type=int, default=len(STYLES), help="cells: each character in N styles")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--guidance", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance scale")
+    parser.add_argument("--sweep", type=float, nargs="*", default=[], help="also measure these guidance scales")
+    parser.add_argument("--sweep-seeds", type=int, default=4, help="seeds per prompt of the sweep")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -223,13 +261,21 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("scorer %s (%.0f s)", scorer_accuracy, time.time() - t0)
     reconstruction = vae_reconstruction(pipe, scorer)
     logger.info("VAE reconstruction %s (%.0f s)", reconstruction, time.time() - t0)
-    results = measure(pipe, scorer, seeds=args.seeds, steps=args.steps, styles_per_char=args.styles_per_char)
+    results = measure(
+        pipe, scorer, seeds=args.seeds, steps=args.steps, guidance_scale=args.guidance,
+        styles_per_char=args.styles_per_char,
+    )  # fmt: skip
+    sweep = {
+        scale: measure(pipe, scorer, seeds=args.sweep_seeds, steps=args.steps, guidance_scale=scale, styles_per_char=2)
+        for scale in args.sweep
+    }
+    logger.info("guidance sweep %s", {k: {t: v[t]["colour"] for t in v} for k, v in sweep.items()})
     summary = {k: {h: v[h] for h in ("char", "style", "colour")} for k, v in results.items()}
     logger.info("base model %s (%.0f s)", summary, time.time() - t0)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    grid_image(pipe, args.out_dir / "glyphs_grid.png", steps=args.steps)
+    grid_image(pipe, args.out_dir / "glyphs_grid.png", steps=args.steps, guidance_scale=args.guidance)
     training = json.loads((args.model / "training.json").read_text())
-    path = write_report(results, scorer_accuracy, training, args.out_dir, args, reconstruction)
+    path = write_report(results, scorer_accuracy, training, args.out_dir, args, reconstruction, sweep)
     logger.info("wrote %s (%.0f s)", path, time.time() - t0)
 
 
