@@ -150,7 +150,7 @@ def write_report(
         "",
         "Architecture: CLIPTextModel (width 256, 2 layers, 4 heads, MLP 512, max 12 tokens; every caption word one "
         "token); AutoencoderKL 32x32x3 <-> 4x8x8 (channels 16/32/32, no attention); UNet2DConditionModel on 8x8 "
-        "latents (channels 32/64, cross-attention at both levels, no mid block); DDIM. Text encoder trained jointly "
+        "latents (channels 48/96, cross-attention at both levels, no mid block); DDIM. Text encoder trained jointly "
         f"with the UNet (10% empty captions), EMA {training.get('ema_decay', 0.995)}.",
         "",
         "## Training",
