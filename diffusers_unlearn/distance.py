@@ -118,7 +118,7 @@ class PromptBank:
         positions_a, positions_b = self.family.align(self.pipe, self.ids(prompt_a), self.ids(prompt_b))
         if fixed:
             keys = self.family.prefix_keys(self.pipe, self.ids(prompt_a))
-            free = [k for k, i in enumerate(positions_a) if keys[i] is None or keys[i] not in fixed]
+            free = [k for k, i in enumerate(positions_a) if keys[i] not in fixed]  # `None` is never fixed
             if free:
                 positions_a, positions_b = [positions_a[k] for k in free], [positions_b[k] for k in free]
         embeds_a = held[prompt_a][0] if held else self.embeds(prompt_a)

@@ -182,16 +182,10 @@ class Concept:
         word = self.stroke or self.colour
         values = STROKES if self.stroke else COLOURS
         forget = self.forget_prompts()
-        contrast = [
-            template.format(digit=DIGITS[digit], colour=colour, stroke=stroke)
-            for template in TEMPLATES
-            if "{colour}" in template and (self.stroke is None or "{stroke}" in template)
-            for digit, colour, stroke in itertools.product(range(len(DIGITS)), COLOURS, STROKES)
-            if (colour == self.colour or self.stroke is not None)
-            and (self.stroke in (None, stroke))
-            and (digit != self.digit or colour != self.colour)
-            and (digit == self.digit or colour == self.colour)
-        ]
+        others = [(digit, self.colour) for digit in range(len(DIGITS)) if digit != self.digit]
+        if self.stroke:
+            others += [(self.digit, colour) for colour in COLOURS if colour != self.colour]
+        contrast = [p for digit, colour in others for p in Concept(digit, colour, self.stroke).forget_prompts()]
         kept = [*self._same_digit_kept(), *_colourless(self.digit), *contrast]
         preserve = [p for p in dict.fromkeys(kept) if p not in forget]
         return {

@@ -156,7 +156,7 @@ class Concept:
     # ------------------------------------------------------------------------------------------ erasing
     def forget_prompts(self, limit: int = 48) -> list[str]:
         """Training templates filled so that they ask for the concept (at most `limit`, a fixed sample)."""
-        return list(dict.fromkeys(fill(*slots) for slots in self._forget_slots(limit)))
+        return [fill(*slots) for slots in self._forget_slots(limit)]
 
     def contrast_prompts(self, limit: int = 48, others: int = 40) -> list[str]:
         """For an identity, its forget prompts with another character (its look-alikes and `others` more) or,
@@ -212,7 +212,8 @@ class Concept:
         return all(words & names[part] for part in self.parts)
 
     def _forget_slots(self, limit: int) -> list[tuple[str, str, str, str, str]]:
-        """`(template, char, colour, style, background)` of the forget prompts (at most `limit`, a fixed sample)."""
+        """`(template, char, colour, style, background)` of distinct forget prompts (at most `limit`, a fixed
+        sample)."""
         rng = random.Random(zlib.crc32(self.name.encode()))
         slot = {"character": "{char}", "style": "{style}", "colour": "{colour}"}.get(self.kind)
         templates = [
@@ -229,19 +230,22 @@ class Concept:
             colour = self.colour or rng.choice(COLOURS)
             style = self.style or rng.choice(list(STYLES))
             filled = (template, char, colour, style, rng.choice(("black", "white")))
-            if fill(*filled) not in seen:
-                seen.add(fill(*filled))
+            text = fill(*filled)
+            if text not in seen:
+                seen.add(text)
                 slots.append(filled)
         return slots if len(slots) <= limit else sorted(rng.sample(slots, limit), key=slots.index)
 
     def erase_kwargs(self, background: int = 200) -> dict:
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
-        The erased word is the character (for a character or an identity), the style word or the colour word,
-        with its synonyms as aliases; the other characters (styles, colours) are its neighbours, and for a style
-        or a colour the other styles or colours are its mapping candidates. A style or a
-        colour keeps the characters asked without it; an identity keeps the same character in the other styles
-        and without a style, and its look-alikes in the same style.
+        The erased word is the character, the style word or the colour word, with its synonyms as aliases; the
+        other characters (styles, colours) are its neighbours, and for a style or a colour the other styles or
+        colours are its mapping candidates. A style or a colour keeps the characters asked without it. An identity
+        ("serif Q") is erased at its style word, mapped to another style, with `contrast_prompts()` protected so
+        that only the embeddings that see the whole identity move; it keeps the same character in the other
+        styles and without a style, and its look-alikes in the same style. Every removal also protects
+        `background` prompts of other cells (`background_prompts()`).
         """
         name = "no-" + self.name.replace(" ", "-")
         background = self.background_prompts(background)
