@@ -50,6 +50,7 @@ def erase(
     prompts: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
     mapping_candidates: Sequence[str] | None = None,
+    map_to_context: bool = True,
     category: str | None = None,
     anchor: str | None = None,
     neighbors: Sequence[str] | None = None,
@@ -71,8 +72,8 @@ def erase(
 
     1. *Forget prompts*: each context (from `prompts`, else `templates`) filled with the concept and each alias.
     2. *Fine-grained targets*: per context, the candidate (each of `mapping_candidates` in the context, the
-       context without the concept, `category` in the context) nearest to the forget prompts for the model
-       itself, by `distance`. Aliases share their context's target.
+       context without the concept unless `map_to_context=False`, `category` in the context) nearest to the
+       forget prompts for the model itself, by `distance`. Aliases share their context's target.
     3. *Local protection*: `neighbors` (plus `mine_neighbors` words mined from the vocabulary) ranked by the
        same distance; the nearest `protect_top_k` are protected in every context, as are the empty prompt,
        the chosen targets, the contexts without the concept, `preserve`, and every removal already loaded.
@@ -88,6 +89,10 @@ def erase(
             default the `DEFAULT_TEMPLATES` that fit the text encoder with the concept in the slot.
         mapping_candidates (`Sequence[str]`, *optional*): Replacements the concept may be mapped to
             ("a rabbit", "an animal"); placed into each context.
+        map_to_context (`bool`, defaults to `True`): Whether the context without the concept is a candidate too.
+            Turn it off for an attribute whose absence leaves the choice to the model (a stroke, a size): the
+            model draws "a green five" bold half the time, so mapping "a green five, bold" there keeps half
+            of the bold fives; `mapping_candidates` (["thin"]) are then the only targets.
         category (`str`, *optional*): A generic category ("a cartoon character"), also a candidate.
         anchor (`str`, *optional*): Map every forget prompt to this one prompt instead (the coarse target of
             ESD / UCE, e.g. `""`); turns fine-grained targets off. For comparisons, not recommended.
@@ -149,6 +154,10 @@ def erase(
     harden = HardenConfig() if harden is True else (harden or None)
     if harden is not None and method != "closed_form":
         raise InvalidArgumentError("harden= applies to method='closed_form' only: drop it, or use that method.")
+    if not map_to_context and anchor is None and not mapping_candidates and not category:
+        raise InvalidArgumentError(
+            "map_to_context=False leaves no mapping target: pass `mapping_candidates` (or `category`), or drop it."
+        )
 
     family = family_of(pipe)
     denoiser = getattr(pipe, family.denoiser)
@@ -210,7 +219,7 @@ def erase(
     if anchor is not None:
         candidates = [Candidate(anchor, fixed=True)]
     else:
-        words = [*(mapping_candidates or ()), "", *([category] if category else [])]
+        words = [*(mapping_candidates or ()), *([""] if map_to_context else []), *([category] if category else [])]
         candidates = [Candidate(word) for word in dict.fromkeys(words) if word.lower() not in lowered]
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(

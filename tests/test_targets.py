@@ -96,3 +96,26 @@ def test_a_removal_that_moves_the_concept_reports_its_shift(pipe):
 def test_no_usable_candidate_raises_and_names_the_rejected_ones(pipe):
     with pytest.raises(InvalidConceptError, match="'car': drawn as the concept"):
         du.erase(pipe, "cat", prompts=["cat"], anchor="car", neighbors=NEIGHBORS)
+
+
+def test_map_to_context_false_keeps_the_emptied_context_out_of_the_targets(pipe):
+    """An attribute whose absence leaves the choice to the model ("a green five" is drawn bold half the time) must
+    not be mapped to its emptied context: with `map_to_context=False` only the given candidates are targets."""
+    kwargs = {"templates": TEMPLATES, "mapping_candidates": ["bird"], "neighbors": NEIGHBORS}
+    emptied = {t.replace(" {}", "").replace("{} ", "") for t in TEMPLATES}
+    bird = embedding(pipe, "bird")
+    set_embedding(pipe, "bird", 40 * bird)  # a candidate far from "cat": the emptied context is nearer
+    try:
+        default = du.erase(pipe, "cat", **kwargs)
+        adapter = du.erase(pipe, "cat", map_to_context=False, **kwargs)
+    finally:
+        set_embedding(pipe, "bird", bird)
+    assert {r["target"] for r in default.metadata["targets"]} & emptied  # the premise: it is chosen by default
+    chosen = [r["target"] for r in adapter.metadata["targets"]]
+    assert chosen and all("bird" in t for t in chosen), chosen
+    assert "" not in candidates(adapter)
+
+
+def test_map_to_context_false_without_candidates_is_refused(pipe):
+    with pytest.raises(du.errors.InvalidArgumentError, match="no mapping target"):
+        du.erase(pipe, "cat", templates=TEMPLATES, map_to_context=False)

@@ -173,12 +173,12 @@ class Concept:
 
     def _attribute_kwargs(self) -> dict:
         """A combination is erased where a prompt names all of it, at its stroke word (or, without one, its colour
-        word), mapped to the other strokes (colours): "a blue three" is drawn as a three of another colour. Each
-        forget prompt with another digit (and, with a stroke, another colour) is protected, so that the edit acts
-        only on the embeddings that see every part (a causal text encoder gives "a blue" the same embeddings in
-        "a blue three" and "a blue two"); so are the same digit in the other colours and strokes and the digit asked
-        without colour. A prompt without a stroke may show either stroke: neither erased nor protected for a
-        concept with one."""
+        word), mapped to the other stroke (colours, or the context without the colour): "a blue three" is drawn
+        as a three of another colour. Each forget prompt with another digit (and, with a stroke, another colour)
+        is protected, so that the edit acts only on the embeddings that see every part (a causal text encoder
+        gives "a blue" the same embeddings in "a blue three" and "a blue two"); so are the same digit in the other
+        colours and strokes and the digit asked without colour. A prompt without a stroke may show either stroke:
+        neither erased nor protected, nor a target, for a concept with one."""
         word = self.stroke or self.colour
         values = STROKES if self.stroke else COLOURS
         forget = self.forget_prompts()
@@ -192,6 +192,8 @@ class Concept:
             "concept": word,
             "prompts": forget,
             "mapping_candidates": [v for v in values if v != word],
+            # a context without its stroke ("a green five") is drawn in either stroke: no target for one
+            "map_to_context": not self.stroke,
             "preserve": preserve,
             "name": "no-" + self.name.replace(" ", "-"),
         }
