@@ -188,7 +188,7 @@ def check_interference(
     adapters: list[UnlearningAdapter],
     *,
     undo_threshold: float = 0.2,
-    shift_threshold: float = 0.5,
+    shift_threshold: float = 0.4,
     collateral_threshold: float = 0.5,
 ) -> InterferenceReport:
     """Measures how the removals act on each other's forget and protected inputs (see the module docstring).
@@ -200,7 +200,7 @@ def check_interference(
         pipe (`DiffusionPipeline`): The base pipeline (its edited layers give the untouched outputs).
         adapters (`list[UnlearningAdapter]`): The removals, in stack order.
         undo_threshold (`float`, defaults to 0.2): Largest share of a removal's edit the rest may cancel.
-        shift_threshold (`float`, defaults to 0.5): Largest move of a removal's forget inputs by the rest,
+        shift_threshold (`float`, defaults to 0.4): Largest move of a removal's forget inputs by the rest,
             relative to its own edit (back, beyond or sideways).
         collateral_threshold (`float`, defaults to 0.5): Largest relative move of a removal's protected inputs.
 
@@ -209,6 +209,11 @@ def check_interference(
     removal intends (one removal protects "three" as a neighbour, another erases it): 0.19 for such a pair,
     0.33 for "seven" in the chain seven, blue three, five, 0.38 for "seven" then "yellow"; the limit sits above.
     A removal that erases an earlier one's target (seven mapped to fours, then four) gives 0.52: flagged.
+    Along measured chains (`docs/benchmarks/check_calibration.md`) shift 0.4 is the loosest limit that fails at
+    least one removal before general retention drops below 95% on every chain measured at each step (digits 25
+    removals, two ways; glyphs 12): 6, 5 and 1 removals ahead; 0.5 failed on the glyphs chain only at the damaged
+    step. A removal's damage to its own neighbours (glyphs: related retention 73% after the first) is no
+    interference, and no threshold here sees it.
 
     Returns:
         [`InterferenceReport`]
