@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     check.add_argument(
         "--shift-threshold", type=float, dest="shift_threshold", help="largest move of a removal's forget inputs by "
-        "the others, relative to its own edit (default: 0.5)"
+        "the others, relative to its own edit (default: 0.4)"
     )  # fmt: skip
     check.add_argument(
         "--collateral-threshold", type=float, dest="collateral_threshold", help="largest move of a removal's "

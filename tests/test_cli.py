@@ -57,11 +57,15 @@ def test_help_of_every_command_imports_nothing_heavy(capsys):
     assert import_only.stdout.strip() == "[]", import_only.stderr[-2000:]
 
 
-def _options(parser: argparse.ArgumentParser):
+def _subcommands(parser: argparse.ArgumentParser):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from ((name, a) for a in sub._actions if not isinstance(a, argparse._HelpAction))
+            yield from action.choices.items()
+
+
+def _options(parser: argparse.ArgumentParser):
+    for name, sub in _subcommands(parser):
+        yield from ((name, a) for a in sub._actions if not isinstance(a, argparse._HelpAction))
 
 
 def test_every_option_says_what_it_does_and_its_default():
@@ -72,6 +76,15 @@ def test_every_option_says_what_it_does_and_its_default():
         if action.nargs != 0 and action.option_strings and not action.required:  # an optional option with a value
             shown = formatter._get_help_string(action)
             assert "default" in shown or "required" in shown, (command, action.dest, shown)
+
+
+def test_the_check_thresholds_the_help_states_are_the_library_defaults():
+    from diffusers_unlearn.interference import check_interference
+
+    (check,) = [sub for name, sub in _subcommands(build_parser()) if name == "check"]
+    for action in check._actions:
+        if action.dest.endswith("_threshold"):
+            assert f"(default: {check_interference.__kwdefaults__[action.dest]})" in action.help, action.help
 
 
 def test_demo_subcommand_takes_the_demo_options_and_colours_match_the_model():
