@@ -101,12 +101,15 @@ TEMPLATES: tuple[str, ...] = (
     "the {colour} {char} in {style}",
     "{colour} {char} in {style} type",
     "the {colour} {kind} {char} in {style}",
+    "the {style} {char} in {colour}",
+    "{style} {kind} {char} in {colour}",
     "{char} on {background}",
     "{colour} {char} on {background}",
     "the {style} {char} on {background}",
     "{colour} {style} {char} on {background}",
     "the {colour} {char} in {style} on {background}",
     "the {kind} {char} in {colour} on {background}",
+    "the {style} {char} in {colour} on {background}",
 )
 """Training caption templates. ``{char}`` is the character (or, for a digit or a symbol, sometimes its word);
 ``{kind}`` is ``letter``, ``digit`` or ``symbol``; ``{colour}``, ``{style}`` and ``{background}`` are optional: a

@@ -13,7 +13,7 @@ deleted when training completes, so that ``OUTPUT`` holds only the pipeline.
 1. a tiny ``AutoencoderKL`` (32x32x3 <-> 4x8x8, 1500 steps of 64) on rendered glyphs (reconstruction + small KL);
 2. the ``UNet2DConditionModel`` jointly with a from-scratch ``CLIPTextModel`` of width 256, 2 layers (epsilon
    prediction, 10% empty captions for classifier-free guidance, AdamW with warm-up and cosine decay, EMA 0.999 of
-   both), UNet channels 48 / 96, 24000 steps of 32.
+   both), UNet channels 48 / 96, 20000 steps of 32.
 
 Sized for the budget of issue 15 (<= 90 minutes on 2 CPU cores): the VAE is about 0.3 s per step of 64 and the UNet
 phase about 0.18 s per step of 32 on one free core (about 77 minutes in all), slower beside other jobs. The shipped
@@ -97,7 +97,7 @@ def build_models(vocab_size: int, bos: int, eos: int, seed: int = 0):
 def train_pipeline(
     output: str | Path = DEFAULT_OUTPUT,
     vae_steps: int = 1500,
-    unet_steps: int = 24000,
+    unet_steps: int = 20000,
     batch_size: int = 32,
     seed: int = 0,
     dtype: torch.dtype = torch.float16,
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=None, help="folder to write the pipeline (or the scorer) to")
     parser.add_argument("--scorer", action="store_true", help="train the scorer instead of the pipeline")
     parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=24000)
+    parser.add_argument("--unet-steps", type=int, default=20000)
     parser.add_argument("--scorer-steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
