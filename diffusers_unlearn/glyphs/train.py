@@ -15,9 +15,9 @@ deleted when training completes, so that ``OUTPUT`` holds only the pipeline.
    prediction, 10% empty captions for classifier-free guidance, AdamW with warm-up and cosine decay, EMA 0.999 of
    both), UNet channels 48 / 96, 20000 steps of 32.
 
-Sized for the budget of issue 15 (<= 90 minutes on 2 CPU cores): the VAE is about 0.3 s per step of 64 and the UNet
-phase about 0.18 s per step of 32 on one free core (about 77 minutes in all), slower beside other jobs. The shipped
-model's run, its wall time and its bars are in ``docs/benchmarks/glyphs_model.md``.
+Sized for the budget of issue 15 (<= 90 minutes on 2 CPU cores): the shipped model's run took 81 minutes on one
+thread with the other core busy (VAE 0.31 s per step of 64, UNet phase 0.22 s per step of 32). Its wall time and
+its bars are in ``docs/benchmarks/glyphs_model.md``.
 """
 
 from __future__ import annotations
