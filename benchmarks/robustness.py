@@ -136,10 +136,12 @@ def glyphs_world(args) -> World:
 
 
 def model_version(folder: Path) -> dict:
-    """The git commit that last changed a model folder, whether it has uncommitted changes, and its UNet's hash."""
+    """The git commit that last changed a model's weights (its `*.safetensors` files), whether they have uncommitted
+    changes, and its UNet's hash."""
+    weights = sorted(str(path) for path in folder.glob("*/*.safetensors"))
 
     def git(*command: str) -> str:
-        return subprocess.run(["git", *command, "--", str(folder)], cwd=ROOT, capture_output=True, text=True).stdout
+        return subprocess.run(["git", *command, "--", *weights], cwd=ROOT, capture_output=True, text=True).stdout
 
     unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
     return {
@@ -443,7 +445,7 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
     first = continual.GLYPH_SEQUENCE[0].name
     where = "the first removal" if target == first else f"moved to the front of the sequence (its first is {first})"
     model_text = "; ".join(
-        f"commit `{m['commit']}` ({m['committed_at']}, UNet sha256 `{m['unet_sha256']}`"
+        f"the weights of commit `{m['commit']}` ({m['committed_at']}, UNet sha256 `{m['unet_sha256']}`"
         + (", **with uncommitted changes**)" if m["uncommitted_changes"] else ")")
         for m in models
     )
@@ -469,7 +471,7 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
         f"{values('retention_images')} images per prompt, relative to the untouched model. *s / removal*: mean "
         "`erase` time, 2-core machine shared with other jobs (noisy).",
         "",
-        f"Model: the shipped glyphs model at {model_text}.",
+        f"Model: the glyphs model, {model_text}.",
         "",
     ]
     if untouched:
@@ -504,6 +506,8 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
     lines += ["", f"![ASR per attack and method, glyphs]({plot.name})", ""]
     if missing:
         lines += ["**Not measured yet**: " + ", ".join(missing) + ".", ""]
+    if glyph.get("notes"):  # what the figures say, written after the run and kept in the json beside them
+        lines += ["### Notes on these figures", "", *glyph["notes"], ""]
     lines += ["### What each attack found (glyphs)", "", *_found(measured)]
     _plot(measured, names, plot, target)
     return lines
@@ -685,7 +689,8 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
     args = parser.parse_args()
     args.json = args.output.with_suffix(".json")
-    args.command = "python benchmarks/robustness.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])
+    shown = [a for i, a in enumerate(sys.argv[1:]) if "--output" not in (a, sys.argv[i])]  # where it wrote: not shown
+    args.command = "python benchmarks/robustness.py " + " ".join(f'"{a}"' if " " in a else a for a in shown)
     if not args.render:
         torch.set_num_threads(args.threads)
         world = glyphs_world(args) if args.world == "glyphs" else digits_world(args)
