@@ -35,7 +35,7 @@ from .methods.distill import DistillConfig, distill
 from .methods.harden import HardenConfig, harden_solve
 from .pipeline import base_fingerprint, loaded_adapters
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
-from .targets import WEAK_SHIFT, Candidate, choose_targets, is_weak, removal_effect
+from .targets import Candidate, choose_targets, removal_effect, weakness
 
 logger = logging.getLogger(__name__)
 
@@ -283,13 +283,13 @@ def erase(
         "Erased %r in %.2fs (rank %d, concept shift %s)", concept, figures["seconds"], edit_rank,
         figures["concept_shift"],
     )  # fmt: skip
-    if is_weak(figures):
+    reason = weakness(figures)
+    if reason:
         warnings.warn(
             WeakRemovalWarning(
-                f"The removal {adapter.name!r} barely moves {concept!r}: its noise predictions moved "
-                f"{figures['concept_shift']:.2f}x the distance to its nearest neighbour (below {WEAK_SHIFT}), so "
-                "it may not erase it. Check its targets (`adapter.metadata['targets']`), pass `mapping_candidates` "
-                "the model draws as other concepts, or lower the protection (`ClosedFormConfig`)."
+                f"The removal {adapter.name!r} barely moves {concept!r}: its noise predictions {reason}, so it may "
+                "not erase it. Check its targets (`adapter.metadata['targets']`), pass `mapping_candidates` the "
+                "model draws as other concepts, or lower the protection (`ClosedFormConfig`)."
             ),
             stacklevel=2,
         )

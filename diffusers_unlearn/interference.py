@@ -12,7 +12,7 @@ For removals `i` and `j` (weight changes `D_i`, `D_j` on the same layers), with 
 
 All sums run over the edited layers; no image is generated, so a check of 100 removals takes seconds. The report
 also names every removal that barely moved its own concept when it was made (`erase`'s own check, recorded in its
-figures as `concept_shift`): such a member fails the verdict whatever the others do. A pair
+figures as `concept_shift` and `target_reach`): such a member fails the verdict whatever the others do. A pair
 where `j` is among `i`'s parents (`i` was made on top of `j`) counts 0: `i` was solved knowing `j`.
 Removals without probes (made by other tools) fall back to their LoRA input subspace (rows of `A`), and the
 report says the figure is approximate.
@@ -29,7 +29,7 @@ from .adapter import UnlearningAdapter
 from .errors import MissingDependencyError
 from .families import family_of
 from .layers import base_linear
-from .targets import WEAK_SHIFT, is_weak
+from .targets import weakness
 
 
 @dataclass
@@ -44,8 +44,9 @@ class InterferenceReport:
             together.
         undo_threshold, shift_threshold, collateral_threshold (`float`): The limits the verdict uses.
         approximate (`list[str]`): Removals whose probes were missing (subspace estimate used).
-        weak (`dict[str, float]`): Removals that barely moved their own concept when they were made (their
-            recorded `concept_shift`, below `targets.WEAK_SHIFT`): they may erase nothing, whatever the rest does.
+        weak (`dict[str, str]`): Removals that barely moved their own concept when they were made, with why (their
+            recorded `concept_shift` below `targets.WEAK_SHIFT`, or without neighbours their `target_reach` below
+            `targets.WEAK_REACH`): they may erase nothing, whatever the rest does.
     """
 
     names: list[str]
@@ -59,7 +60,7 @@ class InterferenceReport:
     shift_threshold: float
     collateral_threshold: float
     approximate: list[str] = field(default_factory=list)
-    weak: dict[str, float] = field(default_factory=dict)
+    weak: dict[str, str] = field(default_factory=dict)
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -84,8 +85,7 @@ class InterferenceReport:
         lines = []
         for i, name in enumerate(self.names):
             if name in self.weak:
-                shift = self.weak[name]
-                lines.append(f"{name} barely moved its own concept when made (shift {shift:.2f} < {WEAK_SHIFT})")
+                lines.append(f"{name} barely moved its own concept when made: its noise predictions {self.weak[name]}")
             if self.stack_undo[i] > self.undo_threshold:
                 j = int(self.undo[i].argmax())
                 lines.append(f"{name} is {100 * self.stack_undo[i]:.0f}% undone (most by {self.names[j]})")
@@ -302,9 +302,7 @@ def check_interference(
         shift_threshold=shift_threshold,
         collateral_threshold=collateral_threshold,
         approximate=approximate,
-        weak={
-            a.name: a.metadata["figures"]["concept_shift"] for a in adapters if is_weak(a.metadata.get("figures", {}))
-        },
+        weak={a.name: reason for a in adapters if (reason := weakness(a.metadata.get("figures", {})))},
     )
 
 

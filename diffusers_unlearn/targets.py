@@ -53,6 +53,10 @@ UNTRAINED_NORM_RATIO = 0.5
 """A word whose token embeddings are shorter than this share of the known words' is untrained or near-empty."""
 WEAK_SHIFT = 0.7
 """`concept_shift` below which a removal is reported as weak (see [`removal_effect`])."""
+WEAK_REACH = 0.6
+"""Without neighbours (no `concept_shift`), `target_reach` below which a removal is reported as weak. Measured on
+the glyphs model (16 single removals, 4 images per prompt): the two that removed nothing reached 0.39 and 0.56 of
+the way to their targets, every removal that reached 0.64 or more removed 50-100% of its images."""
 
 
 @dataclass
@@ -285,10 +289,18 @@ def _predict(
     return noise_predictions(bank, prompts, samples=samples, seed=seed, cache=cache, max_side=CHECK_LATENT_SIDE)
 
 
-def is_weak(figures: dict) -> bool:
-    """Whether a removal's figures (from [`removal_effect`]) say it barely moves its concept."""
-    shift = figures.get("concept_shift")
-    return shift is not None and shift < WEAK_SHIFT
+def weakness(figures: dict) -> str | None:
+    """Why a removal's figures (from [`removal_effect`]) say it barely moves its concept, or `None`.
+
+    With neighbours, `concept_shift` must reach `WEAK_SHIFT`; without, `target_reach` must reach `WEAK_REACH`.
+    """
+    shift, reach = figures.get("concept_shift"), figures.get("target_reach")
+    if shift is not None:
+        if shift < WEAK_SHIFT:
+            return f"moved {shift:.2f}x the distance to its nearest neighbour (below {WEAK_SHIFT})"
+    elif reach is not None and reach < WEAK_REACH:
+        return f"moved {reach:.2f} of the way to its targets (below {WEAK_REACH}; no neighbours to compare with)"
+    return None
 
 
 @contextlib.contextmanager

@@ -93,6 +93,21 @@ def test_a_removal_that_moves_the_concept_reports_its_shift(pipe):
     assert du.UnlearningStack([adapter]).check(pipe).weak == {}
 
 
+def test_without_neighbours_a_removal_short_of_its_targets_is_weak(pipe, monkeypatch):
+    """No neighbours, no `concept_shift`: the check falls back to how far the removal got towards its targets."""
+    kwargs = {"templates": TEMPLATES, "mapping_candidates": ["rabbit", "bird"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakRemovalWarning)
+        adapter = du.erase(pipe, "cat", **kwargs)
+    figures = adapter.metadata["figures"]
+    assert figures["concept_shift"] is None and figures["target_reach"] >= targets.WEAK_REACH, figures
+    monkeypatch.setattr(targets, "WEAK_REACH", figures["target_reach"] + 0.01)  # the same removal, a stricter bar
+    with pytest.warns(WeakRemovalWarning, match="of the way to its targets"):
+        short = du.erase(pipe, "cat", **kwargs)
+    report = du.UnlearningStack([short]).check(pipe)
+    assert "no neighbours" in report.weak[short.name] and not report.passed
+
+
 def test_no_usable_candidate_raises_and_names_the_rejected_ones(pipe):
     with pytest.raises(InvalidConceptError, match="'car': drawn as the concept"):
         du.erase(pipe, "cat", prompts=["cat"], anchor="car", neighbors=NEIGHBORS)
