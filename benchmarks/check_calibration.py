@@ -29,6 +29,8 @@ RELATED_BAR, GENERAL_BAR = 0.90, 0.95
 SHIFTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 COLLATERALS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 UNDO = 0.2
+FIRST_PAIRS = 2
+"""A general-retention drop within this many removals is one removal's own damage, not interference."""
 
 
 def _defaults() -> dict[str, float]:
@@ -140,7 +142,8 @@ def render(chains: list[Chain]) -> str:
         lines.append(
             f"| {chain.name} | {measured} | {damage} | {flag or 'never'} | {leads} | {figures} | {retention} |"
         )
-    every = [c for c in chains if c.every_step]
+    every = [c for c in chains if c.every_step and (c.damage("general") or FIRST_PAIRS + 1) > FIRST_PAIRS]
+    early = [c.name for c in chains if c.every_step and c not in every]
     lines += [
         "",
         "## Threshold grid",
@@ -149,6 +152,11 @@ def render(chains: list[Chain]) -> str:
         f"({'; '.join(c.name for c in every)}), undo {UNDO}. *safe*: the check fails at least one step before "
         "it on every one of them (and no later than the first damaged measurement on the chains measured every "
         "few steps); among safe cells, the one with the shortest leads raises the fewest early alarms.",
+        "",
+        f"Left out: chains whose general retention drops within the first {FIRST_PAIRS} removals "
+        f"({'; '.join(early) or 'none'}). The check compares removals with each other; a drop that early is one "
+        "removal's own damage to cells it never names, not interference accumulating, and no threshold sees it "
+        "without failing every chain from its second removal.",
         "",
         "| shift \\ collateral | " + " | ".join(str(c) for c in COLLATERALS) + " |",
         "|---|" + "---|" * len(COLLATERALS),
