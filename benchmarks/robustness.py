@@ -442,6 +442,8 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
     def values(key: str) -> str:
         return " / ".join(str(v) for v in dict.fromkeys(s.get(key, "?") for s in settings))
 
+    distill_steps = dict.fromkeys(r["settings"].get("distill_steps") for r in measured if r["method"] == "distill")
+    distill = f"; distill trains {' / '.join(map(str, distill_steps))} steps per removal" if distill_steps else ""
     first = continual.GLYPH_SEQUENCE[0].name
     where = "the first removal" if target == first else f"moved to the front of the sequence (its first is {first})"
     model_text = "; ".join(
@@ -465,8 +467,8 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
         "model's `HELD_OUT_TEMPLATES` (phrasings never used in training) with each of its words; *learned token* "
         "measured in the seed prompt and those phrasings; *revival* fine-tuned on other characters in other styles "
         f"and colours. {values('images')} images per attack prompt, {values('steps')} DDIM steps, guidance "
-        f"{values('guidance_scale')} (`glyphs.GUIDANCE_SCALE`, for every image), seed 0; distill trains "
-        f"{values('distill_steps')} steps per removal. Related / general retention as in the glyphs continual "
+        f"{values('guidance_scale')} (`glyphs.GUIDANCE_SCALE`, for every image), seed 0{distill}. Related / general "
+        "retention as in the glyphs continual "
         f"benchmark (the removed concepts' related cells; a fixed sample of {values('general_cells')} cells), "
         f"{values('retention_images')} images per prompt, relative to the untouched model. *s / removal*: mean "
         "`erase` time, 2-core machine shared with other jobs (noisy).",
