@@ -78,6 +78,11 @@ def _chain(name: str, source: str, rows: list[dict]) -> Chain | None:
     return Chain(name, source, steps, every)
 
 
+def _kept() -> list[dict]:
+    """The chains added with `--add`."""
+    return json.loads(KEPT.read_text()) if KEPT.exists() else []
+
+
 def load_chains() -> list[Chain]:
     """Every chain with check figures: the continual benchmarks' methods, then the kept runs."""
     chains = []
@@ -87,8 +92,7 @@ def load_chains() -> list[Chain]:
             chains.append(
                 _chain(f"{data.get('world', 'digits')}: {method}", f"[{path.stem}.md]({path.stem}.md)", rows)
             )
-    kept = json.loads(KEPT.read_text()) if KEPT.exists() else []
-    chains += [_chain(k["name"], k["note"], k["steps"]) for k in kept]
+    chains += [_chain(k["name"], k["note"], k["steps"]) for k in _kept()]
     return [c for c in chains if c is not None]
 
 
@@ -98,7 +102,7 @@ def add_chain(path: Path, label: str, note: str) -> None:
     chain = _chain(label, note, rows)
     if chain is None:
         raise SystemExit(f"{path}: no step with retention and check figures")
-    kept = [k for k in (json.loads(KEPT.read_text()) if KEPT.exists() else []) if k["name"] != label]
+    kept = [k for k in _kept() if k["name"] != label]
     kept.append({"name": label, "note": note, "steps": chain.steps})
     KEPT.write_text(json.dumps(kept, indent=1))
 

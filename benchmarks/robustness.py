@@ -100,7 +100,7 @@ def digits_world(args) -> World:
         sequence=continual.SEQUENCE,
         load=digits.load_pipeline,
         scorer=DigitsConceptScorer(),
-        guidance=7.5,
+        guidance=digits.GUIDANCE_SCALE,
         target=attack_target,
         probes_at=continual.probes_at,
         untouched_probes=lambda _stages: every,

@@ -46,7 +46,7 @@ def run(
     package = importlib.import_module(f".{world}", __package__)
     pipe = package.load_pipeline()
     scorer = concept_scorer(world)
-    sampler = {"num_inference_steps": steps, "guidance_scale": getattr(package, "GUIDANCE_SCALE", 7.5)}
+    sampler = {"num_inference_steps": steps, "guidance_scale": package.GUIDANCE_SCALE}
     call = {"images_per_prompt": images_per_prompt, "seed": seed, **sampler}
     probes = concept.probes()
     before = evaluate(pipe, scorer, **probes, **call)

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 MODEL_DIR = Path(__file__).parent / "model"
 """The shipped pipeline, in diffusers ``save_pretrained`` layout (fp16 safetensors)."""
 
+GUIDANCE_SCALE: float = 7.5
+"""The classifier-free guidance scale the shipped model is measured at (Stable Diffusion's default); the glyphs
+model declares its own."""
+
 
 def load_pipeline(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path: str | Path | None = None
@@ -63,6 +67,7 @@ def load_pipeline(
 __all__ = [
     "COLOURS",
     "DIGITS",
+    "GUIDANCE_SCALE",
     "IMAGE_SIZE",
     "MODEL_DIR",
     "NUMERALS",
