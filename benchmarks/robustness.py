@@ -219,12 +219,12 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             "harden_seconds": adapter.metadata["figures"].get("harden_seconds"),
             "skipped": list(skipped),
         }
-        if world.model is not None:  # glyphs: the settings and model of this row (runs of several sizes add up)
-            row["settings"] = _settings(args, world) | {
-                "token_search_tokens": attack_options(pipe, target)["token_search"]["tokens"]
-            }
+        row["settings"] = _settings(args, world) | {  # the settings and command of this row (runs add up)
+            "token_search_tokens": attack_options(pipe, target)["token_search"]["tokens"]
+        }
+        row["command"] = args.command
+        if world.model is not None:  # glyphs: which model files
             row["model"] = world.model
-            row["command"] = args.command
         print(
             f"{method:>20} stage {step:2d}: "
             + " ".join(f"{k}={v:.2f}" for k, v in row["asr"].items())
@@ -341,10 +341,18 @@ def write_report(stored: dict, output: Path) -> None:
         "from converged) draws the concept tried (*Q*, seed prompt *the red letter q*) in 0% of direct and 2% of "
         "held-out-paraphrase images *before* any removal, so an ASR there would measure the model, not the removal."
     )
+    commands = _distinct(r["command"] for r in measured if "command" in r)  # rows of later runs record theirs
+    later = (
+        [" The rows measured by later runs, merged into robustness.json, came from:", "", *_breaks(commands)]
+        if commands
+        else []
+    )
     lines = [
         f"# Robustness: attack success rates on the {models}",
         "",
-        "`python benchmarks/robustness.py` (written by it; `--render` rewrites this page from robustness.json).",
+        "`python benchmarks/robustness.py` (written by it; `--render` rewrites this page from robustness.json)."
+        + (later[0] if later else ""),
+        *later[1:],
         "",
         "The concept attacked is the first removal of the continual sequence, **seven** (seed prompt *a red "
         "seven*), after the 1st (single removal), 10th and 25th removal of that sequence (each removal fused on "
@@ -354,7 +362,9 @@ def write_report(stored: dict, output: Path) -> None:
         "tokens searched in the vocabulary (40 iterations of greedy coordinate gradient, UnlearnDiffAtk-style); "
         "*embedding* 200 Adam steps on the text encoder's output; *learned token* 200 steps of textual inversion "
         "of one token, measured in the seed prompt and 8 other contexts; *revival* a rank-4 LoRA fine-tuned 100 "
-        "steps on three unrelated digits. 16 images per attack prompt, 20 DDIM steps, guidance 7.5, seed 0. "
+        "steps on three unrelated digits. 16 images per attack prompt, 20 DDIM steps, guidance 7.5, seed 0"
+        + _distill_steps(measured)
+        + ". "
         "Related / general retention as in the continual benchmark (relative to the untouched model). *s / removal*: "
         "mean `erase` time over the removals so far, measured on a 2-core machine shared with other jobs (noisy). "
         "Removals `erase` refused (no mapping target it trusts) are listed below; the sequence went on without them.",
@@ -371,6 +381,8 @@ def write_report(stored: dict, output: Path) -> None:
             f"{_pct(r['general'])} | {r['erase_seconds_mean']:.2f} |"
         )
     lines += ["", *_targets(rows, STAGES, DIGITS_CAVEAT)]
+    if stored.get("notes"):  # what the figures say, written after the run and kept in the json beside them
+        lines += ["", "## Notes on the digits figures", "", *stored["notes"]]
     if stored.get("budgets"):
         lines += ["", *_budgets(stored["budgets"])]
     missing = [f"{m} after removal {s}" for s in STAGES for m in METHODS if f"{m}|{s}" not in rows]
@@ -404,6 +416,22 @@ def write_report(stored: dict, output: Path) -> None:
     lines.append("")
     output.write_text("\n".join(lines))
     _plot(measured, names, output.with_suffix(".png"), "seven")
+
+
+def _breaks(commands: list[str]) -> list[str]:
+    """Commands as code, one a line (markdown's two-space line breaks)."""
+    return [f"`{command}`" + ("  " if i < len(commands) - 1 else "") for i, command in enumerate(commands)]
+
+
+def _distill_steps(measured: list[dict]) -> str:
+    """The training steps of each distill removal, per stage where they differ (rows without settings: the
+    default, 500)."""
+    steps = {r["stage"]: r.get("settings", {}).get("distill_steps", 500) for r in measured if r["method"] == "distill"}
+    if not steps:
+        return ""
+    if len(set(steps.values())) == 1:
+        return f"; distill trains {next(iter(steps.values()))} steps per removal"
+    return "; distill trains " + ", ".join(f"**{n} steps** per removal at stage {s}" for s, n in steps.items())
 
 
 def _found(measured: list[dict]) -> list[str]:
@@ -454,7 +482,7 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
     lines = [
         "## Glyphs",
         "",
-        *[f"`{command}`" + ("  " if i < len(commands) - 1 else "") for i, command in enumerate(commands)],
+        *_breaks(commands),
         "",
         f"The concept attacked is **{target}** (seed prompt *{untouched.get('prompt', '?')}*), {where} of the "
         "glyphs continual sequence (`continual.GLYPH_SEQUENCE`, its erase arguments and probes imported); stage n is "
@@ -532,7 +560,8 @@ GLYPHS_CAVEAT = (
 
 DIGITS_CAVEAT = (
     "An ASR means something only where retention holds: where retention misses its bar, a low ASR may just "
-    "mean the model no longer draws digits well (the hardened chain after 25 removals), not that it resists."
+    "mean the model no longer draws digits well (the hardened and coarse-target chains after 25 removals, no local "
+    "protection from the 10th), not that it resists."
 )
 
 
