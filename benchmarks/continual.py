@@ -8,7 +8,9 @@ Methods, all built from the same code:
 - `no local protection`: the same, with `lambda_protect=0` (no neighbours, no empty prompt, no earlier removals);
 - `naive stacking`: locality-aware removals each made independently on the untouched model, then summed;
 - `joint merge`: the same independent removals, re-solved together at every step (`stack.merge("joint")`);
-- `distill`: `method="distill"` (LoRA distillation, `DistillConfig(max_timestep=1000)`), each made on top of the stack.
+- `distill`: `method="distill"` (LoRA distillation, `DistillConfig(max_timestep=1000)`), each made on top of the stack;
+- `distill, base anchor`: the same with `DistillConfig(anchor="base")`: protected prompts replayed against the
+  untouched model, earlier removals' forget prompts against the chain (issue 16, hypothesis 1).
 
 After every step: forget accuracy over all removals so far (share of images still showing a removed concept;
 chance is 10% for digits and combinations, 25% for colours), related retention (look-alike digits, the same
@@ -78,7 +80,15 @@ SEQUENCE: tuple[Concept, ...] = (
 )
 """25 removals: two whole digits, one whole colour, 6 digit-colour combinations, 16 digit-colour-stroke ones."""
 
-METHODS = ("ours", "coarse target", "no local protection", "naive stacking", "joint merge", "distill")
+METHODS = (
+    "ours",
+    "coarse target",
+    "no local protection",
+    "naive stacking",
+    "joint merge",
+    "distill",
+    "distill, base anchor",
+)
 REFERENCE = "chain (before)"
 """Not run by default: the closed form with the solve's default protection, beside an `ours` run with `--anchor` or
 `--earlier-protection` (issue 16's variants)."""
@@ -92,10 +102,12 @@ def erase_kwargs(
         kwargs["anchor"] = ""
     if method == REFERENCE:  # the closed form without issue 16's options: protection held to the chain
         kwargs["config"] = du.ClosedFormConfig(lambda_protect=config.lambda_protect, lambda_reg=config.lambda_reg)
-    if method == "distill":
+    if method.startswith("distill"):
         # the digits model fixes colour and shape in its first, noisiest steps: train on all timesteps, not only
         # below 600 (LACU's range for Stable Diffusion), or colours are not erased (measured: "red" 90% kept)
-        kwargs |= {"method": "distill", "config": du.DistillConfig(max_timestep=1000, steps=distill_steps)}
+        anchor = "base" if method == "distill, base anchor" else "chain"
+        config = du.DistillConfig(max_timestep=1000, steps=distill_steps, anchor=anchor)
+        kwargs |= {"method": "distill", "config": config}
     if method == "no local protection":
         kwargs.pop("neighbors", None)
         kwargs.pop("preserve", None)
@@ -468,6 +480,7 @@ def run_glyphs(args) -> dict:
     untouched = evaluate(untouched_pipe, scorer, forget=forget, general=cells, **call)
     base_cells = untouched.general
     results = {"world": "glyphs", "untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {},
+               "settings": {k: getattr(args, k) for k in SETTINGS},
                "guidance_scale": glyphs.GUIDANCE_SCALE}  # fmt: skip
     print(f"untouched: shows {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)
     for method in args.methods:
@@ -526,8 +539,13 @@ def _save_partial(results: dict, args) -> None:
     args.output.with_suffix(".partial.json").write_text(json.dumps(results, indent=1))
 
 
+SETTINGS = ("images", "steps", "eval_every", "general_cells", "removals")
+"""What a glyphs run records of its arguments, so that a page rendered later (`--render`) states them."""
+
+
 def write_glyph_report(results: dict, args) -> None:
     """docs/benchmarks/continual_glyphs.md (+ .json, .png) from the results of `run_glyphs`."""
+    args = argparse.Namespace(**{**vars(args), **results.get("settings", {})})  # the run's, not this call's
     untouched = results["untouched"]["forget"]
     names = [c.name for c in GLYPH_SEQUENCE]
     shown = [untouched[n] for n in names if n in untouched]

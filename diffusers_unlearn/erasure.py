@@ -261,8 +261,19 @@ def erase(
     else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that name this
         # concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
         mentions = names_pattern(names)
+        erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
         earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
-        result = distill(pipe, family, bank, pairs, [*groups.values(), earlier], config, seed=seed)
+        untouched: set[str] = set()
+        if config.anchor == "base":  # held to the untouched model: what names no part of an earlier removal
+            named = [n for a in previous for n in [a.metadata.get("concept"), *a.metadata.get("aliases", [])] if n]
+            kept_by_chain = names_pattern(named) if named else None
+            untouched = {
+                p for prompts in groups.values() for p in prompts
+                if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
+            }  # fmt: skip
+        result = distill(
+            pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched, seed=seed
+        )
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         probes = embedding_probes(bank, pairs, groups)
     figures = {

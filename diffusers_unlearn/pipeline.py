@@ -164,6 +164,57 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
     return _report(state, _verify(_denoiser(pipe), state))
 
 
+@contextmanager
+def removals_disabled(pipe: DiffusionPipeline):
+    """Within the block the denoiser computes as if none of our removals were loaded (the untouched model, a user's
+    own LoRAs kept); on exit every weight and scaling is exactly as before, also on error.
+
+    Fused removals (and removals PEFT merged into a weight) are subtracted from a copy-backed weight; the others get
+    a zero scaling. Distillation's replay held to the untouched model reads its teacher this way.
+
+    Example:
+        ```py
+        >>> with removals_disabled(pipe):
+        ...     untouched = pipe("a red seven").images  # as before any removal
+        ```
+    """
+    state = _state(pipe)
+    if state is None or not state.entries:
+        yield
+        return
+    denoiser = _denoiser(pipe)
+    saved: dict[str, torch.Tensor] = {}
+    scalings: list[tuple[BaseTunerLayer, str, float]] = []
+
+    def subtract(layer: str, delta: torch.Tensor) -> None:
+        weight = base_linear(denoiser.get_submodule(layer)).weight
+        if layer not in saved:
+            saved[layer] = weight.detach().clone()
+        weight.copy_((weight.float() - delta.to(weight.device)).to(weight.dtype))
+
+    try:
+        with torch.no_grad():
+            for layer, delta in _fused_deltas(state).items():
+                subtract(layer, delta)
+            for entry in state.peft_entries():
+                for layer in entry.adapter.layer_names:
+                    module = denoiser.get_submodule(layer)
+                    if not isinstance(module, BaseTunerLayer) or entry.name not in module.lora_A:
+                        continue
+                    if entry.name in module.merged_adapters:
+                        subtract(layer, module.get_delta_weight(entry.name).detach().float())
+                    else:
+                        scalings.append((module, entry.name, module.scaling[entry.name]))
+                        module.scaling[entry.name] = 0.0
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in saved.items():
+                base_linear(denoiser.get_submodule(layer)).weight.copy_(weight)
+        for module, name, scaling in scalings:
+            module.scaling[name] = scaling
+
+
 def _verify(denoiser, state: _State) -> list[bool]:
     """Whether each loaded entry is carried by the model now."""
     fused_total = _fused_deltas(state)  # once for all entries: the check stays linear in the stack size

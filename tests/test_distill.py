@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import generate
+from conftest import generate, make_sd_pipeline
 
 import diffusers_unlearn as du
 from diffusers_unlearn import erasure
@@ -133,19 +133,58 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     sd_pipe.load_unlearning(first)
     seen = {}
 
-    def record(pipe, family, bank, pairs, protected, config, *, seed):
-        seen["groups"] = [list(group) for group in protected]
+    def record(pipe, family, bank, pairs, protected, config, *, untouched, seed):
+        seen["groups"], seen["untouched"] = [list(group) for group in protected], untouched
         raise RuntimeError("recorded")
 
     monkeypatch.setattr(erasure, "distill", record)
     with pytest.raises(RuntimeError, match="recorded"):
-        du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue"], method="distill")
+        du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue", "cat"], method="distill")
     earlier = seen["groups"][-1]  # "cat"'s forget prompts, replayed so that cats stay removed ...
     assert "a photo of cat" in earlier and "a red cat" not in earlier  # ... except the one asking for red
+    assert seen["untouched"] == set()  # anchor="chain": every teacher is the pipeline as loaded
+
+    second = du.erase(sd_pipe, "tree", templates=["a photo of {}"])
+    sd_pipe.load_unlearning(second)
+    config = du.DistillConfig(anchor="base")
+    with pytest.raises(RuntimeError, match="recorded"):
+        du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue", "cat"], method="distill", config=config)
+    # held to the untouched model: the protected prompts that name no earlier removal's concept
+    assert "a cat dog" in seen["groups"][1] and seen["untouched"] == {"", "a dog", "a blue dog"}
+    assert seen["groups"][-1] == [*earlier, "a photo of tree"]  # still replayed, against the chain
 
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
     assert weights.tolist() == pytest.approx([1.5, 1 / 3, 1 / 3, 1 / 3, 0.5])  # each group sums to 1
+
+
+def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals():
+    """`DistillConfig(anchor="base")`: a protected prompt is pulled back to the untouched model, where the default
+    holds it where earlier removals left it; an earlier removal's prompts stay where it put them."""
+    base_pipe, pipe = make_sd_pipeline(), make_sd_pipeline()
+    careless = du.erase(pipe, "cat", config=du.ClosedFormConfig(lambda_protect=0.0))  # moves other prompts too
+    pipe.load_unlearning(careless, mode="fused")
+    prompts = ["a photo of dog", "a photo of cat"]
+    untouched, chain = noise_predictions(base_pipe, prompts), noise_predictions(pipe, prompts)
+    drift = (chain[0] - untouched[0]).norm()
+    assert drift > 0.01 * untouched[0].norm()  # the premise: the first removal moved the dog prompt (2.6%)
+
+    after = {}
+    for anchor in ("chain", "base"):
+        fast = dict(FAST, steps=60, batch_size=8, learning_rate=5e-3)
+        config = du.DistillConfig(**fast, lambda_replay=20.0, anchor=anchor)
+        second = du.erase(pipe, "tree", neighbors=["dog", "cat"], method="distill", config=config)
+        pipe.load_unlearning(second)
+        after[anchor] = noise_predictions(pipe, prompts)
+        pipe.unload_unlearning(second.name)
+    # what it must move: the dog prompt back toward the untouched model (measured: base 0.65, chain 0.99 x drift)
+    assert (after["base"][0] - untouched[0]).norm() < 0.8 * drift
+    assert (after["chain"][0] - untouched[0]).norm() > 0.9 * drift
+    # what it must hold: the cat prompt (the earlier removal's word) near where that removal put it; the repair
+    # shares directions with it (measured: base moves it 0.28 x the first removal's move, chain 0.02)
+    erased = (chain[1] - untouched[1]).norm()
+    assert (after["base"][1] - chain[1]).norm() < 0.45 * erased
+    assert (after["chain"][1] - chain[1]).norm() < 0.1 * erased
 
 
 def test_runs_in_several_processes(tmp_path):

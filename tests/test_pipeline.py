@@ -71,6 +71,29 @@ def test_the_three_modes_give_the_same_images(sd_pipe, removals):
         assert np.allclose(generate(sd_pipe, PROMPT), unfused, atol=1e-4)
 
 
+def test_removals_disabled_computes_the_untouched_model_and_restores(sd_pipe, removals, tmp_path):
+    """Distillation's base anchor reads its teacher this way: every removal off (fused, merged, as adapters), a
+    user's own LoRA kept, and the pipeline exactly as it was after the block, also when the block raises."""
+    from diffusers_unlearn.pipeline import removals_disabled
+
+    cat, dog = removals
+    dog.save_pretrained(tmp_path / "style")
+    sd_pipe.load_lora_weights(tmp_path / "style", adapter_name="style")  # a user's LoRA: stays on
+    users_image = generate(sd_pipe, PROMPT)
+    sd_pipe.load_unlearning(cat, mode="fused")
+    sd_pipe.load_unlearning(synthetic_removal(sd_pipe, "tree", seed=3))  # as a PEFT adapter
+    loaded, loaded_weights = generate(sd_pipe, PROMPT), weights(sd_pipe)
+    assert not np.allclose(loaded, users_image, atol=1e-4)  # the premise: the removals change the image
+    with removals_disabled(sd_pipe):
+        assert np.allclose(generate(sd_pipe, PROMPT), users_image, atol=1e-4)
+    assert_same_weights(sd_pipe, loaded_weights)
+    assert np.array_equal(generate(sd_pipe, PROMPT), loaded)
+    with pytest.raises(RuntimeError, match="inside"), removals_disabled(sd_pipe):
+        raise RuntimeError("inside")
+    assert_same_weights(sd_pipe, loaded_weights)
+    assert all(entry.verified for entry in sd_pipe.unlearning)
+
+
 def test_bad_mode_and_check_values(sd_pipe, removals):
     with pytest.raises(ValueError, match="Unknown mode"):
         sd_pipe.load_unlearning(removals[0], mode="fuse")

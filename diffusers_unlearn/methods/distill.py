@@ -10,6 +10,10 @@ and protected prompts, at timesteps below `max_timestep`:
     replay  = || eps_student(x_t, t, protected) - eps_teacher(x_t, t, protected) ||^2
     loss    = unlearn + lambda_replay * replay + lambda_l2 * sum ||lora||^2
 
+With `anchor="base"` the teacher of the protected prompts the caller marks `untouched` is the model without any
+removal (`pipeline.removals_disabled`), so that the drift each removal leaves on them cannot compound along a
+chain; earlier removals' forget prompts keep the chain as their teacher, so that they stay removed.
+
 `eta` (`negative_guidance`) points the goal past the mapping target, away from the concept. With `eta = 0`
 (LACU's plain mapping) a LoRA only gets part of the way to its target, and classifier-free guidance multiplies
 what is left by the guidance scale: on the digits model the concept was still generated in 97% of the images.
@@ -24,7 +28,7 @@ the adapter and the optimizer state, so a resumed run gives the same adapter as 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -69,6 +73,11 @@ class DistillConfig:
         mixed_precision (`str`): `"no"`, `"fp16"` or `"bf16"` (passed to `accelerate.Accelerator`).
         checkpoint_dir (`str`, *optional*): Where to write checkpoints; an existing checkpoint there is resumed.
         checkpoint_every (`int`): Steps between checkpoints.
+        anchor (`str`): Teacher of the protected prompts on a pipeline that already carries removals: `"chain"`
+            (the pipeline as loaded) or `"base"` (the untouched model, for the prompts that name no earlier
+            removal's concept: the drift of a chain cannot add up on them; measured on digits, it also brings
+            earlier removals back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts
+            are held to the chain either way.
     """
 
     rank: int = 4
@@ -86,6 +95,7 @@ class DistillConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
+    anchor: Literal["chain", "base"] = "chain"
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -102,6 +112,8 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
+        if self.anchor not in ("chain", "base"):
+            raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -123,6 +135,7 @@ def distill(
     protected: Sequence[Sequence[str]],
     config: DistillConfig,
     *,
+    untouched: Collection[str] = (),
     seed: int = 0,
 ) -> DistillResult:
     """Trains the removal's LoRA; the pipeline is left exactly as it was.
@@ -135,6 +148,8 @@ def distill(
         protected (`Sequence[Sequence[str]]`): Groups of prompts to replay (anchors, neighbours, preserved
             prompts, earlier removals' forget prompts); each group is drawn as often as the others.
         config ([`DistillConfig`]): Hyper-parameters.
+        untouched (`Collection[str]`): With `config.anchor == "base"`, the protected prompts whose teacher is the
+            model without any removal (the others keep the pipeline as loaded).
         seed (`int`): Seed of the latent pool and of every batch.
     """
     from accelerate import Accelerator
@@ -165,6 +180,8 @@ def distill(
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
+    if config.anchor == "base" and untouched and "replay" in pool:
+        _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
 
     from peft import LoraConfig
 
@@ -210,7 +227,7 @@ def _train(
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
             batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
             with accelerator.accumulate(model), accelerator.autocast():
-                forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids = batch
+                forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids, base_keep, on_base = batch
                 with torch.no_grad(), _student_off(wrapped):
                     goal = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in forget_ids],
                                     forget_latents, forget_t, size, device)  # fmt: skip
@@ -220,6 +237,8 @@ def _train(
                         goal = goal - config.negative_guidance * (concept - goal)
                     keep = _predict(denoiser, pipe, family, bank, [protected[i] for i in replay_ids],
                                     replay_latents, replay_t, size, device)  # fmt: skip
+                    if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
+                        keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), base_keep.to(keep), keep)
                 student = _predict(model, pipe, family, bank, [pairs[i][0] for i in forget_ids],
                                    forget_latents, forget_t, size, device)  # fmt: skip
                 replay = _predict(model, pipe, family, bank, [protected[i] for i in replay_ids],
@@ -337,8 +356,43 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
     return pool
 
 
+@torch.no_grad()
+def _anchor_to_base(pipe, family, bank, pool: dict, protected: list[str], untouched: set[str]) -> None:
+    """Adds to the replay pool the untouched model's predictions on its latents, and which rows are held to them
+    (the rows whose prompt is in `untouched`)."""
+    from ..pipeline import removals_disabled
+
+    latents, timesteps, ids = pool["replay"]
+    on_base = torch.tensor([protected[i] in untouched for i in ids.tolist()])
+    denoiser = getattr(pipe, family.denoiser)
+    size, device = _sample_size(denoiser), denoiser.device
+    prompts = [protected[i] for i in ids.tolist()]
+    with removals_disabled(pipe):
+        predictions = torch.stack(
+            [
+                _predict(
+                    denoiser,
+                    pipe,
+                    family,
+                    bank,
+                    prompts,
+                    latents[:, col].to(device, denoiser.dtype),
+                    timesteps[:, col].to(device),
+                    size,
+                    device,
+                )
+                .float()
+                .cpu()  # fmt: skip
+                for col in range(latents.shape[1])
+            ],
+            dim=1,
+        )
+    pool["replay_base"] = (predictions, on_base)
+
+
 def _batch(pool, pairs, protected, batch_size, generator, accelerator):
-    """One batch per process: forget and replay samples drawn from the pool, different on each process."""
+    """One batch per process: forget and replay samples drawn from the pool, different on each process; then the
+    replay samples' untouched predictions and which of them are held to those (`None, None` unless anchored)."""
     out = []
     for kind in ("forget", "replay"):
         latents, timesteps, ids = pool[kind]
@@ -352,6 +406,11 @@ def _batch(pool, pairs, protected, batch_size, generator, accelerator):
             timesteps[rows, cols].to(accelerator.device),
             ids[rows].tolist(),
         ]
+    if "replay_base" in pool:
+        predictions, on_base = pool["replay_base"]
+        out += [predictions[rows, cols].to(accelerator.device), on_base[rows].to(accelerator.device)]
+    else:
+        out += [None, None]
     return out
 
 
