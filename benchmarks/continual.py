@@ -95,7 +95,7 @@ REFERENCE = "chain (before)"
 
 
 def erase_kwargs(
-    concept: Concept, method: str, config: du.ClosedFormConfig, distill_steps: int = 500, **concept_options
+    concept: Concept, method: str, config: du.ClosedFormConfig, distill: dict | None = None, **concept_options
 ) -> dict:
     kwargs = concept.erase_kwargs(**concept_options) | {"config": config}
     if method == "coarse target":
@@ -106,7 +106,7 @@ def erase_kwargs(
         # the digits model fixes colour and shape in its first, noisiest steps: train on all timesteps, not only
         # below 600 (LACU's range for Stable Diffusion), or colours are not erased (measured: "red" 90% kept)
         anchor = "base" if method == "distill, base anchor" else "chain"
-        config = du.DistillConfig(max_timestep=1000, steps=distill_steps, anchor=anchor)
+        config = du.DistillConfig(max_timestep=1000, anchor=anchor, **(distill or {}))
         kwargs |= {"method": "distill", "config": config}
     if method == "no local protection":
         kwargs.pop("neighbors", None)
@@ -164,15 +164,20 @@ def closed_form_config(args) -> du.ClosedFormConfig:
     )  # fmt: skip
 
 
+def distill_options(args) -> dict:
+    """The `DistillConfig` fields the command line sets."""
+    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay}
+
+
 def erase_step(
     pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False,
-    erase_at: str = "digit",
+    erase_at: str = "digit", distill: dict | None = None,
 ):  # fmt: skip
     """One removal; when every mapping target is refused, the user's recourse the error names: the same request
     with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
     `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
     if any."""
-    kwargs = erase_kwargs(concept, method, config, erase_at=erase_at)
+    kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at)
     gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
     fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
@@ -217,12 +222,11 @@ def run(args) -> dict:
                 if args.target_fallback:
                     adapter, fallback = erase_step(
                         bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits,
-                        args.combination_at,
+                        args.combination_at, distill_options(args),
                     )  # fmt: skip
                 else:
-                    adapter = du.erase(
-                        bare or pipe, **erase_kwargs(concept, method, config, erase_at=args.combination_at)
-                    )
+                    kwargs = erase_kwargs(concept, method, config, distill_options(args), erase_at=args.combination_at)
+                    adapter = du.erase(bare or pipe, **kwargs)
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
                 adapter = None
@@ -491,7 +495,7 @@ def run_glyphs(args) -> dict:
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
             try:
-                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, args.distill_steps))
+                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, distill_options(args)))
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
                 rows.append({"step": step, "concept": concept.name, "error": str(error)})
@@ -688,6 +692,7 @@ def main() -> None:
         help="digits: erase a combination at its digit word, or at its stroke / colour word (`Concept.erase_kwargs`)",
     )
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
+    parser.add_argument("--lambda-replay", type=float, default=du.DistillConfig.lambda_replay, help="distill's replay")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()
     parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)

@@ -154,9 +154,10 @@ def model_version(folder: Path) -> dict:
 
 def erase_kwargs(concept, method: str, distill_steps: int = 500) -> dict:
     config = du.ClosedFormConfig()
+    distill = {"steps": distill_steps}
     if method == "hardened":
-        return continual.erase_kwargs(concept, "ours", config, distill_steps) | {"harden": True}
-    return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill_steps)
+        return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": True}
+    return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill)
 
 
 def attack_settings(args, world: World) -> attacks.AttackSettings:
