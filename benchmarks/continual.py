@@ -166,7 +166,8 @@ def closed_form_config(args) -> du.ClosedFormConfig:
 
 def distill_options(args) -> dict:
     """The `DistillConfig` fields the command line sets."""
-    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay}
+    modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
+    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules}
 
 
 def erase_step(
@@ -693,6 +694,7 @@ def main() -> None:
     )
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--lambda-replay", type=float, default=du.DistillConfig.lambda_replay, help="distill's replay")
+    parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()
     parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)
