@@ -264,9 +264,8 @@ def erase(
         erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
         earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
         untouched: set[str] = set()
-        if config.anchor == "base":  # held to the untouched model: what names no part of an earlier removal
-            named = [n for a in previous for n in [a.metadata.get("concept"), *a.metadata.get("aliases", [])] if n]
-            kept_by_chain = names_pattern(named) if named else None
+        if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
+            kept_by_chain = names_pattern(sorted(removed)) if removed else None
             untouched = {
                 p for prompts in groups.values() for p in prompts
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))

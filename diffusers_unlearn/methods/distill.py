@@ -74,10 +74,10 @@ class DistillConfig:
         checkpoint_dir (`str`, *optional*): Where to write checkpoints; an existing checkpoint there is resumed.
         checkpoint_every (`int`): Steps between checkpoints.
         anchor (`str`): Teacher of the protected prompts on a pipeline that already carries removals: `"chain"`
-            (the pipeline as loaded) or `"base"` (the untouched model, for the prompts that name no earlier
-            removal's concept: the drift of a chain cannot add up on them; measured on digits, it also brings
-            earlier removals back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts
-            are held to the chain either way.
+            (the pipeline as loaded) or `"base"` (the untouched model, for the prompts no earlier removal erased:
+            the drift of a chain cannot add up on them; measured on digits, it also brings earlier combinations
+            back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts are held to the
+            chain either way.
     """
 
     rank: int = 4
