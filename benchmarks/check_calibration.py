@@ -146,8 +146,12 @@ def render(chains: list[Chain]) -> str:
         lines.append(
             f"| {chain.name} | {measured} | {damage} | {flag or 'never'} | {leads} | {figures} | {retention} |"
         )
-    every = [c for c in chains if c.every_step and (c.damage("general") or FIRST_PAIRS + 1) > FIRST_PAIRS]
-    early = [c.name for c in chains if c.every_step and c not in every]
+    measured = [c for c in chains if c.every_step]
+    every = [c for c in measured if (c.damage("general") or 0) > FIRST_PAIRS]
+    early = [c.name for c in measured if c.damage("general") and c not in every]
+    undamaged = [
+        f"{c.name} (fails at step {c.flagged(**defaults) or 'never'})" for c in measured if not c.damage("general")
+    ]
     lines += [
         "",
         "## Threshold grid",
@@ -161,6 +165,9 @@ def render(chains: list[Chain]) -> str:
         f"({'; '.join(early) or 'none'}). The check compares removals with each other; a drop that early is one "
         "removal's own damage to cells it never names, not interference accumulating, and no threshold sees it "
         "without failing every chain from its second removal.",
+        "",
+        f"Never damaged in general retention: {'; '.join(undamaged) or 'none'}. There is nothing to warn of: where "
+        "the check fails on such a chain at the default thresholds, it is an early alarm.",
         "",
         "| shift \\ collateral | " + " | ".join(str(c) for c in COLLATERALS) + " |",
         "|---|" + "---|" * len(COLLATERALS),
