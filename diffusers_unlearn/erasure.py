@@ -33,7 +33,7 @@ from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
 from .methods.harden import HardenConfig, harden_solve
-from .pipeline import base_fingerprint, loaded_adapters
+from .pipeline import base_fingerprint, loaded_adapters, removals_disabled
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
 from .targets import Candidate, choose_targets, removal_effect, weakness
 
@@ -271,8 +271,9 @@ def erase(
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
         result = distill(
-            pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched, seed=seed
-        )
+            pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched,
+            untouched_model=lambda: removals_disabled(pipe), seed=seed,
+        )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         probes = embedding_probes(bank, pairs, groups)
     figures = {

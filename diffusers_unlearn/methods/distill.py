@@ -11,8 +11,9 @@ and protected prompts, at timesteps below `max_timestep`:
     loss    = unlearn + lambda_replay * replay + lambda_l2 * sum ||lora||^2
 
 With `anchor="base"` the teacher of the protected prompts the caller marks `untouched` is the model without any
-removal (`pipeline.removals_disabled`), so that the drift each removal leaves on them cannot compound along a
-chain; earlier removals' forget prompts keep the chain as their teacher, so that they stay removed.
+removal (within the caller's `untouched_model()`: `pipeline.removals_disabled`), so that the drift each removal
+leaves on them cannot compound along a chain; earlier removals' forget prompts keep the chain as their teacher, so
+that they stay removed.
 
 `eta` (`negative_guidance`) points the goal past the mapping target, away from the concept. With `eta = 0`
 (LACU's plain mapping) a LoRA only gets part of the way to its target, and classifier-free guidance multiplies
@@ -28,8 +29,8 @@ the adapter and the optimizer state, so a resumed run gives the same adapter as 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -136,6 +137,7 @@ def distill(
     config: DistillConfig,
     *,
     untouched: Collection[str] = (),
+    untouched_model: Callable[[], AbstractContextManager] | None = None,
     seed: int = 0,
 ) -> DistillResult:
     """Trains the removal's LoRA; the pipeline is left exactly as it was.
@@ -150,6 +152,8 @@ def distill(
         config ([`DistillConfig`]): Hyper-parameters.
         untouched (`Collection[str]`): With `config.anchor == "base"`, the protected prompts whose teacher is the
             model without any removal (the others keep the pipeline as loaded).
+        untouched_model (`Callable`, *optional*): Returns a context within which the pipeline computes as the model
+            without any removal; required with `untouched`.
         seed (`int`): Seed of the latent pool and of every batch.
     """
     from accelerate import Accelerator
@@ -181,7 +185,12 @@ def distill(
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
-        _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
+        if untouched_model is None:
+            raise InvalidArgumentError(
+                "`untouched` prompts need `untouched_model`, the context of the untouched model."
+            )
+        with untouched_model():
+            _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
 
     from peft import LoraConfig
 
@@ -358,36 +367,18 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
 
 @torch.no_grad()
 def _anchor_to_base(pipe, family, bank, pool: dict, protected: list[str], untouched: set[str]) -> None:
-    """Adds to the replay pool the untouched model's predictions on its latents, and which rows are held to them
-    (the rows whose prompt is in `untouched`)."""
-    from ..pipeline import removals_disabled
-
+    """Adds to the replay pool the predictions of the model as it computes now (within the caller's untouched
+    model) on its latents, and which rows are held to them (the rows whose prompt is in `untouched`)."""
     latents, timesteps, ids = pool["replay"]
     on_base = torch.tensor([protected[i] in untouched for i in ids.tolist()])
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
     prompts = [protected[i] for i in ids.tolist()]
-    with removals_disabled(pipe):
-        predictions = torch.stack(
-            [
-                _predict(
-                    denoiser,
-                    pipe,
-                    family,
-                    bank,
-                    prompts,
-                    latents[:, col].to(device, denoiser.dtype),
-                    timesteps[:, col].to(device),
-                    size,
-                    device,
-                )
-                .float()
-                .cpu()  # fmt: skip
-                for col in range(latents.shape[1])
-            ],
-            dim=1,
-        )
-    pool["replay_base"] = (predictions, on_base)
+    columns = []
+    for col in range(latents.shape[1]):
+        x, t = latents[:, col].to(device, denoiser.dtype), timesteps[:, col].to(device)
+        columns.append(_predict(denoiser, pipe, family, bank, prompts, x, t, size, device).float().cpu())
+    pool["replay_base"] = (torch.stack(columns, dim=1), on_base)
 
 
 def _batch(pool, pairs, protected, batch_size, generator, accelerator):
