@@ -22,7 +22,7 @@ import os
 import shutil
 import types
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +165,7 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
 
 
 @contextmanager
-def removals_disabled(pipe: DiffusionPipeline):
+def removals_disabled(pipe: DiffusionPipeline) -> Iterator[None]:
     """Within the block the denoiser computes as if none of our removals were loaded (the untouched model, a user's
     own LoRAs kept); on exit every weight and scaling is exactly as before, also on error.
 
