@@ -261,10 +261,10 @@ def erase(
     else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that name this
         # concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
         mentions = names_pattern(names)
-        erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
         earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
+            erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
             kept_by_chain = names_pattern(sorted(removed)) if removed else None
             untouched = {
                 p for prompts in groups.values() for p in prompts
