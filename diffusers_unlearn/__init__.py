@@ -55,6 +55,7 @@ _LAZY: dict[str, str] = {
     "ModelFamily": "families",
     "ClosedFormConfig": "methods",
     "DistillConfig": "methods",
+    "HardenConfig": "methods.harden",
     "InterferenceReport": "interference",
     "check_interference": "interference",
     "merge_deviation": "interference",
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from .families import FAMILIES, ModelFamily
     from .interference import InterferenceReport, check_interference, merge_deviation
     from .methods import ClosedFormConfig, DistillConfig
+    from .methods.harden import HardenConfig
     from .pipeline import LoadedUnlearning, load_unlearning, unlearning, unload_unlearning
     from .prompts import DEFAULT_TEMPLATES
     from .stack import UnlearningStack
@@ -188,6 +190,7 @@ __all__ = [
     "ConcurrentUpdateError",
     "DownloadError",
     "DistillConfig",
+    "HardenConfig",
     "InterferenceError",
     "InteropError",
     "InteropWarning",

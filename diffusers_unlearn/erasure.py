@@ -110,10 +110,12 @@ def erase(
             training steps, target modules, accelerate options, checkpoints), and the one place to set the LoRA
             rank: `ClosedFormConfig(rank=4)` (default: the smallest keeping 99% of the edit, at most 12) or
             `DistillConfig(rank=4)`.
-        harden ([`HardenConfig`] or `bool`): Closed form only: after the solve, RECE-like rounds that derive the
-            embedding still regenerating the concept under the edit and erase it too (`True`: 3 rounds), so that
-            the removal holds against prompt-search and embedding attacks (`diffusers_unlearn.attacks`); adds a
-            few solves to the cost. See docs/benchmarks/robustness.md.
+        harden ([`HardenConfig`] or `bool`): Derive the embeddings that still regenerate the concept under the
+            removal and erase them too (`True`: `HardenConfig()`, 3 rounds), so that the removal holds better
+            against prompt-search and embedding attacks (`diffusers_unlearn.attacks`). Closed form: RECE-like
+            rounds after the solve, in closed form (a few solves more). Distill: adversarial training, embeddings
+            derived by gradient steps during training (the derivations and one more forward pass per step). See
+            docs/erasing.md#hardened-removals and docs/benchmarks/robustness.md.
         redact (`bool`): Keep the concept, aliases and forget prompts out of the saved files (a salted hash
             identifies the concept instead).
         name (`str`, *optional*): Adapter name; default `"no-<concept>"`.
@@ -126,8 +128,9 @@ def erase(
         UnsupportedPipelineError: The pipeline's family cannot be edited.
         InvalidConceptError: Empty concept, unknown tokens, prompts without the concept or too long,
             a neighbour equal to the concept.
-        InvalidArgumentError: An unknown `method` or `distance`, or `harden=` with `method="distill"`.
-        InvalidTypeError: A `config` of another method than `method`.
+        InvalidArgumentError: An unknown `method` or `distance`; `harden=` with no more distill steps than rounds.
+        InvalidTypeError: A `config` of another method than `method`; a `harden` that is neither a `bool` nor a
+            [`HardenConfig`].
 
     Example:
         ```py
@@ -152,8 +155,8 @@ def erase(
     if not isinstance(config, configs[method]):
         raise InvalidTypeError(f"method={method!r} takes a {configs[method].__name__}, got {type(config).__name__}.")
     harden = HardenConfig() if harden is True else (harden or None)
-    if harden is not None and method != "closed_form":
-        raise InvalidArgumentError("harden= applies to method='closed_form' only: drop it, or use that method.")
+    if harden is not None and not isinstance(harden, HardenConfig):
+        raise InvalidTypeError(f"harden= takes True or a HardenConfig, got {type(harden).__name__}.")
     if not map_to_context and anchor is None and not mapping_candidates and not category:
         raise InvalidArgumentError(
             "map_to_context=False leaves no mapping target: pass `mapping_candidates` (or `category`), or drop it."
@@ -272,7 +275,7 @@ def erase(
             }  # fmt: skip
         result = distill(
             pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched,
-            untouched_model=lambda: removals_disabled(pipe), seed=seed,
+            untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         probes = embedding_probes(bank, pairs, groups)
@@ -288,6 +291,8 @@ def erase(
         pipe, family, concept, names, redact, name, method, config, edit_rank, choice, neighbor_ranking,
         groups, previous, figures, distance, forget_prompts,
     )  # fmt: skip
+    if harden is not None:
+        metadata["hyperparameters"]["harden"] = dataclasses.asdict(harden)
     adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=probes)
     adapter.metadata["adapter_id"] = content_id(lora)
     logger.info(

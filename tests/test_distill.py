@@ -133,7 +133,7 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     sd_pipe.load_unlearning(first)
     seen = {}
 
-    def record(pipe, family, bank, pairs, protected, config, *, untouched, untouched_model, seed):
+    def record(pipe, family, bank, pairs, protected, config, *, untouched, untouched_model, harden, seed):
         seen["groups"], seen["untouched"] = [list(group) for group in protected], untouched
         raise RuntimeError("recorded")
 

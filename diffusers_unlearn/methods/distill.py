@@ -21,6 +21,13 @@ what is left by the guidance scale: on the digits model the concept was still ge
 With `eta = 1` it is gone (docs/method.md §8). Protected prompts are replayed group by group (anchors,
 neighbours, preserved prompts, earlier removals), each group drawn as often as the others whatever its size.
 
+With `harden=` ([`HardenConfig`], `methods/harden.py`), training is adversarial: at `harden.rounds` evenly spaced
+steps, `harden.prompts` forget prompts' text embeddings are optimised until the student's prediction comes close to
+the teacher's for the forget prompt (the embedding attack's objective), and each result joins the forget set with
+the goal of the prompt it started from:
+
+    harden  = || eps_student(x_t, t, c*) - goal(forget prompt c* started from) ||^2,   loss += weight * harden
+
 Training runs through `accelerate` (several processes with `accelerate launch`, mixed precision and gradient
 accumulation as options). Every batch is drawn from a generator seeded by `(seed, step)`, and checkpoints hold
 the adapter and the optimizer state, so a resumed run gives the same adapter as an uninterrupted one.
@@ -29,11 +36,12 @@ the adapter and the optimizer state, so a resumed run gives the same adapter as 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from diffusers import DiffusionPipeline
@@ -45,6 +53,9 @@ from ..distance import PromptBank
 from ..errors import InvalidArgumentError, ResolveError
 from ..families import ModelFamily
 from ..layers import active_adapters
+
+if TYPE_CHECKING:  # harden.py's closed-form loop imports constraints, which imports methods: no import at run time
+    from .harden import HardenConfig
 
 _ADAPTER = "diffusers_unlearn_distill"  # the student's adapter name while it trains
 _CHECKPOINT = "distill_checkpoint.safetensors"
@@ -138,6 +149,7 @@ def distill(
     *,
     untouched: Collection[str] = (),
     untouched_model: Callable[[], AbstractContextManager] | None = None,
+    harden: HardenConfig | None = None,
     seed: int = 0,
 ) -> DistillResult:
     """Trains the removal's LoRA; the pipeline is left exactly as it was.
@@ -154,7 +166,9 @@ def distill(
             model without any removal (the others keep the pipeline as loaded).
         untouched_model (`Callable`, *optional*): Returns a context within which the pipeline computes as the model
             without any removal; required with `untouched`.
-        seed (`int`): Seed of the latent pool and of every batch.
+        harden ([`HardenConfig`], *optional*): Adversarial training: the embeddings that still bring the concept
+            back are derived in `rounds` rounds and added to the forget set (see the module's docstring).
+        seed (`int`): Seed of the latent pool, of every batch and of the hardening's draws.
     """
     from accelerate import Accelerator
 
@@ -167,6 +181,10 @@ def distill(
     wanted, actual = accelerator.device, denoiser.device
     if wanted.type != actual.type or (wanted.type != "cpu" and wanted.index != actual.index):
         raise ResolveError(f"Move the pipeline to {accelerator.device} (pipe.to(...)) before distilling.")
+    if harden is not None and config.steps <= harden.rounds:
+        raise InvalidArgumentError(
+            f"Hardening in {harden.rounds} rounds needs more than {harden.rounds} training steps, got {config.steps}."
+        )
     targets = config.target_modules or family.distill_targets
     layers = [
         name
@@ -201,13 +219,15 @@ def distill(
             adapter_name=_ADAPTER,
         )
     try:
-        return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, pool, held_out, layers, config, seed)
+        return _train(
+            accelerator, pipe, family, denoiser, bank, pairs, replayed, pool, held_out, layers, config, harden, seed
+        )
     finally:
         _remove_adapter(pipe, denoiser)
 
 
 def _train(
-    accelerator, pipe, family, denoiser, bank, pairs, protected, pool, held_out, layers, config, seed
+    accelerator, pipe, family, denoiser, bank, pairs, protected, pool, held_out, layers, config, harden, seed
 ) -> DistillResult:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -223,15 +243,25 @@ def _train(
             parameter.requires_grad_(True)
             params.append(parameter)
     raw_optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    start, losses = _resume(config, params, raw_optimizer)
+    adversarial = _Adversarial()
+    start, losses = _resume(config, params, raw_optimizer, harden, adversarial)
     model, optimizer = accelerator.prepare(denoiser, raw_optimizer)
     size = _sample_size(denoiser)
     device = accelerator.device
+    rounds = {k * config.steps // (harden.rounds + 1): k - 1 for k in range(1, harden.rounds + 1)} if harden else {}
+
+    def derive(index: int) -> float:  # one round of the hardening (index == harden.rounds: measured only)
+        with accelerator.autocast():
+            return _derive_round(denoiser, wrapped, pipe, family, bank, pairs, pool, harden, adversarial, index,
+                                 seed, size, device, store=index < harden.rounds)  # fmt: skip
+
     progress = tqdm(
         range(start, config.steps), desc="distill", initial=start, total=config.steps,
         disable=not accelerator.is_local_main_process,
     )  # fmt: skip
     for step in progress:
+        if step in rounds and len(adversarial.leaks) == rounds[step]:  # a resumed run has its earlier rounds
+            derive(rounds[step])
         for micro in range(config.gradient_accumulation_steps):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
             batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
@@ -253,6 +283,11 @@ def _train(
                 replay = _predict(model, pipe, family, bank, [protected[i] for i in replay_ids],
                                   replay_latents, replay_t, size, device)  # fmt: skip
                 unlearn_loss = (student.float() - goal.float()).square().mean()
+                if adversarial.sources:  # hardening: the derived embeddings, held to their forget prompts' goals
+                    unlearn_loss = unlearn_loss + harden.weight * _adversarial_loss(
+                        model, denoiser, wrapped, pipe, family, bank, pairs, adversarial, forget_latents, forget_t,
+                        generator, config, accelerator, size, device,
+                    )  # fmt: skip
                 replay_loss = (replay.float() - keep.float()).square().mean()
                 l2 = sum(p.float().square().sum() for p in params)
                 loss = unlearn_loss + config.lambda_replay * replay_loss + config.lambda_l2 * l2
@@ -264,13 +299,23 @@ def _train(
         done = step + 1
         if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
             if accelerator.is_main_process:
-                _save_checkpoint(Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config)
+                _save_checkpoint(
+                    Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config, harden, adversarial
+                )
             accelerator.wait_for_everyone()
 
     figures = _figures(
         denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device, config.negative_guidance
     )
     figures["loss_first"], figures["loss_last"] = losses[0], losses[-1]
+    if harden is not None:
+        final = derive(harden.rounds)  # what the embedding derivation still finds after training
+        figures |= {
+            "harden_rounds": harden.rounds,
+            "harden_embeddings": len(adversarial.sources),
+            "harden_leak": [round(v, 4) for v in [*adversarial.leaks, final]],
+            "harden_seconds": round(adversarial.seconds, 3),
+        }
     lora = {}
     for name, module in wrapped.items():
         lora[f"{family.denoiser}.{name}.lora_A.weight"] = module.lora_A[_ADAPTER].weight.detach().float().cpu().clone()
@@ -322,6 +367,119 @@ def _predict(model, pipe, family, bank, prompts, latents, timesteps, size, devic
     if family.pooled_layer is not None:
         pooled = torch.stack([bank.pooled(p) for p in prompts]).to(device)
     return family.denoise(pipe, model, latents, timesteps, embeds, pooled)
+
+
+# ------------------------------------------------------------------------------------------------ hardening
+@dataclass
+class _Adversarial:
+    """The hardening's state: derived embeddings, the pair each started from, each round's leak, time spent."""
+
+    embeds: list[torch.Tensor] = field(default_factory=list)  # (L, d) float32 each
+    sources: list[int] = field(default_factory=list)  # index into `pairs`
+    leaks: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _derive_round(
+    denoiser, wrapped, pipe, family, bank, pairs, pool, harden: HardenConfig, adversarial: _Adversarial, index: int,
+    seed: int, size, device, store: bool,
+) -> float:  # fmt: skip
+    """Round `index`: derives one embedding per drawn forget prompt (`derive_by_gradient`) on `harden.samples`
+    latents of the forget pool; adds them to `adversarial` if `store`. Returns the round's leak."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 77_777 + index)
+    sources = torch.randperm(len(pairs), generator=generator)[: harden.prompts].tolist()
+    latents, timesteps, _ = pool["forget"]
+    rows = torch.randint(0, latents.shape[0], (harden.samples,), generator=generator)
+    cols = torch.randint(0, latents.shape[1], (harden.samples,), generator=generator)
+    x, t = latents[rows, cols].to(device, denoiser.dtype), timesteps[rows, cols].to(device)
+    prompts = [pairs[i][0] for i in sources]
+    start = torch.stack([bank.embeds(p) for p in prompts])
+    pooled = torch.stack([bank.pooled(p) for p in prompts]).to(device) if family.pooled_layer is not None else None
+    n, k = len(sources), harden.samples
+
+    def predict(embeds: torch.Tensor) -> torch.Tensor:  # (n, L, d) -> (n, k, ...): every prompt on every latent
+        xs = x.repeat(n, *[1] * (x.dim() - 1))
+        extra = None if pooled is None else pooled.repeat_interleave(k, 0)
+        out = family.denoise(pipe, denoiser, xs, t.repeat(n), embeds.to(device).repeat_interleave(k, 0), extra)
+        return out.float().view(n, k, *out.shape[1:])
+
+    with torch.no_grad(), _student_off(wrapped):
+        goal = predict(start)
+    derived, leak = _derive_by_gradient(predict, start, goal, harden)
+    if store:
+        adversarial.embeds += list(derived.cpu())
+        adversarial.sources += sources
+        adversarial.leaks.append(leak)
+    adversarial.seconds += time.perf_counter() - started
+    return leak
+
+
+def _derive_by_gradient(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    goal: torch.Tensor,
+    harden: HardenConfig,
+) -> tuple[torch.Tensor, float]:
+    """Text embeddings that still bring the concept back under a trained edit, by gradient descent (distill's
+    hardening; the embedding attack's objective with the teacher as the guide).
+
+    Starting from the forget prompts' embeddings, `harden.iterations` Adam steps move every token vector so that
+    the edited model's noise predictions come close to `goal`, the unedited model's predictions for the forget
+    prompts on the same noisy latents.
+
+    Args:
+        predict (`Callable`): `(n, L, d)` embeddings -> `(n, k, ...)` the edited model's predictions on `k` noisy
+            latents, differentiable with respect to the embeddings.
+        start (`torch.Tensor`): `(n, L, d)` the forget prompts' embeddings.
+        goal (`torch.Tensor`): `(n, k, ...)` the unedited model's predictions for the forget prompts.
+        harden ([`HardenConfig`]): `iterations` and `learning_rate` (relative to the RMS of `start`).
+
+    Returns:
+        `(embeddings, leak)`: the derived `(n, L, d)` float32 embeddings, and `sqrt(loss after / loss at start)`:
+        how far from the concept's predictions the derived embeddings still are, relative to how far the edit moved
+        the forget prompts (1: no embedding near them does better than the prompts themselves; 0: the concept is
+        fully recovered).
+    """
+    start = start.detach().float()
+    variable = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([variable], lr=harden.learning_rate * float(start.square().mean().sqrt()))
+    goal = goal.detach().float()
+    with torch.no_grad():
+        before = float((predict(variable) - goal).square().mean())
+    for _ in tqdm(range(harden.iterations), desc="harden", leave=False):
+        loss = (predict(variable) - goal).square().mean()
+        (gradient,) = torch.autograd.grad(loss, [variable])
+        optimizer.zero_grad()
+        variable.grad = gradient
+        optimizer.step()
+    with torch.no_grad():
+        after = float((predict(variable) - goal).square().mean())
+    return variable.detach(), (after / before) ** 0.5 if before > 0 else 0.0
+
+
+def _adversarial_loss(
+    model, denoiser, wrapped, pipe, family, bank, pairs, adversarial: _Adversarial, latents, timesteps, generator,
+    config: DistillConfig, accelerator, size, device,
+) -> torch.Tensor:  # fmt: skip
+    """The hardening's forget term on one batch: derived embeddings drawn at random, on the batch's forget latents,
+    each held to the goal of the forget prompt it started from."""
+    count = config.batch_size * accelerator.num_processes
+    mine = slice(config.batch_size * accelerator.process_index, config.batch_size * (accelerator.process_index + 1))
+    picks = torch.randint(0, len(adversarial.sources), (count,), generator=generator)[mine].tolist()
+    sources = [adversarial.sources[i] for i in picks]
+    with torch.no_grad(), _student_off(wrapped):
+        goal = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in sources], latents, timesteps, size, device)
+        if config.negative_guidance:
+            concept = _predict(denoiser, pipe, family, bank, [pairs[i][0] for i in sources], latents, timesteps,
+                               size, device)  # fmt: skip
+            goal = goal - config.negative_guidance * (concept - goal)
+    embeds = torch.stack([adversarial.embeds[i] for i in picks]).to(device)
+    pooled = None
+    if family.pooled_layer is not None:
+        pooled = torch.stack([bank.pooled(pairs[i][0]) for i in sources]).to(device)
+    student = family.denoise(pipe, model, latents, timesteps, embeds, pooled)
+    return (student.float() - goal.float()).square().mean()
 
 
 def _group_weights(groups: list[list[str]], prompts: list[str]) -> torch.Tensor:
@@ -434,21 +592,36 @@ def _figures(denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, 
     return {"forget_residual": residual, "protect_drift": drift}
 
 
-def _save_checkpoint(folder: Path, step: int, losses, params, optimizer, config: DistillConfig) -> None:
+def _save_checkpoint(
+    folder: Path, step: int, losses, params, optimizer, config: DistillConfig, harden, adversarial: _Adversarial
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
+    if adversarial.sources:  # the hardening's embeddings: derived from the student of their round, not re-derivable
+        tensors["harden.embeds"] = torch.stack(adversarial.embeds).contiguous()
+        tensors["harden.sources"] = torch.tensor(adversarial.sources, dtype=torch.int64)
     for index, parameter in enumerate(params):
         tensors[f"param.{index}"] = parameter.detach().float().cpu().contiguous()
         state = optimizer.state.get(parameter, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
                 tensors[f"{key}.{index}"] = state[key].detach().float().cpu().contiguous()
-    header = {"step": str(step), "losses": json.dumps(losses), "config": json.dumps(asdict(config), sort_keys=True)}
+    header = {
+        "step": str(step),
+        "losses": json.dumps(losses),
+        "config": json.dumps(asdict(config), sort_keys=True),
+        "harden": json.dumps(asdict(harden) if harden else None, sort_keys=True),
+        "harden_leak": json.dumps(adversarial.leaks),
+        "harden_seconds": str(adversarial.seconds),
+    }
     atomic_write(folder / _CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def _resume(config: DistillConfig, params, optimizer) -> tuple[int, list[float]]:
-    """Restores the adapter and optimizer from `checkpoint_dir` if a checkpoint of the same run is there."""
+def _resume(
+    config: DistillConfig, params, optimizer, harden: HardenConfig | None, adversarial: _Adversarial
+) -> tuple[int, list[float]]:
+    """Restores the adapter, optimizer and hardening from `checkpoint_dir` if a checkpoint of the same run is
+    there."""
     if not config.checkpoint_dir or not (Path(config.checkpoint_dir) / _CHECKPOINT).is_file():
         return 0, []
     path = Path(config.checkpoint_dir) / _CHECKPOINT
@@ -461,6 +634,8 @@ def _resume(config: DistillConfig, params, optimizer) -> tuple[int, list[float]]
     differing = [
         k for k in mine if k not in ("steps", "checkpoint_dir", "checkpoint_every") and saved.get(k) != mine[k]
     ]
+    if json.loads(header.get("harden", "null")) != json.loads(json.dumps(asdict(harden) if harden else None)):
+        differing.append("harden")
     if differing:
         raise InvalidArgumentError(
             f"The checkpoint in {config.checkpoint_dir} was made with other settings ({differing}); use another "
@@ -468,6 +643,11 @@ def _resume(config: DistillConfig, params, optimizer) -> tuple[int, list[float]]
         )
     tensors = load_file(path)
     step = int(header["step"])
+    if "harden.sources" in tensors:
+        adversarial.embeds = list(tensors["harden.embeds"])
+        adversarial.sources = tensors["harden.sources"].tolist()
+    adversarial.leaks = json.loads(header.get("harden_leak", "[]"))
+    adversarial.seconds = float(header.get("harden_seconds", 0.0))
     with torch.no_grad():
         for index, parameter in enumerate(params):
             parameter.copy_(tensors[f"param.{index}"].to(parameter.device, parameter.dtype))

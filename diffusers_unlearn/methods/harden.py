@@ -14,6 +14,12 @@ closed form for every forget token vector, over all edited layers at once throug
 adds `(c*, target of c_f)` to the forget set, and solves again, protected set unchanged. The ridge `rho`
 (relative to the mean eigenvalue of `M^T Gram M`) keeps `c*` among embeddings of a natural size, as in RECE.
 A round costs one `d x d` solve: a hardened removal takes a few rounds more than a plain one, seconds on a CPU.
+
+A distilled removal is no remap of the embedding: its preimage has no closed form. `method="distill"` hardens by
+adversarial training instead (`methods/distill.py`): at `rounds` evenly spaced
+training steps it takes `prompts` forget prompts, optimises their text embeddings (`iterations` Adam steps, as the
+embedding attack of `diffusers_unlearn.attacks` does) so that the student's noise predictions match the teacher's
+for the forget prompt, and adds the result to the forget set with the same goal as the prompt it started from.
 """
 
 from __future__ import annotations
@@ -36,23 +42,49 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class HardenConfig:
-    """Settings of `erase(..., harden=HardenConfig(...))`.
+    """Settings of `erase(..., harden=HardenConfig(...))`, for either method; each field says which it applies to.
 
     Args:
-        rounds (`int`): Rounds of derive-and-erase after the plain solve.
-        ridge (`float`): RECE's regulariser of the derived embedding, relative to the mean eigenvalue of
-            `M^T Gram M`. Smaller finds embeddings that reproduce the concept more exactly, of any size.
-        weight (`float`): Weight of the derived embeddings' forget term against the original forget prompts'.
+        rounds (`int`): Both methods. Closed form: rounds of derive-and-erase after the plain solve (one `d x d`
+            solve each). Distill: rounds of derive-and-add during training, at evenly spaced steps (with 500
+            steps and 3 rounds: at steps 125, 250 and 375), plus one derivation after training that only measures.
+        ridge (`float`): Closed form only. RECE's regulariser of the derived embedding, relative to the mean
+            eigenvalue of `M^T Gram M`. Smaller finds embeddings that reproduce the concept more exactly, of any
+            size.
+        weight (`float`): Both methods. Weight of the derived embeddings' forget term against the original forget
+            prompts'.
+        prompts (`int`): Distill only. Forget prompts an embedding is derived from in each round (drawn at
+            random, seeded): the forget set grows by at most `rounds * prompts` embeddings.
+        iterations (`int`): Distill only. Adam steps of each derivation.
+        learning_rate (`float`): Distill only. Adam learning rate of the derivation, relative to the embeddings'
+            RMS.
+        samples (`int`): Distill only. Noisy latents (from the forget prompts' teacher trajectories) the
+            derivation matches the teacher on; every step uses all of them.
+
+    Example:
+        ```py
+        >>> import diffusers_unlearn as du
+        >>> harden = du.HardenConfig(rounds=2, prompts=4, iterations=20)  # a cheaper distill hardening
+        ```
     """
 
     rounds: int = 3
     ridge: float = 0.01
     weight: float = 1.0
+    prompts: int = 8
+    iterations: int = 100
+    learning_rate: float = 5e-2
+    samples: int = 4
 
     def __post_init__(self):
         if self.rounds < 1 or self.ridge <= 0 or self.weight <= 0:
             raise InvalidArgumentError(
                 f"rounds must be >= 1, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
+            )
+        if self.prompts < 1 or self.iterations < 1 or self.samples < 1 or not self.learning_rate > 0:
+            raise InvalidArgumentError(
+                "prompts, iterations and samples must be >= 1 and learning_rate > 0, got "
+                f"{self.prompts}, {self.iterations}, {self.samples}, {self.learning_rate}."
             )
 
 
