@@ -12,8 +12,9 @@ removal, "serif Q" (or `--concept`, moved to the front of the sequence), its par
 `HELD_OUT_TEMPLATES` (`glyphs.attacks.attack_target`). Its results go under the "glyphs" key of robustness.json and
 into the page's "Glyphs" section (plot robustness_glyphs.png).
 
-Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=True)`), `distill`, and the
-continual benchmark's baselines `coarse target` and `no local protection`.
+Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=True)`), `distill`, `distill, hardened`
+(`erase(..., method="distill", harden=True)`: adversarial distillation), and the continual benchmark's baselines
+`coarse target` and `no local protection`.
 
     python benchmarks/robustness.py                                  # every method, stages 1 10 25
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1
@@ -59,7 +60,9 @@ from diffusers_unlearn.digits.attacks import attack_target  # noqa: E402
 from diffusers_unlearn.digits.concepts import ALL_CELLS, cell_probe  # noqa: E402
 from diffusers_unlearn.evaluation import evaluate  # noqa: E402
 
-METHODS = ("closed form", "hardened", "distill", "coarse target", "no local protection")
+METHODS = ("closed form", "hardened", "distill", "distill, hardened", "coarse target", "no local protection")
+HARDENED = {"hardened": "closed form", "distill, hardened": "distill"}
+"""Each hardened method and the plain method it hardens (compared against issue 17's targets)."""
 STAGES = (1, 10, 25)
 WORLDS = ("digits", "glyphs")
 ATTACK_OPTIONS = {
@@ -157,6 +160,8 @@ def erase_kwargs(concept, method: str, distill_steps: int = 500) -> dict:
     distill = {"steps": distill_steps}
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": True}
+    if method == "distill, hardened":
+        return continual.erase_kwargs(concept, "distill", config, distill) | {"harden": True}
     return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill)
 
 
@@ -218,6 +223,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             "general": continual.relative(retention.general, untouched),
             "erase_seconds_mean": sum(erase_seconds) / len(erase_seconds),
             "harden_seconds": adapter.metadata["figures"].get("harden_seconds"),
+            "harden_leak": adapter.metadata["figures"].get("harden_leak"),
             "skipped": list(skipped),
         }
         row["settings"] = _settings(args, world) | {  # the settings and command of this row (runs add up)
@@ -427,7 +433,11 @@ def _breaks(commands: list[str]) -> list[str]:
 def _distill_steps(measured: list[dict]) -> str:
     """The training steps of each distill removal, per stage where they differ (rows without settings: the
     default, 500)."""
-    steps = {r["stage"]: r.get("settings", {}).get("distill_steps", 500) for r in measured if r["method"] == "distill"}
+    steps = {
+        r["stage"]: r.get("settings", {}).get("distill_steps", 500)
+        for r in measured
+        if r["method"].startswith("distill")
+    }
     if not steps:
         return ""
     if len(set(steps.values())) == 1:
@@ -454,6 +464,8 @@ def _found(measured: list[dict]) -> list[str]:
             parts.append("removals `erase` refused and the sequence went on without: " + "; ".join(r["skipped"]))
         if r.get("harden_seconds") is not None:
             parts.append(f"hardening {r['harden_seconds']:.2f} s of the last removal")
+        if r.get("harden_leak"):  # per round, then the finished removal (docs/erasing.md#hardened-removals)
+            parts.append("its leak per round " + " / ".join(f"{v:.2f}" for v in r["harden_leak"]))
         lines.append(f"- stage {r['stage']}, {r['method']}: " + "; ".join(parts))
     return lines
 
@@ -471,7 +483,9 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
     def values(key: str) -> str:
         return " / ".join(str(v) for v in dict.fromkeys(s.get(key, "?") for s in settings))
 
-    distill_steps = dict.fromkeys(r["settings"].get("distill_steps") for r in measured if r["method"] == "distill")
+    distill_steps = dict.fromkeys(
+        r["settings"].get("distill_steps") for r in measured if r["method"].startswith("distill")
+    )
     distill = f"; distill trains {' / '.join(map(str, distill_steps))} steps per removal" if distill_steps else ""
     first = continual.GLYPH_SEQUENCE[0].name
     where = "the first removal" if target == first else f"moved to the front of the sequence (its first is {first})"
@@ -567,33 +581,35 @@ DIGITS_CAVEAT = (
 
 
 def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
-    """The hardened removal against the targets of issue 17, at each measured stage."""
+    """Each hardened method against the targets of issue 17, at each measured stage, beside the method it hardens."""
     lines = [
-        "Targets for the hardened removal (issue 17): paraphrase and token-search ASR <= 5%, embedding ASR at most "
-        "half the plain closed form's at the same stage, related / general retention >= 90% / 95%.",
+        "Targets for the hardened removals (issue 17): paraphrase and token-search ASR <= 5%, embedding ASR at most "
+        "half the plain removal's (the closed form's for *hardened*, distill's for *distill, hardened*) at the same "
+        "stage, related / general retention >= 90% / 95%.",
         "",
-        "| stage | paraphrase | token search | embedding (hardened / plain) | related | general |",
-        "|---|---|---|---|---|---|",
+        "| stage | method | paraphrase | token search | embedding (hardened / plain) | related | general |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
     for stage in stages:
-        hard, plain = rows.get(f"hardened|{stage}"), rows.get(f"closed form|{stage}")
-        if hard is None:
-            continue
-        asr = hard["asr"]
-
-        def mark(ok: bool) -> str:
-            return "met" if ok else "**not met**"
-
-        embedding = "n/a"
-        if plain is not None and "embedding" in asr:
-            ratio = f"{_pct(asr['embedding'])} / {_pct(plain['asr']['embedding'])}"
-            embedding = f"{ratio}: {mark(asr['embedding'] <= plain['asr']['embedding'] / 2)}"
-        lines.append(
-            f"| {stage} | {_pct(asr.get('paraphrase'))}: {mark(asr.get('paraphrase', 1) <= 0.05)} | "
-            f"{_pct(asr.get('token_search'))}: {mark(asr.get('token_search', 1) <= 0.05)} | {embedding} | "
-            f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
-            f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} |"
-        )
+        for method, plain_method in HARDENED.items():
+            hard, plain = rows.get(f"{method}|{stage}"), rows.get(f"{plain_method}|{stage}")
+            if hard is None:
+                continue
+            asr = hard["asr"]
+            embedding = "n/a"
+            if plain is not None and "embedding" in asr:
+                ratio = f"{_pct(asr['embedding'])} / {_pct(plain['asr']['embedding'])}"
+                embedding = f"{ratio}: {mark(asr['embedding'] <= plain['asr']['embedding'] / 2)}"
+            lines.append(
+                f"| {stage} | {method} | {_pct(asr.get('paraphrase'))}: {mark(asr.get('paraphrase', 1) <= 0.05)} | "
+                f"{_pct(asr.get('token_search'))}: {mark(asr.get('token_search', 1) <= 0.05)} | {embedding} | "
+                f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
+                f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} |"
+            )
     lines += ["", caveat]
     return lines
 
