@@ -253,7 +253,7 @@ def _train(
     def derive(index: int) -> float:  # one round of the hardening (index == harden.rounds: measured only)
         with accelerator.autocast():
             return _derive_round(denoiser, wrapped, pipe, family, bank, pairs, pool, harden, adversarial, index,
-                                 seed, size, device, store=index < harden.rounds)  # fmt: skip
+                                 seed, device, store=index < harden.rounds)  # fmt: skip
 
     progress = tqdm(
         range(start, config.steps), desc="distill", initial=start, total=config.steps,
@@ -382,9 +382,9 @@ class _Adversarial:
 
 def _derive_round(
     denoiser, wrapped, pipe, family, bank, pairs, pool, harden: HardenConfig, adversarial: _Adversarial, index: int,
-    seed: int, size, device, store: bool,
+    seed: int, device, store: bool,
 ) -> float:  # fmt: skip
-    """Round `index`: derives one embedding per drawn forget prompt (`derive_by_gradient`) on `harden.samples`
+    """Round `index`: derives one embedding per drawn forget prompt (`_derive_by_gradient`) on `harden.samples`
     latents of the forget pool; adds them to `adversarial` if `store`. Returns the round's leak."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed * 1_000_003 + 77_777 + index)

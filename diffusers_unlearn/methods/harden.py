@@ -15,11 +15,13 @@ adds `(c*, target of c_f)` to the forget set, and solves again, protected set un
 (relative to the mean eigenvalue of `M^T Gram M`) keeps `c*` among embeddings of a natural size, as in RECE.
 A round costs one `d x d` solve: a hardened removal takes a few rounds more than a plain one, seconds on a CPU.
 
-A distilled removal is no remap of the embedding: its preimage has no closed form. `method="distill"` hardens by
-adversarial training instead (`methods/distill.py`): at `rounds` evenly spaced
-training steps it takes `prompts` forget prompts, optimises their text embeddings (`iterations` Adam steps, as the
-embedding attack of `diffusers_unlearn.attacks` does) so that the student's noise predictions match the teacher's
-for the forget prompt, and adds the result to the forget set with the same goal as the prompt it started from.
+`HardenConfig` serves both methods. A distilled removal is no remap of the embedding: its preimage has no closed
+form, and `method="distill"` hardens by adversarial training instead (in `methods/distill.py`, which imports
+nothing from here at run time: this module's solve loop needs `constraints`, which imports `methods`). At `rounds`
+evenly spaced training steps it takes `prompts` forget prompts, optimises their text embeddings (`iterations` Adam
+steps, as the embedding attack of `diffusers_unlearn.attacks` does) so that the student's noise predictions match
+the teacher's for the forget prompt, and adds the results to the forget set with the goal of the prompt each
+started from.
 """
 
 from __future__ import annotations
