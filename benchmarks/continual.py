@@ -281,6 +281,7 @@ def run(args) -> dict:
                 **_made(adapter),
                 "check": _check(untouched_pipe, made) if method not in ("joint merge",) else None,
                 "per_concept_forget": result.forget,
+                "related_per_cell": {k: round(v, 4) for k, v in result.related.items()},  # which cells go first
             }
             rows.append(row)
             print(
