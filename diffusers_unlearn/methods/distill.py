@@ -90,6 +90,9 @@ class DistillConfig:
             the drift of a chain cannot add up on them; measured on digits, it also brings earlier combinations
             back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts are held to the
             chain either way.
+        earlier_preserve (`bool`): On a pipeline that already carries removals, also replay the prompts the
+            earlier removals were asked to `preserve` (one more group; minus what this removal erases), so that a
+            later removal cannot wear down what an earlier one promised to keep.
     """
 
     rank: int = 4
@@ -108,6 +111,7 @@ class DistillConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
+    earlier_preserve: bool = False
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
