@@ -274,6 +274,9 @@ def erase(
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
         replayed = [*groups.values(), earlier]
+        if config.nearest_neighbors:  # the neighbours most likely to be damaged, replayed more often
+            nearest = [n for n, _ in neighbor_ranking[: config.nearest_neighbors]]
+            replayed.append([context.fill(n) for n in nearest for context in contexts])
         if config.earlier_preserve and previous:  # what earlier removals were asked to keep, unless this one erases it
             replayed.append(earlier_protected(previous, names, groups, forget_prompts, kind="preserve"))
         result = distill(
