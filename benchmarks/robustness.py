@@ -575,8 +575,8 @@ GLYPHS_CAVEAT = (
 
 DIGITS_CAVEAT = (
     "An ASR means something only where retention holds: where retention misses its bar, a low ASR may just "
-    "mean the model no longer draws digits well (the hardened and coarse-target chains after 25 removals, no local "
-    "protection from the 10th), not that it resists."
+    "mean the model no longer draws digits well (the hardened, coarse-target and distill chains after 25 removals, "
+    "no local protection and distill, hardened from the 10th), not that it resists."
 )
 
 
