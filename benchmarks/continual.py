@@ -173,9 +173,8 @@ def closed_form_config(args) -> du.ClosedFormConfig:
 def distill_options(args) -> dict:
     """The `DistillConfig` fields the command line sets."""
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
-    earlier = {"earlier_preserve": True} if args.earlier_preserve else {}
-    nearest = {"nearest_neighbors": args.nearest_neighbors} if args.nearest_neighbors else {}
-    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **earlier, **nearest}
+    rank = {"rank": args.distill_rank} if args.distill_rank else {}
+    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank}
 
 
 def erase_step(
@@ -710,8 +709,7 @@ def main() -> None:
     )
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--lambda-replay", type=float, default=du.DistillConfig.lambda_replay, help="distill's replay")
-    parser.add_argument("--earlier-preserve", action="store_true", help="distill: replay earlier removals' preserve")
-    parser.add_argument("--nearest-neighbors", type=int, default=0, help="distill: nearest neighbours' own group")
+    parser.add_argument("--distill-rank", type=int, default=0, help="distill's LoRA rank (default: DistillConfig's)")
     parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()

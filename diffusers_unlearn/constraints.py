@@ -16,7 +16,6 @@ import hashlib
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from diffusers import DiffusionPipeline
@@ -207,10 +206,8 @@ def earlier_protected(
     names: Sequence[str],
     groups: dict[str, list[str]],
     forget_prompts: dict[Context, list[str]],
-    kind: Literal["protected_prompts", "preserve"] = "protected_prompts",
 ) -> list[str]:
-    """The prompts the loaded removals protected (`kind="preserve"`: were asked to preserve) that a new removal
-    must keep too.
+    """The prompts the loaded removals protected that a new removal must keep too.
 
     Dropped: the new removal's forget prompts, and prompts that name its concept or an alias unless it protects
     them itself ("blue three" keeps "a red three", which "seven" protected; "three" would not).
@@ -218,7 +215,7 @@ def earlier_protected(
     own = {p for prompts in groups.values() for p in prompts}
     erased = {p for prompts in forget_prompts.values() for p in prompts}
     mentions = names_pattern(list(names))
-    kept = (p for a in previous for p in a.metadata.get(kind, []))
+    kept = (p for a in previous for p in a.metadata.get("protected_prompts", []))
     return list(dict.fromkeys(p for p in kept if p not in erased and (p in own or not mentions.search(p))))
 
 

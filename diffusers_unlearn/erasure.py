@@ -273,14 +273,8 @@ def erase(
                 p for prompts in groups.values() for p in prompts
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
-        replayed = [*groups.values(), earlier]
-        if config.nearest_neighbors:  # the neighbours most likely to be damaged, replayed more often
-            nearest = [n for n, _ in neighbor_ranking[: config.nearest_neighbors]]
-            replayed.append([context.fill(n) for n in nearest for context in contexts])
-        if config.earlier_preserve and previous:  # what earlier removals were asked to keep, unless this one erases it
-            replayed.append(earlier_protected(previous, names, groups, forget_prompts, kind="preserve"))
         result = distill(
-            pipe, family, bank, pairs, replayed, config, untouched=untouched,
+            pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched,
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank

@@ -153,25 +153,6 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     assert "a cat dog" in seen["groups"][1] and seen["untouched"] == {"", "a dog", "a blue dog"}
     assert seen["groups"][-1] == [*earlier, "a photo of tree"]  # still replayed, against the chain
 
-    kept = du.erase(sd_pipe, "boat", templates=["a photo of {}"], preserve=["a red boat", "a green car"])
-    sd_pipe.load_unlearning(kept)
-    with pytest.raises(RuntimeError, match="recorded"):
-        du.erase(sd_pipe, "red", prompts=["a red dog"], method="distill")
-    assert all("green car" not in p for group in seen["groups"] for p in group)  # off by default
-    config = du.DistillConfig(earlier_preserve=True)
-    with pytest.raises(RuntimeError, match="recorded"):
-        du.erase(sd_pipe, "red", prompts=["a red dog"], method="distill", config=config)
-    # one more group: what "boat" was asked to preserve, minus "a red boat", which the new removal erases
-    assert seen["groups"][-1] == ["a green car"]
-
-    config = du.DistillConfig(nearest_neighbors=1)
-    with pytest.raises(RuntimeError, match="recorded"):
-        du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue", "green", "cat"], method="distill",
-                 config=config)  # fmt: skip
-    nearest = seen["groups"][-1]  # one neighbour word, in the forget prompt's context, of those replayed
-    assert len(nearest) == 1 and nearest[0] in {"a blue dog", "a green dog", "a cat dog"}
-    assert nearest == seen["groups"][1][:1]  # the first of the neighbours group (nearest first): drawn more often
-
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
     assert weights.tolist() == pytest.approx([1.5, 1 / 3, 1 / 3, 1 / 3, 0.5])  # each group sums to 1

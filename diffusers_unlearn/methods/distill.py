@@ -90,12 +90,6 @@ class DistillConfig:
             the drift of a chain cannot add up on them; measured on digits, it also brings earlier combinations
             back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts are held to the
             chain either way.
-        earlier_preserve (`bool`): On a pipeline that already carries removals, also replay the prompts the
-            earlier removals were asked to `preserve` (one more group; minus what this removal erases), so that a
-            later removal cannot wear down what an earlier one promised to keep.
-        nearest_neighbors (`int`): The `k` neighbours nearest the concept (by the removal's distance, the ones
-            most likely to be damaged) also form a replay group of their own, in the forget prompts' contexts:
-            replayed more often than the rest (0: no such group).
     """
 
     rank: int = 4
@@ -114,8 +108,6 @@ class DistillConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
-    earlier_preserve: bool = False
-    nearest_neighbors: int = 0
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -132,8 +124,6 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
-        if self.nearest_neighbors < 0:
-            raise InvalidArgumentError(f"nearest_neighbors must be >= 0, got {self.nearest_neighbors}.")
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.target_modules is not None:
