@@ -695,6 +695,8 @@ def _plot(rows: list[dict], names: list[str], path: Path, concept: str) -> None:
     import matplotlib.pyplot as plt
 
     stages = sorted({r["stage"] for r in rows})
+    if not stages:  # a run of the other world only: nothing to draw for this one
+        return
     figure, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 4), squeeze=False)
     for axis, stage in zip(axes[0], stages, strict=True):
         at = [r for r in rows if r["stage"] == stage]
