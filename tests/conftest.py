@@ -147,6 +147,24 @@ def generate(pipe, prompt: str, seed: int = 0, steps: int = 2):
 
 
 # ------------------------------------------------------------------------------ transformer pipelines (SD3, FLUX.1)
+def kill_distill_at_batch(monkeypatch, batch: int):
+    """Makes distillation's `batch`-th batch raise `KeyboardInterrupt` (a run killed during training); returns
+    the real batch function, to put back with `monkeypatch.setattr` before resuming."""
+    from diffusers_unlearn.methods import distill as distill_module
+
+    calls = {"n": 0}
+    real = distill_module._batch
+
+    def killed(*args):
+        calls["n"] += 1
+        if calls["n"] == batch:
+            raise KeyboardInterrupt("killed")
+        return real(*args)
+
+    monkeypatch.setattr(distill_module, "_batch", killed)
+    return real
+
+
 def make_t5_tokenizer(max_length: int = 96) -> T5TokenizerFast:
     """A T5 tokenizer built offline: a word-level `tokenizers` model over the whole words of the CLIP fixture's
     vocabulary (so every prompt the tests use tokenizes in both), `</s>` appended, `<pad>` = 0. Its

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import generate, make_sd_pipeline
+from conftest import generate, kill_distill_at_batch, make_sd_pipeline
 
 import diffusers_unlearn as du
 from diffusers_unlearn import erasure
@@ -82,16 +82,7 @@ def test_a_resumed_run_gives_the_same_adapter(sd_pipe, tmp_path, monkeypatch):
     config = dict(FAST, steps=20, checkpoint_every=10)
     whole = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**config))
 
-    calls = {"n": 0}
-    real = distill_module._batch
-
-    def crash_at_step_15(*args):
-        calls["n"] += 1
-        if calls["n"] == 16:
-            raise KeyboardInterrupt("killed")
-        return real(*args)
-
-    monkeypatch.setattr(distill_module, "_batch", crash_at_step_15)
+    real = kill_distill_at_batch(monkeypatch, 16)  # killed at step 15, after the checkpoint of step 10
     folder = tmp_path / "checkpoints"
     with pytest.raises(KeyboardInterrupt):
         du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**config, checkpoint_dir=str(folder)))

@@ -4,6 +4,7 @@ pipeline, a hardened run is deterministic and resumes to the same adapter; bad i
 
 import pytest
 import torch
+from conftest import kill_distill_at_batch
 
 import diffusers_unlearn as du
 from diffusers_unlearn import attacks, digits
@@ -60,16 +61,7 @@ def test_a_hardened_run_resumes_to_the_same_adapter(sd_pipe, tmp_path, monkeypat
     config = du.DistillConfig(**TINY)
     whole = du.erase(sd_pipe, "cat", method="distill", config=config, harden=TINY_HARDEN)
 
-    calls = {"n": 0}
-    real = distill_module._batch
-
-    def crash_at_step_15(*args):
-        calls["n"] += 1
-        if calls["n"] == 16:
-            raise KeyboardInterrupt("killed")
-        return real(*args)
-
-    monkeypatch.setattr(distill_module, "_batch", crash_at_step_15)
+    real = kill_distill_at_batch(monkeypatch, 16)  # killed at step 15, after the checkpoint of step 10
     folder = str(tmp_path / "checkpoints")
     checkpointed = du.DistillConfig(**TINY, checkpoint_dir=folder)
     with pytest.raises(KeyboardInterrupt):
