@@ -214,6 +214,7 @@ def erase(
     # fine-grained mapping targets: one per context, shared by the concept and its aliases, never a candidate
     # the model draws as the concept itself, nor one removed earlier (targets.py).
     previous = loaded_adapters(pipe)
+    erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}  # what earlier removals took out
     # a removal that protects its own word in other contexts ("blue three" keeps "a red three") did not remove it
     removed = {
         n.lower() for a in previous for n in [a.metadata.get("concept"), *a.metadata.get("aliases", [])]
@@ -227,7 +228,7 @@ def erase(
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(
         bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
-        removed=removed, erased={p for a in previous for p in a.metadata.get("forget_prompts", [])},
+        removed=removed, erased=erased,
         samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets
@@ -267,7 +268,6 @@ def erase(
         earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
-            erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
             kept_by_chain = names_pattern(sorted(removed)) if removed else None
             untouched = {
                 p for prompts in groups.values() for p in prompts

@@ -268,12 +268,8 @@ def _train(
             with accelerator.accumulate(model), accelerator.autocast():
                 forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids, base_keep, on_base = batch
                 with torch.no_grad(), _student_off(wrapped):
-                    goal = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in forget_ids],
-                                    forget_latents, forget_t, size, device)  # fmt: skip
-                    if config.negative_guidance:
-                        concept = _predict(denoiser, pipe, family, bank, [pairs[i][0] for i in forget_ids],
-                                           forget_latents, forget_t, size, device)  # fmt: skip
-                        goal = goal - config.negative_guidance * (concept - goal)
+                    goal = _goal(denoiser, pipe, family, bank, pairs, forget_ids, forget_latents, forget_t, size,
+                                 device, config.negative_guidance)  # fmt: skip
                     keep = _predict(denoiser, pipe, family, bank, [protected[i] for i in replay_ids],
                                     replay_latents, replay_t, size, device)  # fmt: skip
                     if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
@@ -367,6 +363,16 @@ def _predict(model, pipe, family, bank, prompts, latents, timesteps, size, devic
     if family.pooled_layer is not None:
         pooled = torch.stack([bank.pooled(p) for p in prompts]).to(device)
     return family.denoise(pipe, model, latents, timesteps, embeds, pooled)
+
+
+def _goal(denoiser, pipe, family, bank, pairs, ids, latents, timesteps, size, device, eta: float) -> torch.Tensor:
+    """The forget term's goal for `pairs[ids]` (call within the teacher, `_student_off`): the target's prediction,
+    pushed `eta` past it, away from the forget prompt's."""
+    goal = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in ids], latents, timesteps, size, device)
+    if eta:
+        concept = _predict(denoiser, pipe, family, bank, [pairs[i][0] for i in ids], latents, timesteps, size, device)
+        goal = goal - eta * (concept - goal)
+    return goal
 
 
 # ------------------------------------------------------------------------------------------------ hardening
@@ -469,11 +475,8 @@ def _adversarial_loss(
     picks = torch.randint(0, len(adversarial.sources), (count,), generator=generator)[mine].tolist()
     sources = [adversarial.sources[i] for i in picks]
     with torch.no_grad(), _student_off(wrapped):
-        goal = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in sources], latents, timesteps, size, device)
-        if config.negative_guidance:
-            concept = _predict(denoiser, pipe, family, bank, [pairs[i][0] for i in sources], latents, timesteps,
-                               size, device)  # fmt: skip
-            goal = goal - config.negative_guidance * (concept - goal)
+        goal = _goal(denoiser, pipe, family, bank, pairs, sources, latents, timesteps, size, device,
+                     config.negative_guidance)  # fmt: skip
     embeds = torch.stack([adversarial.embeds[i] for i in picks]).to(device)
     pooled = None
     if family.pooled_layer is not None:
