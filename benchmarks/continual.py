@@ -174,9 +174,7 @@ def distill_options(args) -> dict:
     """The `DistillConfig` fields the command line sets."""
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     rank = {"rank": args.distill_rank} if args.distill_rank else {}
-    pool = {"latent_pool": args.distill_pool} if args.distill_pool else {}
-    guidance = {"guidance_scale": args.distill_guidance} if args.distill_guidance else {}
-    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **pool, **guidance}
+    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank}
 
 
 def erase_step(
@@ -712,9 +710,6 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--lambda-replay", type=float, default=du.DistillConfig.lambda_replay, help="distill's replay")
     parser.add_argument("--distill-rank", type=int, default=0, help="distill's LoRA rank (default: DistillConfig's)")
-    parser.add_argument("--distill-pool", type=int, default=0, help="distill's latent_pool (default: DistillConfig's)")
-    parser.add_argument("--distill-guidance", type=float, default=0.0,
-                        help="distill's guidance_scale of the protected prompts' trajectories (default: unguided)")
     parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()

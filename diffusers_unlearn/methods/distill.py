@@ -81,8 +81,6 @@ class DistillConfig:
         max_timestep (`int`): Training timesteps are drawn from `[0, max_timestep)`.
         latent_pool (`int`): Teacher trajectories generated before training (per kind: forget, protected).
         sampling_steps (`int`): DDIM steps of each trajectory.
-        guidance_scale (`float`, *optional*): Classifier-free guidance of the protected prompts' teacher
-            trajectories (the empty prompt as the unconditional input); `None`: unguided.
         gradient_accumulation_steps (`int`): Batches per optimizer step.
         mixed_precision (`str`): `"no"`, `"fp16"` or `"bf16"` (passed to `accelerate.Accelerator`).
         checkpoint_dir (`str`, *optional*): Where to write checkpoints; an existing checkpoint there is resumed.
@@ -105,7 +103,6 @@ class DistillConfig:
     max_timestep: int = 600
     latent_pool: int = 64
     sampling_steps: int = 10
-    guidance_scale: float | None = None
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_dir: str | None = None
@@ -503,9 +500,6 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
     generator = torch.Generator().manual_seed(seed)
-    scale = config.guidance_scale
-    if scale is not None:
-        bank.add([""])
     pool = {}
     for kind, prompts in (("forget", [f for f, _ in pairs]), ("replay", protected)):
         if not prompts:
@@ -527,9 +521,6 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
                 kept_t.append(timestep.cpu())
             prediction = _predict(denoiser, pipe, family, bank, [prompts[i] for i in ids], latents, timestep, size,
                                   device)  # fmt: skip
-            if scale is not None and kind == "replay":
-                empty = _predict(denoiser, pipe, family, bank, [""] * len(ids), latents, timestep, size, device)
-                prediction = empty + scale * (prediction - empty)
             latents = scheduler.step(prediction, t, latents).prev_sample
         pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
     return pool
