@@ -59,7 +59,6 @@ if TYPE_CHECKING:  # harden.py's closed-form loop imports constraints, which imp
 
 _ADAPTER = "diffusers_unlearn_distill"  # the student's adapter name while it trains
 _CHECKPOINT = "distill_checkpoint.safetensors"
-_FOCUS_EVERY = 50  # steps between two measures of the replay's drift (`replay_focus`)
 
 
 @dataclass
@@ -82,9 +81,6 @@ class DistillConfig:
         max_timestep (`int`): Training timesteps are drawn from `[0, max_timestep)`.
         latent_pool (`int`): Teacher trajectories generated before training (per kind: forget, protected).
         sampling_steps (`int`): DDIM steps of each trajectory.
-        replay_focus (`float`): Share of the replay samples drawn in proportion to how far each protected
-            trajectory's prediction has drifted from its teacher (measured every 50 steps); the rest are drawn
-            uniformly. 0: uniform.
         gradient_accumulation_steps (`int`): Batches per optimizer step.
         mixed_precision (`str`): `"no"`, `"fp16"` or `"bf16"` (passed to `accelerate.Accelerator`).
         checkpoint_dir (`str`, *optional*): Where to write checkpoints; an existing checkpoint there is resumed.
@@ -107,7 +103,6 @@ class DistillConfig:
     max_timestep: int = 600
     latent_pool: int = 64
     sampling_steps: int = 10
-    replay_focus: float = 0.0
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_dir: str | None = None
@@ -125,8 +120,6 @@ class DistillConfig:
                 f"max_timestep must be in (0, 1000] and sampling_steps >= 2, got {self.max_timestep} and "
                 f"{self.sampling_steps}."
             )
-        if not 0 <= self.replay_focus <= 1:
-            raise InvalidArgumentError(f"replay_focus must be in [0, 1], got {self.replay_focus}.")
         if self.negative_guidance < 0:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
@@ -266,16 +259,12 @@ def _train(
         range(start, config.steps), desc="distill", initial=start, total=config.steps,
         disable=not accelerator.is_local_main_process,
     )  # fmt: skip
-    focus = None
     for step in progress:
-        if config.replay_focus and "replay" in pool and (focus is None or step % _FOCUS_EVERY == 0):
-            focus = _focus_weights(model, denoiser, wrapped, pipe, family, bank, protected, pool, config, seed, step,
-                                   size, device)  # fmt: skip
         if step in rounds and len(adversarial.leaks) == rounds[step]:  # a resumed run has its earlier rounds
             derive(rounds[step])
         for micro in range(config.gradient_accumulation_steps):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
-            batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator, focus)
+            batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
             with accelerator.accumulate(model), accelerator.autocast():
                 forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids, base_keep, on_base = batch
                 with torch.no_grad(), _student_off(wrapped):
@@ -553,18 +542,14 @@ def _anchor_to_base(pipe, family, bank, pool: dict, protected: list[str], untouc
     pool["replay_base"] = (torch.stack(columns, dim=1), on_base)
 
 
-def _batch(pool, pairs, protected, batch_size, generator, accelerator, focus=None):
-    """One batch per process: forget and replay samples drawn from the pool (replay rows by `focus` if given),
-    different on each process; then the replay samples' untouched predictions and which of them are held to those
-    (`None, None` unless anchored)."""
+def _batch(pool, pairs, protected, batch_size, generator, accelerator):
+    """One batch per process: forget and replay samples drawn from the pool, different on each process; then the
+    replay samples' untouched predictions and which of them are held to those (`None, None` unless anchored)."""
     out = []
     for kind in ("forget", "replay"):
         latents, timesteps, ids = pool[kind]
         count = batch_size * accelerator.num_processes
-        if kind == "replay" and focus is not None:
-            rows = torch.multinomial(focus, count, replacement=True, generator=generator)
-        else:
-            rows = torch.randint(0, latents.shape[0], (count,), generator=generator)
+        rows = torch.randint(0, latents.shape[0], (count,), generator=generator)
         cols = torch.randint(0, latents.shape[1], (count,), generator=generator)
         mine = slice(batch_size * accelerator.process_index, batch_size * (accelerator.process_index + 1))
         rows, cols = rows[mine], cols[mine]
@@ -579,29 +564,6 @@ def _batch(pool, pairs, protected, batch_size, generator, accelerator, focus=Non
     else:
         out += [None, None]
     return out
-
-
-@torch.no_grad()
-def _focus_weights(model, denoiser, wrapped, pipe, family, bank, protected, pool, config, seed, step, size, device):
-    """Drawing weights of the replay pool's trajectories: `1 - replay_focus` shared evenly, `replay_focus` in
-    proportion to how far the student's prediction has drifted from the teacher's on one latent of each."""
-    latents, timesteps, ids = pool["replay"]
-    generator = torch.Generator().manual_seed(seed * 7_919 + step)
-    cols = torch.randint(0, latents.shape[1], (latents.shape[0],), generator=generator)
-    rows = torch.arange(latents.shape[0])
-    x, t = latents[rows, cols].to(device, denoiser.dtype), timesteps[rows, cols].to(device)
-    prompts = [protected[i] for i in ids.tolist()]
-    student = _predict(model, pipe, family, bank, prompts, x, t, size, device).float()
-    with _student_off(wrapped):
-        teacher = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device).float()
-    if "replay_base" in pool:
-        predictions, on_base = pool["replay_base"]
-        base = predictions[rows, cols].to(teacher)
-        teacher = torch.where(on_base.to(device).view(-1, *[1] * (teacher.dim() - 1)), base, teacher)
-    drift = (student - teacher).square().flatten(1).mean(1).cpu().double()
-    uniform = torch.full_like(drift, 1.0 / len(drift))
-    share = drift / drift.sum() if drift.sum() > 0 else uniform
-    return (1 - config.replay_focus) * uniform + config.replay_focus * share
 
 
 @torch.no_grad()
