@@ -398,7 +398,9 @@ def _base_of(adapters: Sequence[UnlearningAdapter]) -> dict[str, str | None]:
 
 
 # ------------------------------------------------------------------------------------- folders of removals
-def read_removals(folder: str | os.PathLike, options: HubOptions | None = None) -> list[UnlearningAdapter]:
+def read_removals(
+    folder: str | os.PathLike, options: HubOptions | None = None, held: Sequence[UnlearningAdapter] = ()
+) -> list[UnlearningAdapter]:
     """The removals a local folder holds, in order, verified: a chain, or a single removal.
 
     With a manifest (what `save_pretrained` and `push_to_hub` write), every file of every entry is checked against
@@ -411,6 +413,8 @@ def read_removals(folder: str | os.PathLike, options: HubOptions | None = None) 
     Args:
         folder (`str` or `os.PathLike`): The folder, its manifest, or a removal's weights file.
         options ([`HubOptions`], *optional*): For entries pinned in other repos.
+        held (`Sequence[UnlearningAdapter]`): Removals the folder's removals join (those already loaded on a
+            pipeline): parents among them count as held.
 
     Raises:
         AdapterNotFoundError: No removal there.
@@ -455,14 +459,16 @@ def read_removals(folder: str | os.PathLike, options: HubOptions | None = None) 
                     "Refusing to load the removals: the manifest and the files disagree."
                 )
         adapters.append(adapter)
-    check_parents(adapters)
+    check_parents(adapters, held)
     return adapters
 
 
-def load_removals(source: str | os.PathLike, options: HubOptions | None = None) -> list[UnlearningAdapter]:
+def load_removals(
+    source: str | os.PathLike, options: HubOptions | None = None, held: Sequence[UnlearningAdapter] = ()
+) -> list[UnlearningAdapter]:
     """The removals of a local folder or a Hub repo (downloaded at one commit), verified: see [`read_removals`]."""
     options = options or HubOptions()
-    return read_removals(download(source, options), options)
+    return read_removals(download(source, options), options, held)
 
 
 def write_removals(save_directory: str | os.PathLike, adapters: Sequence[UnlearningAdapter]) -> Path:
@@ -514,8 +520,9 @@ def _holds(folder: Path, adapter: UnlearningAdapter) -> bool:
         return False
 
 
-def check_parents(adapters: Sequence[UnlearningAdapter]) -> None:
-    """Checks the removals' recorded parents (what each was made on top of) against the chain.
+def check_parents(adapters: Sequence[UnlearningAdapter], held: Sequence[UnlearningAdapter] = ()) -> None:
+    """Checks the removals' recorded parents (what each was made on top of) against the chain: `adapters` and the
+    removals `held` already (loaded on the pipeline they join).
 
     A parent the chain holds under its name but with other weights (a stale chain: the parent was re-made and this
     removal was not) and parents that form a cycle (provenance that cannot be true) are refused. A parent the chain
@@ -525,7 +532,8 @@ def check_parents(adapters: Sequence[UnlearningAdapter]) -> None:
     Raises:
         AdapterFormatError: Malformed parents, a stale parent, or a cycle.
     """
-    by_name = {adapter.name: adapter for adapter in adapters}
+    by_name = {adapter.name: adapter for adapter in [*held, *adapters]}
+    names = {adapter.name for adapter in adapters}
     graph: dict[str, list[str]] = {}
     for adapter in adapters:
         parents = adapter.metadata.get("parents", [])
@@ -544,7 +552,7 @@ def check_parents(adapters: Sequence[UnlearningAdapter]) -> None:
                     f"chain holds a different {parent['name']!r} ({held.metadata.get('adapter_id')}): the chain is "
                     f"stale. Re-make {adapter.name!r} on top of the current {parent['name']!r}."
                 )
-        graph[adapter.name] = [p["name"] for p in parents if p["name"] in by_name]
+        graph[adapter.name] = [p["name"] for p in parents if p["name"] in names]
     state: dict[str, int] = {}  # 1: being visited, 2: done
 
     def visit(name: str, path: list[str]) -> None:

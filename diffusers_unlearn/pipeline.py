@@ -279,7 +279,8 @@ def _expand(source: AdapterSource, options: HubOptions, pipe, adapter_name: str 
     if isinstance(source, Mapping):
         return [_from_state_dict(source, pipe, adapter_name)]
     if isinstance(source, str | os.PathLike):
-        return load_removals(source, options)  # a chain or one removal, local or pulled, verified before use
+        # a chain or one removal, local or pulled, verified before use; its parents may be on the pipeline already
+        return load_removals(source, options, held=loaded_adapters(pipe))
     if isinstance(source, Iterable):
         removals = list(source)
         if all(isinstance(removal, UnlearningAdapter) for removal in removals):

@@ -116,6 +116,26 @@ def test_stale_and_cyclic_parents_are_refused_on_load(chain, tmp_path, caplog):
     assert du.UnlearningStack.from_pretrained(reordered).names == ["no-tree", "no-dog", "no-cat"]
 
 
+def test_parents_already_on_the_pipeline_count_as_held(chain, tmp_path, caplog):
+    """Removals saved one folder each and loaded one call at a time: the parents the pipeline already holds are
+    the chain (no warning); a parent held under its name but with other weights is still refused as stale."""
+    adapters, _ = chain
+    folders = [a.save_pretrained(tmp_path / a.name) for a in adapters]
+    pipe = make_sd_pipeline()
+    for folder in folders:
+        pipe.load_unlearning(folder, mode="fused")
+    assert [a.name for a in pipe.unlearning] == ["no-cat", "no-dog", "no-tree"]
+    assert "which this chain does not hold" not in caplog.text
+    pipe.unload_unlearning()
+    pipe.load_unlearning(folders[1])  # "no-dog" without "no-cat" on the pipeline: loads, saying so
+    assert "made on top of 'no-cat', which this chain does not hold" in caplog.text
+    pipe.unload_unlearning()
+    pipe.load_unlearning(du.erase(make_sd_pipeline(), "cat", neighbors=["dog"]))  # another "no-cat"
+    with pytest.raises(du.AdapterFormatError, match="chain is stale"):
+        pipe.load_unlearning(folders[1])
+    assert [a.name for a in pipe.unlearning] == ["no-cat"]
+
+
 def test_withdrawal_re_solves_the_removals_made_on_top(chain, sd_pipe):
     adapters, _ = chain
     stack = du.UnlearningStack(adapters)
