@@ -267,14 +267,12 @@ def erase(
         mentions = names_pattern(names)
         earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
         untouched: set[str] = set()
-        if config.anchor != "chain":  # held to the untouched model: what no earlier removal erased
+        if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             kept_by_chain = names_pattern(sorted(removed)) if removed else None
             untouched = {
                 p for prompts in groups.values() for p in prompts
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
-            if config.anchor == "edge":
-                untouched = {p for p in untouched if any(_one_word_apart(p, f) for f in erased)}
         result = distill(
             pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched,
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
@@ -312,12 +310,6 @@ def erase(
             stacklevel=2,
         )
     return adapter
-
-
-def _one_word_apart(a: str, b: str) -> bool:
-    """Whether two prompts differ in exactly one whitespace-separated word."""
-    x, y = a.split(), b.split()
-    return len(x) == len(y) and sum(u != v for u, v in zip(x, y, strict=True)) == 1
 
 
 def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> list[str]:

@@ -88,11 +88,8 @@ class DistillConfig:
         anchor (`str`): Teacher of the protected prompts on a pipeline that already carries removals: `"chain"`
             (the pipeline as loaded) or `"base"` (the untouched model, for the prompts no earlier removal erased:
             the drift of a chain cannot add up on them; measured on digits, it also brings earlier combinations
-            back, docs/benchmarks/continual_analysis.md); `"edge"`: the untouched model only for the protected
-            prompts one word away from an earlier removal's forget prompt (the cells earlier removals leave at the
-            edge). The earlier removals' forget prompts are held to the chain either way.
-        earlier_weight (`float`): How often the earlier removals' forget prompts are drawn for the replay, relative
-            to each other group (1: as often).
+            back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts are held to the
+            chain either way.
     """
 
     rank: int = 4
@@ -110,8 +107,7 @@ class DistillConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
-    anchor: Literal["chain", "base", "edge"] = "chain"
-    earlier_weight: float = 1.0
+    anchor: Literal["chain", "base"] = "chain"
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -128,8 +124,8 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
-        if self.anchor not in ("chain", "base", "edge"):
-            raise InvalidArgumentError(f"anchor must be 'chain', 'base' or 'edge', got {self.anchor!r}.")
+        if self.anchor not in ("chain", "base"):
+            raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -201,14 +197,12 @@ def distill(
             "the ends of its cross-attention key / value projections."
         )
     groups = [list(dict.fromkeys(group)) for group in protected if group]
-    if config.earlier_weight != 1.0 and groups and len(protected) > 1 and protected[-1]:  # the last: earlier
-        groups += [groups[-1]] * (round(config.earlier_weight) - 1)
     replayed = list(dict.fromkeys(p for group in groups for p in group))
     weights = _group_weights(groups, replayed)
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
-    if config.anchor != "chain" and untouched and "replay" in pool:
+    if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
             raise InvalidArgumentError(
                 "`untouched` prompts need `untouched_model`, the context of the untouched model."
