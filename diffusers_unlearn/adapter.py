@@ -540,16 +540,16 @@ def check_parents(adapters: Sequence[UnlearningAdapter], held: Sequence[Unlearni
         if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in parents):
             raise AdapterFormatError(f"Removal {adapter.name!r} has malformed `parents` in its provenance.")
         for parent in parents:
-            held, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
-            if held is None:
+            present, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
+            if present is None:
                 logger.warning(
                     "Removal %r was made on top of %r, which this chain does not hold; it still erases its concept, "
                     "but was solved on a model that carried %r.", adapter.name, parent["name"], parent["name"]
                 )  # fmt: skip
-            elif recorded and held.metadata.get("adapter_id") not in (None, recorded):
+            elif recorded and present.metadata.get("adapter_id") not in (None, recorded):
                 raise AdapterFormatError(
                     f"Removal {adapter.name!r} was made on top of {parent['name']!r} with id {recorded}, but the "
-                    f"chain holds a different {parent['name']!r} ({held.metadata.get('adapter_id')}): the chain is "
+                    f"chain holds a different {parent['name']!r} ({present.metadata.get('adapter_id')}): the chain is "
                     f"stale. Re-make {adapter.name!r} on top of the current {parent['name']!r}."
                 )
         graph[adapter.name] = [p["name"] for p in parents if p["name"] in names]

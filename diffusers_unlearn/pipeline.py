@@ -271,16 +271,17 @@ def _scaled(adapter: UnlearningAdapter, scale: float) -> UnlearningAdapter:
     return UnlearningAdapter(lora_weights=weights, metadata=dict(adapter.metadata), probes=adapter.probes)
 
 
-def _expand(source: AdapterSource, options: HubOptions, pipe, adapter_name: str | None) -> list[UnlearningAdapter]:
-    """The removals a source stands for: one adapter, the removals of a folder or repo, or those of an iterable
-    (an `UnlearningStack`, a list of adapters)."""
+def _expand(
+    source: AdapterSource, options: HubOptions, pipe, adapter_name: str | None, held: list[UnlearningAdapter]
+) -> list[UnlearningAdapter]:
+    """The removals a source stands for: one adapter, the removals of a folder or repo (whose parents may be among
+    the removals `held`), or those of an iterable (an `UnlearningStack`, a list of adapters)."""
     if isinstance(source, UnlearningAdapter):
         return [source]
     if isinstance(source, Mapping):
         return [_from_state_dict(source, pipe, adapter_name)]
     if isinstance(source, str | os.PathLike):
-        # a chain or one removal, local or pulled, verified before use; its parents may be on the pipeline already
-        return load_removals(source, options, held=loaded_adapters(pipe))
+        return load_removals(source, options, held)  # a chain or one removal, local or pulled, verified before use
     if isinstance(source, Iterable):
         removals = list(source)
         if all(isinstance(removal, UnlearningAdapter) for removal in removals):
@@ -366,7 +367,9 @@ def load_unlearning(
     options = HubOptions.of(hub_kwargs)
     single = isinstance(source, str | os.PathLike | Mapping | UnlearningAdapter) or not isinstance(source, Iterable)
     sources = [source] if single else list(source)
-    adapters = [adapter for s in sources for adapter in _expand(s, options, pipe, adapter_name)]
+    adapters: list[UnlearningAdapter] = []
+    for item in sources:  # a folder's parents may be on the pipeline, or among the removals listed before it
+        adapters += _expand(item, options, pipe, adapter_name, held=[*loaded_adapters(pipe), *adapters])
     if not adapters:
         raise InvalidArgumentError("Nothing to load: the source is empty.")
     if adapter_name is not None and len(adapters) > 1 and mode != "merged":

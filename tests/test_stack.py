@@ -125,6 +125,8 @@ def test_parents_already_on_the_pipeline_count_as_held(chain, tmp_path, caplog):
     for folder in folders:
         pipe.load_unlearning(folder, mode="fused")
     assert [a.name for a in pipe.unlearning] == ["no-cat", "no-dog", "no-tree"]
+    pipe.unload_unlearning()
+    pipe.load_unlearning(folders)  # several folders in one call: the earlier ones hold the later ones' parents
     assert "which this chain does not hold" not in caplog.text
     pipe.unload_unlearning()
     pipe.load_unlearning(folders[1])  # "no-dog" without "no-cat" on the pipeline: loads, saying so
