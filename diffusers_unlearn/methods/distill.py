@@ -107,7 +107,7 @@ class DistillConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
-    anchor: Literal["chain", "base", "worn"] = "chain"
+    anchor: Literal["chain", "base"] = "chain"
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -124,7 +124,7 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
-        if self.anchor not in ("chain", "base", "worn"):
+        if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
@@ -202,13 +202,11 @@ def distill(
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
-    if config.anchor != "chain" and untouched and "replay" in pool:
+    if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
             raise InvalidArgumentError(
                 "`untouched` prompts need `untouched_model`, the context of the untouched model."
             )
-        if config.anchor == "worn":  # only the prompts the chain moved most, with trajectories of their own
-            untouched = _worn(pipe, family, bank, pool, replayed, set(untouched), untouched_model, config, seed)
         with untouched_model():
             _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
 
@@ -526,48 +524,6 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
             latents = scheduler.step(prediction, t, latents).prev_sample
         pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
     return pool
-
-
-@torch.no_grad()
-def _worn(pipe, family, bank, pool, protected, untouched, untouched_model, config, seed, ratio=1.5, most=32) -> set:
-    """The untouched prompts the chain moved farthest from the untouched model (relative distance of their noise
-    predictions on 8 shared pool latents above `ratio` times the median), at most `most`; their trajectories
-    (2 each) are added to the replay pool."""
-    denoiser = getattr(pipe, family.denoiser)
-    size, device = _sample_size(denoiser), denoiser.device
-    latents, timesteps, ids = pool["replay"]
-    generator = torch.Generator().manual_seed(seed + 3)
-    rows = torch.randint(0, latents.shape[0], (8,), generator=generator)
-    cols = torch.randint(0, latents.shape[1], (8,), generator=generator)
-    x, t = latents[rows, cols].to(device, denoiser.dtype), timesteps[rows, cols].to(device)
-    candidates = [p for p in protected if p in untouched]
-    bank.add(candidates)
-
-    def predictions() -> list[torch.Tensor]:
-        out = []
-        for start in range(0, len(candidates), 32):
-            chunk = candidates[start : start + 32]
-            prompts = [p for p in chunk for _ in range(8)]
-            xs, ts = x.repeat(len(chunk), *[1] * (x.dim() - 1)), t.repeat(len(chunk))
-            out.append(_predict(denoiser, pipe, family, bank, prompts, xs, ts, size, device).float().cpu())
-        return list(torch.cat(out).view(len(candidates), 8, -1))
-
-    chain = predictions()
-    with untouched_model():
-        base = predictions()
-    chain, base = torch.stack(chain), torch.stack(base)  # (prompts, 8, features)
-    drift = (chain - base).norm(dim=2).mean(1) / base.norm(dim=2).mean(1).clamp_min(1e-12)
-    order = drift.argsort(descending=True).tolist()
-    worn = [candidates[i] for i in order if drift[i] > ratio * drift.median()][:most]
-    if not worn:
-        return set()
-    extra = _latent_pool(pipe, family, bank, [], worn, torch.ones(len(worn), dtype=torch.float64),
-                         replace(config, latent_pool=2 * len(worn)), seed + 2)["replay"]  # fmt: skip
-    index = {p: i for i, p in enumerate(protected)}
-    extra_ids = torch.tensor([index[worn[i]] for i in extra[2].tolist()])
-    pool["replay"] = (torch.cat([latents, extra[0]]), torch.cat([timesteps, extra[1]]), torch.cat([ids, extra_ids]))
-    pool["worn"] = worn
-    return set(worn)
 
 
 @torch.no_grad()
