@@ -367,9 +367,9 @@ def load_unlearning(
     options = HubOptions.of(hub_kwargs)
     single = isinstance(source, str | os.PathLike | Mapping | UnlearningAdapter) or not isinstance(source, Iterable)
     sources = [source] if single else list(source)
-    adapters: list[UnlearningAdapter] = []
+    on_pipe, adapters = loaded_adapters(pipe), []
     for item in sources:  # a folder's parents may be on the pipeline, or among the removals listed before it
-        adapters += _expand(item, options, pipe, adapter_name, held=[*loaded_adapters(pipe), *adapters])
+        adapters += _expand(item, options, pipe, adapter_name, held=[*on_pipe, *adapters])
     if not adapters:
         raise InvalidArgumentError("Nothing to load: the source is empty.")
     if adapter_name is not None and len(adapters) > 1 and mode != "merged":
