@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
-from tqdm.auto import tqdm
 
 from ..adapter import UnlearningAdapter
 from ..errors import InvalidArgumentError, InvalidConceptError
+from ..methods.descent import descend
 from .base import (
     AttackResult,
     AttackSettings,
@@ -96,25 +96,18 @@ def embedding_attack(
     reference_data = Reference(reference, target.prompt, samples, settings)
     with torch.no_grad():
         start = encode_ids(pipe, token_ids(pipe, target.prompt)[None]).float()
-    scale = float(start.square().mean().sqrt())
-    variable = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([variable], lr=learning_rate * scale)
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.no_grad():
-        initial = float(reference_data.loss(pipe, variable)[0])
-    for _ in tqdm(range(iterations), desc="embedding attack", disable=not settings.progress, leave=False):
-        index = torch.randperm(samples, generator=generator)[:batch]
-        loss = reference_data.loss(pipe, variable, index)[0]
-        optimizer.zero_grad()
-        (gradient,) = torch.autograd.grad(loss, [variable])
-        variable.grad = gradient
-        optimizer.step()
-        if max_relative_norm is not None:
-            with torch.no_grad():
-                variable.copy_(project_to_budget(variable, start, max_relative_norm))
+        initial = float(reference_data.loss(pipe, start)[0])
+
+    def loss(variable: torch.Tensor) -> torch.Tensor:  # on a minibatch of the noisy latents
+        return reference_data.loss(pipe, variable, torch.randperm(samples, generator=generator)[:batch])[0]
+
+    budget = None if max_relative_norm is None else (lambda v: project_to_budget(v, start, max_relative_norm))
+    embeds = descend(start, loss, iterations, learning_rate, project=budget, desc="embedding attack",
+                     progress=settings.progress)  # fmt: skip
     with torch.no_grad():
-        final = float(reference_data.loss(pipe, variable)[0])
-    embeds = variable.detach()
+        final = float(reference_data.loss(pipe, embeds)[0])
     moved = float((embeds - start).norm() / start.norm())
     token_change = float(token_distance(embeds, start).max())
     images = generate_embeds(pipe, embeds, settings)
@@ -187,32 +180,29 @@ def learned_token_attack(
         return ids, 1 + len(head)
 
     seed_ids, seed_position = placed(target.context)
-    variable = table[placeholder].clone().float().requires_grad_(True)
-    scale = float(table.float().square().mean().sqrt())
-    optimizer = torch.optim.Adam([variable], lr=learning_rate * scale)
     generator = torch.Generator().manual_seed(settings.seed)
 
-    def encode(ids: torch.Tensor, position: int) -> torch.Tensor:
+    def encode(token: torch.Tensor, ids: torch.Tensor, position: int) -> torch.Tensor:
         def replace(output: torch.Tensor) -> torch.Tensor:
             output = output.clone()
-            output[:, position] = variable.to(output.dtype)
+            output[:, position] = token.to(output.dtype)
             return output
 
         with input_embeddings(pipe, replace):
             return encode_ids(pipe, ids[None])
 
-    with torch.no_grad():
-        initial = float(reference_data.loss(pipe, encode(seed_ids, seed_position))[0])
-    for _ in tqdm(range(iterations), desc="learned token", disable=not settings.progress, leave=False):
+    def loss(token: torch.Tensor) -> torch.Tensor:  # on a minibatch of the noisy latents
         index = torch.randperm(samples, generator=generator)[:batch]
-        loss = reference_data.loss(pipe, encode(seed_ids, seed_position), index)[0]
-        (gradient,) = torch.autograd.grad(loss, [variable])
-        optimizer.zero_grad()
-        variable.grad = gradient
-        optimizer.step()
+        return reference_data.loss(pipe, encode(token, seed_ids, seed_position), index)[0]
+
+    start = table[placeholder].float()
     with torch.no_grad():
-        final = float(reference_data.loss(pipe, encode(seed_ids, seed_position))[0])
-        embeds = torch.cat([encode(*placed(c)).float() for c in contexts])
+        initial = float(reference_data.loss(pipe, encode(start, seed_ids, seed_position))[0])
+    token = descend(start, loss, iterations, learning_rate, scale=float(table.float().square().mean().sqrt()),
+                    desc="learned token", progress=settings.progress)  # fmt: skip
+    with torch.no_grad():
+        final = float(reference_data.loss(pipe, encode(token, seed_ids, seed_position))[0])
+        embeds = torch.cat([encode(token, *placed(c)).float() for c in contexts])
     images = generate_embeds(pipe, embeds, settings)
     labels = [c.replace("{}", "<v>") for c in contexts]
     result = result_of("learned_token", labels, images, scorer, target.check, started)
@@ -222,7 +212,7 @@ def learned_token_attack(
         "loss": final,
         "seed_asr": result.per_prompt[labels[0]],
         "transfer_asr": sum(transfer) / len(transfer) if transfer else float("nan"),
-        "token_norm_ratio": float(variable.detach().norm() / table[placeholder].float().norm()),
+        "token_norm_ratio": float(token.norm() / table[placeholder].float().norm()),
     }
     return result
 

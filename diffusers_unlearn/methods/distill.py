@@ -53,6 +53,7 @@ from ..distance import PromptBank
 from ..errors import InvalidArgumentError, ResolveError
 from ..families import ModelFamily
 from ..layers import active_adapters
+from .descent import descend
 
 if TYPE_CHECKING:  # harden.py's closed-form loop imports constraints, which imports methods: no import at run time
     from .harden import HardenConfig
@@ -473,21 +474,14 @@ def _derive_by_gradient(
         the forget prompts (1: no embedding near them does better than the prompts themselves; 0: the concept is
         fully recovered).
     """
-    start = start.detach().float()
-    variable = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([variable], lr=harden.learning_rate * float(start.square().mean().sqrt()))
     goal = goal.detach().float()
     with torch.no_grad():
-        before = float((predict(variable) - goal).square().mean())
-    for _ in tqdm(range(harden.iterations), desc="harden", leave=False):
-        loss = (predict(variable) - goal).square().mean()
-        (gradient,) = torch.autograd.grad(loss, [variable])
-        optimizer.zero_grad()
-        variable.grad = gradient
-        optimizer.step()
+        before = float((predict(start.float()) - goal).square().mean())
+    derived = descend(start, lambda v: (predict(v) - goal).square().mean(), harden.iterations, harden.learning_rate,
+                      desc="harden")  # fmt: skip
     with torch.no_grad():
-        after = float((predict(variable) - goal).square().mean())
-    return variable.detach(), (after / before) ** 0.5 if before > 0 else 0.0
+        after = float((predict(derived) - goal).square().mean())
+    return derived, (after / before) ** 0.5 if before > 0 else 0.0
 
 
 def _adversarial_loss(
