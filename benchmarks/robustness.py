@@ -41,7 +41,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,9 +155,9 @@ def model_version(folder: Path) -> dict:
     }
 
 
-def erase_kwargs(concept, method: str, distill_steps: int = 500) -> dict:
+def erase_kwargs(concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = ()) -> dict:
     config = du.ClosedFormConfig()
-    distill = {"steps": distill_steps}
+    distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": True}
     if method == "distill, hardened":
@@ -187,7 +187,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
     for step, concept in enumerate(world.sequence[: max(args.stages)], 1):
         started = time.perf_counter()
         try:
-            adapter = du.erase(pipe, **erase_kwargs(concept, method, args.distill_steps))
+            adapter = du.erase(pipe, **erase_kwargs(concept, method, args.distill_steps, args.distill_modules))
         except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
             skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
             print(f"{method}: step {step} ({concept.name}) skipped: {error}", flush=True)
@@ -267,6 +267,7 @@ def _settings(args, world: World) -> dict:
         "steps": args.steps,
         "guidance_scale": world.guidance,
         "distill_steps": args.distill_steps,
+        **({"distill_modules": list(args.distill_modules)} if args.distill_modules else {}),
         "general_cells": args.general_cells,
     }
 
@@ -734,6 +735,7 @@ def main() -> None:
     parser.add_argument("--world", choices=WORLDS, default="digits")
     parser.add_argument("--concept", default=None, help="glyphs: the attacked concept (default: the first removal)")
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
+    parser.add_argument("--distill-modules", nargs="+", default=(), help="distill's target_modules (default: K/V)")
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
