@@ -174,9 +174,7 @@ def distill_options(args) -> dict:
     """The `DistillConfig` fields the command line sets."""
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     rank = {"rank": args.distill_rank} if args.distill_rank else {}
-    anchor = {"anchor": args.distill_anchor} if args.distill_anchor else {}
-    surgery = {"surgery": True} if args.distill_surgery else {}
-    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **anchor, **surgery}
+    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank}
 
 
 def erase_step(
@@ -712,8 +710,6 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--lambda-replay", type=float, default=du.DistillConfig.lambda_replay, help="distill's replay")
     parser.add_argument("--distill-rank", type=int, default=0, help="distill's LoRA rank (default: DistillConfig's)")
-    parser.add_argument("--distill-anchor", default=None, help="distill's anchor (default: the method's)")
-    parser.add_argument("--distill-surgery", action="store_true", help="distill: project the base pull off the hold")
     parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()

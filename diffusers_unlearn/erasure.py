@@ -267,7 +267,7 @@ def erase(
         mentions = names_pattern(names)
         earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
         untouched: set[str] = set()
-        if config.anchor != "chain":  # held to the untouched model: what no earlier removal erased
+        if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             kept_by_chain = names_pattern(sorted(removed)) if removed else None
             untouched = {
                 p for prompts in groups.values() for p in prompts

@@ -108,8 +108,7 @@ class DistillConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
-    anchor: Literal["chain", "base", "worn"] = "chain"
-    surgery: bool = False
+    anchor: Literal["chain", "base"] = "chain"
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -126,7 +125,7 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
-        if self.anchor not in ("chain", "base", "worn"):
+        if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
@@ -204,13 +203,11 @@ def distill(
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
-    if config.anchor != "chain" and untouched and "replay" in pool:
+    if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
             raise InvalidArgumentError(
                 "`untouched` prompts need `untouched_model`, the context of the untouched model."
             )
-        if config.anchor == "worn":  # only the prompts the chain moved most, with trajectories of their own
-            untouched = _worn(pipe, family, bank, pool, replayed, set(untouched), untouched_model, config, seed)
         with untouched_model():
             _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
 
@@ -259,7 +256,6 @@ def _train(
             return _derive_round(denoiser, wrapped, pipe, family, bank, pairs, pool, harden, adversarial, index,
                                  seed, device, store=index < harden.rounds)  # fmt: skip
 
-    projected = 0
     progress = tqdm(
         range(start, config.steps), desc="distill", initial=start, total=config.steps,
         disable=not accelerator.is_local_main_process,
@@ -289,16 +285,10 @@ def _train(
                         model, denoiser, wrapped, pipe, family, bank, pairs, adversarial, forget_latents, forget_t,
                         generator, config, accelerator, size, device,
                     )  # fmt: skip
-                replay_error = (replay.float() - keep.float()).square()
-                replay_loss = replay_error.mean()
+                replay_loss = (replay.float() - keep.float()).square().mean()
                 l2 = sum(p.float().square().sum() for p in params)
                 loss = unlearn_loss + config.lambda_replay * replay_loss + config.lambda_l2 * l2
-                if config.surgery and on_base is not None and bool(on_base.any()) and not bool(on_base.all()):
-                    per_sample = replay_error.flatten(1).mean(1) * (config.lambda_replay / replay_error.shape[0])
-                    pull, hold = per_sample[on_base].sum(), per_sample[~on_base].sum()
-                    projected += _surgery(params, unlearn_loss + config.lambda_l2 * l2, pull, hold)
-                else:
-                    accelerator.backward(loss)
+                accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
         losses.append(float(accelerator.reduce(loss.detach(), reduction="mean")))
@@ -315,8 +305,6 @@ def _train(
         denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device, config.negative_guidance
     )
     figures["loss_first"], figures["loss_last"] = losses[0], losses[-1]
-    if config.surgery:
-        figures["surgery_projected"] = projected / max(1, config.steps - start)
     if harden is not None:
         final = derive(harden.rounds)  # what the embedding derivation still finds after training
         figures |= {
@@ -334,20 +322,6 @@ def _train(
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _surgery(params, rest: torch.Tensor, pull: torch.Tensor, hold: torch.Tensor) -> bool:
-    """Sets the gradient of `rest + pull + hold`, less the part of `pull`'s gradient (the replay held to the
-    untouched model) that opposes `hold`'s (the earlier removals' forget prompts held to the chain)."""
-    g_hold = torch.autograd.grad(hold, params, retain_graph=True)
-    g_pull = torch.autograd.grad(pull, params, retain_graph=True)
-    g_rest = torch.autograd.grad(rest, params)
-    dot = sum((a * b).sum() for a, b in zip(g_pull, g_hold, strict=True))
-    norm = sum(b.square().sum() for b in g_hold)
-    scale = float(dot / norm) if dot < 0 and norm > 0 else 0.0
-    for parameter, a, b, c in zip(params, g_rest, g_pull, g_hold, strict=True):
-        parameter.grad = a + b - scale * c + c
-    return scale > 0
-
-
 @contextmanager
 def _student_off(wrapped: dict) -> Iterator[None]:
     """The teacher: the same forward pass with the new adapter contributing nothing."""
@@ -544,48 +518,6 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
             latents = scheduler.step(prediction, t, latents).prev_sample
         pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
     return pool
-
-
-@torch.no_grad()
-def _worn(pipe, family, bank, pool, protected, untouched, untouched_model, config, seed, ratio=1.5, most=32) -> set:
-    """The untouched prompts the chain moved farthest from the untouched model (relative distance of their noise
-    predictions on 8 shared pool latents above `ratio` times the median), at most `most`; their trajectories
-    (2 each) are added to the replay pool."""
-    denoiser = getattr(pipe, family.denoiser)
-    size, device = _sample_size(denoiser), denoiser.device
-    latents, timesteps, ids = pool["replay"]
-    generator = torch.Generator().manual_seed(seed + 3)
-    rows = torch.randint(0, latents.shape[0], (8,), generator=generator)
-    cols = torch.randint(0, latents.shape[1], (8,), generator=generator)
-    x, t = latents[rows, cols].to(device, denoiser.dtype), timesteps[rows, cols].to(device)
-    candidates = [p for p in protected if p in untouched]
-    bank.add(candidates)
-
-    def predictions() -> list[torch.Tensor]:
-        out = []
-        for start in range(0, len(candidates), 32):
-            chunk = candidates[start : start + 32]
-            prompts = [p for p in chunk for _ in range(8)]
-            xs, ts = x.repeat(len(chunk), *[1] * (x.dim() - 1)), t.repeat(len(chunk))
-            out.append(_predict(denoiser, pipe, family, bank, prompts, xs, ts, size, device).float().cpu())
-        return list(torch.cat(out).view(len(candidates), 8, -1))
-
-    chain = predictions()
-    with untouched_model():
-        base = predictions()
-    chain, base = torch.stack(chain), torch.stack(base)  # (prompts, 8, features)
-    drift = (chain - base).norm(dim=2).mean(1) / base.norm(dim=2).mean(1).clamp_min(1e-12)
-    order = drift.argsort(descending=True).tolist()
-    worn = [candidates[i] for i in order if drift[i] > ratio * drift.median()][:most]
-    if not worn:
-        return set()
-    extra = _latent_pool(pipe, family, bank, [], worn, torch.ones(len(worn), dtype=torch.float64),
-                         replace(config, latent_pool=2 * len(worn)), seed + 2)["replay"]  # fmt: skip
-    index = {p: i for i, p in enumerate(protected)}
-    extra_ids = torch.tensor([index[worn[i]] for i in extra[2].tolist()])
-    pool["replay"] = (torch.cat([latents, extra[0]]), torch.cat([timesteps, extra[1]]), torch.cat([ids, extra_ids]))
-    pool["worn"] = worn
-    return set(worn)
 
 
 @torch.no_grad()
