@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import re
 import secrets
 import time
 import warnings
@@ -270,16 +269,9 @@ def erase(
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             kept_by_chain = names_pattern(sorted(removed)) if removed else None
-            # a prompt whose words all occur in an earlier removal's forget prompts ("a green five" after "bold
-            # green five") may draw that concept under the untouched model: it is held to the chain too
-            vocabularies = [
-                {w for p in a.metadata.get("forget_prompts", []) for w in re.findall(r"\w+", p.lower())}
-                for a in previous
-            ]
             untouched = {
                 p for prompts in groups.values() for p in prompts
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
-                and not any(set(re.findall(r"\w+", p.lower())) <= v for v in vocabularies)
             }  # fmt: skip
         result = distill(
             pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched,
