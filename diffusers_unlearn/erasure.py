@@ -265,7 +265,7 @@ def erase(
     else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that name this
         # concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
         mentions = names_pattern(names)
-        earlier = [p for a in previous for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)]
+        earlier = [[p for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)] for a in previous]
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             kept_by_chain = names_pattern(sorted(removed)) if removed else None
@@ -274,7 +274,7 @@ def erase(
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
         result = distill(
-            pipe, family, bank, pairs, [*groups.values(), earlier], config, untouched=untouched,
+            pipe, family, bank, pairs, list(groups.values()), config, earlier=earlier, untouched=untouched,
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank

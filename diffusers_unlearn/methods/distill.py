@@ -19,7 +19,8 @@ that they stay removed.
 (LACU's plain mapping) a LoRA only gets part of the way to its target, and classifier-free guidance multiplies
 what is left by the guidance scale: on the digits model the concept was still generated in 97% of the images.
 With `eta = 1` it is gone (docs/method.md §8). Protected prompts are replayed group by group (anchors,
-neighbours, preserved prompts, earlier removals), each group drawn as often as the others whatever its size.
+neighbours, preserved prompts, earlier removals), each group drawn as often as the others whatever its size;
+the earlier removals' group is shared evenly by removal, so that a removal with few prompts keeps its share.
 
 With `harden=` ([`HardenConfig`], `methods/harden.py`), training is adversarial: at `harden.rounds` evenly spaced
 steps, `harden.prompts` forget prompts' text embeddings are optimised until the student's prediction comes close to
@@ -148,6 +149,7 @@ def distill(
     protected: Sequence[Sequence[str]],
     config: DistillConfig,
     *,
+    earlier: Sequence[Sequence[str]] = (),
     untouched: Collection[str] = (),
     untouched_model: Callable[[], AbstractContextManager] | None = None,
     harden: HardenConfig | None = None,
@@ -161,7 +163,11 @@ def distill(
         bank ([`PromptBank`]): Prompt embeddings.
         pairs (`list[tuple[str, str]]`): `(forget prompt, mapping target)` pairs.
         protected (`Sequence[Sequence[str]]`): Groups of prompts to replay (anchors, neighbours, preserved
-            prompts, earlier removals' forget prompts); each group is drawn as often as the others.
+            prompts); each group is drawn as often as the others.
+        earlier (`Sequence[Sequence[str]]`): The earlier removals' forget prompts, one list per removal, replayed
+            so that they stay removed: together one group, drawn as often as each protected group, shared evenly
+            by the removals (a removal of a combination with 8 prompts is drawn as often as one of a whole colour
+            with 120; shared by prompt, the combination got 2 of 64 trajectories and came back).
         config ([`DistillConfig`]): Hyper-parameters.
         untouched (`Collection[str]`): With `config.anchor == "base"`, the protected prompts whose teacher is the
             model without any removal (the others keep the pipeline as loaded).
@@ -198,8 +204,9 @@ def distill(
             "the ends of its cross-attention key / value projections."
         )
     groups = [list(dict.fromkeys(group)) for group in protected if group]
-    replayed = list(dict.fromkeys(p for group in groups for p in group))
-    weights = _group_weights(groups, replayed)
+    removals = [list(dict.fromkeys(prompts)) for prompts in earlier if prompts]
+    replayed = list(dict.fromkeys(p for group in [*groups, *removals] for p in group))
+    weights = _group_weights([*groups, removals], replayed)
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
@@ -479,12 +486,21 @@ def _adversarial_loss(
     return (student.float() - goal.float()).square().mean()
 
 
-def _group_weights(groups: list[list[str]], prompts: list[str]) -> torch.Tensor:
-    """Drawing weight of each prompt: every group weighs the same, shared evenly by its prompts."""
+def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
+    """Drawing weight of each prompt: every group weighs the same, shared evenly by its members; a group of
+    sub-groups (the earlier removals) shares its weight evenly by sub-group, then by prompt."""
     weight = dict.fromkeys(prompts, 0.0)
+
+    def share(members: list, amount: float) -> None:
+        for member in members:
+            if isinstance(member, str):
+                weight[member] += amount / len(members)
+            else:
+                share(member, amount / len(members))
+
     for group in groups:
-        for prompt in group:
-            weight[prompt] += 1.0 / len(group)
+        if group:
+            share(group, 1.0)
     return torch.tensor([weight[p] for p in prompts], dtype=torch.float64)
 
 
