@@ -124,15 +124,15 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     sd_pipe.load_unlearning(first)
     seen = {}
 
-    def record(pipe, family, bank, pairs, protected, config, *, untouched, untouched_model, harden, seed):
-        seen["groups"], seen["untouched"] = [list(group) for group in protected], untouched
+    def record(pipe, family, bank, pairs, protected, config, *, earlier, untouched, untouched_model, harden, seed):
+        seen["groups"], seen["earlier"], seen["untouched"] = [list(g) for g in protected], earlier, untouched
         raise RuntimeError("recorded")
 
     monkeypatch.setattr(erasure, "distill", record)
     with pytest.raises(RuntimeError, match="recorded"):
         du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue", "cat"], method="distill")
-    earlier = seen["groups"][-1]  # "cat"'s forget prompts, replayed so that cats stay removed ...
-    assert "a photo of cat" in earlier and "a red cat" not in earlier  # ... except the one asking for red
+    (cats,) = seen["earlier"]  # "cat"'s forget prompts, replayed so that cats stay removed ...
+    assert "a photo of cat" in cats and "a red cat" not in cats  # ... except the one asking for red
     assert seen["untouched"] == set()  # anchor="chain": every teacher is the pipeline as loaded
 
     second = du.erase(sd_pipe, "tree", templates=["a photo of {}"])
@@ -142,11 +142,15 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
         du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue", "cat"], method="distill", config=config)
     # held to the untouched model: the protected prompts that name no earlier removal's concept
     assert "a cat dog" in seen["groups"][1] and seen["untouched"] == {"", "a dog", "a blue dog"}
-    assert seen["groups"][-1] == [*earlier, "a photo of tree"]  # still replayed, against the chain
+    assert seen["earlier"] == [cats, ["a photo of tree"]]  # still replayed, against the chain, one list each
 
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
     assert weights.tolist() == pytest.approx([1.5, 1 / 3, 1 / 3, 1 / 3, 0.5])  # each group sums to 1
+    # the earlier removals: one group shared by removal, so a removal with one prompt weighs as much as one
+    # with three (shared by prompt it would get a quarter of the group)
+    weights = distill_module._group_weights([["a"], [["b"], ["c", "d", "e"]]], ["a", "b", "c", "d", "e"])
+    assert weights.tolist() == pytest.approx([1, 0.5, 1 / 6, 1 / 6, 1 / 6])
 
 
 def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals():
