@@ -92,8 +92,6 @@ class DistillConfig:
             the drift of a chain cannot add up on them; measured on digits, it also brings earlier combinations
             back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts are held to the
             chain either way.
-        earlier_trajectories (`int`): Replay trajectories of each earlier removal's forget prompts, added to the
-            pool (0: the earlier removals are one replay group, as heavy as each protected group).
     """
 
     rank: int = 4
@@ -112,7 +110,6 @@ class DistillConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
-    earlier_trajectories: int = 0
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -209,17 +206,10 @@ def distill(
     groups = [list(dict.fromkeys(group)) for group in protected if group]
     removals = [list(dict.fromkeys(prompts)) for prompts in earlier if prompts]
     replayed = list(dict.fromkeys(p for group in [*groups, *removals] for p in group))
-    if config.earlier_trajectories:  # each earlier removal its own trajectories, however many removals there are
-        weights = _group_weights(groups, replayed)
-        index = {p: i for i, p in enumerate(replayed)}
-        extra = [[index[p] for p in prompts] for prompts in removals]
-    else:
-        weights, extra = _group_weights([*groups, removals], replayed), []
+    weights = _group_weights([*groups, removals], replayed)
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
-    pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed, extra, config.earlier_trajectories)
-    held_out = _latent_pool(
-        pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1, extra, 1
-    )
+    pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
+    held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
             raise InvalidArgumentError(
@@ -515,9 +505,7 @@ def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _latent_pool(
-    pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int, extra=(), per_extra: int = 0
-) -> dict:
+def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int) -> dict:
     """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
@@ -528,19 +516,16 @@ def _latent_pool(
             continue
         if kind == "replay":
             ids = torch.multinomial(weights, config.latent_pool, replacement=True, generator=generator)
-            for members in extra:  # the earlier removals' own trajectories
-                picks = torch.randint(0, len(members), (per_extra,), generator=generator)
-                ids = torch.cat([ids, torch.tensor(members)[picks]])
         else:
             ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
         bank.add([prompts[i] for i in ids])  # one batch
         # DDIM; flow matching for SD3 / FLUX, whose scheduler counts its steps: a fresh one per trajectory batch
         scheduler = family.sampling_scheduler(pipe, config.sampling_steps)
-        latents = family.random_latents(pipe, len(ids), generator)
+        latents = family.random_latents(pipe, config.latent_pool, generator)
         latents = (latents * getattr(scheduler, "init_noise_sigma", 1.0)).to(device, denoiser.dtype)  # flow: 1
         kept_latents, kept_t = [], []
         for t in scheduler.timesteps:
-            timestep = t.to(device).expand(len(ids))
+            timestep = t.to(device).expand(config.latent_pool)
             if int(t) < config.max_timestep:
                 kept_latents.append(latents.float().cpu())
                 kept_t.append(timestep.cpu())
