@@ -166,7 +166,7 @@ def distill(
             prompts); each group is drawn as often as the others.
         earlier (`Sequence[Sequence[str]]`): The earlier removals' forget prompts, one list per removal, replayed
             so that they stay removed: together one group, drawn as often as each protected group, shared evenly
-            by the removals (a removal of a combination with 8 prompts is drawn as often as one of a whole colour
+            by the removals (a removal of a combination with 16 prompts is drawn as often as one of a whole colour
             with 120; shared by prompt, the combination got 2 of 64 trajectories and came back).
         config ([`DistillConfig`]): Hyper-parameters.
         untouched (`Collection[str]`): With `config.anchor == "base"`, the protected prompts whose teacher is the
