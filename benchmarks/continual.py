@@ -174,7 +174,8 @@ def distill_options(args) -> dict:
     """The `DistillConfig` fields the command line sets."""
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     rank = {"rank": args.distill_rank} if args.distill_rank else {}
-    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank}
+    earlier = {"lambda_earlier": args.distill_lambda_earlier} if args.distill_lambda_earlier is not None else {}
+    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier}
 
 
 def erase_step(
@@ -710,6 +711,10 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--lambda-replay", type=float, default=du.DistillConfig.lambda_replay, help="distill's replay")
     parser.add_argument("--distill-rank", type=int, default=0, help="distill's LoRA rank (default: DistillConfig's)")
+    parser.add_argument(
+        "--distill-lambda-earlier", type=float, default=None,
+        help="distill's lambda_earlier: the earlier removals held by a term of their own (default: a replay group)",
+    )  # fmt: skip
     parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()

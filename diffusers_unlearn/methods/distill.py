@@ -92,6 +92,9 @@ class DistillConfig:
             the drift of a chain cannot add up on them; measured on digits, it also brings earlier combinations
             back, docs/benchmarks/continual_analysis.md). The earlier removals' forget prompts are held to the
             chain either way.
+        lambda_earlier (`float`, *optional*): Weight of a term of its own that holds the earlier removals' forget
+            prompts to the chain, with its own batch and trajectories shared evenly by removal, so that the hold
+            each removal gets does not thin out as the chain grows. Default: they are one group of the replay.
     """
 
     rank: int = 4
@@ -110,6 +113,7 @@ class DistillConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
+    lambda_earlier: float | None = None
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -205,10 +209,16 @@ def distill(
         )
     groups = [list(dict.fromkeys(group)) for group in protected if group]
     removals = [list(dict.fromkeys(prompts)) for prompts in earlier if prompts]
-    replayed = list(dict.fromkeys(p for group in [*groups, *removals] for p in group))
-    weights = _group_weights([*groups, removals], replayed)
+    own_term = config.lambda_earlier is not None  # the earlier removals: a term of their own, or a replay group
+    held = list(dict.fromkeys(p for prompts in removals for p in prompts)) if own_term else []
+    replayed = list(dict.fromkeys(p for group in [*groups, *([] if own_term else removals)] for p in group))
+    weights = _group_weights(groups if own_term else [*groups, removals], replayed)
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
+    if held:
+        pool["hold"] = _latent_pool(pipe, family, bank, [], held, _group_weights([removals], held), config, seed + 2)[
+            "replay"
+        ]
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
@@ -227,15 +237,14 @@ def distill(
             adapter_name=_ADAPTER,
         )
     try:
-        return _train(
-            accelerator, pipe, family, denoiser, bank, pairs, replayed, pool, held_out, layers, config, harden, seed
-        )
+        return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
+                      config, harden, seed)  # fmt: skip
     finally:
         _remove_adapter(pipe, denoiser)
 
 
 def _train(
-    accelerator, pipe, family, denoiser, bank, pairs, protected, pool, held_out, layers, config, harden, seed
+    accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed
 ) -> DistillResult:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -274,7 +283,8 @@ def _train(
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
             batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
             with accelerator.accumulate(model), accelerator.autocast():
-                forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids, base_keep, on_base = batch
+                forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids = batch[:6]
+                base_keep, on_base = batch[6:8]
                 with torch.no_grad(), _student_off(wrapped):
                     goal = _goal(denoiser, pipe, family, bank, pairs, forget_ids, forget_latents, forget_t, size,
                                  device, config.negative_guidance)  # fmt: skip
@@ -295,6 +305,14 @@ def _train(
                 replay_loss = (replay.float() - keep.float()).square().mean()
                 l2 = sum(p.float().square().sum() for p in params)
                 loss = unlearn_loss + config.lambda_replay * replay_loss + config.lambda_l2 * l2
+                if held:  # the earlier removals' forget prompts, held to the chain
+                    hold_latents, hold_t, hold_ids = batch[8:]
+                    hold_prompts = [held[i] for i in hold_ids]
+                    with torch.no_grad(), _student_off(wrapped):
+                        chain = _predict(denoiser, pipe, family, bank, hold_prompts, hold_latents, hold_t, size,
+                                         device)  # fmt: skip
+                    hold = _predict(model, pipe, family, bank, hold_prompts, hold_latents, hold_t, size, device)
+                    loss = loss + config.lambda_earlier * (hold.float() - chain.float()).square().mean()
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -554,25 +572,33 @@ def _anchor_to_base(pipe, family, bank, pool: dict, protected: list[str], untouc
 
 def _batch(pool, pairs, protected, batch_size, generator, accelerator):
     """One batch per process: forget and replay samples drawn from the pool, different on each process; then the
-    replay samples' untouched predictions and which of them are held to those (`None, None` unless anchored)."""
+    replay samples' untouched predictions and which of them are held to those (`None, None` unless anchored);
+    then, with a pool of earlier removals' prompts held on their own, samples of those."""
     out = []
-    for kind in ("forget", "replay"):
+
+    def draw(kind):
         latents, timesteps, ids = pool[kind]
         count = batch_size * accelerator.num_processes
         rows = torch.randint(0, latents.shape[0], (count,), generator=generator)
         cols = torch.randint(0, latents.shape[1], (count,), generator=generator)
         mine = slice(batch_size * accelerator.process_index, batch_size * (accelerator.process_index + 1))
         rows, cols = rows[mine], cols[mine]
-        out += [
+        out.extend([
             latents[rows, cols].to(accelerator.device),
             timesteps[rows, cols].to(accelerator.device),
             ids[rows].tolist(),
-        ]
+        ])  # fmt: skip
+        return rows, cols
+
+    draw("forget")
+    rows, cols = draw("replay")
     if "replay_base" in pool:
         predictions, on_base = pool["replay_base"]
         out += [predictions[rows, cols].to(accelerator.device), on_base[rows].to(accelerator.device)]
     else:
         out += [None, None]
+    if "hold" in pool:
+        draw("hold")
     return out
 
 
