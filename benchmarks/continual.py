@@ -289,7 +289,7 @@ def run(args) -> dict:
             print(
                 f"{method:>20} step {step:2d} {concept.name:>18}: forget {row['forget_accuracy']:.3f} "
                 f"(chance {row['chance']:.3f}, worst {excess:+.3f}) related {row['related']:.3f} "
-                f"general {row['general']:.3f} erase {seconds:.2f}s",
+                f"general {row['general']:.3f} erase {seconds:.2f}s{_undone_note(adapter, removed, result.forget)}",
                 flush=True,
             )
         results["methods"][method] = rows
@@ -311,11 +311,27 @@ def _check(pipe, made: list) -> dict | None:
     }
 
 
+def _undone_note(adapter, removed: list[Concept], forget: dict) -> str:
+    """The log's view of a distilled step: the earlier removal it undid most (noise predictions) and the removed
+    concept furthest above chance (images)."""
+    undone = (adapter.metadata.get("figures", {}).get("earlier_undone") if adapter is not None else None) or []
+    worst = max(removed, key=lambda c: forget[c.name] - c.chance)
+    note = f"; furthest back: {worst.name} {forget[worst.name]:.2f}"
+    if undone:
+        j = max(range(len(undone)), key=undone.__getitem__)
+        note += f"; most undone: {removed[j].name} {undone[j]:.3f}"
+    return note
+
+
 def _made(adapter) -> dict:
     """What a step's removal chose and measured of itself (targets, solve and effect figures)."""
     if adapter is None:
         return {"targets": [], "figures": {}}
-    figures = {k: v for k, v in adapter.metadata.get("figures", {}).items() if isinstance(v, int | float)}
+    figures = {
+        k: v
+        for k, v in adapter.metadata.get("figures", {}).items()
+        if isinstance(v, int | float) or k == "earlier_undone"
+    }
     return {"targets": [t["target"] for t in adapter.metadata.get("targets", [])], "figures": figures}
 
 

@@ -220,6 +220,9 @@ def distill(
             "replay"
         ]
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
+    probe = None
+    if any(earlier) and untouched_model is not None:  # how far training undoes each earlier removal
+        probe = _undo_probe(pipe, family, bank, earlier, config, seed + 3, untouched_model)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
             raise InvalidArgumentError(
@@ -238,14 +241,15 @@ def distill(
         )
     try:
         return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
-                      config, harden, seed)  # fmt: skip
+                      config, harden, seed, probe)  # fmt: skip
     finally:
         _remove_adapter(pipe, denoiser)
 
 
 def _train(
-    accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed
-) -> DistillResult:
+    accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed,
+    probe,
+) -> DistillResult:  # fmt: skip
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     wrapped = {name: denoiser.get_submodule(name) for name in layers}
@@ -266,6 +270,8 @@ def _train(
     size = _sample_size(denoiser)
     device = accelerator.device
     rounds = {k * config.steps // (harden.rounds + 1): k - 1 for k in range(1, harden.rounds + 1)} if harden else {}
+    hold_factor = torch.ones(len(held))  # per held prompt: raised where a measure finds its removal coming back
+    measures = {config.steps * k // 4 for k in (1, 2, 3)} if held and probe is not None else set()
 
     def derive(index: int) -> float:  # one round of the hardening (index == harden.rounds: measured only)
         with accelerator.autocast():
@@ -279,6 +285,12 @@ def _train(
     for step in progress:
         if step in rounds and len(adversarial.leaks) == rounds[step]:  # a resumed run has its earlier rounds
             derive(rounds[step])
+        if step in measures:
+            undone = _undone(denoiser, wrapped, pipe, family, bank, probe, size, device)
+            for i, prompt in enumerate(held):
+                owners = [j for j, prompts in enumerate(probe["earlier"]) if prompt in prompts]
+                worst = max(undone[j] for j in owners)
+                hold_factor[i] = max(float(hold_factor[i]), min(20.0, worst / 0.02))
         for micro in range(config.gradient_accumulation_steps):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
             batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
@@ -312,7 +324,9 @@ def _train(
                         chain = _predict(denoiser, pipe, family, bank, hold_prompts, hold_latents, hold_t, size,
                                          device)  # fmt: skip
                     hold = _predict(model, pipe, family, bank, hold_prompts, hold_latents, hold_t, size, device)
-                    loss = loss + config.lambda_earlier * (hold.float() - chain.float()).square().mean()
+                    error = (hold.float() - chain.float()).square().flatten(1).mean(1)
+                    factor = hold_factor[hold_ids].to(error)
+                    loss = loss + config.lambda_earlier * (error * factor).mean()
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -330,6 +344,10 @@ def _train(
         denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device, config.negative_guidance
     )
     figures["loss_first"], figures["loss_last"] = losses[0], losses[-1]
+    if probe is not None:
+        figures["earlier_undone"] = [
+            round(v, 4) for v in _undone(denoiser, wrapped, pipe, family, bank, probe, size, device)
+        ]
     if harden is not None:
         final = derive(harden.rounds)  # what the embedding derivation still finds after training
         figures |= {
@@ -523,7 +541,9 @@ def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int) -> dict:
+def _latent_pool(
+    pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int, ids: torch.Tensor | None = None
+) -> dict:
     """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
@@ -533,7 +553,8 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
         if not prompts:
             continue
         if kind == "replay":
-            ids = torch.multinomial(weights, config.latent_pool, replacement=True, generator=generator)
+            if ids is None:
+                ids = torch.multinomial(weights, config.latent_pool, replacement=True, generator=generator)
         else:
             ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
         bank.add([prompts[i] for i in ids])  # one batch
@@ -552,6 +573,46 @@ def _latent_pool(pipe, family, bank, pairs, protected, weights, config: DistillC
             latents = scheduler.step(prediction, t, latents).prev_sample
         pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
     return pool
+
+
+@torch.no_grad()
+def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, untouched_model) -> dict:
+    """Teacher trajectories of each earlier removal's forget prompts (4 per removal) and the untouched model's
+    predictions on them: what `_undone` compares the student with."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts, owner = [], []
+    for j, removal in enumerate(earlier):
+        for i in torch.randint(0, len(removal), (4,), generator=generator).tolist() if removal else []:
+            prompts.append(removal[i])
+            owner.append(j)
+    pool = _latent_pool(pipe, family, bank, [], prompts, None, replace(config, latent_pool=len(prompts)), seed,
+                        ids=torch.arange(len(prompts)))  # fmt: skip
+    with untouched_model():
+        _anchor_to_base(pipe, family, bank, pool, prompts, set())
+    latents, timesteps, _ = pool["replay"]
+    return {"latents": latents, "timesteps": timesteps, "prompts": prompts, "owner": torch.tensor(owner),
+            "base": pool["replay_base"][0], "earlier": [set(r) for r in earlier]}  # fmt: skip
+
+
+@torch.no_grad()
+def _undone(denoiser, wrapped, pipe, family, bank, probe: dict, size, device) -> list[float]:
+    """Per earlier removal, the share of its effect on its forget prompts (chain minus untouched model) that the
+    student takes back: the projection of the student's move onto the way back, 0 for a removal without probes."""
+    steps = probe["latents"].shape[1]
+    x = probe["latents"].flatten(0, 1).to(device, denoiser.dtype)
+    t = probe["timesteps"].flatten().to(device)
+    prompts = [p for p in probe["prompts"] for _ in range(steps)]
+    student = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device).float().cpu()
+    with _student_off(wrapped):
+        chain = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device).float().cpu()
+    back = probe["base"].flatten(0, 1) - chain
+    moved = ((student - chain) * back).flatten(1).sum(1)
+    gap = back.flatten(1).square().sum(1)
+    owner = probe["owner"].repeat_interleave(steps)
+    return [
+        float(moved[owner == j].sum() / gap[owner == j].sum().clamp_min(1e-12)) if (owner == j).any() else 0.0
+        for j in range(len(probe["earlier"]))
+    ]
 
 
 @torch.no_grad()
