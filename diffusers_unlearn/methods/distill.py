@@ -220,9 +220,6 @@ def distill(
             "replay"
         ]
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
-    probe = None
-    if any(earlier) and untouched_model is not None:  # how far training undoes each earlier removal
-        probe = _undo_probe(pipe, family, bank, earlier, config, seed + 3, untouched_model)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
             raise InvalidArgumentError(
@@ -230,6 +227,9 @@ def distill(
             )
         with untouched_model():
             _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
+    probe = None  # last: its prompts join the bank after the training pool's, which stays as it was without it
+    if any(earlier) and untouched_model is not None:  # how far training undoes each earlier removal
+        probe = _undo_probe(pipe, family, bank, earlier, config, seed + 3, untouched_model)
 
     from peft import LoraConfig
 
@@ -542,8 +542,9 @@ def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def _latent_pool(
-    pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int, ids: torch.Tensor | None = None
-) -> dict:
+    pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int,
+    replay_ids: torch.Tensor | None = None,
+) -> dict:  # fmt: skip
     """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
@@ -553,6 +554,7 @@ def _latent_pool(
         if not prompts:
             continue
         if kind == "replay":
+            ids = replay_ids
             if ids is None:
                 ids = torch.multinomial(weights, config.latent_pool, replacement=True, generator=generator)
         else:
@@ -586,7 +588,7 @@ def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, u
             prompts.append(removal[i])
             owner.append(j)
     pool = _latent_pool(pipe, family, bank, [], prompts, None, replace(config, latent_pool=len(prompts)), seed,
-                        ids=torch.arange(len(prompts)))  # fmt: skip
+                        replay_ids=torch.arange(len(prompts)))  # fmt: skip
     with untouched_model():
         _anchor_to_base(pipe, family, bank, pool, prompts, set())
     latents, timesteps, _ = pool["replay"]
