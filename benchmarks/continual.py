@@ -314,7 +314,7 @@ def _check(pipe, made: list) -> dict | None:
 def _undone_note(adapter, removed: list[Concept], forget: dict) -> str:
     """The log's view of a distilled step: the earlier removal it undid most (noise predictions) and the removed
     concept furthest above chance (images)."""
-    undone = (adapter.metadata.get("figures", {}).get("earlier_undone") if adapter is not None else None) or []
+    undone = list(((adapter.metadata.get("figures", {}).get("earlier_undone") if adapter else None) or {}).values())
     worst = max(removed, key=lambda c: forget[c.name] - c.chance)
     note = f"; furthest back: {worst.name} {forget[worst.name]:.2f}"
     if undone:

@@ -27,7 +27,13 @@ from .constraints import (
     solve,
 )
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
-from .errors import InvalidArgumentError, InvalidConceptError, InvalidTypeError, WeakRemovalWarning
+from .errors import (
+    InvalidArgumentError,
+    InvalidConceptError,
+    InvalidTypeError,
+    RemovalUndoneWarning,
+    WeakRemovalWarning,
+)
 from .families import family_of
 from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
@@ -40,6 +46,9 @@ from .targets import Candidate, choose_targets, removal_effect, weakness
 logger = logging.getLogger(__name__)
 
 _MINING_POOL = 200
+UNDONE_WARNING = 0.2
+"""Share of an earlier removal's effect a distilled removal may take back before `erase` warns
+(`RemovalUndoneWarning`); the interference check's default `undo_threshold`."""
 
 
 def erase(
@@ -278,6 +287,11 @@ def erase(
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
+        if "earlier_undone" in figures:  # by the earlier removal's id, as `parents` names it
+            figures["earlier_undone"] = {
+                a.metadata.get("adapter_id") or a.name: v
+                for a, v in zip(previous, figures["earlier_undone"], strict=True)
+            }
         probes = embedding_probes(bank, pairs, groups)
     figures = {
         **figures,
@@ -309,6 +323,19 @@ def erase(
             ),
             stacklevel=2,
         )
+    names = {a.metadata.get("adapter_id") or a.name: a.name for a in previous}
+    for earlier, share in (figures.get("earlier_undone") or {}).items():
+        if share > UNDONE_WARNING:
+            warnings.warn(
+                RemovalUndoneWarning(
+                    f"The removal {adapter.name!r} takes back {100 * share:.0f}% of {names[earlier]!r}'s effect on "
+                    f"its forget prompts (noise predictions, above {100 * UNDONE_WARNING:.0f}%): that concept may be "
+                    "generated again. Make this removal with `DistillConfig(lambda_earlier=10.0)` or "
+                    '`anchor="chain"`, or erase the earlier concept again on top; `stack.check(pipe)` adds these '
+                    "shares up along the chain."
+                ),
+                stacklevel=2,
+            )
     return adapter
 
 

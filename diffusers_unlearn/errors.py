@@ -110,6 +110,11 @@ class WeakRemovalWarning(UnlearningWarning):
     """A removal barely moves its concept's noise predictions: it may not erase anything (see `erase`)."""
 
 
+class RemovalUndoneWarning(UnlearningWarning):
+    """A removal distilled on top of others measured, in training, that it takes back a large share of an earlier
+    removal's effect on that removal's forget prompts: the earlier concept may be generated again (see `erase`)."""
+
+
 class InteropWarning(UnlearningWarning):
     """A diffusers LoRA operation (`disable_lora`, `set_adapters` with a weight, `delete_adapters`, ...) took a
     loaded removal out of effect, fully or in part, as it was asked to: the concept can be generated again. The

@@ -194,7 +194,9 @@ def check_interference(
     """Measures how the removals act on each other's forget and protected inputs (see the module docstring).
 
     A removal made on top of another (the other is among its `parents`) was solved knowing it: that pair is
-    not interference and counts 0.
+    not interference and counts 0. The other way round, a removal distilled on top of another measured in training
+    how much of the other's effect on its forget prompts it takes back (`figures["earlier_undone"]`, through every
+    layer it trains, where these probes see the text-reading layers only): `undo` counts the larger of the two.
 
     Args:
         pipe (`DiffusionPipeline`): The base pipeline (its edited layers give the untouched outputs).
@@ -281,13 +283,18 @@ def check_interference(
         on_forget, on_protect = inner(forget[i][0]), inner(protect[i][0])
         own = on_forget[i, i].clamp_min(1e-30)
         untouched = ((protect[i][0] @ gram) * protect[i][0]).sum().clamp_min(1e-30)
+        measured = 0.0  # what later distilled removals measured they take back of this one
         for j in acting:
             undo[i, j] = float((-on_forget[j, i]).clamp_min(0) / own)
+            taken = (adapters[j].metadata.get("figures", {}).get("earlier_undone") or {}).get(ids[i])
+            if taken is not None:
+                undo[i, j] = max(float(undo[i, j]), float(taken))
+                measured += max(float(taken), 0.0)
             shift[i, j] = float((on_forget[j, j].clamp_min(0) / own).sqrt())
             collateral[i, j] = float((on_protect[j, j].clamp_min(0) / untouched).sqrt())
         if acting:
             rest = torch.tensor(acting)
-            stack_undo[i] = float((-on_forget[rest, i].sum()).clamp_min(0) / own)
+            stack_undo[i] = max(float((-on_forget[rest, i].sum()).clamp_min(0) / own), measured)
             stack_shift[i] = float((on_forget[rest][:, rest].sum().clamp_min(0) / own).sqrt())
             stack_collateral[i] = float((on_protect[rest][:, rest].sum().clamp_min(0) / untouched).sqrt())
     return InterferenceReport(

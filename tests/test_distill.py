@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,7 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     assert weights.tolist() == pytest.approx([1, 0.5, 1 / 6, 1 / 6, 1 / 6])
 
 
-def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals():
+def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch):
     """`DistillConfig(anchor="base")`: a protected prompt is pulled back to the untouched model, where the default
     holds it where earlier removals left it; an earlier removal's prompts stay where it put them."""
     base_pipe, pipe = make_sd_pipeline(), make_sd_pipeline()
@@ -164,13 +165,24 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals():
     drift = (chain[0] - untouched[0]).norm()
     assert drift > 0.01 * untouched[0].norm()  # the premise: the first removal moved the dog prompt (2.6%)
 
-    after = {}
-    for anchor in ("chain", "base"):
+    monkeypatch.setattr(erasure, "UNDONE_WARNING", 0.05)  # between what the variants take back (below)
+    after, undone, warned = {}, {}, {}
+    for anchor, hold in (("chain", None), ("base", None), ("base", 10.0)):
         fast = dict(FAST, steps=60, batch_size=8, learning_rate=5e-3)
-        config = du.DistillConfig(**fast, lambda_replay=20.0, anchor=anchor)
-        second = du.erase(pipe, "tree", neighbors=["dog", "cat"], method="distill", config=config)
+        config = du.DistillConfig(**fast, lambda_replay=20.0, anchor=anchor, lambda_earlier=hold)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            second = du.erase(pipe, "tree", neighbors=["dog", "cat"], method="distill", config=config)
         pipe.load_unlearning(second)
-        after[anchor] = noise_predictions(pipe, prompts)
+        key = anchor if hold is None else "base, held"
+        warned[key] = [str(w.message) for w in caught if w.category is du.RemovalUndoneWarning]
+        after[key] = noise_predictions(pipe, prompts)
+        taken = second.metadata["figures"]["earlier_undone"]  # by the earlier removal's id: "cat"'s only
+        assert list(taken) == [careless.metadata["adapter_id"]]
+        undone[key] = taken[careless.metadata["adapter_id"]]
+        # the stack's check reads it: the weights' probes see "tree" barely acting on "cat"'s text rows
+        report = du.UnlearningStack([careless, second]).check(base_pipe)
+        assert float(report.undo[0, 1]) >= undone[key] and float(report.stack_undo[0]) >= undone[key]
         pipe.unload_unlearning(second.name)
     # what it must move: the dog prompt back toward the untouched model (measured: base 0.65, chain 0.99 x drift)
     assert (after["base"][0] - untouched[0]).norm() < 0.8 * drift
@@ -180,6 +192,16 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals():
     erased = (chain[1] - untouched[1]).norm()
     assert (after["base"][1] - chain[1]).norm() < 0.45 * erased
     assert (after["chain"][1] - chain[1]).norm() < 0.1 * erased
+    # `lambda_earlier`: the earlier removal held by a term of its own keeps it closer (measured: 0.08), and the
+    # repair still moves the dog prompt back (0.80)
+    assert (after["base, held"][1] - chain[1]).norm() < 0.5 * (after["base"][1] - chain[1]).norm()
+    assert (after["base, held"][0] - untouched[0]).norm() < 0.9 * drift
+    # `earlier_undone`, the share of "cat"'s effect each removal took back, ranks them so (measured: 0.11, 0.027,
+    # 0.005)
+    assert undone["base"] > 2 * undone["base, held"] > 2 * undone["chain"] >= 0
+    # and says so where it is above the limit: the removal that may come back by name
+    assert len(warned["base"]) == 1 and "'no-cat'" in warned["base"][0]
+    assert warned["chain"] == warned["base, held"] == []
 
 
 def test_runs_in_several_processes(tmp_path):
