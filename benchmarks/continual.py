@@ -180,13 +180,13 @@ def distill_options(args) -> dict:
 
 def erase_step(
     pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False,
-    erase_at: str = "digit", distill: dict | None = None,
+    erase_at: str = "digit", distill: dict | None = None, name: str | None = None,
 ):  # fmt: skip
     """One removal; when every mapping target is refused, the user's recourse the error names: the same request
     with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
     `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
     if any."""
-    kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at)
+    kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at) | ({"name": name} if name else {})
     gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
     fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
@@ -224,9 +224,12 @@ def run(args) -> dict:
         pipe = digits.load_pipeline()
         bare = digits.load_pipeline() if method in ("naive stacking", "joint merge") else None
         rows, made = [], []
+        holder: dict[str, str] = {}  # adapter_id -> the concept it removes
+        undone: dict[str, float] = {}  # concept -> share of its removal taken back since it was last made
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
             fallback = None
+            repaired, notes = [], []
             try:
                 if args.target_fallback:
                     adapter, fallback = erase_step(
@@ -244,9 +247,29 @@ def run(args) -> dict:
                 if method == "joint merge":
                     adapter = du.UnlearningStack(made).merge("joint", pipe=bare)
                     pipe.unload_unlearning()
-            seconds = time.perf_counter() - started
             if adapter is not None:
                 pipe.load_unlearning(adapter, mode="fused")
+                _track_undone(adapter, concept.name, holder, undone)
+            while args.repair_undone and adapter is not None:  # re-make a removal the chain has taken back
+                due = [c for c in undone if undone[c] > args.repair_undone and c not in repaired]  # once a step each
+                if not due:
+                    break
+                worst = max(due, key=undone.__getitem__)
+                again = next(c for c in sequence if c.name == worst)
+                try:
+                    fixed, _ = erase_step(pipe, again, method, config, list(sequence[:step]), args.combination_digits,
+                                          args.combination_at, distill_options(args),
+                                          name=f"no-{worst.replace(' ', '-')}-again-{step}")  # fmt: skip
+                except du.InvalidConceptError as error:
+                    print(f"{method:>20} step {step:2d}: {worst} not re-made: {error}", flush=True)
+                    undone[worst] = 0.0
+                    continue
+                made.append(fixed)
+                pipe.load_unlearning(fixed, mode="fused")
+                repaired.append(worst)
+                notes.append(f"{worst} ({undone[worst]:.2f})")
+                _track_undone(fixed, worst, holder, undone)
+            seconds = time.perf_counter() - started
             if step % args.eval_every and step != len(sequence):
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds, "removal_made":
                              adapter is not None, "target_fallback": fallback, **_made(adapter)})  # fmt: skip
@@ -286,10 +309,12 @@ def run(args) -> dict:
                 "related_per_cell": {k: round(v, 4) for k, v in result.related.items()},  # which cells go first
             }
             rows.append(row)
+            row["repaired"] = repaired
             print(
                 f"{method:>20} step {step:2d} {concept.name:>18}: forget {row['forget_accuracy']:.3f} "
                 f"(chance {row['chance']:.3f}, worst {excess:+.3f}) related {row['related']:.3f} "
-                f"general {row['general']:.3f} erase {seconds:.2f}s{_undone_note(adapter, removed, result.forget)}",
+                f"general {row['general']:.3f} erase {seconds:.2f}s{_undone_note(adapter, removed, result.forget)}"
+                + (f"; re-made: {', '.join(notes)}" if notes else ""),
                 flush=True,
             )
         results["methods"][method] = rows
@@ -309,6 +334,16 @@ def _check(pipe, made: list) -> dict | None:
         "weak": len(report.weak),
         "failures": report.failures()[:5],
     }
+
+
+def _track_undone(adapter, concept: str, holder: dict, undone: dict) -> None:
+    """Adds what a new removal measured it takes back of each earlier one to that concept's account, and opens
+    the account of the concept it removes."""
+    for earlier, share in (adapter.metadata.get("figures", {}).get("earlier_undone") or {}).items():
+        if earlier in holder:
+            undone[holder[earlier]] = undone.get(holder[earlier], 0.0) + max(share, 0.0)
+    holder[adapter.metadata["adapter_id"]] = concept
+    undone[concept] = 0.0
 
 
 def _undone_note(adapter, removed: list[Concept], forget: dict) -> str:
@@ -730,6 +765,10 @@ def main() -> None:
     parser.add_argument(
         "--distill-lambda-earlier", type=float, default=None,
         help="distill's lambda_earlier: the earlier removals held by a term of their own (default: a replay group)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repair-undone", type=float, default=0.0,
+        help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",
     )  # fmt: skip
     parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
