@@ -29,6 +29,10 @@ the goal of the prompt it started from:
 
     harden  = || eps_student(x_t, t, c*) - goal(forget prompt c* started from) ||^2,   loss += weight * harden
 
+With earlier removals (and the untouched model), training measures `earlier_undone`: per earlier removal, the
+share of its effect on its forget prompts (chain minus untouched model) that the new LoRA takes back, on 4 teacher
+trajectories of that removal's prompts (`erase` warns above 20%; `stack.check` counts it).
+
 Training runs through `accelerate` (several processes with `accelerate launch`, mixed precision and gradient
 accumulation as options). Every batch is drawn from a generator seeded by `(seed, step)`, and checkpoints hold
 the adapter and the optimizer state, so a resumed run gives the same adapter as an uninterrupted one.
@@ -94,7 +98,10 @@ class DistillConfig:
             chain either way.
         lambda_earlier (`float`, *optional*): Weight of a term of its own that holds the earlier removals' forget
             prompts to the chain, with its own batch and trajectories shared evenly by removal, so that the hold
-            each removal gets does not thin out as the chain grows. Default: they are one group of the replay.
+            each removal gets does not thin out as the chain grows; at a quarter, half and three quarters of
+            training, a removal found taken back by more than 2% (`earlier_undone`) gets its hold raised in
+            proportion (at most 20x). Default: they are one group of the replay (measured on digits: the return
+            of earlier removals comes a step or two later with it, docs/benchmarks/continual_analysis.md).
     """
 
     rank: int = 4
@@ -265,12 +272,12 @@ def _train(
             params.append(parameter)
     raw_optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     adversarial = _Adversarial()
-    start, losses = _resume(config, params, raw_optimizer, harden, adversarial)
+    hold_factor = torch.ones(len(held))  # per held prompt: raised where a measure finds its removal coming back
+    start, losses = _resume(config, params, raw_optimizer, harden, adversarial, hold_factor)
     model, optimizer = accelerator.prepare(denoiser, raw_optimizer)
     size = _sample_size(denoiser)
     device = accelerator.device
     rounds = {k * config.steps // (harden.rounds + 1): k - 1 for k in range(1, harden.rounds + 1)} if harden else {}
-    hold_factor = torch.ones(len(held))  # per held prompt: raised where a measure finds its removal coming back
     measures = {config.steps * k // 4 for k in (1, 2, 3)} if held and probe is not None else set()
 
     def derive(index: int) -> float:  # one round of the hardening (index == harden.rounds: measured only)
@@ -335,9 +342,8 @@ def _train(
         done = step + 1
         if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
             if accelerator.is_main_process:
-                _save_checkpoint(
-                    Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config, harden, adversarial
-                )
+                _save_checkpoint(Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config, harden,
+                                 adversarial, hold_factor)  # fmt: skip
             accelerator.wait_for_everyone()
 
     figures = _figures(
@@ -695,10 +701,11 @@ def _figures(denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, 
 
 
 def _save_checkpoint(
-    folder: Path, step: int, losses, params, optimizer, config: DistillConfig, harden, adversarial: _Adversarial
-) -> None:
+    folder: Path, step: int, losses, params, optimizer, config: DistillConfig, harden, adversarial: _Adversarial,
+    hold_factor: torch.Tensor,
+) -> None:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {}
+    tensors = {"hold_factor": hold_factor.contiguous()} if len(hold_factor) else {}
     if adversarial.sources:  # the hardening's embeddings: derived from the student of their round, not re-derivable
         tensors["harden.embeds"] = torch.stack(adversarial.embeds).contiguous()
         tensors["harden.sources"] = torch.tensor(adversarial.sources, dtype=torch.int64)
@@ -720,10 +727,11 @@ def _save_checkpoint(
 
 
 def _resume(
-    config: DistillConfig, params, optimizer, harden: HardenConfig | None, adversarial: _Adversarial
-) -> tuple[int, list[float]]:
-    """Restores the adapter, optimizer and hardening from `checkpoint_dir` if a checkpoint of the same run is
-    there."""
+    config: DistillConfig, params, optimizer, harden: HardenConfig | None, adversarial: _Adversarial,
+    hold_factor: torch.Tensor,
+) -> tuple[int, list[float]]:  # fmt: skip
+    """Restores the adapter, optimizer, hardening and hold factors from `checkpoint_dir` if a checkpoint of the
+    same run is there."""
     if not config.checkpoint_dir or not (Path(config.checkpoint_dir) / _CHECKPOINT).is_file():
         return 0, []
     path = Path(config.checkpoint_dir) / _CHECKPOINT
@@ -748,6 +756,8 @@ def _resume(
     if "harden.sources" in tensors:
         adversarial.embeds = list(tensors["harden.embeds"])
         adversarial.sources = tensors["harden.sources"].tolist()
+    if "hold_factor" in tensors:
+        hold_factor.copy_(tensors["hold_factor"])
     adversarial.leaks = json.loads(header.get("harden_leak", "[]"))
     adversarial.seconds = float(header.get("harden_seconds", 0.0))
     with torch.no_grad():
