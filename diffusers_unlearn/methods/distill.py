@@ -607,12 +607,15 @@ def _undone(denoiser, wrapped, pipe, family, bank, probe: dict, size, device) ->
     """Per earlier removal, the share of its effect on its forget prompts (chain minus untouched model) that the
     student takes back: the projection of the student's move onto the way back, 0 for a removal without probes."""
     steps = probe["latents"].shape[1]
-    x = probe["latents"].flatten(0, 1).to(device, denoiser.dtype)
-    t = probe["timesteps"].flatten().to(device)
+    x, t = probe["latents"].flatten(0, 1), probe["timesteps"].flatten()
     prompts = [p for p in probe["prompts"] for _ in range(steps)]
-    student = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device).float().cpu()
-    with _student_off(wrapped):
-        chain = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device).float().cpu()
+    student, chain = [], []
+    for rows in torch.arange(len(prompts)).split(64):  # bounded batches: 4 trajectories x steps per removal
+        args = ([prompts[i] for i in rows.tolist()], x[rows].to(device, denoiser.dtype), t[rows].to(device))
+        student.append(_predict(denoiser, pipe, family, bank, *args, size, device).float().cpu())
+        with _student_off(wrapped):
+            chain.append(_predict(denoiser, pipe, family, bank, *args, size, device).float().cpu())
+    student, chain = torch.cat(student), torch.cat(chain)
     back = probe["base"].flatten(0, 1) - chain
     moved = ((student - chain) * back).flatten(1).sum(1)
     gap = back.flatten(1).square().sum(1)
