@@ -313,7 +313,8 @@ def run(args) -> dict:
             print(
                 f"{method:>20} step {step:2d} {concept.name:>18}: forget {row['forget_accuracy']:.3f} "
                 f"(chance {row['chance']:.3f}, worst {excess:+.3f}) related {row['related']:.3f} "
-                f"general {row['general']:.3f} erase {seconds:.2f}s{_undone_note(adapter, removed, result.forget)}"
+                f"general {row['general']:.3f} erase {seconds:.2f}s"
+                + _undone_note(adapter, removed, result.forget, holder)
                 + (f"; re-made: {', '.join(notes)}" if notes else ""),
                 flush=True,
             )
@@ -346,15 +347,15 @@ def _track_undone(adapter, concept: str, holder: dict, undone: dict) -> None:
     undone[concept] = 0.0
 
 
-def _undone_note(adapter, removed: list[Concept], forget: dict) -> str:
-    """The log's view of a distilled step: the earlier removal it undid most (noise predictions) and the removed
-    concept furthest above chance (images)."""
-    undone = list(((adapter.metadata.get("figures", {}).get("earlier_undone") if adapter else None) or {}).values())
+def _undone_note(adapter, removed: list[Concept], forget: dict, holder: dict) -> str:
+    """The log's view of a distilled step: the earlier removal it undid most (noise predictions; `holder` names
+    the concept of each adapter id) and the removed concept furthest above chance (images)."""
+    undone = (adapter.metadata.get("figures", {}).get("earlier_undone") if adapter else None) or {}
     worst = max(removed, key=lambda c: forget[c.name] - c.chance)
     note = f"; furthest back: {worst.name} {forget[worst.name]:.2f}"
     if undone:
-        j = max(range(len(undone)), key=undone.__getitem__)
-        note += f"; most undone: {removed[j].name} {undone[j]:.3f}"
+        most = max(undone, key=undone.__getitem__)
+        note += f"; most undone: {holder.get(most, most)} {undone[most]:.3f}"
     return note
 
 
