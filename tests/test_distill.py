@@ -156,7 +156,9 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
 
 def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch):
     """`DistillConfig(anchor="base")`: a protected prompt is pulled back to the untouched model, where the default
-    holds it where earlier removals left it; an earlier removal's prompts stay where it put them."""
+    holds it where earlier removals left it; an earlier removal's prompts stay where it put them, closer with
+    `lambda_earlier`. `figures["earlier_undone"]` measures how much of the earlier removal each variant takes back;
+    `stack.check` reads it and `erase` warns above the limit."""
     base_pipe, pipe = make_sd_pipeline(), make_sd_pipeline()
     careless = du.erase(pipe, "cat", config=du.ClosedFormConfig(lambda_protect=0.0))  # moves other prompts too
     pipe.load_unlearning(careless, mode="fused")
