@@ -34,7 +34,7 @@ from transformers import (
 )
 
 TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer"
-torch.set_num_threads(1)
+torch.set_num_threads(1)  # one thread per process: the suite runs in two processes (`pytest -n 2`), one per core
 
 
 def _text_config(**overrides) -> CLIPTextConfig:
