@@ -155,13 +155,16 @@ def model_version(folder: Path) -> dict:
     }
 
 
-def erase_kwargs(concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = ()) -> dict:
+def erase_kwargs(
+    concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = (), phrasings: int = 0
+) -> dict:
     config = du.ClosedFormConfig()
     distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
+    harden = du.HardenConfig(phrasings=phrasings)
     if method == "hardened":
-        return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": True}
+        return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
     if method == "distill, hardened":
-        return continual.erase_kwargs(concept, "distill", config, distill) | {"harden": True}
+        return continual.erase_kwargs(concept, "distill", config, distill) | {"harden": harden}
     return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill)
 
 
@@ -187,7 +190,9 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
     for step, concept in enumerate(world.sequence[: max(args.stages)], 1):
         started = time.perf_counter()
         try:
-            adapter = du.erase(pipe, **erase_kwargs(concept, method, args.distill_steps, args.distill_modules))
+            adapter = du.erase(
+                pipe, **erase_kwargs(concept, method, args.distill_steps, args.distill_modules, args.harden_phrasings)
+            )
         except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
             skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
             print(f"{method}: step {step} ({concept.name}) skipped: {error}", flush=True)
@@ -736,6 +741,10 @@ def main() -> None:
     parser.add_argument("--concept", default=None, help="glyphs: the attacked concept (default: the first removal)")
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--distill-modules", nargs="+", default=(), help="distill's target_modules (default: K/V)")
+    parser.add_argument(
+        "--harden-phrasings", type=int, default=0,
+        help="hardened methods: HardenConfig.phrasings, other word orders of each forget prompt trained on",
+    )  # fmt: skip
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")

@@ -38,7 +38,7 @@ from .families import family_of
 from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
-from .methods.harden import HardenConfig, harden_solve
+from .methods.harden import HardenConfig, harden_solve, rephrased
 from .pipeline import base_fingerprint, loaded_adapters, removals_disabled
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
 from .targets import Candidate, choose_targets, removal_effect, weakness
@@ -251,6 +251,10 @@ def erase(
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
     # 4. the edit, on top of every removal already loaded.
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
+    if harden is not None and harden.phrasings:  # other word orders of the forget prompts, what a paraphrase tries
+        protected = {p for prompts in groups.values() for p in prompts}
+        pairs += rephrased(pairs, harden.phrasings, pipe.tokenizer, exclude=protected, seed=seed)
+        bank.add([f for f, _ in pairs])
     if method == "closed_form":
         solve_kwargs = {
             "protect_factors": [a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],

@@ -276,3 +276,25 @@ def _target_check_on_random_models(request, monkeypatch):
     node = request.node
     if node.get_closest_marker("random_targets") and not node.get_closest_marker("trained_model"):
         monkeypatch.setattr("diffusers_unlearn.targets.MIN_SEPARATION", 0.0)
+
+
+def noise_predictions(pipe, prompts, seed=7) -> torch.Tensor:
+    """The UNet's predictions for `prompts` on latents the untouched model generates (its own DDIM trajectories
+    from other seeds than training, at timesteps below 600), shared by all prompts."""
+    from diffusers_unlearn import DistillConfig
+    from diffusers_unlearn.distance import PromptBank
+    from diffusers_unlearn.families import family_of
+    from diffusers_unlearn.methods.distill import _latent_pool
+
+    bank = PromptBank(pipe, family_of(pipe))
+    config = DistillConfig(latent_pool=8, sampling_steps=5)
+    weights = torch.ones(len(prompts), dtype=torch.float64)
+    pool = _latent_pool(pipe, family_of(pipe), bank, [], prompts, weights, config, seed)
+    latents, timesteps, _ = pool["replay"]
+    latents, timesteps = latents.flatten(0, 1), timesteps.flatten()
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            embeds = bank.embeds(prompt)[None].expand(len(latents), -1, -1)
+            out.append(pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample)
+    return torch.stack(out)

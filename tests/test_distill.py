@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import generate, kill_distill_at_batch, make_sd_pipeline
+from conftest import generate, kill_distill_at_batch, make_sd_pipeline, noise_predictions
 
 import diffusers_unlearn as du
 from diffusers_unlearn import erasure
-from diffusers_unlearn.distance import PromptBank
-from diffusers_unlearn.families import family_of
 from diffusers_unlearn.methods import distill as distill_module
 
 pytestmark = pytest.mark.random_targets  # see conftest.py
@@ -24,23 +22,6 @@ FAST = dict(steps=40, batch_size=4, latent_pool=16, sampling_steps=5, learning_r
 
 def weights(pipe) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-
-
-def noise_predictions(pipe, prompts, seed=7) -> torch.Tensor:
-    """The UNet's predictions for `prompts` on latents the untouched model generates (its own DDIM trajectories
-    from other seeds than training, at timesteps below 600), shared by all prompts."""
-    bank = PromptBank(pipe, family_of(pipe))
-    config = du.DistillConfig(latent_pool=8, sampling_steps=5)
-    weights = torch.ones(len(prompts), dtype=torch.float64)
-    pool = distill_module._latent_pool(pipe, family_of(pipe), bank, [], prompts, weights, config, seed)
-    latents, timesteps, _ = pool["replay"]
-    latents, timesteps = latents.flatten(0, 1), timesteps.flatten()
-    out = []
-    with torch.no_grad():
-        for prompt in prompts:
-            embeds = bank.embeds(prompt)[None].expand(len(latents), -1, -1)
-            out.append(pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample)
-    return torch.stack(out)
 
 
 def test_distill_erases_locally_and_leaves_the_pipeline_as_it_was(sd_pipe):

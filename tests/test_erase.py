@@ -6,13 +6,14 @@ protection working, stacking), not image-level quality: that is measured on the 
 
 import pytest
 import torch
-from conftest import generate, make_sd_pipeline, make_sdxl_pipeline
+from conftest import generate, make_sd_pipeline, make_sdxl_pipeline, noise_predictions
 
 import diffusers_unlearn as du
 from diffusers_unlearn import erasure
 from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
+from diffusers_unlearn.methods.harden import rephrased
 
 pytestmark = pytest.mark.random_targets  # see conftest.py
 
@@ -275,3 +276,35 @@ def test_an_erase_holds_the_protected_prompt_that_shares_the_forget_prompts_pref
     shared, distinct = embeds[2:4], embeds[4:6]  # "cat in" (pinned by "a cat in blue") / "red <eos>"
     moved = lambda rows: (rows @ edit.T).norm(dim=1)  # noqa: E731
     assert moved(shared).max() < 0.4 * moved(distinct).min()  # 0.17 vs 0.78 (0.69 vs 0.78 without the rule)
+
+
+def test_phrasings_teach_the_removal_other_word_orders(sd_pipe):
+    """`HardenConfig(phrasings=k)`: each forget prompt's words in k other orders (commas between some) join the
+    forget set with its target, so the removal reaches phrasings its templates never used."""
+    tokenizer = sd_pipe.tokenizer
+    pairs = [("a photo of cat", "a photo of dog")]
+    phrasings = rephrased(pairs, 3, tokenizer, exclude={"cat a photo of"}, seed=0)
+    assert phrasings == rephrased(pairs, 3, tokenizer, exclude={"cat a photo of"}, seed=0)  # seeded
+    assert len(phrasings) == 3 and {t for _, t in phrasings} == {"a photo of dog"}
+    for text, _ in phrasings:  # the same words in another order, none a prompt already taken
+        assert sorted(text.replace(",", "").split()) == ["a", "cat", "of", "photo"]
+        assert text not in ("a photo of cat", "cat a photo of")
+    assert rephrased([("cat", "dog")], 3, tokenizer) == []  # one word has no other order
+
+    def moved_to_target(phrasings_count: int) -> tuple[float, float]:
+        harden = du.HardenConfig(rounds=1, phrasings=phrasings_count)
+        adapter = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden)
+        target = adapter.metadata["targets"][0]["target"]
+        trained = [f for f, _ in rephrased([("a photo of cat", target)], 3, tokenizer, seed=0)]  # erase's seed, 0
+        before = noise_predictions(sd_pipe, [*trained, target, "a photo of dog"])
+        sd_pipe.load_unlearning(adapter)
+        after = noise_predictions(sd_pipe, [*trained, target, "a photo of dog"])
+        sd_pipe.unload_unlearning()
+        left = [float((after[i] - before[-2]).norm() / (before[i] - before[-2]).norm()) for i in range(3)]
+        return sum(left) / 3, float((after[-1] - before[-1]).norm() / before[-1].norm())
+
+    (plain, plain_dog), (phrased, phrased_dog) = moved_to_target(0), moved_to_target(3)
+    # what it must move: the phrasings, much nearer their target (measured: 0.76 -> 0.45 of the way left)
+    assert phrased < 0.8 * plain
+    # what it must hold: the neighbour (measured: moved 1.1% -> 1.9%)
+    assert phrased_dog < max(0.05, 3 * plain_dog)

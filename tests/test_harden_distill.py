@@ -79,7 +79,14 @@ def test_a_hardened_run_resumes_to_the_same_adapter(sd_pipe, tmp_path, monkeypat
 @pytest.mark.random_targets
 @quiet
 def test_bad_hardening_input_raises(sd_pipe):
-    for bad in (dict(rounds=0), dict(prompts=0), dict(iterations=0), dict(samples=0), dict(learning_rate=0.0)):
+    for bad in (
+        dict(rounds=0),
+        dict(prompts=0),
+        dict(iterations=0),
+        dict(samples=0),
+        dict(learning_rate=0.0),
+        dict(phrasings=-1),
+    ):
         with pytest.raises(du.InvalidArgumentError):
             du.HardenConfig(**bad)
     with pytest.raises(du.InvalidTypeError, match="HardenConfig"):

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +64,9 @@ class HardenConfig:
             RMS.
         samples (`int`): Distill only. Noisy latents (from the forget prompts' teacher trajectories) the
             derivation matches the teacher on; every step uses all of them.
+        phrasings (`int`): Both methods. Per forget prompt, this many more phrasings of it join the forget set
+            with its target: its words in another order, a comma between some (seeded, [`rephrased`]), what a
+            paraphrase attack writes. 0: the forget prompts only.
 
     Example:
         ```py
@@ -77,17 +82,59 @@ class HardenConfig:
     iterations: int = 100
     learning_rate: float = 5e-2
     samples: int = 4
+    phrasings: int = 0
 
     def __post_init__(self):
         if self.rounds < 1 or self.ridge <= 0 or self.weight <= 0:
             raise InvalidArgumentError(
                 f"rounds must be >= 1, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
             )
+        if self.phrasings < 0:
+            raise InvalidArgumentError(f"phrasings must be >= 0, got {self.phrasings}.")
         if self.prompts < 1 or self.iterations < 1 or self.samples < 1 or not self.learning_rate > 0:
             raise InvalidArgumentError(
                 "prompts, iterations and samples must be >= 1 and learning_rate > 0, got "
                 f"{self.prompts}, {self.iterations}, {self.samples}, {self.learning_rate}."
             )
+
+
+def rephrased(
+    pairs: Sequence[tuple[str, str]], count: int, tokenizer, exclude: Collection[str] = (), seed: int = 0
+) -> list[tuple[str, str]]:
+    """`count` other phrasings of each forget prompt, each paired with its prompt's target.
+
+    A phrasing is the prompt's words in a random order with a comma after some of them (each gap 30%), seeded:
+    a removal trained on them covers word orders its templates never used. Phrasings that are a forget prompt
+    already, in `exclude` (the protected prompts) or longer than the tokenizer reads are left out, so a short
+    prompt may get fewer than `count`.
+
+    Example:
+        ```py
+        >>> from transformers import CLIPTokenizer
+        >>> from diffusers_unlearn import digits
+        >>> from diffusers_unlearn.methods.harden import rephrased
+        >>> tokenizer = CLIPTokenizer.from_pretrained(digits.MODEL_DIR / "tokenizer")
+        >>> rephrased([("a red seven", "a red one")], 2, tokenizer)
+        [('red, seven a', 'a red one'), ('red seven a', 'a red one')]
+        ```
+    """
+    rng = random.Random(seed)
+    taken = {forget for forget, _ in pairs} | set(exclude)
+    out = []
+    for forget, target in pairs:
+        words = forget.replace(",", " ").split()
+        made = 0
+        for _ in range(8 * count):  # a few draws each: a two-word prompt has few other orders
+            if made == count:
+                break
+            order = rng.sample(words, len(words))
+            text = order[0] + "".join(("," if rng.random() < 0.3 else "") + " " + word for word in order[1:])
+            if text in taken or len(tokenizer(text).input_ids) > tokenizer.model_max_length:
+                continue
+            taken.add(text)
+            out.append((text, target))
+            made += 1
+    return out
 
 
 def derive_embeddings(remap: torch.Tensor, gram: torch.Tensor, forget: torch.Tensor, ridge: float) -> torch.Tensor:
