@@ -175,8 +175,6 @@ def distill_options(args) -> dict:
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     rank = {"rank": args.distill_rank} if args.distill_rank else {}
     earlier = {"lambda_earlier": args.distill_lambda_earlier} if args.distill_lambda_earlier is not None else {}
-    if args.distill_orthogonal:
-        earlier["orthogonal"] = True
     return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier}
 
 
@@ -768,10 +766,6 @@ def main() -> None:
     parser.add_argument(
         "--distill-lambda-earlier", type=float, default=None,
         help="distill's lambda_earlier: the earlier removals held by a term of their own (default: a replay group)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-orthogonal", action="store_true",
-        help="distill's orthogonal: the new LoRA reads no input direction an earlier removal's LoRA reads",
     )  # fmt: skip
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,

@@ -287,8 +287,7 @@ def erase(
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
         result = distill(
-            pipe, family, bank, pairs, list(groups.values()), config, earlier=earlier,
-            earlier_inputs=_lora_inputs(previous) if config.orthogonal else None, untouched=untouched,
+            pipe, family, bank, pairs, list(groups.values()), config, earlier=earlier, untouched=untouched,
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
@@ -342,15 +341,6 @@ def erase(
                 stacklevel=2,
             )
     return adapter
-
-
-def _lora_inputs(adapters: Sequence[UnlearningAdapter]) -> dict[str, torch.Tensor]:
-    """Per layer, the `lora_A` rows of every adapter that edits it, stacked: the input directions they read."""
-    rows: dict[str, list[torch.Tensor]] = {}
-    for adapter in adapters:
-        for layer in adapter.layer_names:
-            rows.setdefault(layer, []).append(adapter.factors(layer)[0].float())
-    return {layer: torch.cat(parts) for layer, parts in rows.items()}
 
 
 def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> list[str]:

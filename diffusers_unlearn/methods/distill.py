@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -102,9 +102,6 @@ class DistillConfig:
             training, a removal found taken back by more than 2% (`earlier_undone`) gets its hold raised in
             proportion (at most 20x). Default: they are one group of the replay (measured on digits: the return
             of earlier removals comes a step or two later with it, docs/benchmarks/continual_analysis.md).
-        orthogonal (`bool`): The new LoRA reads only input directions that no earlier removal's LoRA reads in the
-            same layer (its `lora_A` rows kept orthogonal to theirs, as O-LoRA does for continual fine-tuning), so
-            that it acts less on what the earlier removals act on.
     """
 
     rank: int = 4
@@ -124,7 +121,6 @@ class DistillConfig:
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
     lambda_earlier: float | None = None
-    orthogonal: bool = False
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -165,7 +161,6 @@ def distill(
     config: DistillConfig,
     *,
     earlier: Sequence[Sequence[str]] = (),
-    earlier_inputs: Mapping[str, torch.Tensor] | None = None,
     untouched: Collection[str] = (),
     untouched_model: Callable[[], AbstractContextManager] | None = None,
     harden: HardenConfig | None = None,
@@ -184,9 +179,6 @@ def distill(
             so that they stay removed: together one group, drawn as often as each protected group, shared evenly
             by the removals (a removal of a combination with 16 prompts is drawn as often as one of a whole colour
             with 120; shared by prompt, the combination got 2 of 64 trajectories and came back).
-        earlier_inputs (`Mapping[str, torch.Tensor]`, *optional*): With `config.orthogonal`, per layer (its name in
-            the denoiser) the earlier removals' `lora_A` rows stacked, `(k, d_in)`: the directions the new LoRA
-            must not read.
         config ([`DistillConfig`]): Hyper-parameters.
         untouched (`Collection[str]`): With `config.anchor == "base"`, the protected prompts whose teacher is the
             model without any removal (the others keep the pipeline as loaded).
@@ -254,17 +246,16 @@ def distill(
             LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=layers, init_lora_weights=True),
             adapter_name=_ADAPTER,
         )
-    blocked = _input_bases(earlier_inputs or {}, layers) if config.orthogonal else {}
     try:
         return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
-                      config, harden, seed, probe, blocked)  # fmt: skip
+                      config, harden, seed, probe)  # fmt: skip
     finally:
         _remove_adapter(pipe, denoiser)
 
 
 def _train(
     accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed,
-    probe, blocked,
+    probe,
 ) -> DistillResult:  # fmt: skip
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -283,14 +274,6 @@ def _train(
     adversarial = _Adversarial()
     hold_factor = torch.ones(len(held))  # per held prompt: raised where a measure finds its removal coming back
     start, losses = _resume(config, params, raw_optimizer, harden, adversarial, hold_factor)
-
-    @torch.no_grad()
-    def keep_orthogonal() -> None:  # `config.orthogonal`: no input direction an earlier removal reads
-        for name, basis in blocked.items():
-            weight = wrapped[name].lora_A[_ADAPTER].weight
-            weight -= (weight.float() @ basis.to(weight.device)) @ basis.T.to(weight.device)
-
-    keep_orthogonal()
     model, optimizer = accelerator.prepare(denoiser, raw_optimizer)
     size = _sample_size(denoiser)
     device = accelerator.device
@@ -354,7 +337,6 @@ def _train(
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-                keep_orthogonal()
         losses.append(float(accelerator.reduce(loss.detach(), reduction="mean")))
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
@@ -389,21 +371,6 @@ def _train(
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _input_bases(earlier_inputs: Mapping[str, torch.Tensor], layers: list[str]) -> dict[str, torch.Tensor]:
-    """Per trained layer, an orthonormal basis `(d_in, k)` of the input directions earlier removals read there
-    (the row space of their stacked `lora_A`, singular values below 1e-6 of the largest dropped)."""
-    bases = {}
-    for name in layers:
-        rows = earlier_inputs.get(name)
-        if rows is None or rows.numel() == 0:
-            continue
-        _, values, right = torch.linalg.svd(rows.float(), full_matrices=False)
-        kept = values > 1e-6 * values[0]
-        if kept.any():
-            bases[name] = right[kept].T.contiguous()
-    return bases
-
-
 @contextmanager
 def _student_off(wrapped: dict) -> Iterator[None]:
     """The teacher: the same forward pass with the new adapter contributing nothing."""
