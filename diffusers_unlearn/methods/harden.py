@@ -66,7 +66,9 @@ class HardenConfig:
             derivation matches the teacher on; every step uses all of them.
         phrasings (`int`): Both methods. Per forget prompt, this many more phrasings of it join the forget set
             with its target: its words in another order, a comma between some (seeded, [`rephrased`]), what a
-            paraphrase attack writes. 0: the forget prompts only.
+            paraphrase attack writes. 0: the forget prompts only. Measured (docs/benchmarks/robustness.md, 2
+            phrasings, distill): on glyphs the paraphrase attack's ASR 10% -> 2%; on digits, where it was already
+            1%, the embedding attack's 12% -> 88%.
 
     Example:
         ```py
