@@ -175,7 +175,8 @@ def distill_options(args) -> dict:
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     rank = {"rank": args.distill_rank} if args.distill_rank else {}
     earlier = {"lambda_earlier": args.distill_lambda_earlier} if args.distill_lambda_earlier is not None else {}
-    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier}
+    pool = {"latent_pool": args.distill_latent_pool} if args.distill_latent_pool else {}
+    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool}
 
 
 def erase_step(
@@ -766,6 +767,10 @@ def main() -> None:
     parser.add_argument(
         "--distill-lambda-earlier", type=float, default=None,
         help="distill's lambda_earlier: the earlier removals held by a term of their own (default: a replay group)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-latent-pool", type=int, default=0,
+        help="distill's latent_pool: teacher trajectories per pool (forget, replay, hold; default: DistillConfig's)",
     )  # fmt: skip
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
