@@ -253,8 +253,9 @@ def erase(
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
     if harden is not None and harden.phrasings:  # other word orders of the forget prompts, what a paraphrase tries
         protected = {p for prompts in groups.values() for p in prompts}
-        pairs += rephrased(pairs, harden.phrasings, pipe.tokenizer, exclude=protected, seed=seed)
-        bank.add([f for f, _ in pairs])
+        phrasings = rephrased(pairs, harden.phrasings, pipe.tokenizer, exclude=protected, seed=seed)
+        bank.add([f for f, _ in phrasings])  # the forget prompts are in the bank already
+        pairs += phrasings
     if method == "closed_form":
         solve_kwargs = {
             "protect_factors": [a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
