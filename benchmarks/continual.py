@@ -176,7 +176,10 @@ def distill_options(args) -> dict:
     rank = {"rank": args.distill_rank} if args.distill_rank else {}
     earlier = {"lambda_earlier": args.distill_lambda_earlier} if args.distill_lambda_earlier is not None else {}
     pool = {"latent_pool": args.distill_latent_pool} if args.distill_latent_pool else {}
-    return {"steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool}
+    push = {"earlier_push": args.distill_earlier_push} if args.distill_earlier_push else {}
+    return {
+        "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool, **push,
+    }  # fmt: skip
 
 
 def erase_step(
@@ -771,6 +774,10 @@ def main() -> None:
     parser.add_argument(
         "--distill-latent-pool", type=int, default=0,
         help="distill's latent_pool: teacher trajectories per pool (forget, replay, hold; default: DistillConfig's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-earlier-push", type=float, default=0.0,
+        help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it)",
     )  # fmt: skip
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,

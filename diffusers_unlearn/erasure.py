@@ -293,9 +293,10 @@ def erase(
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         if "earlier_undone" in figures:  # by the earlier removal's id, as `parents` names it
-            figures["earlier_undone"] = {
+            figures["earlier_undone"] = {  # a removal with no measurable effect on its probes is left out
                 a.metadata.get("adapter_id") or a.name: v
                 for a, v in zip(previous, figures["earlier_undone"], strict=True)
+                if v is not None
             }
         probes = embedding_probes(bank, pairs, groups)
     figures = {

@@ -31,7 +31,11 @@ the goal of the prompt it started from:
 
 With earlier removals (and the untouched model), training measures `earlier_undone`: per earlier removal, the
 share of its effect on its forget prompts (chain minus untouched model) that the new LoRA takes back, on 4 teacher
-trajectories of that removal's prompts (`erase` warns above 20%; `stack.check` counts it).
+trajectories of that removal's prompts (`erase` warns above 20%; `stack.check` counts it); `None` for a removal
+whose effect there is below 0.1% of the predictions, where a share means nothing.
+
+Removals loaded as PEFT adapters stay active next to the new one while it trains (diffusers' `add_adapter` leaves
+only the new adapter active: the teacher would be the untouched model) and exactly as before once it is gone.
 
 Training runs through `accelerate` (several processes with `accelerate launch`, mixed precision and gradient
 accumulation as options). Every batch is drawn from a generator seeded by `(seed, step)`, and checkpoints hold
@@ -65,6 +69,8 @@ if TYPE_CHECKING:  # harden.py's closed-form loop imports constraints, which imp
 
 _ADAPTER = "diffusers_unlearn_distill"  # the student's adapter name while it trains
 _CHECKPOINT = "distill_checkpoint.safetensors"
+_UNMEASURABLE = 1e-3  # `earlier_undone`: an earlier removal's effect on its probes below this share of the
+# predictions (their norm) has no share to take back
 
 
 @dataclass
@@ -102,6 +108,10 @@ class DistillConfig:
             training, a removal found taken back by more than 2% (`earlier_undone`) gets its hold raised in
             proportion (at most 20x). Default: they are one group of the replay (measured on digits: the return
             of earlier removals comes a step or two later with it, docs/benchmarks/continual_analysis.md).
+        earlier_push (`float`): With `lambda_earlier`, hold the earlier removals' forget prompts this share of
+            their removal's effect past the chain, away from the untouched model (`chain + push * (chain -
+            untouched)`): each removal on top takes back a few percent of the earlier ones whatever their hold
+            (`earlier_undone`), and the push aims to give it back. 0 (the default): held to the chain.
     """
 
     rank: int = 4
@@ -121,6 +131,7 @@ class DistillConfig:
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
     lambda_earlier: float | None = None
+    earlier_push: float = 0.0
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -136,6 +147,11 @@ class DistillConfig:
         if self.negative_guidance < 0:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
+            )
+        if self.earlier_push < 0 or (self.earlier_push and self.lambda_earlier is None):
+            raise InvalidArgumentError(
+                f"earlier_push must be >= 0 and needs lambda_earlier (the hold it moves), got {self.earlier_push} "
+                f"with lambda_earlier={self.lambda_earlier}."
             )
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
@@ -234,12 +250,18 @@ def distill(
             )
         with untouched_model():
             _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
+    if held and config.earlier_push:
+        if untouched_model is None:
+            raise InvalidArgumentError("`earlier_push` needs `untouched_model`, the context of the untouched model.")
+        with untouched_model():
+            pool["hold_untouched"] = _predictions(pipe, family, bank, pool["hold"], held)
     probe = None  # last: its prompts join the bank after the training pool's, which stays as it was without it
     if any(earlier) and untouched_model is not None:  # how far training undoes each earlier removal
         probe = _undo_probe(pipe, family, bank, earlier, config, seed + 3, untouched_model)
 
     from peft import LoraConfig
 
+    active_before = active_adapters(denoiser)  # the removals (and a user's LoRAs) loaded as adapters
     with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial adapter, hence the same run
         torch.manual_seed(seed)
         denoiser.add_adapter(
@@ -247,10 +269,11 @@ def distill(
             adapter_name=_ADAPTER,
         )
     try:
+        _activate(denoiser, [*active_before, _ADAPTER])  # the teacher is the pipeline as loaded
         return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
                       config, harden, seed, probe)  # fmt: skip
     finally:
-        _remove_adapter(pipe, denoiser)
+        _remove_adapter(denoiser, active_before)
 
 
 def _train(
@@ -260,7 +283,6 @@ def _train(
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     wrapped = {name: denoiser.get_submodule(name) for name in layers}
-    _activate(denoiser, list(dict.fromkeys([*active_adapters(denoiser), _ADAPTER])))  # each adapter once
     params = []
     for module in denoiser.modules():  # exactly the new adapter's weights train
         for parameter in module.parameters(recurse=False):
@@ -296,7 +318,7 @@ def _train(
             undone = _undone(denoiser, wrapped, pipe, family, bank, probe, size, device)
             for i, prompt in enumerate(held):
                 owners = [j for j, prompts in enumerate(probe["earlier"]) if prompt in prompts]
-                worst = max(undone[j] for j in owners)
+                worst = max((undone[j] for j in owners if undone[j] is not None), default=0.0)
                 hold_factor[i] = max(float(hold_factor[i]), min(20.0, worst / 0.02))
         for micro in range(config.gradient_accumulation_steps):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
@@ -325,11 +347,13 @@ def _train(
                 l2 = sum(p.float().square().sum() for p in params)
                 loss = unlearn_loss + config.lambda_replay * replay_loss + config.lambda_l2 * l2
                 if held:  # the earlier removals' forget prompts, held to the chain
-                    hold_latents, hold_t, hold_ids = batch[8:]
+                    hold_latents, hold_t, hold_ids = batch[8:11]
                     hold_prompts = [held[i] for i in hold_ids]
                     with torch.no_grad(), _student_off(wrapped):
                         chain = _predict(denoiser, pipe, family, bank, hold_prompts, hold_latents, hold_t, size,
                                          device)  # fmt: skip
+                    if config.earlier_push:  # past the chain, away from the untouched model
+                        chain = chain + config.earlier_push * (chain - batch[11].to(chain))
                     hold = _predict(model, pipe, family, bank, hold_prompts, hold_latents, hold_t, size, device)
                     error = (hold.float() - chain.float()).square().flatten(1).mean(1)
                     factor = hold_factor[hold_ids].to(error)
@@ -352,7 +376,8 @@ def _train(
     figures["loss_first"], figures["loss_last"] = losses[0], losses[-1]
     if probe is not None:
         figures["earlier_undone"] = [
-            round(v, 4) for v in _undone(denoiser, wrapped, pipe, family, bank, probe, size, device)
+            None if v is None else round(v, 4)
+            for v in _undone(denoiser, wrapped, pipe, family, bank, probe, size, device)
         ]
     if harden is not None:
         final = derive(harden.rounds)  # what the embedding derivation still finds after training
@@ -392,13 +417,13 @@ def _activate(denoiser, names: list[str]) -> None:
             module.set_adapter(names, inference_mode=True)
 
 
-def _remove_adapter(pipe, denoiser) -> None:
+def _remove_adapter(denoiser, active_before: list[str]) -> None:
+    """Deletes the student; the adapters active before it was added are active again, exactly those."""
     denoiser.delete_adapters([_ADAPTER])  # never merged: diffusers' own deletion is all it needs
     if not getattr(denoiser, "peft_config", None):
         denoiser.unload_lora()  # the PEFT wrappers go too once no adapter is left
-    remaining = [n for n in active_adapters(denoiser) if n != _ADAPTER]
-    if remaining:
-        _activate(denoiser, remaining)
+    if active_before:
+        _activate(denoiser, active_before)
     denoiser.requires_grad_(False)
 
 
@@ -603,9 +628,10 @@ def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, u
 
 
 @torch.no_grad()
-def _undone(denoiser, wrapped, pipe, family, bank, probe: dict, size, device) -> list[float]:
+def _undone(denoiser, wrapped, pipe, family, bank, probe: dict, size, device) -> list[float | None]:
     """Per earlier removal, the share of its effect on its forget prompts (chain minus untouched model) that the
-    student takes back: the projection of the student's move onto the way back, 0 for a removal without probes."""
+    student takes back: the projection of the student's move onto the way back, 0 for a removal without probes,
+    `None` for one whose effect on them is below `_UNMEASURABLE` of the predictions (the share would divide by ~0)."""
     steps = probe["latents"].shape[1]
     x, t = probe["latents"].flatten(0, 1), probe["timesteps"].flatten()
     prompts = [p for p in probe["prompts"] for _ in range(steps)]
@@ -618,34 +644,47 @@ def _undone(denoiser, wrapped, pipe, family, bank, probe: dict, size, device) ->
     student, chain = torch.cat(student), torch.cat(chain)
     back = probe["base"].flatten(0, 1) - chain
     moved = ((student - chain) * back).flatten(1).sum(1)
-    gap = back.flatten(1).square().sum(1)
+    gap, size_of = back.flatten(1).square().sum(1), chain.flatten(1).square().sum(1)
     owner = probe["owner"].repeat_interleave(steps)
-    return [
-        float(moved[owner == j].sum() / gap[owner == j].sum().clamp_min(1e-12)) if (owner == j).any() else 0.0
-        for j in range(len(probe["earlier"]))
-    ]
+    shares: list[float | None] = []
+    for j in range(len(probe["earlier"])):
+        rows = owner == j
+        if not rows.any():
+            shares.append(0.0)
+        elif gap[rows].sum() <= _UNMEASURABLE**2 * size_of[rows].sum():
+            shares.append(None)
+        else:
+            shares.append(float(moved[rows].sum() / gap[rows].sum()))
+    return shares
 
 
 @torch.no_grad()
 def _anchor_to_base(pipe, family, bank, pool: dict, protected: list[str], untouched: set[str]) -> None:
     """Adds to the replay pool the predictions of the model as it computes now (within the caller's untouched
     model) on its latents, and which rows are held to them (the rows whose prompt is in `untouched`)."""
-    latents, timesteps, ids = pool["replay"]
-    on_base = torch.tensor([protected[i] in untouched for i in ids.tolist()])
+    on_base = torch.tensor([protected[i] in untouched for i in pool["replay"][2].tolist()])
+    pool["replay_base"] = (_predictions(pipe, family, bank, pool["replay"], protected), on_base)
+
+
+@torch.no_grad()
+def _predictions(pipe, family, bank, entry: tuple, prompts: list[str]) -> torch.Tensor:
+    """The model's predictions as it computes now on a pool entry's latents `(n, steps, ...)`, float on the CPU."""
+    latents, timesteps, ids = entry
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
-    prompts = [protected[i] for i in ids.tolist()]
+    chosen = [prompts[i] for i in ids.tolist()]
     columns = []
     for col in range(latents.shape[1]):
         x, t = latents[:, col].to(device, denoiser.dtype), timesteps[:, col].to(device)
-        columns.append(_predict(denoiser, pipe, family, bank, prompts, x, t, size, device).float().cpu())
-    pool["replay_base"] = (torch.stack(columns, dim=1), on_base)
+        columns.append(_predict(denoiser, pipe, family, bank, chosen, x, t, size, device).float().cpu())
+    return torch.stack(columns, dim=1)
 
 
 def _batch(pool, pairs, protected, batch_size, generator, accelerator):
     """One batch per process: forget and replay samples drawn from the pool, different on each process; then the
     replay samples' untouched predictions and which of them are held to those (`None, None` unless anchored);
-    then, with a pool of earlier removals' prompts held on their own, samples of those."""
+    then, with a pool of earlier removals' prompts held on their own, samples of those (and their untouched
+    predictions, with `earlier_push`)."""
     out = []
 
     def draw(kind):
@@ -670,7 +709,9 @@ def _batch(pool, pairs, protected, batch_size, generator, accelerator):
     else:
         out += [None, None]
     if "hold" in pool:
-        draw("hold")
+        rows, cols = draw("hold")
+        if "hold_untouched" in pool:
+            out.append(pool["hold_untouched"][rows, cols].to(accelerator.device))
     return out
 
 
