@@ -4,7 +4,9 @@ Reads continual-benchmark results (`benchmarks/continual.py` json: per step the 
 images and the check's figures on the removals made so far) and asks, per chain: at which step does retention
 first fall below the bars (related < 90% or general < 95% of the untouched model: *damage*), and at which step does
 the check first fail, for the default thresholds and for a grid of others. A check that fails one step or more
-before the damage warns in time; one that fails after it, or never, misses it. No model is run: seconds.
+before the damage warns in time; one that fails after it, or never, misses it. Then the same for the other damage,
+an earlier removal coming back (its concept shown in 10 points more of the images than at its own step), against
+the check's undo figure. No model is run: seconds.
 
     python benchmarks/check_calibration.py     # every chain below -> docs/benchmarks/check_calibration.md
     python benchmarks/check_calibration.py --add run.json --label "glyphs: ours, every step" --note "command, model"
@@ -28,7 +30,9 @@ BENCHMARKS = ROOT / "docs" / "benchmarks"
 RELATED_BAR, GENERAL_BAR = 0.90, 0.95
 SHIFTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 COLLATERALS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-UNDO = 0.2
+UNDOS = (0.05, 0.1, 0.15, 0.2, 0.3)
+RETURN = 0.10
+"""An earlier removal is back when its concept is shown in this much more of the images than at its own step."""
 FIRST_PAIRS = 2
 """A general-retention drop within this many removals is one removal's own damage, not interference."""
 
@@ -65,13 +69,34 @@ class Chain:
         flag, damage = self.flagged(undo, shift, collateral), self.damage(kind)
         return None if flag is None or damage is None else damage - flag
 
+    def comes_back(self) -> tuple[int, str, float, float] | None:
+        """The first measured step at which an earlier removal is back: `(step, concept, shown at its own step,
+        shown then)`; `None` if none is, or the chain has no per-concept figures."""
+        own: dict[str, float] = {}
+        for r in self.steps:
+            shown = r.get("shown") or {}
+            if r["concept"] in shown:
+                own.setdefault(r["concept"], shown[r["concept"]])
+            for concept, now in shown.items():
+                if concept != r["concept"] and concept in own and now > own[concept] + RETURN:
+                    return r["step"], concept, own[concept], now
+        return None
+
+    def undo_flagged(self, undo: float) -> int | None:
+        """First measured step at which the check's undo figure (the largest member's) is above `undo`."""
+        return next((r["step"] for r in self.steps if r["check"]["undo"] > undo), None)
+
 
 KEPT = BENCHMARKS / "check_calibration.json"
 KEYS = ("step", "concept", "related", "general", "check")
 
 
 def _chain(name: str, source: str, rows: list[dict]) -> Chain | None:
-    steps = [{k: r[k] for k in KEYS} for r in rows if r.get("check") and "related" in r and "general" in r]
+    steps = [
+        {**{k: r[k] for k in KEYS}, "shown": r.get("per_concept_forget") or r.get("per_concept_shown")}
+        for r in rows
+        if r.get("check") and "related" in r and "general" in r
+    ]
     if not steps:
         return None
     every = [r["step"] for r in steps] == list(range(steps[0]["step"], steps[0]["step"] + len(steps)))
@@ -157,9 +182,10 @@ def render(chains: list[Chain]) -> str:
         "## Threshold grid",
         "",
         "Lead before the general-retention damage on each chain measured at every step "
-        f"({'; '.join(c.name for c in every)}), undo {UNDO}. *safe*: the check fails at least one step before "
-        "it on every one of them (and no later than the first damaged measurement on the chains measured every "
-        "few steps); among safe cells, the one with the shortest leads raises the fewest early alarms.",
+        f"({'; '.join(c.name for c in every)}), undo {defaults['undo']} (the default). *safe*: the check fails "
+        "at least one step before it on every one of them (and no later than the first damaged measurement on "
+        "the chains measured every few steps); among safe cells, the one with the shortest leads raises the "
+        "fewest early alarms.",
         "",
         f"Left out: chains whose general retention drops within the first {FIRST_PAIRS} removals "
         f"({'; '.join(early) or 'none'}). The check compares removals with each other; a drop that early is one "
@@ -176,8 +202,8 @@ def render(chains: list[Chain]) -> str:
     for shift in SHIFTS:
         cells = []
         for collateral in COLLATERALS:
-            leads = [c.lead("general", UNDO, shift, collateral) for c in every]
-            sparse = [c.lead("general", UNDO, shift, collateral) for c in chains if not c.every_step]
+            leads = [c.lead("general", defaults["undo"], shift, collateral) for c in every]
+            sparse = [c.lead("general", defaults["undo"], shift, collateral) for c in chains if not c.every_step]
             ok = all(x is not None and x >= 1 for x in leads) and all(x is None or x >= 0 for x in sparse)
             if ok:  # fewest early alarms first, then nearest the current defaults
                 distance = abs(shift - defaults["shift"]) + abs(collateral - defaults["collateral"])
@@ -190,11 +216,55 @@ def render(chains: list[Chain]) -> str:
         "Safe with the fewest early alarms: "
         + (f"shift {best[2]}, collateral {best[3]} (leads summing to {best[0]})." if best else "none."),
         "",
-        "## The chains",
-        "",
     ]
+    lines += _returns(chains, defaults)
+    lines += ["## The chains", ""]
     lines += [f"- {c.name}: {c.source}" for c in chains]
     return "\n".join(lines) + "\n"
+
+
+def _returns(chains: list[Chain], defaults: dict[str, float]) -> list[str]:
+    """The section on the other damage: an earlier removal coming back, against the check and its undo figure."""
+    lines = [
+        "## An earlier removal coming back",
+        "",
+        f"*Back*: the first measured step where a concept removed at an earlier step is shown in {100 * RETURN:.0f} "
+        "points more of its images than at its own step (the removal it was made with held then, and no longer). "
+        "The check's undo figure is the share of a removal's effect the rest of the stack takes back, summed along "
+        "the chain: the larger of the weights' probes (text-reading layers) and, for removals distilled on top of "
+        "others since the measure exists (the last digits chain), what each later removal measured in training "
+        "(`earlier_undone`). *Lead*: the step it comes back minus the first step the check (all "
+        "figures, at the defaults) or its undo figure alone (at each threshold) fails.",
+        "",
+        "| chain | back at (concept: own step -> then) | check fails first at (lead) | undo above "
+        + " / ".join(str(u) for u in UNDOS)
+        + " first at (lead) |",
+        "|---|---|---|---|",
+    ]
+    distilled = []
+    for chain in chains:
+        back = chain.comes_back()
+        if back is None:
+            continue
+        step, concept, own, now = back
+        flag = chain.flagged(**defaults)
+        whole = f"{flag} ({step - flag})" if flag else "never"
+        undo = " / ".join(f"{f} ({step - f})" if (f := chain.undo_flagged(u)) else "never" for u in UNDOS)
+        lines.append(f"| {chain.name} | {step} ({concept}: {100 * own:.0f}% -> {100 * now:.0f}%) | {whole} | {undo} |")
+        if chain.every_step and "distill" in chain.name:
+            distilled.append((chain, step))
+    safe = [u for u in UNDOS if all((f := c.undo_flagged(u)) is not None and step - f >= 1 for c, step in distilled)]
+    lines += [
+        "",
+        "Distilled chains measured at every step: "
+        + "; ".join(c.name for c, _ in distilled)
+        + ". Undo thresholds that fail at least one step before the return on every one of them: "
+        + (", ".join(str(u) for u in safe) if safe else "none")
+        + f" (the default: {defaults['undo']}). On closed-form chains the probes' undo stays near 0 while "
+        "removals come back: there the shift and collateral figures are what fail first.",
+        "",
+    ]
+    return lines
 
 
 def main() -> None:

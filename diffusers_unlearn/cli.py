@@ -418,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("stack", help="a stack folder, its manifest, or one removal folder")
     check.add_argument("--model", required=True, help=model_help)
     check.add_argument(
-        "--undo-threshold", type=float, dest="undo_threshold", help="largest share of a removal another may undo "
-        "(default: 0.2)"
+        "--undo-threshold", type=float, dest="undo_threshold", help="largest share of a removal the others may "
+        "take back, summed along the stack (default: 0.05)"
     )  # fmt: skip
     check.add_argument(
         "--shift-threshold", type=float, dest="shift_threshold", help="largest move of a removal's forget inputs by "

@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 _MINING_POOL = 200
 UNDONE_WARNING = 0.2
 """Share of an earlier removal's effect a distilled removal may take back before `erase` warns
-(`RemovalUndoneWarning`); the interference check's default `undo_threshold`."""
+(`RemovalUndoneWarning`). The interference check sums these shares along the chain and fails from a lower
+`undo_threshold` (0.05): no single step of a measured chain took back 20%, their sum brought removals back."""
 
 
 def erase(

@@ -187,7 +187,7 @@ def check_interference(
     pipe: DiffusionPipeline,
     adapters: list[UnlearningAdapter],
     *,
-    undo_threshold: float = 0.2,
+    undo_threshold: float = 0.05,
     shift_threshold: float = 0.4,
     collateral_threshold: float = 0.5,
 ) -> InterferenceReport:
@@ -201,7 +201,8 @@ def check_interference(
     Args:
         pipe (`DiffusionPipeline`): The base pipeline (its edited layers give the untouched outputs).
         adapters (`list[UnlearningAdapter]`): The removals, in stack order.
-        undo_threshold (`float`, defaults to 0.2): Largest share of a removal's edit the rest may cancel.
+        undo_threshold (`float`, defaults to 0.05): Largest share of a removal's edit the rest may cancel (summed
+            along the stack in `stack_undo`).
         shift_threshold (`float`, defaults to 0.4): Largest move of a removal's forget inputs by the rest,
             relative to its own edit (back, beyond or sideways).
         collateral_threshold (`float`, defaults to 0.5): Largest relative move of a removal's protected inputs.
@@ -214,8 +215,10 @@ def check_interference(
     Along measured chains (`docs/benchmarks/check_calibration.md`) shift 0.4 is the loosest limit that fails at
     least one removal before general retention drops below 95% on every chain measured at each step (digits 25
     removals, two ways; glyphs 12): 6, 5 and 1 removals ahead; 0.5 failed on the glyphs chain only at the damaged
-    step. A removal's damage to its own neighbours (glyphs: related retention 73% after the first) is no
-    interference, and no threshold here sees it.
+    step. The undo limit 0.05 is the loosest that fails at least one removal before an earlier removal's images come
+    back (10 points over its own step) on every distilled digits chain measured (1-11 removals ahead; at 0.2 it
+    was late on all five). A removal's damage to its own neighbours (glyphs: related retention 73% after the first)
+    is no interference, and no threshold here sees it.
 
     Returns:
         [`InterferenceReport`]
