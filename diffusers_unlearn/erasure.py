@@ -32,6 +32,7 @@ from .errors import (
     InvalidConceptError,
     InvalidTypeError,
     RemovalUndoneWarning,
+    VerificationError,
     WeakRemovalWarning,
 )
 from .families import family_of
@@ -39,7 +40,7 @@ from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
 from .methods.harden import HardenConfig, harden_solve, rephrased
-from .pipeline import base_fingerprint, loaded_adapters, removals_disabled
+from .pipeline import base_fingerprint, loaded_adapters, removals_disabled, unlearning
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
 from .targets import Candidate, choose_targets, removal_effect, weakness
 
@@ -224,6 +225,7 @@ def erase(
     # fine-grained mapping targets: one per context, shared by the concept and its aliases, never a candidate
     # the model draws as the concept itself, nor one removed earlier (targets.py).
     previous = loaded_adapters(pipe)
+    in_effect = {loaded.name for loaded in unlearning(pipe) if loaded.verified}  # and so after, checked below
     erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}  # what earlier removals took out
     # a removal that protects its own word in other contexts ("blue three" keeps "a red three") did not remove it
     removed = {
@@ -343,6 +345,12 @@ def erase(
                 ),
                 stacklevel=2,
             )
+    lost = [loaded.name for loaded in unlearning(pipe) if loaded.name in in_effect and not loaded.verified]
+    if lost:  # a removal that silently stops working is the one thing erase must never leave behind
+        raise VerificationError(
+            f"Making {adapter.name!r} left {lost} out of effect on the pipeline (a bug of diffusers-unlearn: please "
+            "report it). Reload them before generating: `pipe.unload_unlearning()`, then `pipe.load_unlearning(...)`."
+        )
     return adapter
 
 

@@ -246,6 +246,23 @@ def test_removals_loaded_as_adapters_teach_and_stay_in_effect():
         assert (made["adapters"].lora_weights[key] - weight).norm() < 0.02 * weight.norm()
 
 
+def test_erase_fails_loudly_if_it_leaves_a_removal_out_of_effect(monkeypatch):
+    """Whatever goes wrong inside a method, `erase` never returns with a loaded removal silently off: it checks
+    every removal that was in effect before and raises, naming it (here the student's removal is made to forget
+    the adapters active before, the bug fixed above)."""
+    pipe = make_sd_pipeline()
+    for concept in ("cat", "dog"):
+        pipe.load_unlearning(du.erase(pipe, concept))
+
+    def forgetful(denoiser, active_before):
+        denoiser.delete_adapters([distill_module._ADAPTER])
+        distill_module._activate(denoiser, active_before[:1])
+
+    monkeypatch.setattr(distill_module, "_remove_adapter", forgetful)
+    with pytest.raises(du.VerificationError, match="no-dog"):
+        du.erase(pipe, "tree", method="distill", config=du.DistillConfig(**dict(FAST, steps=2)))
+
+
 def test_undone_is_left_unmeasured_where_the_earlier_removal_has_no_effect_on_its_probes():
     """`earlier_undone` divides by the earlier removal's effect on its own prompts: where that is ~0 the share is
     `None` (left out of the figures), not a ratio of rounding errors."""
