@@ -156,11 +156,12 @@ def model_version(folder: Path) -> dict:
 
 
 def erase_kwargs(
-    concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = (), phrasings: int = 0
-) -> dict:
+    concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = (), phrasings: int = 0,
+    prefixes: int = 0,
+) -> dict:  # fmt: skip
     config = du.ClosedFormConfig()
     distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
-    harden = du.HardenConfig(phrasings=phrasings)
+    harden = du.HardenConfig(phrasings=phrasings, prefixes=prefixes)
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
     if method == "distill, hardened":
@@ -190,9 +191,10 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
     for step, concept in enumerate(world.sequence[: max(args.stages)], 1):
         started = time.perf_counter()
         try:
-            adapter = du.erase(
-                pipe, **erase_kwargs(concept, method, args.distill_steps, args.distill_modules, args.harden_phrasings)
+            kwargs = erase_kwargs(
+                concept, method, args.distill_steps, args.distill_modules, args.harden_phrasings, args.harden_prefixes
             )
+            adapter = du.erase(pipe, **kwargs)
         except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
             skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
             print(f"{method}: step {step} ({concept.name}) skipped: {error}", flush=True)
@@ -744,6 +746,10 @@ def main() -> None:
     parser.add_argument(
         "--harden-phrasings", type=int, default=0,
         help="hardened methods: HardenConfig.phrasings, other word orders of each forget prompt trained on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--harden-prefixes", type=int, default=0,
+        help="hardened methods: HardenConfig.prefixes, copies of each forget prompt behind random tokens trained on",
     )  # fmt: skip
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")

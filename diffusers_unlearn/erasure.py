@@ -39,7 +39,7 @@ from .families import family_of
 from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
-from .methods.harden import HardenConfig, harden_solve, rephrased
+from .methods.harden import HardenConfig, harden_solve, prefixed, rephrased
 from .pipeline import base_fingerprint, loaded_adapters, removals_disabled, unlearning
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
 from .targets import Candidate, choose_targets, removal_effect, weakness
@@ -259,6 +259,11 @@ def erase(
         phrasings = rephrased(pairs, harden.phrasings, pipe.tokenizer, exclude=protected, seed=seed)
         bank.add([f for f, _ in phrasings])  # the forget prompts are in the bank already
         pairs += phrasings
+    if harden is not None and harden.prefixes:  # random tokens in front, what a discrete token search tries
+        protected = {p for prompts in groups.values() for p in prompts}
+        more = prefixed(pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed)
+        bank.add([p for pair in more for p in pair])
+        pairs += more
     if method == "closed_form":
         solve_kwargs = {
             "protect_factors": [a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
@@ -304,6 +309,7 @@ def erase(
         probes = embedding_probes(bank, pairs, groups)
     figures = {
         **figures,
+        "forget_pairs": len(pairs),  # with a hardening's phrasings and prefixes
         **removal_effect(bank, choice, lora, concept),  # targets.py: how far the concept moved
         "seconds": round(time.perf_counter() - started, 3),
         "encode_seconds": round(bank.encode_seconds, 3),

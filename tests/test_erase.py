@@ -13,7 +13,7 @@ from diffusers_unlearn import erasure
 from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
-from diffusers_unlearn.methods.harden import rephrased
+from diffusers_unlearn.methods.harden import prefixed, rephrased
 
 pytestmark = pytest.mark.random_targets  # see conftest.py
 
@@ -308,3 +308,26 @@ def test_phrasings_teach_the_removal_other_word_orders(sd_pipe):
     assert phrased < 0.8 * plain
     # what it must hold: the neighbour (measured: moved 1.1% -> 1.9%)
     assert phrased_dog < max(0.05, 3 * plain_dog)
+
+
+def test_prefixes_teach_the_removal_the_prompt_behind_other_tokens(sd_pipe):
+    """`HardenConfig(prefixes=k)`: k copies of each forget prompt behind random vocabulary tokens join the forget
+    set, the same tokens in front of the target: what a discrete token search writes in front of the prompt.
+    Whether that carries over to the prefixes an attack finds is measured by benchmarks/robustness.py."""
+    tokenizer = sd_pipe.tokenizer
+    pairs = [("a photo of cat", "a photo of dog")]
+    made = prefixed(pairs, 4, tokenizer, ["cat"], tokens=3, seed=0)
+    assert made == prefixed(pairs, 4, tokenizer, ["cat"], tokens=3, seed=0) and len(made) == 4  # seeded
+    cat = set(tokenizer("cat", add_special_tokens=False).input_ids)
+    for text, target in made:  # the same tokens in front of prompt and target, never the concept's
+        prefix = text.removesuffix(" a photo of cat")
+        assert target == f"{prefix} a photo of dog" and not cat & set(tokenizer(prefix).input_ids)
+    long = prefixed([("a photo of cat " * 15, "x")], 1, tokenizer, ["cat"], tokens=3)
+    assert all(len(tokenizer(text).input_ids) <= tokenizer.model_max_length for text, _ in long)  # cut to fit
+
+    sizes = {}
+    for prefixes in (0, 4):  # every forget pair gets its prefixed copies (here one pair: "a photo of cat")
+        harden = du.HardenConfig(rounds=1, prefixes=prefixes, prefix_tokens=3)
+        adapter = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden)
+        sizes[prefixes] = adapter.metadata["figures"]["forget_pairs"]
+    assert sizes == {0: 1, 4: 5}

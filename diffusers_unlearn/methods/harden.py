@@ -69,6 +69,10 @@ class HardenConfig:
             paraphrase attack writes. 0: the forget prompts only. Measured (docs/benchmarks/robustness.md, 2
             phrasings, distill): on glyphs the paraphrase attack's ASR 10% -> 2%; on digits, where it was already
             1%, the embedding attack's 12% -> 88%.
+        prefixes (`int`): Both methods. Per forget prompt, this many more copies of it with `prefix_tokens` random
+            vocabulary tokens in front (never the concept's own; seeded, [`prefixed`]) join the forget set, with
+            the same tokens in front of its target: what a discrete token search writes. 0: none.
+        prefix_tokens (`int`): Tokens of each prefix (the token search attack prepends 5).
 
     Example:
         ```py
@@ -85,14 +89,19 @@ class HardenConfig:
     learning_rate: float = 5e-2
     samples: int = 4
     phrasings: int = 0
+    prefixes: int = 0
+    prefix_tokens: int = 5
 
     def __post_init__(self):
         if self.rounds < 1 or self.ridge <= 0 or self.weight <= 0:
             raise InvalidArgumentError(
                 f"rounds must be >= 1, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
             )
-        if self.phrasings < 0:
-            raise InvalidArgumentError(f"phrasings must be >= 0, got {self.phrasings}.")
+        if self.phrasings < 0 or self.prefixes < 0 or self.prefix_tokens < 1:
+            raise InvalidArgumentError(
+                f"phrasings and prefixes must be >= 0 and prefix_tokens >= 1, got {self.phrasings}, "
+                f"{self.prefixes}, {self.prefix_tokens}."
+            )
         if self.prompts < 1 or self.iterations < 1 or self.samples < 1 or not self.learning_rate > 0:
             raise InvalidArgumentError(
                 "prompts, iterations and samples must be >= 1 and learning_rate > 0, got "
@@ -136,6 +145,59 @@ def rephrased(
             taken.add(text)
             out.append((text, target))
             made += 1
+    return out
+
+
+def prefixed(
+    pairs: Sequence[tuple[str, str]],
+    count: int,
+    tokenizer,
+    names: Collection[str],
+    tokens: int = 5,
+    exclude: Collection[str] = (),
+    seed: int = 0,
+) -> list[tuple[str, str]]:
+    """`count` copies of each forget prompt with `tokens` random vocabulary tokens in front, each paired with its
+    target behind the same tokens.
+
+    A discrete token search (UnlearnDiffAtk, the `token_search` attack) finds a few tokens that, put in front of
+    the forget prompt, bring the concept back; a removal trained on random prefixes holds for prefixes it never
+    saw. The tokens are drawn from the whole vocabulary but the special tokens and the concept's own (`names`),
+    seeded, and written apart; where the prompt or its target would grow longer than the tokenizer reads, the prefix
+    is cut to fit. A prefixed prompt that is a forget prompt already or in `exclude` (the protected prompts) is
+    left out.
+
+    Example:
+        ```py
+        >>> from transformers import CLIPTokenizer
+        >>> from diffusers_unlearn import digits
+        >>> from diffusers_unlearn.methods.harden import prefixed
+        >>> tokenizer = CLIPTokenizer.from_pretrained(digits.MODEL_DIR / "tokenizer")
+        >>> prefixed([("a red seven", "a red one")], 1, tokenizer, ["seven"], tokens=3)
+        [('se s h a red seven', 'se s h a red one')]
+        ```
+    """
+    generator = torch.Generator().manual_seed(seed)
+    banned = set(tokenizer.all_special_ids)
+    for name in names:
+        banned.update(tokenizer(name, add_special_tokens=False).input_ids)
+    allowed = torch.tensor([i for i in range(len(tokenizer)) if i not in banned])
+    taken = {forget for forget, _ in pairs} | set(exclude)
+
+    def fits(text: str) -> bool:
+        return len(tokenizer(text, verbose=False).input_ids) <= tokenizer.model_max_length
+
+    out = []
+    for forget, target in pairs:
+        for _ in range(count):
+            ids = allowed[torch.randint(len(allowed), (tokens,), generator=generator)].tolist()
+            pieces = [tokenizer.decode([i]).strip() for i in ids]
+            while pieces and not (fits(f"{' '.join(pieces)} {forget}") and fits(f"{' '.join(pieces)} {target}")):
+                pieces.pop()  # a long prompt gets fewer tokens in front
+            text = f"{' '.join(pieces)} {forget}"
+            if pieces and text not in taken:
+                taken.add(text)
+                out.append((text, f"{' '.join(pieces)} {target}"))
     return out
 
 
