@@ -167,12 +167,8 @@ def prefixed(
     is cut to fit. A prefixed prompt that is a forget prompt already or in `exclude` (the protected prompts) is
     left out.
 
-    Example:
+    Example (the digits tokenizer, as in [`rephrased`]'s):
         ```py
-        >>> from transformers import CLIPTokenizer
-        >>> from diffusers_unlearn import digits
-        >>> from diffusers_unlearn.methods.harden import prefixed
-        >>> tokenizer = CLIPTokenizer.from_pretrained(digits.MODEL_DIR / "tokenizer")
         >>> prefixed([("a red seven", "a red one")], 1, tokenizer, ["seven"], tokens=3)
         [('se s h a red seven', 'se s h a red one')]
         ```
