@@ -154,14 +154,14 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
 
     monkeypatch.setattr(erasure, "UNDONE_WARNING", 0.05)  # between what the variants take back (below)
     after, undone, warned = {}, {}, {}
-    for anchor, hold in (("chain", None), ("base", None), ("base", 10.0)):
+    for anchor, hold, push in (("chain", None, 0.0), ("base", None, 0.0), ("base", 10.0, 0.0), ("base", 10.0, 0.5)):
         fast = dict(FAST, steps=60, batch_size=8, learning_rate=5e-3)
-        config = du.DistillConfig(**fast, lambda_replay=20.0, anchor=anchor, lambda_earlier=hold)
+        config = du.DistillConfig(**fast, lambda_replay=20.0, anchor=anchor, lambda_earlier=hold, earlier_push=push)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             second = du.erase(pipe, "tree", neighbors=["dog", "cat"], method="distill", config=config)
         pipe.load_unlearning(second)
-        key = anchor if hold is None else "base, held"
+        key = anchor if hold is None else "base, held" if not push else "base, held, pushed"
         warned[key] = [str(w.message) for w in caught if w.category is du.RemovalUndoneWarning]
         after[key] = noise_predictions(pipe, prompts)
         taken = second.metadata["figures"]["earlier_undone"]  # by the earlier removal's id: "cat"'s only
@@ -189,27 +189,13 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
     # and says so where it is above the limit: the removal that may come back by name
     assert len(warned["base"]) == 1 and "'no-cat'" in warned["base"][0]
     assert warned["chain"] == warned["base, held"] == []
-
-
-def test_earlier_push_moves_the_earlier_removals_further_along_their_effect():
-    """`DistillConfig(earlier_push=p)`: the hold aims at `chain + p * (chain - untouched)`, so the earlier
-    removal's prompt ends further along that removal's effect than the chain left it; without it, where it was."""
-    base_pipe, pipe = make_sd_pipeline(), make_sd_pipeline()
-    pipe.load_unlearning(du.erase(pipe, "cat"), mode="fused")
-    prompts = ["a photo of cat", "a photo of dog"]
-    untouched, chain = noise_predictions(base_pipe, prompts), noise_predictions(pipe, prompts)
-    effect = chain[0] - untouched[0]  # what the earlier removal did to its prompt
-    along = {}
-    for push in (0.0, 0.5):
-        fast = dict(FAST, steps=60, batch_size=8, learning_rate=5e-3)
-        config = du.DistillConfig(**fast, anchor="base", lambda_earlier=10.0, earlier_push=push)
-        second = du.erase(pipe, "tree", neighbors=["dog"], method="distill", config=config)
-        pipe.load_unlearning(second)
-        now = noise_predictions(pipe, prompts)
-        pipe.unload_unlearning(second.name)
-        along[push] = float(((now[0] - chain[0]) * effect).sum() / effect.square().sum())
-    # measured: -0.10 without (the new removal takes back a tenth of "cat" despite its hold), +0.28 with 0.5
-    assert along[0.5] > 0.15 and along[0.5] - along[0.0] > 0.25
+    # `earlier_push`: the hold aims past the chain, so "cat"'s prompt ends further along that removal's effect
+    # than the chain left it, where the plain hold takes a little back (measured: +0.13 and -0.07 of the effect),
+    # and its own measure of what it takes back is negative (-0.32; held without the push: +0.027)
+    effect = chain[1] - untouched[1]
+    along = {k: float(((after[k][1] - chain[1]) * effect).sum() / effect.square().sum()) for k in after}
+    assert along["base, held, pushed"] > 0.08 and along["base, held, pushed"] - along["base, held"] > 0.15
+    assert undone["base, held, pushed"] < 0 < undone["base, held"]
     for bad in (dict(earlier_push=-0.1, lambda_earlier=10.0), dict(earlier_push=0.1)):  # no hold to move
         with pytest.raises(du.InvalidArgumentError, match="earlier_push"):
             du.DistillConfig(**bad)
