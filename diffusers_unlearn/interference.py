@@ -217,7 +217,7 @@ def check_interference(
     removals, two ways; glyphs 12): 6, 5 and 1 removals ahead; 0.5 failed on the glyphs chain only at the damaged
     step. The undo limit 0.05 is the loosest that fails at least one removal before an earlier removal's images come
     back (10 points over its own step) on every distilled digits chain measured (1-11 removals ahead; at 0.2 it
-    was late on all five). A removal's damage to its own neighbours (glyphs: related retention 73% after the first)
+    was late on all six). A removal's damage to its own neighbours (glyphs: related retention 73% after the first)
     is no interference, and no threshold here sees it.
 
     Returns:
