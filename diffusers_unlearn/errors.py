@@ -63,7 +63,8 @@ class DownloadError(UnlearningError, OSError):
 
 
 class VerificationError(UnlearningError, RuntimeError):
-    """A removal was loaded but the model does not carry its edit: refusing to pretend it is active."""
+    """A removal was loaded but the model does not carry its edit (after a load, or after `erase` made another on
+    top): refusing to pretend it is active."""
 
 
 class InteropError(UnlearningError, RuntimeError):
