@@ -254,13 +254,13 @@ def erase(
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
     # 4. the edit, on top of every removal already loaded.
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
-    if harden is not None and harden.phrasings:  # other word orders of the forget prompts, what a paraphrase tries
+    if harden is not None and (harden.phrasings or harden.prefixes):
         protected = {p for prompts in groups.values() for p in prompts}
+        # other word orders of the forget prompts (what a paraphrase tries), then random tokens in front of them
+        # (what a discrete token search tries); the forget prompts are in the bank already
         phrasings = rephrased(pairs, harden.phrasings, pipe.tokenizer, exclude=protected, seed=seed)
-        bank.add([f for f, _ in phrasings])  # the forget prompts are in the bank already
+        bank.add([f for f, _ in phrasings])
         pairs += phrasings
-    if harden is not None and harden.prefixes:  # random tokens in front, what a discrete token search tries
-        protected = {p for prompts in groups.values() for p in prompts}
         more = prefixed(pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed)
         bank.add([p for pair in more for p in pair])
         pairs += more

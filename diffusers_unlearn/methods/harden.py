@@ -190,10 +190,10 @@ def prefixed(
             pieces = [tokenizer.decode([i]).strip() for i in ids]
             while pieces and not (fits(f"{' '.join(pieces)} {forget}") and fits(f"{' '.join(pieces)} {target}")):
                 pieces.pop()  # a long prompt gets fewer tokens in front
-            text = f"{' '.join(pieces)} {forget}"
-            if pieces and text not in taken:
-                taken.add(text)
-                out.append((text, f"{' '.join(pieces)} {target}"))
+            prefix = " ".join(pieces)
+            if prefix and f"{prefix} {forget}" not in taken:
+                taken.add(f"{prefix} {forget}")
+                out.append((f"{prefix} {forget}", f"{prefix} {target}"))
     return out
 
 
