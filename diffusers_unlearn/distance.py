@@ -231,7 +231,8 @@ def _score_inputs(
     if max_side is not None and latents.dim() == 4:
         latents = latents[..., :max_side, :max_side]  # still standard normal; a smaller image costs less
     timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (samples,), generator=generator)
-    return latents.to(pipe.device, denoiser.dtype), timesteps.to(pipe.device)
+    device = pipe.device  # looked up once: diffusers walks every module for it
+    return latents.to(device, denoiser.dtype), timesteps.to(device)
 
 
 @torch.no_grad()
@@ -253,20 +254,22 @@ def noise_predictions(
     about to change (a removal applied for a moment), which must not be mistaken for the current model's.
     """
     pipe, family = bank.pipe, bank.family
-    denoiser = getattr(pipe, family.denoiser)
-    latents, timesteps = _score_inputs(bank, samples, seed, max_side)
     wanted = list(dict.fromkeys(prompts))
     key = (samples, seed, max_side)
     out = {p: found for p in wanted if cache and (found := bank.predictions.get((p, *key))) is not None}
     missing = [p for p in wanted if p not in out]
+    if not missing:
+        return out
+    latents, timesteps = _score_inputs(bank, samples, seed, max_side)
+    denoiser = getattr(pipe, family.denoiser)
     per_call = max(1, _PREDICTION_BATCH // samples)  # several prompts per denoiser call: one batch of samples each
     for start in range(0, len(missing), per_call):
         group = missing[start : start + per_call]
         encoded = bank.add(group)
-        embeds = torch.cat([encoded[p][0].to(pipe.device, denoiser.dtype).expand(samples, -1, -1) for p in group])
+        embeds = torch.cat([encoded[p][0].to(latents).expand(samples, -1, -1) for p in group])
         pooled = None
         if encoded[group[0]][1] is not None:
-            pooled = torch.cat([encoded[p][1].to(pipe.device, denoiser.dtype).expand(samples, -1) for p in group])
+            pooled = torch.cat([encoded[p][1].to(latents).expand(samples, -1) for p in group])
         repeat = (len(group),) + (1,) * (latents.dim() - 1)
         predicted = (
             family.denoise(pipe, denoiser, latents.repeat(*repeat), timesteps.repeat(len(group)), embeds, pooled)
