@@ -108,10 +108,13 @@ class DistillConfig:
             training, a removal found taken back by more than 2% (`earlier_undone`) gets its hold raised in
             proportion (at most 20x). Default: they are one group of the replay (measured on digits: the return
             of earlier removals comes a step or two later with it, docs/benchmarks/continual_analysis.md).
-        earlier_push (`float`): With `lambda_earlier`, hold the earlier removals' forget prompts this share of
-            their removal's effect past the chain, away from the untouched model (`chain + push * (chain -
-            untouched)`): each removal on top takes back a few percent of the earlier ones whatever their hold
-            (`earlier_undone`), and the push aims to give it back. 0 (the default): held to the chain.
+        earlier_push (`float` or `"undone"`): With `lambda_earlier`, hold the earlier removals' forget prompts
+            this share of their removal's effect past the chain, away from the untouched model (`chain + push *
+            (chain - untouched)`): each removal on top takes back a few percent of the earlier ones whatever their
+            hold (`earlier_undone`), and the push aims to give it back. `"undone"`: each removal pushed by the
+            share the measures found it taken back (at most 20%; 0 before the first measure and for removals not
+            taken back), so that removals this step leaves alone are held, not moved. 0 (the default): held to
+            the chain.
     """
 
     rank: int = 4
@@ -131,7 +134,7 @@ class DistillConfig:
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
     lambda_earlier: float | None = None
-    earlier_push: float = 0.0
+    earlier_push: float | Literal["undone"] = 0.0
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -148,10 +151,11 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
-        if self.earlier_push < 0 or (self.earlier_push and self.lambda_earlier is None):
+        bad_push = self.earlier_push != "undone" and (isinstance(self.earlier_push, str) or self.earlier_push < 0)
+        if bad_push or (self.earlier_push and self.lambda_earlier is None):
             raise InvalidArgumentError(
-                f"earlier_push must be >= 0 and needs lambda_earlier (the hold it moves), got {self.earlier_push} "
-                f"with lambda_earlier={self.lambda_earlier}."
+                f"earlier_push must be a share >= 0 or 'undone', and needs lambda_earlier (the hold it moves), got "
+                f"{self.earlier_push!r} with lambda_earlier={self.lambda_earlier}."
             )
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
@@ -294,8 +298,8 @@ def _train(
             params.append(parameter)
     raw_optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     adversarial = _Adversarial()
-    hold_factor = torch.ones(len(held))  # per held prompt: raised where a measure finds its removal coming back
-    start, losses = _resume(config, params, raw_optimizer, harden, adversarial, hold_factor)
+    taken_back = torch.zeros(len(held))  # per held prompt: the largest share of its removal a measure found undone
+    start, losses = _resume(config, params, raw_optimizer, harden, adversarial, taken_back)
     model, optimizer = accelerator.prepare(denoiser, raw_optimizer)
     size = _sample_size(denoiser)
     device = accelerator.device
@@ -319,24 +323,35 @@ def _train(
             for i, prompt in enumerate(held):
                 owners = [j for j, prompts in enumerate(probe["earlier"]) if prompt in prompts]
                 worst = max((undone[j] for j in owners if undone[j] is not None), default=0.0)
-                hold_factor[i] = max(float(hold_factor[i]), min(20.0, worst / 0.02))
+                taken_back[i] = max(float(taken_back[i]), worst)
         for micro in range(config.gradient_accumulation_steps):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
             batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
             with accelerator.accumulate(model), accelerator.autocast():
                 forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids = batch[:6]
                 base_keep, on_base = batch[6:8]
+                forget = ([pairs[i][0] for i in forget_ids], forget_latents, forget_t)
+                replayed = ([protected[i] for i in replay_ids], replay_latents, replay_t)
+                hold_ids = batch[10] if held else []
+                kept = ([held[i] for i in hold_ids], batch[8], batch[9]) if held else None
+                eta = config.negative_guidance
+                # the teacher's predictions in one call, the student's in another (a few large batches cost
+                # less than many small ones): the target (and the concept, for eta), the protected prompts,
+                # the earlier removals' forget prompts
+                teacher_calls = [([pairs[i][1] for i in forget_ids], forget_latents, forget_t)]
+                teacher_calls += [forget] if eta else []
+                teacher_calls += [replayed] + ([kept] if held else [])
                 with torch.no_grad(), _student_off(wrapped):
-                    goal = _goal(denoiser, pipe, family, bank, pairs, forget_ids, forget_latents, forget_t, size,
-                                 device, config.negative_guidance)  # fmt: skip
-                    keep = _predict(denoiser, pipe, family, bank, [protected[i] for i in replay_ids],
-                                    replay_latents, replay_t, size, device)  # fmt: skip
-                    if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
-                        keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), base_keep.to(keep), keep)
-                student = _predict(model, pipe, family, bank, [pairs[i][0] for i in forget_ids],
-                                   forget_latents, forget_t, size, device)  # fmt: skip
-                replay = _predict(model, pipe, family, bank, [protected[i] for i in replay_ids],
-                                  replay_latents, replay_t, size, device)  # fmt: skip
+                    taught = _predict_many(denoiser, pipe, family, bank, teacher_calls, size, device)
+                goal = taught.pop(0)
+                if eta:  # pushed eta past the target, away from the forget prompt's prediction
+                    goal = goal - eta * (taught.pop(0) - goal)
+                keep = taught.pop(0)
+                if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
+                    keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), base_keep.to(keep), keep)
+                student, replay, *hold = _predict_many(
+                    model, pipe, family, bank, [forget, replayed] + ([kept] if held else []), size, device
+                )  # fmt: skip
                 unlearn_loss = (student.float() - goal.float()).square().mean()
                 if adversarial.sources:  # hardening: the derived embeddings, held to their forget prompts' goals
                     unlearn_loss = unlearn_loss + harden.weight * _adversarial_loss(
@@ -347,16 +362,15 @@ def _train(
                 l2 = sum(p.float().square().sum() for p in params)
                 loss = unlearn_loss + config.lambda_replay * replay_loss + config.lambda_l2 * l2
                 if held:  # the earlier removals' forget prompts, held to the chain
-                    hold_latents, hold_t, hold_ids = batch[8:11]
-                    hold_prompts = [held[i] for i in hold_ids]
-                    with torch.no_grad(), _student_off(wrapped):
-                        chain = _predict(denoiser, pipe, family, bank, hold_prompts, hold_latents, hold_t, size,
-                                         device)  # fmt: skip
+                    chain = taught.pop(0)
                     if config.earlier_push:  # past the chain, away from the untouched model
-                        chain = chain + config.earlier_push * (chain - batch[11].to(chain))
-                    hold = _predict(model, pipe, family, bank, hold_prompts, hold_latents, hold_t, size, device)
-                    error = (hold.float() - chain.float()).square().flatten(1).mean(1)
-                    factor = hold_factor[hold_ids].to(error)
+                        if config.earlier_push == "undone":
+                            push = taken_back[hold_ids].clamp(0.0, 0.2).view(-1, *[1] * (chain.dim() - 1))
+                        else:
+                            push = config.earlier_push
+                        chain = chain + push * (chain - batch[11].to(chain))
+                    error = (hold[0].float() - chain.float()).square().flatten(1).mean(1)
+                    factor = (taken_back[hold_ids] / 0.02).clamp(1.0, 20.0).to(error)  # the hold raised in proportion
                     loss = loss + config.lambda_earlier * (error * factor).mean()
                 accelerator.backward(loss)
                 optimizer.step()
@@ -367,7 +381,7 @@ def _train(
         if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
             if accelerator.is_main_process:
                 _save_checkpoint(Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config, harden,
-                                 adversarial, hold_factor)  # fmt: skip
+                                 adversarial, taken_back)  # fmt: skip
             accelerator.wait_for_everyone()
 
     figures = _figures(
@@ -438,6 +452,15 @@ def _predict(model, pipe, family, bank, prompts, latents, timesteps, size, devic
     if family.pooled_layer is not None:
         pooled = torch.stack([bank.pooled(p) for p in prompts]).to(device)
     return family.denoise(pipe, model, latents, timesteps, embeds, pooled)
+
+
+def _predict_many(model, pipe, family, bank, calls, size, device) -> list[torch.Tensor]:
+    """`_predict` for several `(prompts, latents, timesteps)` at once: one denoiser call, split back per call."""
+    prompts = [p for call in calls for p in call[0]]
+    latents = torch.cat([call[1] for call in calls])
+    timesteps = torch.cat([call[2] for call in calls])
+    predicted = _predict(model, pipe, family, bank, prompts, latents, timesteps, size, device)
+    return list(predicted.split([len(call[0]) for call in calls]))
 
 
 def _goal(denoiser, pipe, family, bank, pairs, ids, latents, timesteps, size, device, eta: float) -> torch.Tensor:
@@ -746,10 +769,10 @@ def _figures(denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, 
 
 def _save_checkpoint(
     folder: Path, step: int, losses, params, optimizer, config: DistillConfig, harden, adversarial: _Adversarial,
-    hold_factor: torch.Tensor,
+    taken_back: torch.Tensor,
 ) -> None:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"hold_factor": hold_factor.contiguous()} if len(hold_factor) else {}
+    tensors = {"taken_back": taken_back.contiguous()} if len(taken_back) else {}
     if adversarial.sources:  # the hardening's embeddings: derived from the student of their round, not re-derivable
         tensors["harden.embeds"] = torch.stack(adversarial.embeds).contiguous()
         tensors["harden.sources"] = torch.tensor(adversarial.sources, dtype=torch.int64)
@@ -772,9 +795,9 @@ def _save_checkpoint(
 
 def _resume(
     config: DistillConfig, params, optimizer, harden: HardenConfig | None, adversarial: _Adversarial,
-    hold_factor: torch.Tensor,
+    taken_back: torch.Tensor,
 ) -> tuple[int, list[float]]:  # fmt: skip
-    """Restores the adapter, optimizer, hardening and hold factors from `checkpoint_dir` if a checkpoint of the
+    """Restores the adapter, optimizer, hardening and measured take-backs from `checkpoint_dir` if a checkpoint of the
     same run is there."""
     if not config.checkpoint_dir or not (Path(config.checkpoint_dir) / _CHECKPOINT).is_file():
         return 0, []
@@ -800,8 +823,8 @@ def _resume(
     if "harden.sources" in tensors:
         adversarial.embeds = list(tensors["harden.embeds"])
         adversarial.sources = tensors["harden.sources"].tolist()
-    if "hold_factor" in tensors:
-        hold_factor.copy_(tensors["hold_factor"])
+    if "taken_back" in tensors:
+        taken_back.copy_(tensors["taken_back"])
     adversarial.leaks = json.loads(header.get("harden_leak", "[]"))
     adversarial.seconds = float(header.get("harden_seconds", 0.0))
     with torch.no_grad():
