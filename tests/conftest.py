@@ -298,3 +298,9 @@ def noise_predictions(pipe, prompts, seed=7) -> torch.Tensor:
             embeds = bank.embeds(prompt)[None].expand(len(latents), -1, -1)
             out.append(pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample)
     return torch.stack(out)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` run first (the others keep their order): with `-n 2` the two workers then end
+    together, where a long test drawn last would run alone while the other worker waits."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -178,6 +178,7 @@ def test_erase_a_tiny_pipeline_folder(tmp_path, sd_pipe):
     assert made["rank"] >= 1 and (tmp_path / "no-cat" / "unlearning.json").is_file()
 
 
+@pytest.mark.long
 def test_push_and_pull_through_a_hub(tmp_path, sd_pipe):
     from hub_server import HubServer
     from test_hub import TOKEN

@@ -139,6 +139,7 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     assert weights.tolist() == pytest.approx([1, 0.5, 1 / 6, 1 / 6, 1 / 6])
 
 
+@pytest.mark.long
 def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch):
     """`DistillConfig(anchor="base")`: a protected prompt is pulled back to the untouched model, where the default
     holds it where earlier removals left it; an earlier removal's prompts stay where it put them, closer with

@@ -111,6 +111,7 @@ def _run_bash(block: Block, folder: Path, monkeypatch) -> None:
                 assert (folder / "unlearning-demo" / "before_after.png").is_file(), where
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("page", PAGES)
 def test_every_block_runs_as_written(page, tmp_path, monkeypatch, capsys):
     import torch

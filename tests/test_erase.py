@@ -205,6 +205,7 @@ def test_anchor_maps_every_prompt_to_one_target(sd_pipe):
     assert {r["target"] for r in adapter.metadata["targets"]} == {""}
 
 
+@pytest.mark.long
 def test_thousands_of_neighbors_are_processed_in_bounded_memory(sd_pipe, monkeypatch):
     """A small budget for the prompt bank gives the same removal as an unbounded one, and the bank never holds
     more than its budget: embeddings are dropped and encoded again instead of piling up."""

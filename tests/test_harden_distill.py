@@ -23,6 +23,7 @@ TINY_HARDEN = du.HardenConfig(rounds=2, prompts=2, iterations=3, samples=2)
 quiet = pytest.mark.filterwarnings("ignore::diffusers_unlearn.WeakRemovalWarning")
 
 
+@pytest.mark.long
 def test_hardened_distillation_lowers_what_the_embedding_attack_recovers():
     torch.manual_seed(0)
     base = digits.load_pipeline()
