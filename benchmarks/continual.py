@@ -182,11 +182,6 @@ def distill_options(args) -> dict:
     }  # fmt: skip
 
 
-def _push(value: str) -> float | str:
-    """`--distill-earlier-push`: a share, or "undone"."""
-    return value if value == "undone" else float(value)
-
-
 def erase_step(
     pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False,
     erase_at: str = "digit", distill: dict | None = None, name: str | None = None,
@@ -781,9 +776,8 @@ def main() -> None:
         help="distill's latent_pool: teacher trajectories per pool (forget, replay, hold; default: DistillConfig's)",
     )  # fmt: skip
     parser.add_argument(
-        "--distill-earlier-push", type=_push, default=0.0,
-        help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it; "
-        "'undone': the share each is measured taken back)",
+        "--distill-earlier-push", type=float, default=0.0,
+        help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it)",
     )  # fmt: skip
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,

@@ -155,16 +155,14 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
 
     monkeypatch.setattr(erasure, "UNDONE_WARNING", 0.05)  # between what the variants take back (below)
     after, undone, warned = {}, {}, {}
-    variants = (("chain", None, 0.0), ("base", None, 0.0), ("base", 10.0, 0.0), ("base", 10.0, 0.5),
-                ("base", 10.0, "undone"))  # fmt: skip
-    for anchor, hold, push in variants:
+    for anchor, hold, push in (("chain", None, 0.0), ("base", None, 0.0), ("base", 10.0, 0.0), ("base", 10.0, 0.5)):
         fast = dict(FAST, steps=60, batch_size=8, learning_rate=5e-3)
         config = du.DistillConfig(**fast, lambda_replay=20.0, anchor=anchor, lambda_earlier=hold, earlier_push=push)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             second = du.erase(pipe, "tree", neighbors=["dog", "cat"], method="distill", config=config)
         pipe.load_unlearning(second)
-        key = anchor if hold is None else "base, held" if not push else f"base, held, pushed {push}"
+        key = anchor if hold is None else "base, held" if not push else "base, held, pushed"
         warned[key] = [str(w.message) for w in caught if w.category is du.RemovalUndoneWarning]
         after[key] = noise_predictions(pipe, prompts)
         taken = second.metadata["figures"]["earlier_undone"]  # by the earlier removal's id: "cat"'s only
@@ -197,15 +195,9 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
     # and its own measure of what it takes back is negative (-0.32; held without the push: +0.027)
     effect = chain[1] - untouched[1]
     along = {k: float(((after[k][1] - chain[1]) * effect).sum() / effect.square().sum()) for k in after}
-    assert along["base, held, pushed 0.5"] > 0.08 and along["base, held, pushed 0.5"] - along["base, held"] > 0.15
-    assert undone["base, held, pushed 0.5"] < 0 < undone["base, held"]
-    # `earlier_push="undone"`: pushed by the share the measures find taken back, "cat" is given back what the
-    # plain hold takes (measured: along +0.07, undone -0.14)
-    assert along["base, held, pushed undone"] > along["base, held"] + 0.07
-    assert undone["base, held, pushed undone"] < 0
-    bad_pushes = (dict(earlier_push=-0.1, lambda_earlier=10.0), dict(earlier_push="all", lambda_earlier=10.0),
-                  dict(earlier_push=0.1))  # the last: no hold to move  # fmt: skip
-    for bad in bad_pushes:
+    assert along["base, held, pushed"] > 0.08 and along["base, held, pushed"] - along["base, held"] > 0.15
+    assert undone["base, held, pushed"] < 0 < undone["base, held"]
+    for bad in (dict(earlier_push=-0.1, lambda_earlier=10.0), dict(earlier_push=0.1)):  # no hold to move
         with pytest.raises(du.InvalidArgumentError, match="earlier_push"):
             du.DistillConfig(**bad)
 

@@ -108,13 +108,10 @@ class DistillConfig:
             training, a removal found taken back by more than 2% (`earlier_undone`) gets its hold raised in
             proportion (at most 20x). Default: they are one group of the replay (measured on digits: the return
             of earlier removals comes a step or two later with it, docs/benchmarks/continual_analysis.md).
-        earlier_push (`float` or `"undone"`): With `lambda_earlier`, hold the earlier removals' forget prompts
-            this share of their removal's effect past the chain, away from the untouched model (`chain + push *
-            (chain - untouched)`): each removal on top takes back a few percent of the earlier ones whatever their
-            hold (`earlier_undone`), and the push aims to give it back. `"undone"`: each removal pushed by the
-            share the measures found it taken back (at most 20%; 0 before the first measure and for removals not
-            taken back), so that removals this step leaves alone are held, not moved. 0 (the default): held to
-            the chain.
+        earlier_push (`float`): With `lambda_earlier`, hold the earlier removals' forget prompts this share of
+            their removal's effect past the chain, away from the untouched model (`chain + push * (chain -
+            untouched)`): each removal on top takes back a few percent of the earlier ones whatever their hold
+            (`earlier_undone`), and the push aims to give it back. 0 (the default): held to the chain.
     """
 
     rank: int = 4
@@ -134,7 +131,7 @@ class DistillConfig:
     checkpoint_every: int = 50
     anchor: Literal["chain", "base"] = "chain"
     lambda_earlier: float | None = None
-    earlier_push: float | Literal["undone"] = 0.0
+    earlier_push: float = 0.0
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -151,11 +148,10 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
-        bad_push = self.earlier_push != "undone" and (isinstance(self.earlier_push, str) or self.earlier_push < 0)
-        if bad_push or (self.earlier_push and self.lambda_earlier is None):
+        if self.earlier_push < 0 or (self.earlier_push and self.lambda_earlier is None):
             raise InvalidArgumentError(
-                f"earlier_push must be a share >= 0 or 'undone', and needs lambda_earlier (the hold it moves), got "
-                f"{self.earlier_push!r} with lambda_earlier={self.lambda_earlier}."
+                f"earlier_push must be >= 0 and needs lambda_earlier (the hold it moves), got {self.earlier_push} "
+                f"with lambda_earlier={self.lambda_earlier}."
             )
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
@@ -298,8 +294,8 @@ def _train(
             params.append(parameter)
     raw_optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     adversarial = _Adversarial()
-    taken_back = torch.zeros(len(held))  # per held prompt: the largest share of its removal a measure found undone
-    start, losses = _resume(config, params, raw_optimizer, harden, adversarial, taken_back)
+    hold_factor = torch.ones(len(held))  # per held prompt: raised where a measure finds its removal coming back
+    start, losses = _resume(config, params, raw_optimizer, harden, adversarial, hold_factor)
     model, optimizer = accelerator.prepare(denoiser, raw_optimizer)
     size = _sample_size(denoiser)
     device = accelerator.device
@@ -323,7 +319,7 @@ def _train(
             for i, prompt in enumerate(held):
                 owners = [j for j, prompts in enumerate(probe["earlier"]) if prompt in prompts]
                 worst = max((undone[j] for j in owners if undone[j] is not None), default=0.0)
-                taken_back[i] = max(float(taken_back[i]), worst)
+                hold_factor[i] = max(float(hold_factor[i]), min(20.0, worst / 0.02))
         for micro in range(config.gradient_accumulation_steps):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
             batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
@@ -364,13 +360,9 @@ def _train(
                 if held:  # the earlier removals' forget prompts, held to the chain
                     chain = taught.pop(0)
                     if config.earlier_push:  # past the chain, away from the untouched model
-                        if config.earlier_push == "undone":
-                            push = taken_back[hold_ids].clamp(0.0, 0.2).view(-1, *[1] * (chain.dim() - 1))
-                        else:
-                            push = config.earlier_push
-                        chain = chain + push * (chain - batch[11].to(chain))
+                        chain = chain + config.earlier_push * (chain - batch[11].to(chain))
                     error = (hold[0].float() - chain.float()).square().flatten(1).mean(1)
-                    factor = (taken_back[hold_ids] / 0.02).clamp(1.0, 20.0).to(error)  # the hold raised in proportion
+                    factor = hold_factor[hold_ids].to(error)
                     loss = loss + config.lambda_earlier * (error * factor).mean()
                 accelerator.backward(loss)
                 optimizer.step()
@@ -381,7 +373,7 @@ def _train(
         if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
             if accelerator.is_main_process:
                 _save_checkpoint(Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config, harden,
-                                 adversarial, taken_back)  # fmt: skip
+                                 adversarial, hold_factor)  # fmt: skip
             accelerator.wait_for_everyone()
 
     figures = _figures(
@@ -769,10 +761,10 @@ def _figures(denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, 
 
 def _save_checkpoint(
     folder: Path, step: int, losses, params, optimizer, config: DistillConfig, harden, adversarial: _Adversarial,
-    taken_back: torch.Tensor,
+    hold_factor: torch.Tensor,
 ) -> None:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"taken_back": taken_back.contiguous()} if len(taken_back) else {}
+    tensors = {"hold_factor": hold_factor.contiguous()} if len(hold_factor) else {}
     if adversarial.sources:  # the hardening's embeddings: derived from the student of their round, not re-derivable
         tensors["harden.embeds"] = torch.stack(adversarial.embeds).contiguous()
         tensors["harden.sources"] = torch.tensor(adversarial.sources, dtype=torch.int64)
@@ -795,9 +787,9 @@ def _save_checkpoint(
 
 def _resume(
     config: DistillConfig, params, optimizer, harden: HardenConfig | None, adversarial: _Adversarial,
-    taken_back: torch.Tensor,
+    hold_factor: torch.Tensor,
 ) -> tuple[int, list[float]]:  # fmt: skip
-    """Restores the adapter, optimizer, hardening and measured take-backs from `checkpoint_dir` if a checkpoint of the
+    """Restores the adapter, optimizer, hardening and hold factors from `checkpoint_dir` if a checkpoint of the
     same run is there."""
     if not config.checkpoint_dir or not (Path(config.checkpoint_dir) / _CHECKPOINT).is_file():
         return 0, []
@@ -823,8 +815,8 @@ def _resume(
     if "harden.sources" in tensors:
         adversarial.embeds = list(tensors["harden.embeds"])
         adversarial.sources = tensors["harden.sources"].tolist()
-    if "taken_back" in tensors:
-        taken_back.copy_(tensors["taken_back"])
+    if "hold_factor" in tensors:
+        hold_factor.copy_(tensors["hold_factor"])
     adversarial.leaks = json.loads(header.get("harden_leak", "[]"))
     adversarial.seconds = float(header.get("harden_seconds", 0.0))
     with torch.no_grad():
