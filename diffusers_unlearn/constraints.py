@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 from diffusers import DiffusionPipeline
@@ -420,8 +421,14 @@ def joint_constraints(adapters: list[UnlearningAdapter]) -> Constraints:
     return joint
 
 
-def names_pattern(names: list[str]) -> re.Pattern:
-    by_length = sorted({n.lower() for n in names}, key=len, reverse=True)
+def names_pattern(names: Sequence[str]) -> re.Pattern:
+    """A pattern matching any of `names` as whole words, case-insensitively (longest first)."""
+    return _names_pattern(frozenset(n.lower() for n in names))
+
+
+@lru_cache(maxsize=1024)
+def _names_pattern(names: frozenset[str]) -> re.Pattern:  # built once per set of names: called per prompt
+    by_length = sorted(names, key=lambda n: (-len(n), n))
     return re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in by_length) + r")(?!\w)", re.IGNORECASE)
 
 
