@@ -84,7 +84,9 @@ class DistillConfig:
             (`ModelFamily.distill_targets`): the cross-attention inputs `attn2.to_k` / `attn2.to_v` of a UNet,
             the joint attention's text-stream inputs `attn.add_k_proj` / `attn.add_v_proj` of SD3 / FLUX.1.
         steps (`int`): Optimizer steps.
-        batch_size (`int`): Forget and protected samples per step (each).
+        batch_size (`int`): Forget and protected samples per step (each). A step runs the teacher once on all
+            its samples (up to 4 x `batch_size`: targets, forget prompts, protected prompts, earlier removals) and
+            the student once (up to 3 x): fewer, larger denoiser calls.
         learning_rate (`float`): AdamW learning rate.
         lambda_replay (`float`): Weight of the local replay on protected prompts.
         lambda_l2 (`float`): Weight of the L2 penalty on the LoRA weights.
