@@ -331,14 +331,14 @@ def _train(
                 forget = ([pairs[i][0] for i in forget_ids], forget_latents, forget_t)
                 replayed = ([protected[i] for i in replay_ids], replay_latents, replay_t)
                 hold_ids = batch[10] if held else []
-                kept = ([held[i] for i in hold_ids], batch[8], batch[9]) if held else None
+                holds = [([held[i] for i in hold_ids], batch[8], batch[9])] if held else []  # none, or one call
                 eta = config.negative_guidance
                 # the teacher's predictions in one call, the student's in another (a few large batches cost
                 # less than many small ones): the target (and the concept, for eta), the protected prompts,
                 # the earlier removals' forget prompts
                 teacher_calls = [([pairs[i][1] for i in forget_ids], forget_latents, forget_t)]
                 teacher_calls += [forget] if eta else []
-                teacher_calls += [replayed] + ([kept] if held else [])
+                teacher_calls += [replayed, *holds]
                 with torch.no_grad(), _student_off(wrapped):
                     taught = _predict_many(denoiser, pipe, family, bank, teacher_calls, size, device)
                 goal = taught.pop(0)
@@ -347,9 +347,8 @@ def _train(
                 keep = taught.pop(0)
                 if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
                     keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), base_keep.to(keep), keep)
-                student, replay, *hold = _predict_many(
-                    model, pipe, family, bank, [forget, replayed] + ([kept] if held else []), size, device
-                )  # fmt: skip
+                student, replay, *hold = _predict_many(model, pipe, family, bank, [forget, replayed, *holds], size,
+                                                       device)  # fmt: skip
                 unlearn_loss = (student.float() - goal.float()).square().mean()
                 if adversarial.sources:  # hardening: the derived embeddings, held to their forget prompts' goals
                     unlearn_loss = unlearn_loss + harden.weight * _adversarial_loss(
