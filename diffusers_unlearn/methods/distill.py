@@ -341,9 +341,7 @@ def _train(
                 teacher_calls += [replayed, *holds]
                 with torch.no_grad(), _student_off(wrapped):
                     taught = _predict_many(denoiser, pipe, family, bank, teacher_calls, size, device)
-                goal = taught.pop(0)
-                if eta:  # pushed eta past the target, away from the forget prompt's prediction
-                    goal = goal - eta * (taught.pop(0) - goal)
+                goal = _past_target(taught.pop(0), taught.pop(0) if eta else None, eta)
                 keep = taught.pop(0)
                 if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
                     keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), base_keep.to(keep), keep)
@@ -459,11 +457,16 @@ def _predict_many(model, pipe, family, bank, calls, size, device) -> list[torch.
 def _goal(denoiser, pipe, family, bank, pairs, ids, latents, timesteps, size, device, eta: float) -> torch.Tensor:
     """The forget term's goal for `pairs[ids]` (call within the teacher, `_student_off`): the target's prediction,
     pushed `eta` past it, away from the forget prompt's."""
-    goal = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in ids], latents, timesteps, size, device)
+    target = _predict(denoiser, pipe, family, bank, [pairs[i][1] for i in ids], latents, timesteps, size, device)
+    concept = None
     if eta:
         concept = _predict(denoiser, pipe, family, bank, [pairs[i][0] for i in ids], latents, timesteps, size, device)
-        goal = goal - eta * (concept - goal)
-    return goal
+    return _past_target(target, concept, eta)
+
+
+def _past_target(target: torch.Tensor, concept: torch.Tensor | None, eta: float) -> torch.Tensor:
+    """The target's prediction pushed `eta` past it, away from the forget prompt's (`concept`; unused at 0)."""
+    return target - eta * (concept - target) if eta else target
 
 
 # ------------------------------------------------------------------------------------------------ hardening

@@ -191,9 +191,10 @@ def prefixed(
             while pieces and not (fits(f"{' '.join(pieces)} {forget}") and fits(f"{' '.join(pieces)} {target}")):
                 pieces.pop()  # a long prompt gets fewer tokens in front
             prefix = " ".join(pieces)
-            if prefix and f"{prefix} {forget}" not in taken:
-                taken.add(f"{prefix} {forget}")
-                out.append((f"{prefix} {forget}", f"{prefix} {target}"))
+            text = f"{prefix} {forget}"
+            if prefix and text not in taken:
+                taken.add(text)
+                out.append((text, f"{prefix} {target}"))
     return out
 
 
