@@ -426,6 +426,44 @@ def names_pattern(names: Sequence[str]) -> re.Pattern:
     return _names_pattern(frozenset(n.lower() for n in names))
 
 
+def asks_for_concept(
+    names: Sequence[str], contexts: Sequence[Context], protected: Collection[str]
+) -> Callable[[str], bool]:
+    """A test of whether a prompt asks for the concept a removal erases.
+
+    A prompt asks for it when it names the concept (or an alias). A removal that keeps its own names in other
+    contexts erases a combination, not the word: "blue nine" protects "a yellow nine". Then a prompt asks for it
+    only if it also has every word the removal's contexts share ("blue"; with varied contexts, no filler word
+    is in all of them). An earlier removal's "a yellow nine, bold" does not ask for "blue nine" and must stay
+    removed under it.
+
+    Args:
+        names (`Sequence[str]`): The concept and its aliases.
+        contexts (`Sequence[Context]`): The removal's contexts.
+        protected (`Collection[str]`): Every prompt the removal protects.
+
+    Returns:
+        `Callable[[str], bool]`: True for a prompt that asks for the concept.
+
+    Example:
+        ```py
+        >>> contexts = [Context("a blue {}"), Context("the number {} in blue")]
+        >>> asks = asks_for_concept(["nine"], contexts, ["a yellow nine", "a nine"])
+        >>> asks("the blue nine, thin"), asks("a yellow nine, bold")
+        (True, False)
+        ```
+    """
+    mentions = names_pattern(names)
+    marks: set[str] = set()  # a combination: the words every context of the removal has
+    if contexts and any(mentions.search(p) for p in protected):
+        marks = set.intersection(*(_words(c.fill("")) for c in contexts))
+    return lambda prompt: bool(mentions.search(prompt)) and marks <= _words(prompt)
+
+
+def _words(prompt: str) -> set[str]:
+    return set(re.findall(r"[\w'-]+", prompt.lower()))
+
+
 @lru_cache(maxsize=1024)
 def _names_pattern(names: frozenset[str]) -> re.Pattern:  # built once per set of names: called per prompt
     by_length = sorted(names, key=lambda n: (-len(n), n))

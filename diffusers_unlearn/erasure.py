@@ -18,6 +18,7 @@ from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
 from .constraints import (
     Constraints,
+    asks_for_concept,
     chain_map,
     concept_hash_of,
     earlier_protected,
@@ -284,10 +285,10 @@ def erase(
             solution, harden_figures = harden_solve(pipe, constraints, config, harden, **solve_kwargs)
         lora, probes, edit_rank = solution.lora, solution.probes, solution.remap.rank
         figures = {**solution.figures, **harden_figures}
-    else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that name this
-        # concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
-        mentions = names_pattern(names)
-        earlier = [[p for p in a.metadata.get("forget_prompts", []) if not mentions.search(p)] for a in previous]
+    else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that ask for
+        # this concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
+        asks = asks_for_concept(names, contexts, {p for prompts in groups.values() for p in prompts})
+        earlier = [[p for p in a.metadata.get("forget_prompts", []) if not asks(p)] for a in previous]
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             kept_by_chain = names_pattern(sorted(removed)) if removed else None

@@ -130,6 +130,15 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     assert "a cat dog" in seen["groups"][1] and seen["untouched"] == {"", "a dog", "a blue dog"}
     assert seen["earlier"] == [cats, ["a photo of tree"]]  # still replayed, against the chain, one list each
 
+    # a combination: "red cat" keeps cats in other contexts, so an earlier removal's "a blue cat" does not ask
+    # for it and stays removed (replayed); "a photo of red cat" has the word its contexts share and is left out
+    sd_pipe.unload_unlearning()
+    blue_cats = du.erase(sd_pipe, "cat", prompts=["a blue cat", "a photo of red cat"], preserve=["a cat"])
+    sd_pipe.load_unlearning(blue_cats)
+    with pytest.raises(RuntimeError, match="recorded"):
+        du.erase(sd_pipe, "cat", prompts=["a red cat", "the red cat"], preserve=["a cat"], method="distill")
+    assert seen["earlier"] == [["a blue cat"]]
+
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
     assert weights.tolist() == pytest.approx([1.5, 1 / 3, 1 / 3, 1 / 3, 0.5])  # each group sums to 1
