@@ -342,6 +342,15 @@ def forget_pairs(adapter: UnlearningAdapter) -> list[tuple[str, str]]:
     ]
 
 
+def targets_by_prompt(adapter: UnlearningAdapter) -> dict[str, str]:
+    """Each forget prompt of a removal made in one of its contexts, with the target it maps to (empty when
+    redacted)."""
+    records = adapter.metadata.get("targets", [])
+    return {
+        Context(record["context"]).fill(name): record["target"] for record in records for name in names_of(adapter)
+    }
+
+
 def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
     """The protected prompt groups of a removal (anchors, neighbours, preserve), rebuilt from its metadata."""
     metadata = adapter.metadata

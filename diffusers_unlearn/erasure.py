@@ -26,6 +26,7 @@ from .constraints import (
     hold_removed,
     names_pattern,
     solve,
+    targets_by_prompt,
 )
 from .distance import DistanceKind, PromptBank, projection_gram, proxy_distances, score_distances
 from .errors import (
@@ -286,9 +287,15 @@ def erase(
         lora, probes, edit_rank = solution.lora, solution.probes, solution.remap.rank
         figures = {**solution.figures, **harden_figures}
     else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that ask for
-        # this concept ("a red seven" after "seven", when erasing "red"): keeping them as they are would keep it
+        # this concept ("a red seven" after "seven", when erasing "red") or that an earlier removal maps to it
+        # ("a red nine, bold" to "a yellow nine, bold", when erasing "bold yellow nine"): the later request wins
         asks = asks_for_concept(names, contexts, {p for prompts in groups.values() for p in prompts})
-        earlier = [[p for p in a.metadata.get("forget_prompts", []) if not asks(p)] for a in previous]
+        earlier = []
+        for a in previous:
+            targets = targets_by_prompt(a)
+            earlier.append(
+                [p for p in a.metadata.get("forget_prompts", []) if not asks(p) and not asks(targets.get(p, ""))]
+            )
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             kept_by_chain = names_pattern(sorted(removed)) if removed else None

@@ -139,6 +139,17 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
         du.erase(sd_pipe, "cat", prompts=["a red cat", "the red cat"], preserve=["a cat"], method="distill")
     assert seen["earlier"] == [["a blue cat"]]
 
+    # an earlier removal that draws its prompts as the new concept leaves them to it: the later request wins
+    sd_pipe.unload_unlearning()
+    cats_to_dogs = du.erase(sd_pipe, "cat", prompts=["a red cat", "a photo of cat"], anchor="a red dog")
+    sd_pipe.load_unlearning(cats_to_dogs)
+    with pytest.raises(RuntimeError, match="recorded"):  # "blue dog": "a red dog" does not ask for it
+        du.erase(sd_pipe, "dog", prompts=["a blue dog", "the blue dog"], preserve=["a dog"], method="distill")
+    assert seen["earlier"] == [["a red cat", "a photo of cat"]]
+    with pytest.raises(RuntimeError, match="recorded"):  # "red dog": both are drawn as one
+        du.erase(sd_pipe, "dog", prompts=["a red dog", "the red dog"], preserve=["a dog"], method="distill")
+    assert seen["earlier"] == [[]]
+
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
     assert weights.tolist() == pytest.approx([1.5, 1 / 3, 1 / 3, 1 / 3, 0.5])  # each group sums to 1
