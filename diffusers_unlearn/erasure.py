@@ -287,15 +287,15 @@ def erase(
         lora, probes, edit_rank = solution.lora, solution.probes, solution.remap.rank
         figures = {**solution.figures, **harden_figures}
     else:  # replay the earlier removals' forget prompts too, so that they stay removed; not those that ask for
-        # this concept ("a red seven" after "seven", when erasing "red") or that an earlier removal maps to it
-        # ("a red nine, bold" to "a yellow nine, bold", when erasing "bold yellow nine"): the later request wins
+        # this concept ("a red seven" after "seven", when erasing "red"). Neither held nor protected: the prompts
+        # an earlier removal draws as this concept ("a red nine, bold" as "a yellow nine, bold", when erasing
+        # "bold yellow nine"); the later request wins
         asks = asks_for_concept(names, contexts, {p for prompts in groups.values() for p in prompts})
-        earlier = []
-        for a in previous:
-            targets = targets_by_prompt(a)
-            earlier.append(
-                [p for p in a.metadata.get("forget_prompts", []) if not asks(p) and not asks(targets.get(p, ""))]
-            )
+        drawn_as_it = {p for a in previous for p, target in targets_by_prompt(a).items() if asks(target)}
+        earlier = [
+            [p for p in a.metadata.get("forget_prompts", []) if not asks(p) and p not in drawn_as_it] for a in previous
+        ]
+        replayed = [kept for prompts in groups.values() if (kept := [p for p in prompts if p not in drawn_as_it])]
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             kept_by_chain = names_pattern(sorted(removed)) if removed else None
@@ -304,7 +304,7 @@ def erase(
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
         result = distill(
-            pipe, family, bank, pairs, list(groups.values()), config, earlier=earlier, untouched=untouched,
+            pipe, family, bank, pairs, replayed, config, earlier=earlier, untouched=untouched,
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank

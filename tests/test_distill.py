@@ -144,11 +144,15 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     cats_to_dogs = du.erase(sd_pipe, "cat", prompts=["a red cat", "a photo of cat"], anchor="a red dog")
     sd_pipe.load_unlearning(cats_to_dogs)
     with pytest.raises(RuntimeError, match="recorded"):  # "blue dog": "a red dog" does not ask for it
-        du.erase(sd_pipe, "dog", prompts=["a blue dog", "the blue dog"], preserve=["a dog"], method="distill")
-    assert seen["earlier"] == [["a red cat", "a photo of cat"]]
-    with pytest.raises(RuntimeError, match="recorded"):  # "red dog": both are drawn as one
-        du.erase(sd_pipe, "dog", prompts=["a red dog", "the red dog"], preserve=["a dog"], method="distill")
-    assert seen["earlier"] == [[]]
+        du.erase(
+            sd_pipe, "dog", prompts=["a blue dog", "the blue dog"], preserve=["a dog", "a red cat"], method="distill"
+        )
+    assert seen["earlier"] == [["a red cat", "a photo of cat"]] and "a red cat" in seen["groups"][-1]
+    with pytest.raises(RuntimeError, match="recorded"):  # "red dog": both are drawn as one, neither held nor kept
+        du.erase(
+            sd_pipe, "dog", prompts=["a red dog", "the red dog"], preserve=["a dog", "a red cat"], method="distill"
+        )
+    assert seen["earlier"] == [[]] and not any("a red cat" in group for group in seen["groups"])
 
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
