@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -335,20 +335,19 @@ def forget_pairs(adapter: UnlearningAdapter) -> list[tuple[str, str]]:
             f"Removal {adapter.name!r} is redacted: its forget prompts are not stored, so it cannot be re-solved "
             "from prompts. Re-create it with `erase(..., redact=True)` on the new chain."
         )
-    return [
-        (Context(record["context"]).fill(name), record["target"])
-        for record in adapter.metadata["targets"]
-        for name in names_of(adapter)
-    ]
+    return list(_pairs(adapter))
 
 
 def targets_by_prompt(adapter: UnlearningAdapter) -> dict[str, str]:
     """Each forget prompt of a removal made in one of its contexts, with the target it maps to (empty when
     redacted)."""
-    records = adapter.metadata.get("targets", [])
-    return {
-        Context(record["context"]).fill(name): record["target"] for record in records for name in names_of(adapter)
-    }
+    return dict(_pairs(adapter))
+
+
+def _pairs(adapter: UnlearningAdapter) -> Iterator[tuple[str, str]]:
+    for record in adapter.metadata.get("targets", []):
+        for name in names_of(adapter):
+            yield Context(record["context"]).fill(name), record["target"]
 
 
 def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
@@ -465,12 +464,12 @@ def asks_for_concept(
     mentions = names_pattern(names)
     marks: set[str] = set()  # a combination: the words every context of the removal has
     if contexts and any(mentions.search(p) for p in protected):
-        marks = set.intersection(*(_words(c.fill("")) for c in contexts))
-    return lambda prompt: bool(mentions.search(prompt)) and marks <= _words(prompt)
+        marks = set.intersection(*(set(_words(c.fill(""))) for c in contexts))
+    return lambda prompt: bool(mentions.search(prompt)) and marks <= set(_words(prompt))
 
 
-def _words(prompt: str) -> set[str]:
-    return set(re.findall(r"[\w'-]+", prompt.lower()))
+def _words(prompt: str) -> list[str]:
+    return re.findall(r"[\w'-]+", prompt.lower())
 
 
 @lru_cache(maxsize=1024)
@@ -481,7 +480,7 @@ def _names_pattern(names: frozenset[str]) -> re.Pattern:  # built once per set o
 
 def _names_hashed(prompt: str, salt: str, digest: str) -> bool:
     """Whether a run of up to four words of `prompt` hashes to a redacted removal's concept hash."""
-    words = re.findall(r"[\w'-]+", prompt.lower())
+    words = _words(prompt)
     spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(i + 5, len(words) + 1))}
     return any(concept_hash_of(salt, span) == digest for span in spans)
 

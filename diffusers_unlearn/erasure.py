@@ -254,10 +254,10 @@ def erase(
         "preserve": list(preserve),
     }
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
+    protected = {p for prompts in groups.values() for p in prompts}
     # 4. the edit, on top of every removal already loaded.
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
     if harden is not None and (harden.phrasings or harden.prefixes):
-        protected = {p for prompts in groups.values() for p in prompts}
         # other word orders of the forget prompts (what a paraphrase tries), then random tokens in front of them
         # (what a discrete token search tries); the forget prompts are in the bank already
         phrasings = rephrased(pairs, harden.phrasings, pipe.tokenizer, exclude=protected, seed=seed)
@@ -290,7 +290,7 @@ def erase(
         # this concept ("a red seven" after "seven", when erasing "red"). Neither held nor protected: the prompts
         # an earlier removal draws as this concept ("a red nine, bold" as "a yellow nine, bold", when erasing
         # "bold yellow nine"); the later request wins
-        asks = asks_for_concept(names, contexts, {p for prompts in groups.values() for p in prompts})
+        asks = asks_for_concept(names, contexts, protected)
         drawn_as_it = {p for a in previous for p, target in targets_by_prompt(a).items() if asks(target)}
         earlier = [
             [p for p in a.metadata.get("forget_prompts", []) if not asks(p) and p not in drawn_as_it] for a in previous
