@@ -234,8 +234,11 @@ def run(args) -> dict:
             started = time.perf_counter()
             fallback = None
             repaired, notes = [], []
+            saved = args.chain_dir / _slug(method) / f"step-{step:02d}" if args.chain_dir else None
             try:
-                if args.target_fallback:
+                if saved is not None and step <= args.reuse:  # made by an earlier run with the same options
+                    adapter = du.UnlearningAdapter.from_pretrained(saved)
+                elif args.target_fallback:
                     adapter, fallback = erase_step(
                         bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits,
                         args.combination_at, distill_options(args),
@@ -246,6 +249,8 @@ def run(args) -> dict:
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
                 adapter = None
+            if adapter is not None and saved is not None and step > args.reuse:
+                adapter.save_pretrained(saved)
             if adapter is not None:
                 made.append(adapter)
                 if method == "joint merge":
@@ -274,7 +279,7 @@ def run(args) -> dict:
                 notes.append(f"{worst} ({undone[worst]:.2f})")
                 _track_undone(fixed, worst, holder, undone)
             seconds = time.perf_counter() - started
-            if step % args.eval_every and step != len(sequence):
+            if (step % args.eval_every and step != len(sequence)) or step < args.reuse:
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds, "removal_made":
                              adapter is not None, "target_fallback": fallback, **_made(adapter)})  # fmt: skip
                 continue
@@ -324,6 +329,10 @@ def run(args) -> dict:
             )
         results["methods"][method] = rows
     return results
+
+
+def _slug(method: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in method)
 
 
 def _check(pipe, made: list) -> dict | None:
@@ -576,7 +585,7 @@ def run_glyphs(args) -> dict:
             seconds = time.perf_counter() - started
             made.append(adapter)
             pipe.load_unlearning(adapter, mode="fused")
-            if step % args.eval_every and step != len(sequence):
+            if (step % args.eval_every and step != len(sequence)) or step < args.reuse:
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds})
                 _save_partial(results, args)
                 continue
@@ -782,6 +791,14 @@ def main() -> None:
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--chain-dir", type=Path, default=None,
+        help="digits: save each step's removal in DIR/<method>/step-NN (to start another run from part of the chain)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reuse", type=int, default=0,
+        help="digits, with --chain-dir: load the first N removals from there, not made again (the Nth measured)",
     )  # fmt: skip
     parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
