@@ -177,6 +177,7 @@ def distill_options(args) -> dict:
     earlier = {"lambda_earlier": args.distill_lambda_earlier} if args.distill_lambda_earlier is not None else {}
     pool = {"latent_pool": args.distill_latent_pool} if args.distill_latent_pool else {}
     push = {"earlier_push": args.distill_earlier_push} if args.distill_earlier_push else {}
+    push |= {"hold_guidance": args.distill_hold_guidance} if args.distill_hold_guidance else {}
     return {
         "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool, **push,
     }  # fmt: skip
@@ -787,6 +788,10 @@ def main() -> None:
     parser.add_argument(
         "--distill-earlier-push", type=float, default=0.0,
         help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-hold-guidance", type=float, default=0.0,
+        help="distill's hold_guidance: the hold's trajectories sampled with this guidance scale (0: unguided)",
     )  # fmt: skip
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,

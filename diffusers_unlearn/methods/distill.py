@@ -114,6 +114,9 @@ class DistillConfig:
             their removal's effect past the chain, away from the untouched model (`chain + push * (chain -
             untouched)`): each removal on top takes back a few percent of the earlier ones whatever their hold
             (`earlier_undone`), and the push aims to give it back. 0 (the default): held to the chain.
+        hold_guidance (`float`): With `lambda_earlier`, the classifier-free guidance scale of the chain's
+            trajectories the hold (and the measure of what is taken back) is trained on, as a pipeline samples
+            them; 0 (the default): unguided trajectories, as every other pool.
     """
 
     rank: int = 4
@@ -134,6 +137,7 @@ class DistillConfig:
     anchor: Literal["chain", "base"] = "chain"
     lambda_earlier: float | None = None
     earlier_push: float = 0.0
+    hold_guidance: float = 0.0
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -241,9 +245,10 @@ def distill(
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     if held:
-        pool["hold"] = _latent_pool(pipe, family, bank, [], held, _group_weights([removals], held), config, seed + 2)[
-            "replay"
-        ]
+        by_removal = _group_weights([removals], held)
+        guided = config.hold_guidance
+        hold_pool = _latent_pool(pipe, family, bank, [], held, by_removal, config, seed + 2, guidance=guided)
+        pool["hold"] = hold_pool["replay"]
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
@@ -593,9 +598,10 @@ def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def _latent_pool(
     pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int,
-    replay_ids: torch.Tensor | None = None,
+    replay_ids: torch.Tensor | None = None, guidance: float = 0.0,
 ) -> dict:  # fmt: skip
-    """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
+    """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`; with
+    `guidance`, sampled with classifier-free guidance at that scale."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
     generator = torch.Generator().manual_seed(seed)
@@ -609,7 +615,7 @@ def _latent_pool(
                 ids = torch.multinomial(weights, config.latent_pool, replacement=True, generator=generator)
         else:
             ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
-        bank.add([prompts[i] for i in ids])  # one batch
+        bank.add([prompts[i] for i in ids] + ([""] if guidance else []))  # one batch
         # DDIM; flow matching for SD3 / FLUX, whose scheduler counts its steps: a fresh one per trajectory batch
         scheduler = family.sampling_scheduler(pipe, config.sampling_steps)
         latents = family.random_latents(pipe, config.latent_pool, generator)
@@ -622,6 +628,9 @@ def _latent_pool(
                 kept_t.append(timestep.cpu())
             prediction = _predict(denoiser, pipe, family, bank, [prompts[i] for i in ids], latents, timestep, size,
                                   device)  # fmt: skip
+            if guidance:
+                empty = _predict(denoiser, pipe, family, bank, [""] * len(ids), latents, timestep, size, device)
+                prediction = empty + guidance * (prediction - empty)
             latents = scheduler.step(prediction, t, latents).prev_sample
         pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
     return pool
@@ -638,7 +647,7 @@ def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, u
             prompts.append(removal[i])
             owner.append(j)
     pool = _latent_pool(pipe, family, bank, [], prompts, None, replace(config, latent_pool=len(prompts)), seed,
-                        replay_ids=torch.arange(len(prompts)))  # fmt: skip
+                        replay_ids=torch.arange(len(prompts)), guidance=config.hold_guidance)  # fmt: skip
     with untouched_model():
         _anchor_to_base(pipe, family, bank, pool, prompts, set())
     latents, timesteps, _ = pool["replay"]
