@@ -178,6 +178,7 @@ def distill_options(args) -> dict:
     pool = {"latent_pool": args.distill_latent_pool} if args.distill_latent_pool else {}
     push = {"earlier_push": args.distill_earlier_push} if args.distill_earlier_push else {}
     push |= {"hold_guidance": args.distill_hold_guidance} if args.distill_hold_guidance else {}
+    push |= {"hold_on_policy": True} if args.distill_hold_on_policy else {}
     return {
         "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool, **push,
     }  # fmt: skip
@@ -793,6 +794,7 @@ def main() -> None:
         "--distill-hold-guidance", type=float, default=0.0,
         help="distill's hold_guidance: the hold's trajectories sampled with this guidance scale (0: unguided)",
     )  # fmt: skip
+    parser.add_argument("--distill-hold-on-policy", action="store_true", help="distill's hold_on_policy")
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",

@@ -117,6 +117,9 @@ class DistillConfig:
         hold_guidance (`float`): With `lambda_earlier`, the classifier-free guidance scale of the chain's
             trajectories the hold (and the measure of what is taken back) is trained on, as a pipeline samples
             them; 0 (the default): unguided trajectories, as every other pool.
+        hold_on_policy (`bool`): With `lambda_earlier`, re-draw the hold's trajectories with the student at a
+            quarter, half and three quarters of training (the same prompts and noise), so that the hold covers the
+            latents the new removal itself leads to (experimental).
     """
 
     rank: int = 4
@@ -138,6 +141,7 @@ class DistillConfig:
     lambda_earlier: float | None = None
     earlier_push: float = 0.0
     hold_guidance: float = 0.0
+    hold_on_policy: bool = False
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -154,6 +158,8 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
+        if self.hold_on_policy and self.earlier_push:
+            raise InvalidArgumentError("hold_on_policy does not go with earlier_push (experimental).")
         if self.earlier_push < 0 or (self.earlier_push and self.lambda_earlier is None):
             raise InvalidArgumentError(
                 f"earlier_push must be >= 0 and needs lambda_earlier (the hold it moves), got {self.earlier_push} "
@@ -249,6 +255,7 @@ def distill(
         guided = config.hold_guidance
         hold_pool = _latent_pool(pipe, family, bank, [], held, by_removal, config, seed + 2, guidance=guided)
         pool["hold"] = hold_pool["replay"]
+        pool["hold_spec"] = (by_removal, seed + 2)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
@@ -321,6 +328,11 @@ def _train(
     for step in progress:
         if step in rounds and len(adversarial.leaks) == rounds[step]:  # a resumed run has its earlier rounds
             derive(rounds[step])
+        if step in measures and config.hold_on_policy:  # the hold's trajectories, as the student draws them
+            by_removal, hold_seed = pool["hold_spec"]
+            redrawn = _latent_pool(pipe, family, bank, [], held, by_removal, config, hold_seed,
+                                   guidance=config.hold_guidance)  # fmt: skip
+            pool["hold"] = redrawn["replay"]
         if step in measures:
             undone = _undone(denoiser, wrapped, pipe, family, bank, probe, size, device)
             for i, prompt in enumerate(held):
