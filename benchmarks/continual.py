@@ -179,6 +179,7 @@ def distill_options(args) -> dict:
     push = {"earlier_push": args.distill_earlier_push} if args.distill_earlier_push else {}
     push |= {"hold_guidance": args.distill_hold_guidance} if args.distill_hold_guidance else {}
     push |= {"hold_on_policy": True} if args.distill_hold_on_policy else {}
+    push |= {"near_chain": True} if args.distill_near_chain else {}
     return {
         "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool, **push,
     }  # fmt: skip
@@ -795,6 +796,7 @@ def main() -> None:
         help="distill's hold_guidance: the hold's trajectories sampled with this guidance scale (0: unguided)",
     )  # fmt: skip
     parser.add_argument("--distill-hold-on-policy", action="store_true", help="distill's hold_on_policy")
+    parser.add_argument("--distill-near-chain", action="store_true", help="distill's near_chain (experimental)")
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",

@@ -120,6 +120,8 @@ class DistillConfig:
         hold_on_policy (`bool`): With `lambda_earlier`, re-draw the hold's trajectories with the student at a
             quarter, half and three quarters of training (the same prompts and noise), so that the hold covers the
             latents the new removal itself leads to (experimental).
+        near_chain (`bool`): With `anchor="base"`, the protected prompts one context word away from an earlier
+            removal's forget prompt (naming its concept) keep the chain as teacher (experimental).
     """
 
     rank: int = 4
@@ -142,6 +144,7 @@ class DistillConfig:
     earlier_push: float = 0.0
     hold_guidance: float = 0.0
     hold_on_policy: bool = False
+    near_chain: bool = False
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
