@@ -180,6 +180,7 @@ def distill_options(args) -> dict:
     push |= {"hold_guidance": args.distill_hold_guidance} if args.distill_hold_guidance else {}
     push |= {"hold_on_policy": True} if args.distill_hold_on_policy else {}
     push |= {"near_chain": True} if args.distill_near_chain else {}
+    push |= {"base_share": args.distill_base_share} if args.distill_base_share is not None else {}
     push |= {"negative_guidance": args.distill_eta} if args.distill_eta is not None else {}
     return {
         "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool, **push,
@@ -798,6 +799,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--distill-hold-on-policy", action="store_true", help="distill's hold_on_policy")
     parser.add_argument("--distill-eta", type=float, default=None, help="distill's negative_guidance")
+    parser.add_argument("--distill-base-share", type=float, default=None, help="distill's base_share")
     parser.add_argument("--distill-near-chain", action="store_true", help="distill's near_chain (experimental)")
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,

@@ -122,6 +122,8 @@ class DistillConfig:
             latents the new removal itself leads to (experimental).
         near_chain (`bool`): With `anchor="base"`, the protected prompts one context word away from an earlier
             removal's forget prompt (naming its concept) keep the chain as teacher (experimental).
+        base_share (`float`): With `anchor="base"`, the untouched prompts' teacher is the chain moved this share of
+            the way to the untouched model (1: the untouched model; experimental).
     """
 
     rank: int = 4
@@ -145,6 +147,7 @@ class DistillConfig:
     hold_guidance: float = 0.0
     hold_on_policy: bool = False
     near_chain: bool = False
+    base_share: float = 1.0
 
     def __post_init__(self):
         if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
@@ -364,7 +367,8 @@ def _train(
                 goal = _past_target(taught.pop(0), taught.pop(0) if eta else None, eta)
                 keep = taught.pop(0)
                 if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
-                    keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), base_keep.to(keep), keep)
+                    toward = keep + config.base_share * (base_keep.to(keep) - keep)
+                    keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), toward, keep)
                 student, replay, *hold = _predict_many(model, pipe, family, bank, [forget, replayed, *holds], size,
                                                        device)  # fmt: skip
                 unlearn_loss = (student.float() - goal.float()).square().mean()
