@@ -177,9 +177,6 @@ def distill_options(args) -> dict:
     earlier = {"lambda_earlier": args.distill_lambda_earlier} if args.distill_lambda_earlier is not None else {}
     pool = {"latent_pool": args.distill_latent_pool} if args.distill_latent_pool else {}
     push = {"earlier_push": args.distill_earlier_push} if args.distill_earlier_push else {}
-    push |= {"hold_guidance": args.distill_hold_guidance} if args.distill_hold_guidance else {}
-    push |= {"hold_on_policy": True} if args.distill_hold_on_policy else {}
-    push |= {"near_chain": True} if args.distill_near_chain else {}
     push |= {"base_share": args.distill_base_share} if args.distill_base_share is not None else {}
     push |= {"negative_guidance": args.distill_eta} if args.distill_eta is not None else {}
     return {
@@ -793,14 +790,8 @@ def main() -> None:
         "--distill-earlier-push", type=float, default=0.0,
         help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it)",
     )  # fmt: skip
-    parser.add_argument(
-        "--distill-hold-guidance", type=float, default=0.0,
-        help="distill's hold_guidance: the hold's trajectories sampled with this guidance scale (0: unguided)",
-    )  # fmt: skip
-    parser.add_argument("--distill-hold-on-policy", action="store_true", help="distill's hold_on_policy")
     parser.add_argument("--distill-eta", type=float, default=None, help="distill's negative_guidance")
     parser.add_argument("--distill-base-share", type=float, default=None, help="distill's base_share")
-    parser.add_argument("--distill-near-chain", action="store_true", help="distill's near_chain (experimental)")
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",

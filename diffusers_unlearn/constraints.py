@@ -488,20 +488,3 @@ def _names_hashed(prompt: str, salt: str, digest: str) -> bool:
 def concept_hash_of(salt: str, concept: str) -> str:
     """The salted hash a redacted removal records instead of its concept (see `erase(..., redact=True)`)."""
     return "sha256:" + hashlib.sha256((salt + concept.strip().lower()).encode()).hexdigest()
-
-
-def near_earlier(prompts: Collection[str], previous: Sequence) -> set[str]:
-    """The prompts one context word away from an earlier removal's forget prompt that name its concept: "a bold
-    green one" after the removal of "a thin green one" (experimental: `DistillConfig(near_chain=True)`)."""
-    near: set[str] = set()
-    for adapter in previous:
-        names = [n for n in [adapter.metadata.get("concept"), *adapter.metadata.get("aliases", [])] if n]
-        if not names:
-            continue
-        mentions = names_pattern(names)
-        bags = [frozenset(_words(f)) for f in adapter.metadata.get("forget_prompts", [])]
-        near |= {
-            p for p in prompts
-            if mentions.search(p) and any(len(frozenset(_words(p)) ^ bag) <= 2 for bag in bags)
-        }  # fmt: skip
-    return near

@@ -25,7 +25,6 @@ from .constraints import (
     embedding_probes,
     hold_removed,
     names_pattern,
-    near_earlier,
     solve,
     targets_by_prompt,
 )
@@ -304,8 +303,6 @@ def erase(
                 p for prompts in groups.values() for p in prompts
                 if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
             }  # fmt: skip
-            if config.near_chain:  # one context word away from an earlier removal's forget prompt: the chain
-                untouched -= near_earlier(untouched, previous)
         result = distill(
             pipe, family, bank, pairs, replayed, config, earlier=earlier, untouched=untouched,
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,

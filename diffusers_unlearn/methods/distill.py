@@ -114,14 +114,6 @@ class DistillConfig:
             their removal's effect past the chain, away from the untouched model (`chain + push * (chain -
             untouched)`): each removal on top takes back a few percent of the earlier ones whatever their hold
             (`earlier_undone`), and the push aims to give it back. 0 (the default): held to the chain.
-        hold_guidance (`float`): With `lambda_earlier`, the classifier-free guidance scale of the chain's
-            trajectories the hold (and the measure of what is taken back) is trained on, as a pipeline samples
-            them; 0 (the default): unguided trajectories, as every other pool.
-        hold_on_policy (`bool`): With `lambda_earlier`, re-draw the hold's trajectories with the student at a
-            quarter, half and three quarters of training (the same prompts and noise), so that the hold covers the
-            latents the new removal itself leads to (experimental).
-        near_chain (`bool`): With `anchor="base"`, the protected prompts one context word away from an earlier
-            removal's forget prompt (naming its concept) keep the chain as teacher (experimental).
         base_share (`float`): With `anchor="base"`, the untouched prompts' teacher is the chain moved this share of
             the way to the untouched model (1: the untouched model; experimental).
     """
@@ -144,9 +136,6 @@ class DistillConfig:
     anchor: Literal["chain", "base"] = "chain"
     lambda_earlier: float | None = None
     earlier_push: float = 0.0
-    hold_guidance: float = 0.0
-    hold_on_policy: bool = False
-    near_chain: bool = False
     base_share: float = 1.0
 
     def __post_init__(self):
@@ -164,8 +153,6 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"negative_guidance must be >= 0 (0: map to the target only), got {self.negative_guidance}."
             )
-        if self.hold_on_policy and self.earlier_push:
-            raise InvalidArgumentError("hold_on_policy does not go with earlier_push (experimental).")
         if self.earlier_push < 0 or (self.earlier_push and self.lambda_earlier is None):
             raise InvalidArgumentError(
                 f"earlier_push must be >= 0 and needs lambda_earlier (the hold it moves), got {self.earlier_push} "
@@ -257,11 +244,9 @@ def distill(
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     if held:
-        by_removal = _group_weights([removals], held)
-        guided = config.hold_guidance
-        hold_pool = _latent_pool(pipe, family, bank, [], held, by_removal, config, seed + 2, guidance=guided)
-        pool["hold"] = hold_pool["replay"]
-        pool["hold_spec"] = (by_removal, seed + 2)
+        pool["hold"] = _latent_pool(pipe, family, bank, [], held, _group_weights([removals], held), config, seed + 2)[
+            "replay"
+        ]
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
@@ -334,11 +319,6 @@ def _train(
     for step in progress:
         if step in rounds and len(adversarial.leaks) == rounds[step]:  # a resumed run has its earlier rounds
             derive(rounds[step])
-        if step in measures and config.hold_on_policy:  # the hold's trajectories, as the student draws them
-            by_removal, hold_seed = pool["hold_spec"]
-            redrawn = _latent_pool(pipe, family, bank, [], held, by_removal, config, hold_seed,
-                                   guidance=config.hold_guidance)  # fmt: skip
-            pool["hold"] = redrawn["replay"]
         if step in measures:
             undone = _undone(denoiser, wrapped, pipe, family, bank, probe, size, device)
             for i, prompt in enumerate(held):
@@ -617,10 +597,9 @@ def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def _latent_pool(
     pipe, family, bank, pairs, protected, weights, config: DistillConfig, seed: int,
-    replay_ids: torch.Tensor | None = None, guidance: float = 0.0,
+    replay_ids: torch.Tensor | None = None,
 ) -> dict:  # fmt: skip
-    """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`; with
-    `guidance`, sampled with classifier-free guidance at that scale."""
+    """Teacher trajectories from the forget and protected prompts: latents `x_t` with `t < max_timestep`."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
     generator = torch.Generator().manual_seed(seed)
@@ -634,7 +613,7 @@ def _latent_pool(
                 ids = torch.multinomial(weights, config.latent_pool, replacement=True, generator=generator)
         else:
             ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
-        bank.add([prompts[i] for i in ids] + ([""] if guidance else []))  # one batch
+        bank.add([prompts[i] for i in ids])  # one batch
         # DDIM; flow matching for SD3 / FLUX, whose scheduler counts its steps: a fresh one per trajectory batch
         scheduler = family.sampling_scheduler(pipe, config.sampling_steps)
         latents = family.random_latents(pipe, config.latent_pool, generator)
@@ -647,9 +626,6 @@ def _latent_pool(
                 kept_t.append(timestep.cpu())
             prediction = _predict(denoiser, pipe, family, bank, [prompts[i] for i in ids], latents, timestep, size,
                                   device)  # fmt: skip
-            if guidance:
-                empty = _predict(denoiser, pipe, family, bank, [""] * len(ids), latents, timestep, size, device)
-                prediction = empty + guidance * (prediction - empty)
             latents = scheduler.step(prediction, t, latents).prev_sample
         pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
     return pool
@@ -666,7 +642,7 @@ def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, u
             prompts.append(removal[i])
             owner.append(j)
     pool = _latent_pool(pipe, family, bank, [], prompts, None, replace(config, latent_pool=len(prompts)), seed,
-                        replay_ids=torch.arange(len(prompts)), guidance=config.hold_guidance)  # fmt: skip
+                        replay_ids=torch.arange(len(prompts)))  # fmt: skip
     with untouched_model():
         _anchor_to_base(pipe, family, bank, pool, prompts, set())
     latents, timesteps, _ = pool["replay"]
