@@ -25,6 +25,9 @@ prompts and seeds. Writes docs/benchmarks/continual.md and continual.png.
     python benchmarks/continual.py --methods distill --update   # add / refresh one method in the report
     python benchmarks/continual.py --render   # rewrite the report from continual.json
     python benchmarks/continual.py --world glyphs   # 50 removals on the glyphs model -> continual_glyphs.md
+    python benchmarks/continual.py --methods distill --chain-dir runs --output /tmp/a.md   # keep every removal
+    python benchmarks/continual.py --methods distill --chain-dir runs --reuse 11 --removals 14 --output /tmp/b.md
+        # the first 11 removals loaded from runs/, steps 12-14 made again (with other options: a variant from there)
 
 On digits, a combination ("bold yellow nine") is measured on its digit (the historical column) and, in the
 conjunction column, as shown only if digit, colour and stroke all are. On glyphs every concept is measured by

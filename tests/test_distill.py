@@ -179,14 +179,19 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
 
     monkeypatch.setattr(erasure, "UNDONE_WARNING", 0.05)  # between what the variants take back (below)
     after, undone, warned = {}, {}, {}
-    for anchor, hold, push in (("chain", None, 0.0), ("base", None, 0.0), ("base", 10.0, 0.0), ("base", 10.0, 0.5)):
+    variants = {  # anchor, lambda_earlier, earlier_push, base_share
+        "chain": ("chain", None, 0.0, 1.0), "base": ("base", None, 0.0, 1.0), "base, half": ("base", None, 0.0, 0.5),
+        "base, held": ("base", 10.0, 0.0, 1.0), "base, held, pushed": ("base", 10.0, 0.5, 1.0),
+    }  # fmt: skip
+    for key, (anchor, hold, push, share) in variants.items():
         fast = dict(FAST, steps=60, batch_size=8, learning_rate=5e-3)
-        config = du.DistillConfig(**fast, lambda_replay=20.0, anchor=anchor, lambda_earlier=hold, earlier_push=push)
+        config = du.DistillConfig(
+            **fast, lambda_replay=20.0, anchor=anchor, lambda_earlier=hold, earlier_push=push, base_share=share
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             second = du.erase(pipe, "tree", neighbors=["dog", "cat"], method="distill", config=config)
         pipe.load_unlearning(second)
-        key = anchor if hold is None else "base, held" if not push else "base, held, pushed"
         warned[key] = [str(w.message) for w in caught if w.category is du.RemovalUndoneWarning]
         after[key] = noise_predictions(pipe, prompts)
         taken = second.metadata["figures"]["earlier_undone"]  # by the earlier removal's id: "cat"'s only
@@ -204,6 +209,12 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
     erased = (chain[1] - untouched[1]).norm()
     assert (after["base"][1] - chain[1]).norm() < 0.45 * erased
     assert (after["chain"][1] - chain[1]).norm() < 0.1 * erased
+    # `base_share=0.5`: the dog prompt part of the way back, and less of "cat"'s removal taken back with it
+    # (measured: dog 0.80 x drift; cat moved 0.17 x its removal's move, base 0.28; 0.08 of it taken back, base 0.11)
+    half = (after["base, half"][0] - untouched[0]).norm()
+    assert (after["base"][0] - untouched[0]).norm() < half < (after["chain"][0] - untouched[0]).norm()
+    assert (after["base, half"][1] - chain[1]).norm() < 0.8 * (after["base"][1] - chain[1]).norm()
+    assert undone["chain"] < undone["base, half"] < undone["base"]
     # `lambda_earlier`: the earlier removal held by a term of its own keeps it closer (measured: 0.08), and the
     # repair still moves the dog prompt back (0.80)
     assert (after["base, held"][1] - chain[1]).norm() < 0.5 * (after["base"][1] - chain[1]).norm()
@@ -224,6 +235,8 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
     for bad in (dict(earlier_push=-0.1, lambda_earlier=10.0), dict(earlier_push=0.1)):  # no hold to move
         with pytest.raises(du.InvalidArgumentError, match="earlier_push"):
             du.DistillConfig(**bad)
+    with pytest.raises(du.InvalidArgumentError, match="base_share"):
+        du.DistillConfig(base_share=1.5)
 
 
 def test_removals_loaded_as_adapters_teach_and_stay_in_effect():

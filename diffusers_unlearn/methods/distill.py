@@ -114,8 +114,11 @@ class DistillConfig:
             their removal's effect past the chain, away from the untouched model (`chain + push * (chain -
             untouched)`): each removal on top takes back a few percent of the earlier ones whatever their hold
             (`earlier_undone`), and the push aims to give it back. 0 (the default): held to the chain.
-        base_share (`float`): With `anchor="base"`, the untouched prompts' teacher is the chain moved this share of
-            the way to the untouched model (1: the untouched model; experimental).
+        base_share (`float`): With `anchor="base"`, how far the teacher of the untouched prompts moves from the
+            chain toward the untouched model: 1 (the default) the untouched model, 0 the chain. Pulling a protected
+            prompt back to the untouched model also takes back part of the earlier removals whose side effects it
+            repairs; with a share, each removal repairs that share of the drift it finds, so the drift stays
+            bounded and less of the earlier removals is taken back (docs/benchmarks/continual_analysis.md).
     """
 
     rank: int = 4
@@ -158,6 +161,8 @@ class DistillConfig:
                 f"earlier_push must be >= 0 and needs lambda_earlier (the hold it moves), got {self.earlier_push} "
                 f"with lambda_earlier={self.lambda_earlier}."
             )
+        if not 0.0 <= self.base_share <= 1.0:
+            raise InvalidArgumentError(f"base_share must be in [0, 1] (1: the untouched model), got {self.base_share}")
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.target_modules is not None:
@@ -346,7 +351,8 @@ def _train(
                     taught = _predict_many(denoiser, pipe, family, bank, teacher_calls, size, device)
                 goal = _past_target(taught.pop(0), taught.pop(0) if eta else None, eta)
                 keep = taught.pop(0)
-                if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool
+                if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool; the
+                    # teacher of those prompts, `base_share` of the way from the chain to them
                     toward = keep + config.base_share * (base_keep.to(keep) - keep)
                     keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), toward, keep)
                 student, replay, *hold = _predict_many(model, pipe, family, bank, [forget, replayed, *holds], size,
