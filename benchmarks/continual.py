@@ -337,6 +337,7 @@ def run(args) -> dict:
 
 
 def _slug(method: str) -> str:
+    """A method's name as a folder name of `--chain-dir`."""
     return "".join(c if c.isalnum() else "-" for c in method)
 
 
@@ -590,7 +591,7 @@ def run_glyphs(args) -> dict:
             seconds = time.perf_counter() - started
             made.append(adapter)
             pipe.load_unlearning(adapter, mode="fused")
-            if (step % args.eval_every and step != len(sequence)) or step < args.reuse:
+            if step % args.eval_every and step != len(sequence):
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds})
                 _save_partial(results, args)
                 continue
