@@ -174,16 +174,17 @@ def closed_form_config(args) -> du.ClosedFormConfig:
 
 
 def distill_options(args) -> dict:
-    """The `DistillConfig` fields the command line sets."""
+    """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0."""
+    given = {
+        "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": args.distill_eta,
+        "base_share": args.distill_base_share,
+    }  # fmt: skip
+    nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
+               "earlier_push": args.distill_earlier_push}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
-    rank = {"rank": args.distill_rank} if args.distill_rank else {}
-    earlier = {"lambda_earlier": args.distill_lambda_earlier} if args.distill_lambda_earlier is not None else {}
-    pool = {"latent_pool": args.distill_latent_pool} if args.distill_latent_pool else {}
-    push = {"earlier_push": args.distill_earlier_push} if args.distill_earlier_push else {}
-    push |= {"base_share": args.distill_base_share} if args.distill_base_share is not None else {}
-    push |= {"negative_guidance": args.distill_eta} if args.distill_eta is not None else {}
     return {
-        "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules, **rank, **earlier, **pool, **push,
+        "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules,
+        **{k: v for k, v in given.items() if v is not None}, **{k: v for k, v in nonzero.items() if v},
     }  # fmt: skip
 
 
@@ -822,6 +823,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="default docs/benchmarks/continual[_glyphs].md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from the json, run nothing")
     args = parser.parse_args()
+    if args.reuse and args.chain_dir is None:
+        parser.error("--reuse loads removals from --chain-dir: pass the folder an earlier run saved them in")
     glyph_world = args.world == "glyphs"
     name = "continual_glyphs" if glyph_world else "continual"
     args.output = args.output or ROOT / "docs" / "benchmarks" / f"{name}.md"
