@@ -13,8 +13,9 @@ removal, "serif Q" (or `--concept`, moved to the front of the sequence), its par
 into the page's "Glyphs" section (plot robustness_glyphs.png).
 
 Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=True)`), `distill`, `distill, hardened`
-(`erase(..., method="distill", harden=True)`: adversarial distillation), and the continual benchmark's baselines
-`coarse target` and `no local protection`.
+(`erase(..., method="distill", harden=True)`: adversarial distillation), `distill, held` and `distill, held,
+hardened` (the configuration of the continual benchmark's longest digits chain, `HELD`, plain and hardened), and the
+continual benchmark's baselines `coarse target` and `no local protection`.
 
     python benchmarks/robustness.py                                  # every method, stages 1 10 25
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1
@@ -22,6 +23,11 @@ Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=Tru
     python benchmarks/robustness.py --world glyphs --methods "closed form" hardened --stages 1 10 --images 8
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1 --images 8 \
         --embedding-budgets 0.05 0.1 0.2 0.4                         # only the norm-bounded embedding attack
+    python benchmarks/robustness.py --methods "distill, held" --stages 10 25 --images 8 --chain-dir runs
+
+`--chain-dir DIR` keeps each method's removals in `DIR/<method>/step-NN`: a removal found there is loaded instead of
+made (a chain saved by `continual.py --chain-dir` with the same options, linked or copied there, is attacked without
+being made again), the others are made and saved.
 
 `--embedding-budgets` runs, instead of the whole suite, the embedding attack with each per-token budget
 (`embedding_attack(..., max_relative_norm=eps)`) and unbounded, and the inversion distance of the chain
@@ -60,9 +66,18 @@ from diffusers_unlearn.digits.attacks import attack_target  # noqa: E402
 from diffusers_unlearn.digits.concepts import ALL_CELLS, cell_probe  # noqa: E402
 from diffusers_unlearn.evaluation import evaluate  # noqa: E402
 
-METHODS = ("closed form", "hardened", "distill", "distill, hardened", "coarse target", "no local protection")
-HARDENED = {"hardened": "closed form", "distill, hardened": "distill"}
+METHODS = (
+    "closed form", "hardened", "distill", "distill, hardened", "distill, held", "distill, held, hardened",
+    "coarse target", "no local protection",
+)  # fmt: skip
+HARDENED = {"hardened": "closed form", "distill, hardened": "distill", "distill, held, hardened": "distill, held"}
 """Each hardened method and the plain method it hardens (compared against issue 17's targets)."""
+HELD = {
+    "target_modules": (*continual.CROSS_ATTENTION, "ff.net.2"), "lambda_earlier": 10.0, "base_share": 0.5,
+}  # fmt: skip
+"""`distill, held`: the `DistillConfig` of the continual benchmark's longest digits chain (with `anchor="base"`): the
+LoRA on the cross-attention and the feed-forward output, the earlier removals' forget prompts held to the chain, the
+protected prompts held half-way back to the untouched model."""
 STAGES = (1, 10, 25)
 WORLDS = ("digits", "glyphs")
 ATTACK_OPTIONS = {
@@ -162,6 +177,9 @@ def erase_kwargs(
     config = du.ClosedFormConfig()
     distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
     harden = du.HardenConfig(phrasings=phrasings, prefixes=prefixes)
+    if method.startswith("distill, held"):
+        held = continual.erase_kwargs(concept, "distill, base anchor", config, distill | HELD)
+        return held | ({"harden": harden} if method in HARDENED else {})
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
     if method == "distill, hardened":
@@ -187,19 +205,27 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
     call = {"images_per_prompt": args.retention_images, "num_inference_steps": args.steps, "progress": False,
             "guidance_scale": world.guidance}  # fmt: skip
     pipe = world.load()
-    erase_seconds, skipped = [], []
+    erase_seconds, skipped, loaded = [], [], 0
     for step, concept in enumerate(world.sequence[: max(args.stages)], 1):
         started = time.perf_counter()
-        try:
-            kwargs = erase_kwargs(
-                concept, method, args.distill_steps, args.distill_modules, args.harden_phrasings, args.harden_prefixes
-            )
-            adapter = du.erase(pipe, **kwargs)
-        except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
-            skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
-            print(f"{method}: step {step} ({concept.name}) skipped: {error}", flush=True)
-            continue
-        erase_seconds.append(time.perf_counter() - started)
+        saved = args.chain_dir / continual._slug(method) / f"step-{step:02d}" if args.chain_dir else None
+        if saved is not None and saved.exists():  # made by an earlier run with the same options
+            adapter = du.UnlearningAdapter.from_pretrained(saved)
+            loaded += 1
+        else:
+            try:
+                kwargs = erase_kwargs(
+                    concept, method, args.distill_steps, args.distill_modules, args.harden_phrasings,
+                    args.harden_prefixes,
+                )  # fmt: skip
+                adapter = du.erase(pipe, **kwargs)
+            except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
+                skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
+                print(f"{method}: step {step} ({concept.name}) skipped: {error}", flush=True)
+                continue
+            erase_seconds.append(time.perf_counter() - started)
+            if saved is not None:
+                adapter.save_pretrained(saved)
         pipe.load_unlearning(adapter, mode="fused")
         if step not in args.stages:
             continue
@@ -228,7 +254,8 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             "forget_accuracy": retention.forget_accuracy,
             "related": continual.relative(retention.related, untouched),
             "general": continual.relative(retention.general, untouched),
-            "erase_seconds_mean": sum(erase_seconds) / len(erase_seconds),
+            "erase_seconds_mean": sum(erase_seconds) / len(erase_seconds) if erase_seconds else None,
+            "removals_loaded": loaded,
             "harden_seconds": adapter.metadata["figures"].get("harden_seconds"),
             "harden_leak": adapter.metadata["figures"].get("harden_leak"),
             "skipped": list(skipped),
@@ -242,7 +269,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         print(
             f"{method:>20} stage {step:2d}: "
             + " ".join(f"{k}={v:.2f}" for k, v in row["asr"].items())
-            + f" | related {row['related']:.3f} general {row['general']:.3f} erase {row['erase_seconds_mean']:.2f}s",
+            + f" | related {row['related']:.3f} general {row['general']:.3f} erase {_seconds(row)}",
             flush=True,
         )
         _save(args.json, {f"{method}|{step}": row}, world=world.name)
@@ -393,7 +420,7 @@ def write_report(stored: dict, output: Path) -> None:
         cells = [f"{100 * r['asr'][n]:.0f}%" if n in r["asr"] else "—" for n in names]
         lines.append(
             f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {_pct(r['related'])} | "
-            f"{_pct(r['general'])} | {r['erase_seconds_mean']:.2f} |"
+            f"{_pct(r['general'])} | {_seconds(r)} |"
         )
     lines += ["", *_targets(rows, STAGES, DIGITS_CAVEAT)]
     if stored.get("notes"):  # what the figures say, written after the run and kept in the json beside them
@@ -548,7 +575,7 @@ def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
         cells = [f"{100 * r['asr'][n]:.0f}%" if n in r["asr"] else "—" for n in names]
         lines.append(
             f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {_pct(r['related'])} | "
-            f"{_pct(r['general'])} | {r['erase_seconds_mean']:.2f} |"
+            f"{_pct(r['general'])} | {_seconds(r)} |"
         )
     stages = tuple(sorted({1, 10, *(r["stage"] for r in measured)}))
     lines += ["", *_targets(rows, stages, GLYPHS_CAVEAT)]
@@ -692,6 +719,14 @@ def _budgets(budgets: dict, concept: str = "seven", world: str = "", heading: st
     return lines
 
 
+def _seconds(row: dict) -> str:
+    """Seconds per removal made; a stage whose removals were all loaded from `--chain-dir` made none."""
+    if row.get("erase_seconds_mean") is None:
+        return f"loaded ({row['removals_loaded']})"
+    loaded = row.get("removals_loaded")
+    return f"{row['erase_seconds_mean']:.2f}" + (f" ({loaded} loaded)" if loaded else "")
+
+
 def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.0f}%"
 
@@ -752,6 +787,10 @@ def main() -> None:
         help="hardened methods: HardenConfig.prefixes, copies of each forget prompt behind random tokens trained on",
     )  # fmt: skip
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
+    parser.add_argument(
+        "--chain-dir", type=Path, default=None,
+        help="keep each method's removals in DIR/<method>/step-NN: load those found there, save those made",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
     args = parser.parse_args()
