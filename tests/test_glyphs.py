@@ -159,7 +159,7 @@ def test_an_identity_is_erased_where_a_prompt_names_all_of_it():
     prompt with another character is protected, so that the edit acts only on the embeddings that see both."""
     serif_q = Concept("Q", "serif")
     kwargs = serif_q.erase_kwargs()
-    assert kwargs["mapping_candidates"] == [s for s in glyphs.STYLES if s != "serif"]
+    assert kwargs["mapping_candidates"] == ["sans", "bold", "oblique", "italic", "typewriter"]  # not roman, heavy
     contrast = serif_q.contrast_prompts()
     assert "serif o" in contrast and "the serif 0" in contrast  # its look-alikes, in the same phrasing
     assert set(contrast) <= set(kwargs["preserve"])
