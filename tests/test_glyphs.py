@@ -160,6 +160,7 @@ def test_an_identity_is_erased_where_a_prompt_names_all_of_it():
     serif_q = Concept("Q", "serif")
     kwargs = serif_q.erase_kwargs()
     assert kwargs["mapping_candidates"] == ["sans", "bold", "oblique", "italic", "typewriter"]  # not roman, heavy
+    assert kwargs["map_to_context"] is False  # "the letter q" may be drawn in serif
     contrast = serif_q.contrast_prompts()
     assert "serif o" in contrast and "the serif 0" in contrast  # its look-alikes, in the same phrasing
     assert set(contrast) <= set(kwargs["preserve"])

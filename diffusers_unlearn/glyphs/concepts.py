@@ -242,10 +242,10 @@ class Concept:
         The erased word is the character, the style word or the colour word, with its synonyms as aliases; the
         other characters (styles, colours) are its neighbours, and for a style or a colour the other styles or
         colours are its mapping candidates. A style or a colour keeps the characters asked without it. An identity
-        ("serif Q") is erased at its style word, mapped to a style other than its neighbours (`STYLE_NEIGHBOURS`),
-        with `contrast_prompts()` protected so that only the embeddings that see the whole identity move; it keeps
-        the same character in the other styles and without a style, and its look-alikes in the same style. Every
-        removal also protects
+        ("serif Q") is erased at its style word, mapped to a style other than its neighbours (`STYLE_NEIGHBOURS`;
+        not to the context without a style, which the model may draw in this one), with `contrast_prompts()`
+        protected so that only the embeddings that see the whole identity move; it keeps the same character in the
+        other styles and without a style, and its look-alikes in the same style. Every removal also protects
         `background` prompts of other cells (`background_prompts()`).
         """
         name = "no-" + self.name.replace(" ", "-")
@@ -276,8 +276,10 @@ class Concept:
                 "aliases": list(STYLE_SYNONYMS[self.style][1:]),
                 "prompts": self.forget_prompts(),
                 # not a neighbouring style: the model barely tells serif from roman on round glyphs, so mapping
-                # "serif Q" to roman carries the serif O and 0 with it (docs/benchmarks/continual_analysis.md)
+                # "serif Q" to roman carries the serif O and 0 with it; nor the context without its style, drawn in
+                # a default style that may be this one ("red r" half the time bold; continual_analysis.md)
                 "mapping_candidates": [s for s in STYLES if s != self.style and s not in STYLE_NEIGHBOURS[self.style]],
+                "map_to_context": False,
                 "preserve": list(
                     dict.fromkeys([prompt(self.char), *same_char, *lookalikes, *self.contrast_prompts(), *background])
                 ),
