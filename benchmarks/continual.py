@@ -240,7 +240,7 @@ def run(args) -> dict:
             started = time.perf_counter()
             fallback = None
             repaired, notes = [], []
-            saved = args.chain_dir / _slug(method) / f"step-{step:02d}" if args.chain_dir else None
+            saved = chain_step(args.chain_dir, method, step)
             try:
                 if saved is not None and step <= args.reuse:  # made by an earlier run with the same options
                     adapter = du.UnlearningAdapter.from_pretrained(saved)
@@ -337,9 +337,12 @@ def run(args) -> dict:
     return results
 
 
-def _slug(method: str) -> str:
-    """A method's name as a folder name of `--chain-dir`."""
-    return "".join(c if c.isalnum() else "-" for c in method)
+def chain_step(chain_dir: Path | None, method: str, step: int) -> Path | None:
+    """Where `--chain-dir` keeps a method's removal of a step (`DIR/<method, as a folder name>/step-NN`); `None`
+    without a folder. `robustness.py --chain-dir` reads the same layout."""
+    if chain_dir is None:
+        return None
+    return chain_dir / "".join(c if c.isalnum() else "-" for c in method) / f"step-{step:02d}"
 
 
 def _check(pipe, made: list) -> dict | None:

@@ -208,7 +208,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
     erase_seconds, skipped, loaded = [], [], 0
     for step, concept in enumerate(world.sequence[: max(args.stages)], 1):
         started = time.perf_counter()
-        saved = args.chain_dir / continual._slug(method) / f"step-{step:02d}" if args.chain_dir else None
+        saved = continual.chain_step(args.chain_dir, method, step)
         if saved is not None and saved.exists():  # made by an earlier run with the same options
             adapter = du.UnlearningAdapter.from_pretrained(saved)
             loaded += 1
