@@ -190,13 +190,14 @@ def distill_options(args) -> dict:
 
 def erase_step(
     pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False,
-    erase_at: str = "digit", distill: dict | None = None, name: str | None = None,
+    erase_at: str = "digit", distill: dict | None = None, name: str | None = None, background: int = 0,
 ):  # fmt: skip
     """One removal; when every mapping target is refused, the user's recourse the error names: the same request
     with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
     `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
     if any."""
-    kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at) | ({"name": name} if name else {})
+    kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at, background=background)
+    kwargs |= {"name": name} if name else {}
     gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
     fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
@@ -247,10 +248,13 @@ def run(args) -> dict:
                 elif args.target_fallback:
                     adapter, fallback = erase_step(
                         bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits,
-                        args.combination_at, distill_options(args),
+                        args.combination_at, distill_options(args), background=args.background,
                     )  # fmt: skip
                 else:
-                    kwargs = erase_kwargs(concept, method, config, distill_options(args), erase_at=args.combination_at)
+                    kwargs = erase_kwargs(
+                        concept, method, config, distill_options(args), erase_at=args.combination_at,
+                        background=args.background,
+                    )  # fmt: skip
                     adapter = du.erase(bare or pipe, **kwargs)
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
@@ -273,7 +277,7 @@ def run(args) -> dict:
                 again = next(c for c in sequence if c.name == worst)
                 try:
                     fixed, _ = erase_step(pipe, again, method, config, list(sequence[:step]), args.combination_digits,
-                                          args.combination_at, distill_options(args),
+                                          args.combination_at, distill_options(args), background=args.background,
                                           name=f"no-{worst.replace(' ', '-')}-again-{step}")  # fmt: skip
                 except du.InvalidConceptError as error:
                     print(f"{method:>20} step {step:2d}: {worst} not re-made: {error}", flush=True)
@@ -813,6 +817,10 @@ def main() -> None:
         help="digits, with --chain-dir: load the first N removals from there, not made again (the Nth measured)",
     )  # fmt: skip
     parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
+    parser.add_argument(
+        "--background", type=int, default=0,
+        help="digits: preserve up to N of each concept's background_prompts() too, as a group of their own",
+    )  # fmt: skip
     parser.add_argument("--update", action="store_true", help="keep the other methods' results from the existing json")
     defaults = du.ClosedFormConfig()
     parser.add_argument("--lambda-protect", type=float, default=defaults.lambda_protect)

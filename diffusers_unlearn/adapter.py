@@ -337,6 +337,7 @@ _OPTIONAL = {
     "denoiser": str, "family": str, "concept": (str, type(None)), "aliases": list, "targets": list,
     "protected_neighbors": list, "protected_prompts": list, "preserve": list, "forget_prompts": list,
     "parents": list, "figures": dict, "hyperparameters": dict, "members": list, "adapter_id": str,
+    "preserve_groups": dict,
 }  # fmt: skip
 
 

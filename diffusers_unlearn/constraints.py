@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -23,7 +23,7 @@ from diffusers import DiffusionPipeline
 
 from .adapter import UnlearningAdapter
 from .distance import PromptBank, projection_gram
-from .errors import ResolveError
+from .errors import InvalidTypeError, ResolveError
 from .families import family_of
 from .layers import current_weight, edited_layers, pooled_layer
 from .methods.closed_form import ClosedFormConfig, Remap, forget_statistics, moment, normal_system, solve_statistics
@@ -351,16 +351,19 @@ def _pairs(adapter: UnlearningAdapter) -> Iterator[tuple[str, str]]:
 
 
 def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
-    """The protected prompt groups of a removal (anchors, neighbours, preserve), rebuilt from its metadata."""
+    """The protected prompt groups of a removal (anchors, neighbours, preserve or its groups), rebuilt from its
+    metadata."""
     metadata = adapter.metadata
     contexts = [Context(record["context"]) for record in metadata["targets"]]
     anchors = [""] + [record["target"] for record in metadata["targets"]] + [c.fill("") for c in contexts]
     neighbors = [c.fill(record["neighbor"]) for record in metadata["protected_neighbors"] for c in contexts]
-    if "preserve" in metadata:
-        preserve = list(metadata["preserve"])
+    if "preserve_groups" in metadata:  # `preserve` given as groups
+        preserve = {f"{PRESERVE_GROUP}{name}": list(prompts) for name, prompts in metadata["preserve_groups"].items()}
+    elif "preserve" in metadata:
+        preserve = {"preserve": list(metadata["preserve"])}
     else:  # made before `preserve` was recorded: what is neither an anchor nor a neighbour
-        preserve = [p for p in metadata["protected_prompts"] if p not in set(anchors) | set(neighbors)]
-    groups = {"anchors": anchors, "neighbors": neighbors, "preserve": preserve}
+        preserve = {"preserve": [p for p in metadata["protected_prompts"] if p not in set(anchors) | set(neighbors)]}
+    groups = {"anchors": anchors, "neighbors": neighbors, **preserve}
     return {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
 
 
@@ -488,3 +491,29 @@ def _names_hashed(prompt: str, salt: str, digest: str) -> bool:
 def concept_hash_of(salt: str, concept: str) -> str:
     """The salted hash a redacted removal records instead of its concept (see `erase(..., redact=True)`)."""
     return "sha256:" + hashlib.sha256((salt + concept.strip().lower()).encode()).hexdigest()
+
+
+PRESERVE_GROUP = "preserve/"
+"""Prefix of the protected groups made from a `preserve` mapping (`"preserve/background"`)."""
+
+
+def preserve_groups(preserve: Sequence[str] | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The protected groups of erase's `preserve`: one group `"preserve"`, or one `"preserve/<name>"` per entry
+    of a mapping.
+
+    Example:
+        ```py
+        >>> preserve_groups({"related": ["a red three"], "background": ["green two", "a thin six"]})
+        {'preserve/related': ['a red three'], 'preserve/background': ['green two', 'a thin six']}
+        ```
+    """
+    if isinstance(preserve, str):
+        raise InvalidTypeError(f"`preserve` takes a list of prompts (or a dict of lists), got the text {preserve!r}.")
+    if not isinstance(preserve, Mapping):
+        return {"preserve": list(preserve)}
+    for name, prompts in preserve.items():
+        if not isinstance(name, str) or isinstance(prompts, str):
+            raise InvalidTypeError(
+                f"A `preserve` mapping takes group names to lists of prompts, got {name!r}: {prompts!r}."
+            )
+    return {f"{PRESERVE_GROUP}{name}": list(prompts) for name, prompts in preserve.items()}

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -17,6 +17,7 @@ from diffusers import DiffusionPipeline
 from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
 from .constraints import (
+    PRESERVE_GROUP,
     Constraints,
     asks_for_concept,
     chain_map,
@@ -25,6 +26,7 @@ from .constraints import (
     embedding_probes,
     hold_removed,
     names_pattern,
+    preserve_groups,
     solve,
     targets_by_prompt,
 )
@@ -69,7 +71,7 @@ def erase(
     neighbors: Sequence[str] | None = None,
     mine_neighbors: int = 0,
     protect_top_k: int | None = None,
-    preserve: Sequence[str] = (),
+    preserve: Sequence[str] | Mapping[str, Sequence[str]] = (),
     method: Literal["closed_form", "distill"] = "closed_form",
     distance: DistanceKind | None = None,
     distance_samples: int = 16,
@@ -112,7 +114,10 @@ def erase(
         neighbors (`Sequence[str]`, *optional*): Related concepts to keep intact ("Monet", "Pikachu's friends").
         mine_neighbors (`int`): How many more neighbours to mine from the tokenizer vocabulary (0: none).
         protect_top_k (`int`, *optional*): Protect only the nearest `k` neighbours (default all).
-        preserve (`Sequence[str]`): Further prompts to keep unchanged (general prompts).
+        preserve (`Sequence[str]` or `Mapping[str, Sequence[str]]`): Further prompts to keep unchanged (general
+            prompts). A mapping gives groups of them, each weighing as much as the anchors or the neighbours
+            whatever its size: `{"related": [...12 prompts], "background": [...64 prompts]}` keeps a large
+            sample of everything else from drowning the few prompts that matter most.
         method (`str`): `"closed_form"` (seconds on a CPU) or `"distill"` (a LoRA trained by teacher-student
             distillation, LACU-style: for concepts beyond the cross-attention inputs; a GPU for real models).
         distance (`str`, *optional*): `"proxy"` (key / value projections, no denoiser call; the default for
@@ -143,7 +148,7 @@ def erase(
             a neighbour equal to the concept.
         InvalidArgumentError: An unknown `method` or `distance`; `harden=` with no more distill steps than rounds.
         InvalidTypeError: A `config` of another method than `method`; a `harden` that is neither a `bool` nor a
-            [`HardenConfig`].
+            [`HardenConfig`]; a `preserve` that is a string, or a mapping to something else than lists of prompts.
 
     Example:
         ```py
@@ -170,6 +175,7 @@ def erase(
     harden = HardenConfig() if harden is True else (harden or None)
     if harden is not None and not isinstance(harden, HardenConfig):
         raise InvalidTypeError(f"harden= takes True or a HardenConfig, got {type(harden).__name__}.")
+    preserved = preserve_groups(preserve)
     if not map_to_context and anchor is None and not mapping_candidates and not category:
         raise InvalidArgumentError(
             "map_to_context=False leaves no mapping target: pass `mapping_candidates` (or `category`), or drop it."
@@ -246,12 +252,12 @@ def erase(
         samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets
-    # Three groups, each weighing the same in the objective whatever its size: a handful of `preserve` prompts
-    # must not be drowned by hundreds of neighbour prompts.
+    # Three groups (or more: one per `preserve` group), each weighing the same in the objective whatever its size:
+    # a handful of `preserve` prompts must not be drowned by hundreds of neighbour prompts.
     groups = {
         "anchors": [""] + list(targets.values()) + [c.fill("") for c in contexts],
         "neighbors": [context.fill(n) for n, _ in neighbor_ranking for context in contexts],
-        "preserve": list(preserve),
+        **preserved,
     }
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
     protected = {p for prompts in groups.values() for p in prompts}
@@ -410,7 +416,7 @@ def _metadata(
         "target_candidates": [c.record() for c in choice.candidates],
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,
-        "preserve": groups.get("preserve", []),
+        "preserve": list(dict.fromkeys(p for group, ps in groups.items() if group.startswith("preserve") for p in ps)),
         "method": method,
         "hyperparameters": {**dataclasses.asdict(config), "distance": distance},
         "family": family.name,
@@ -430,4 +436,8 @@ def _metadata(
         ]
         for key in ("protected_prompts", "preserve"):
             metadata[key] = [p for p in metadata[key] if not any(n in p.lower() for n in lowered)]
+    named = {g.removeprefix(PRESERVE_GROUP): prompts for g, prompts in groups.items() if g.startswith(PRESERVE_GROUP)}
+    if named:  # which preserve prompt was in which group, for a re-solve (`constraints.protect_groups`)
+        kept = set(metadata["preserve"])
+        metadata["preserve_groups"] = {name: [p for p in prompts if p in kept] for name, prompts in named.items()}
     return metadata

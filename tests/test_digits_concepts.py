@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffusers_unlearn.digits import COLOURS, STROKES
+from diffusers_unlearn.digits import COLOURS, DIGITS, STROKES
 from diffusers_unlearn.digits.concepts import (
     ALL_CELLS,
     LOOKALIKES,
@@ -45,6 +45,30 @@ def test_erase_kwargs():
     assert "a red three" in combo["preserve"] and not any("blue" in p for p in combo["preserve"])
     triple = Concept(3, "blue", "bold").erase_kwargs()
     assert all("bold" in p for p in triple["prompts"]) and "a blue three, thin" in triple["preserve"]
+
+
+@pytest.mark.parametrize(
+    "concept", [Concept(7), Concept(colour="red"), Concept(0, "blue", "thin"), Concept(9, "blue")]
+)
+def test_background_prompts_never_ask_for_the_concept_nor_open_like_a_probe(concept):
+    background = concept.background_prompts(100)
+    assert len(background) == len(set(background)) > 20 and background == concept.background_prompts(100)
+    assert concept.background_prompts(5) == background[:5]
+    forget = set(concept.forget_prompts())
+    probes = {p for cell in ALL_CELLS for p in cell_probe(*cell).prompts} | {f"a {w}" for w in DIGITS}
+    for text in background:
+        assert text not in forget
+        assert not any(text.startswith(p) or p.startswith(text) for p in probes), text
+    preserve = concept.erase_kwargs(background=10)["preserve"]  # a group of its own beside the related prompts
+    assert preserve == {"related": concept.erase_kwargs().get("preserve", []), "background": background[:10]}
+    assert not set(background) & set(concept.erase_kwargs()["prompts"])
+
+
+def test_background_prompts_name_a_part_the_concept_does_not_have():
+    blue_thin_zero = Concept(0, "blue", "thin").background_prompts(100)
+    assert "blue zero" not in blue_thin_zero and "zero" not in blue_thin_zero  # could show a thin blue zero
+    assert all("zero" not in p or "bold" in p or any(c in p for c in ("red", "green", "yellow"))
+               for p in blue_thin_zero)  # fmt: skip
 
 
 def test_a_combination_erased_at_its_attribute_keeps_its_digit_and_its_colour_elsewhere():

@@ -154,6 +154,13 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
         )
     assert seen["earlier"] == [[]] and not any("a red cat" in group for group in seen["groups"])
 
+    # `preserve` as a mapping: one replay group per entry, each drawn as often as the anchors
+    sd_pipe.unload_unlearning()
+    with pytest.raises(RuntimeError, match="recorded"):
+        du.erase(sd_pipe, "dog", prompts=["a blue dog"], method="distill",
+                 preserve={"kept": ["a red dog"], "background": ["a tree", "a house", "a car"]})  # fmt: skip
+    assert seen["groups"][-2:] == [["a red dog"], ["a tree", "a house", "a car"]]
+
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
     assert weights.tolist() == pytest.approx([1.5, 1 / 3, 1 / 3, 1 / 3, 0.5])  # each group sums to 1

@@ -10,6 +10,7 @@ from conftest import generate, make_sd_pipeline, make_sdxl_pipeline, noise_predi
 
 import diffusers_unlearn as du
 from diffusers_unlearn import erasure
+from diffusers_unlearn.constraints import protect_groups
 from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
@@ -277,6 +278,36 @@ def test_an_erase_holds_the_protected_prompt_that_shares_the_forget_prompts_pref
     shared, distinct = embeds[2:4], embeds[4:6]  # "cat in" (pinned by "a cat in blue") / "red <eos>"
     moved = lambda rows: (rows @ edit.T).norm(dim=1)  # noqa: E731
     assert moved(shared).max() < 0.4 * moved(distinct).min()  # 0.17 vs 0.78 (0.69 vs 0.78 without the rule)
+
+
+def test_a_preserve_group_of_its_own_is_not_drowned_by_a_large_one(sd_pipe, tmp_path):
+    """`preserve` as a mapping: each group weighs as much as the anchors or the neighbours, so a prompt in a group
+    of its own moves about as little as when it is the only one preserved, and far less than when it is one of
+    25 preserved prompts; the groups are recorded, and a re-solve (`protect_groups`) rebuilds them."""
+    background = [f"a {c} {t}" for c in ("red", "blue", "green", "yellow") for t in ("tree", "house", "car", "bird")]
+    kept = "a photo of rabbit"
+    bank = PromptBank(sd_pipe, family_of(sd_pipe))
+
+    def erased(preserve) -> tuple[du.UnlearningAdapter, float]:
+        adapter = du.erase(
+            sd_pipe, "cat", templates=["a photo of {}", "a {} outside"], mapping_candidates=["dog"], preserve=preserve
+        )
+        edit = (adapter.probes["remap_up"] @ adapter.probes["remap_down"]).double()
+        return adapter, float((bank.embeds(kept).double() @ edit.T).norm())
+
+    _, alone = erased([kept])
+    _, drowned = erased([kept, *background])
+    grouped, own_group = erased({"kept": [kept], "background": background})
+    assert own_group < 1.2 * alone and own_group < 0.75 * drowned  # 1.24 / 1.18 / 2.02
+    assert grouped.metadata["preserve"] == [kept, *background]
+    assert grouped.metadata["preserve_groups"] == {"kept": [kept], "background": background}
+    grouped.save_pretrained(tmp_path / "grouped")
+    groups = protect_groups(du.UnlearningAdapter.from_pretrained(tmp_path / "grouped"))
+    assert groups["preserve/kept"] == [kept] and groups["preserve/background"] == background
+    assert "preserve" not in groups
+    for wrong in ("a photo of rabbit", {"kept": "a photo of rabbit"}):  # a text, not a list: refused up front
+        with pytest.raises(du.InvalidTypeError, match="preserve"):
+            du.erase(sd_pipe, "cat", templates=["a photo of {}"], preserve=wrong)
 
 
 def test_phrasings_teach_the_removal_other_word_orders(sd_pipe):

@@ -11,6 +11,8 @@ named in words (what `diffusers-unlearn erase --model digits` runs).
 from __future__ import annotations
 
 import itertools
+import random
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +24,10 @@ LOOKALIKES: dict[int, tuple[int, ...]] = {
     0: (6, 8), 1: (7, 4), 2: (7, 3), 3: (8, 5), 4: (9, 1), 5: (6, 3), 6: (5, 0), 7: (1, 2), 8: (3, 0), 9: (4, 8),
 }  # fmt: skip
 """Digits that handwritten digits are most often confused with (the related concepts of a digit)."""
+
+BACKGROUND_TEMPLATES: tuple[str, ...] = tuple(t for t in TEMPLATES if not t.startswith(("a {digit}", "a {colour}")))
+"""The caption templates of `Concept.background_prompts`: those that open with none of the words of the benchmark's
+probes ("a three", "a red three, bold"), so that a removal protecting them is not protecting the probes."""
 
 CHANCE: dict[str, float] = {"digit": 1 / len(DIGITS), "colour": 1 / len(COLOURS), "combination": 1 / len(DIGITS)}
 """Forget accuracy of a model that does not know the concept: a whole digit is one of ten, a whole colour one of
@@ -113,11 +119,13 @@ class Concept:
                 prompts.append(template.format(digit=digit, colour=colour, stroke=stroke))
         return list(dict.fromkeys(prompts))
 
-    def erase_kwargs(self, erase_at: str = "digit") -> dict:
+    def erase_kwargs(self, erase_at: str = "digit", background: int = 0) -> dict:
         """Arguments of `diffusers_unlearn.erase` for this concept on the digits model.
 
         `erase_at="attribute"` erases a combination at its stroke (or colour) word instead of its digit: the digit
         stays, drawn in another stroke (colour); see `_attribute_kwargs` and docs/benchmarks/continual_analysis.md.
+        `background`: that many `background_prompts()` are preserved too, as a group of their own
+        (`preserve={"related": [...], "background": [...]}`), so that they do not outweigh the related prompts.
 
         The erased word is the digit (for a digit or a combination) or the colour; the other words of each
         prompt are its context. Mapping candidates: the context without the word and the generic word "digit"
@@ -130,6 +138,16 @@ class Concept:
         contexts; for a combination, the same digit in the other colours (and strokes) and asked without colour
         is protected too; for a colour, every digit asked without colour.
         """
+        kwargs = self._kwargs(erase_at)
+        if background:
+            kwargs["preserve"] = {
+                "related": kwargs.get("preserve", []),
+                "background": self.background_prompts(background),
+            }
+        return kwargs
+
+    def _kwargs(self, erase_at: str) -> dict:
+        """`erase_kwargs` without the background."""
         if self.kind == "colour":
             others = [c for c in COLOURS if c != self.colour]
             return {
@@ -160,6 +178,34 @@ class Concept:
             # concept with one: "a blue three" shares every token up to "three" with "a blue three, bold".
             kwargs["preserve"] = self._same_digit_kept() + _colourless(self.digit)
         return kwargs
+
+    def background_prompts(self, count: int = 100) -> list[str]:
+        """Up to `count` prompts of random cells (one per cell), in `BACKGROUND_TEMPLATES`, each naming a digit,
+        colour or stroke the concept does not have (a prompt that leaves out the part it differs in could show the
+        concept): a sample of everything else the model draws, for the removal to hold (as the glyphs concepts'
+        `background_prompts`).
+
+        Example:
+            ```py
+            >>> Concept(9, "blue").background_prompts(3)
+            ['green two', 'red six', 'a thin green six']
+            ```
+        """
+        rng = random.Random(zlib.crc32(self.name.encode()) + 1)
+        prompts: list[str] = []
+        for digit, colour, stroke in rng.sample(ALL_CELLS, len(ALL_CELLS)):
+            if len(prompts) == count:
+                break
+            template = rng.choice(BACKGROUND_TEMPLATES)
+            differs = (
+                (self.digit is not None and digit != self.digit)
+                or (self.colour is not None and "{colour}" in template and colour != self.colour)
+                or (self.stroke is not None and "{stroke}" in template and stroke != self.stroke)
+            )
+            text = template.format(digit=DIGITS[digit], colour=colour, stroke=stroke)
+            if differs and text not in prompts:
+                prompts.append(text)
+        return prompts
 
     def _same_digit_kept(self) -> list[str]:
         """The combination's digit in the other colours (and strokes): what its removal keeps."""
