@@ -18,6 +18,7 @@ feed-forward (its encoding time is not the real one).
     python benchmarks/erase_speed.py            # all four
     python benchmarks/erase_speed.py --only sd15
     python benchmarks/erase_speed.py --only flux --repeats 1 --threads 1
+    python benchmarks/erase_speed.py --only digits --repeats 1   # the digits model's 25-removal chain
 """
 
 from __future__ import annotations
@@ -279,9 +280,56 @@ def measure_solve(name: str, build, repeats: int) -> dict:
     }
 
 
+def measure_digits_chain(repeats: int) -> dict:
+    """The embedded digits model's 25-removal continual sequence (`benchmarks/continual.py`), closed form with the
+    library's defaults, each removal made on top of the chain and fused, a refused step retried with other digits
+    as the error says (both attempts counted): issue 16's time aim is under 1 s per digits removal on 2 cores.
+    The first removal also encodes most of the prompts the later ones reuse from nothing (each `erase` has a bank
+    of its own), so the median and the maximum are both reported."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import continual
+
+    from diffusers_unlearn import digits
+
+    seconds, prompts, encoded, encode, rank, size = [], [], [], [], 0, 0.0
+    for _ in range(repeats):
+        pipe = digits.load_pipeline()
+        rss_model = peak_rss_gib()
+        for step, concept in enumerate(continual.SEQUENCE, 1):
+            started = time.perf_counter()
+            adapter, _ = continual.erase_step(
+                pipe, concept, "ours", du.ClosedFormConfig(), [*continual.SEQUENCE[: step - 1]]
+            )
+            seconds.append(time.perf_counter() - started)
+            figures = adapter.metadata["figures"]
+            prompts.append(len(adapter.metadata["forget_prompts"]) + len(adapter.metadata["protected_prompts"]))
+            encoded.append(figures["prompts_encoded"])
+            encode.append(figures["encode_seconds"])
+            pipe.load_unlearning(adapter, mode="fused")
+            rank = max(rank, adapter.rank)
+            with tempfile.TemporaryDirectory() as tmp:
+                size = max(
+                    size, (adapter.save_pretrained(tmp, dtype=torch.float16) / WEIGHTS_NAME).stat().st_size / 1e6
+                )
+    return {
+        "model": "digits model (embedded), its 25-removal chain",
+        "layers": len(adapter.layer_names),
+        "prompts": f"{statistics.median(prompts):.0f}",
+        "encoded": f"{statistics.median(encoded):.0f}",
+        "median_s": statistics.median(seconds),
+        "encode_s": statistics.median(encode),
+        "rank": rank,
+        "size_mb": size,
+        "peak_gib": peak_rss_gib(),
+        "model_gib": rss_model,
+        "build_s": 0.0,
+        "note": f"; slowest {max(seconds):.2f} s (step {seconds.index(max(seconds)) % len(continual.SEQUENCE) + 1})",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["sd15", "sdxl", "sd3", "flux"])
+    parser.add_argument("--only", choices=["sd15", "sdxl", "sd3", "flux", "digits"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "erase_speed.md")
@@ -292,13 +340,18 @@ def main() -> None:
         "sdxl": ("SDXL-shaped", sdxl),
         "sd3": ("SD3-shaped (medium; scaled: see below)", sd3),
         "flux": ("FLUX.1-shaped (dev; scaled: see below)", flux),
+        "digits": ("digits", None),
     }
     rows = []
     for key, (name, build) in models.items():
         if args.only and key != args.only:
             continue
-        row = (measure_solve if key in ("sd3", "flux") else measure)(name, build, args.repeats)
-        row["setting"] = f"{args.threads} thread(s), median of {args.repeats}"
+        if key == "digits":
+            row = measure_digits_chain(args.repeats)
+            row["setting"] = f"{args.threads} thread(s), median of {25 * args.repeats} removals{row['note']}"
+        else:
+            row = (measure_solve if key in ("sd3", "flux") else measure)(name, build, args.repeats)
+            row["setting"] = f"{args.threads} thread(s), median of {args.repeats}"
         rows.append(row)
         print(row, flush=True)
     kept = _kept_rows(args.output, {r["model"] for r in rows})
@@ -342,6 +395,13 @@ def main() -> None:
         "prompts (encoding, solve, LoRA factors; each context's target fixed to the first candidate, adapter size "
         "= its fp16 tensors): the model-scored target check and the removal-effect figures, which call the "
         "transformer, are a GPU job at these widths and are not included.",
+        "",
+        "Digits row (issue 16's time aim for the closed form: under 1 s per digits removal on 2 cores): `python "
+        "benchmarks/erase_speed.py --only digits --repeats 1`, the embedded digits model's 25-removal continual "
+        "sequence (`benchmarks/continual.py`), each removal made with the library's defaults on top of the chain and "
+        "fused, a refused step retried with other digits (both attempts counted); prompts and encoded counts are "
+        "medians per removal. The `seconds per removal` column of [continual.md](continual.md) is the same work on "
+        "one thread beside other jobs.",
         "",
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)

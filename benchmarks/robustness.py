@@ -14,8 +14,9 @@ into the page's "Glyphs" section (plot robustness_glyphs.png).
 
 Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=True)`), `distill`, `distill, hardened`
 (`erase(..., method="distill", harden=True)`: adversarial distillation), `distill, held` and `distill, held,
-hardened` (the configuration of the continual benchmark's longest digits chain, `HELD`, plain and hardened), and the
-continual benchmark's baselines `coarse target` and `no local protection`.
+hardened` (the configuration of session 18's longest digits chain, `HELD`, plain and hardened), `distill, background`
+and `distill, background, hardened` (digits only: session 20's chain, `BACKGROUND`), and the continual benchmark's
+baselines `coarse target` and `no local protection`.
 
     python benchmarks/robustness.py                                  # every method, stages 1 10 25
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1
@@ -68,9 +69,12 @@ from diffusers_unlearn.evaluation import evaluate  # noqa: E402
 
 METHODS = (
     "closed form", "hardened", "distill", "distill, hardened", "distill, held", "distill, held, hardened",
-    "coarse target", "no local protection",
+    "distill, background", "distill, background, hardened", "coarse target", "no local protection",
 )  # fmt: skip
-HARDENED = {"hardened": "closed form", "distill, hardened": "distill", "distill, held, hardened": "distill, held"}
+HARDENED = {
+    "hardened": "closed form", "distill, hardened": "distill", "distill, held, hardened": "distill, held",
+    "distill, background, hardened": "distill, background",
+}  # fmt: skip
 """Each hardened method and the plain method it hardens (compared against issue 17's targets)."""
 HELD = {
     "target_modules": (*continual.CROSS_ATTENTION, "ff.net.2"), "lambda_earlier": 10.0, "base_share": 0.5,
@@ -78,6 +82,10 @@ HELD = {
 """`distill, held`: the `DistillConfig` of the continual benchmark's longest digits chain (with `anchor="base"`): the
 LoRA on the cross-attention and the feed-forward output, the earlier removals' forget prompts held to the chain, the
 protected prompts held half-way back to the untouched model."""
+BACKGROUND = {"config": HELD | {"base_share": 0.3, "lambda_replay": 13.3}, "background": 64}
+"""`distill, background` (digits): the continual benchmark's longest chain (session 20): `HELD` with the protected
+prompts held 0.3 of the way back, 64 `background_prompts()` of other cells preserved as a group of their own, and the
+replay weighed 13.3 instead of 10 (each of the three other groups keeps the weight it had before the fourth)."""
 STAGES = (1, 10, 25)
 WORLDS = ("digits", "glyphs")
 ATTACK_OPTIONS = {
@@ -180,6 +188,11 @@ def erase_kwargs(
     if method.startswith("distill, held"):
         held = continual.erase_kwargs(concept, "distill, base anchor", config, distill | HELD)
         return held | ({"harden": harden} if method in HARDENED else {})
+    if method.startswith("distill, background"):
+        options = BACKGROUND["config"]
+        kwargs = continual.erase_kwargs(concept, "distill, base anchor", config, distill | options,
+                                        background=BACKGROUND["background"])  # fmt: skip
+        return kwargs | ({"harden": harden} if method in HARDENED else {})
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
     if method == "distill, hardened":
@@ -794,6 +807,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
     args = parser.parse_args()
+    if args.world == "glyphs" and any(m.startswith("distill, background") for m in args.methods):
+        parser.error("the `distill, background` methods are the digits chain's (its background prompts); drop them")
     args.json = args.output.with_suffix(".json")
     shown = [a for i, a in enumerate(sys.argv[1:]) if "--output" not in (a, sys.argv[i])]  # where it wrote: not shown
     args.command = "python benchmarks/robustness.py " + " ".join(f'"{a}"' if " " in a else a for a in shown)
