@@ -256,7 +256,8 @@ class UnlearningAdapter(HubMixin):
 
     @classmethod
     def _from_pretrained(cls, folder: Path, options: HubOptions) -> UnlearningAdapter:
-        adapters = read_removals(folder, options)
+        # one removal by itself: whether its parents are there is checked where it joins a pipeline or a chain
+        adapters = read_removals(folder, options, alone=True)
         if len(adapters) != 1:
             raise AdapterNameError(
                 f"{folder} holds a chain of {len(adapters)} removals, not one: load it with "
@@ -400,7 +401,11 @@ def _base_of(adapters: Sequence[UnlearningAdapter]) -> dict[str, str | None]:
 
 # ------------------------------------------------------------------------------------- folders of removals
 def read_removals(
-    folder: str | os.PathLike, options: HubOptions | None = None, held: Sequence[UnlearningAdapter] = ()
+    folder: str | os.PathLike,
+    options: HubOptions | None = None,
+    held: Sequence[UnlearningAdapter] = (),
+    *,
+    alone: bool = False,
 ) -> list[UnlearningAdapter]:
     """The removals a local folder holds, in order, verified: a chain, or a single removal.
 
@@ -416,6 +421,8 @@ def read_removals(
         options ([`HubOptions`], *optional*): For entries pinned in other repos.
         held (`Sequence[UnlearningAdapter]`): Removals the folder's removals join (those already loaded on a
             pipeline): parents among them count as held.
+        alone (`bool`): The removals are read by themselves, to join a chain or a pipeline later: a parent they do
+            not hold is not warned about here (`UnlearningAdapter.from_pretrained`).
 
     Raises:
         AdapterNotFoundError: No removal there.
@@ -460,7 +467,7 @@ def read_removals(
                     "Refusing to load the removals: the manifest and the files disagree."
                 )
         adapters.append(adapter)
-    check_parents(adapters, held)
+    check_parents(adapters, held, warn_missing=not alone)
     return adapters
 
 
@@ -521,14 +528,17 @@ def _holds(folder: Path, adapter: UnlearningAdapter) -> bool:
         return False
 
 
-def check_parents(adapters: Sequence[UnlearningAdapter], held: Sequence[UnlearningAdapter] = ()) -> None:
+def check_parents(
+    adapters: Sequence[UnlearningAdapter], held: Sequence[UnlearningAdapter] = (), *, warn_missing: bool = True
+) -> None:
     """Checks the removals' recorded parents (what each was made on top of) against the chain: `adapters` and the
     removals `held` already (loaded on the pipeline they join).
 
     A parent the chain holds under its name but with other weights (a stale chain: the parent was re-made and this
     removal was not) and parents that form a cycle (provenance that cannot be true) are refused. A parent the chain
     does not hold at all is allowed, with a warning: the removal still erases its concept, it was just solved on a
-    model that carried that parent. The order within the chain does not matter: the edits add up.
+    model that carried that parent (`warn_missing=False`: not said, for removals read alone that join a chain
+    later). The order within the chain does not matter: the edits add up.
 
     Raises:
         AdapterFormatError: Malformed parents, a stale parent, or a cycle.
@@ -543,10 +553,12 @@ def check_parents(adapters: Sequence[UnlearningAdapter], held: Sequence[Unlearni
         for parent in parents:
             present, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
             if present is None:
-                logger.warning(
-                    "Removal %r was made on top of %r, which this chain does not hold; it still erases its concept, "
-                    "but was solved on a model that carried %r.", adapter.name, parent["name"], parent["name"]
-                )  # fmt: skip
+                if warn_missing:
+                    logger.warning(
+                        "Removal %r was made on top of %r, which this chain does not hold; it still erases its "
+                        "concept, but was solved on a model that carried %r.", adapter.name, parent["name"],
+                        parent["name"],
+                    )  # fmt: skip
             elif recorded and present.metadata.get("adapter_id") not in (None, recorded):
                 raise AdapterFormatError(
                     f"Removal {adapter.name!r} was made on top of {parent['name']!r} with id {recorded}, but the "

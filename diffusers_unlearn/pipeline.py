@@ -32,7 +32,7 @@ import torch
 from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, load_removals, write_removals
+from .adapter import FORMAT_VERSION, UnlearningAdapter, check_parents, content_id, load_removals, write_removals
 from .errors import (
     AdapterFormatError,
     AdapterNameError,
@@ -277,6 +277,7 @@ def _expand(
     """The removals a source stands for: one adapter, the removals of a folder or repo (whose parents may be among
     the removals `held`), or those of an iterable (an `UnlearningStack`, a list of adapters)."""
     if isinstance(source, UnlearningAdapter):
+        check_parents([source], held)  # as for a folder: a parent neither on the pipeline nor listed before it
         return [source]
     if isinstance(source, Mapping):
         return [_from_state_dict(source, pipe, adapter_name)]
@@ -285,6 +286,7 @@ def _expand(
     if isinstance(source, Iterable):
         removals = list(source)
         if all(isinstance(removal, UnlearningAdapter) for removal in removals):
+            check_parents(removals, held)
             return removals
     raise InvalidTypeError(
         f"Cannot load a removal from {type(source).__name__}; pass a folder path or Hub repo id, an "

@@ -136,6 +136,18 @@ def test_parents_already_on_the_pipeline_count_as_held(chain, tmp_path, caplog):
     with pytest.raises(du.AdapterFormatError, match="chain is stale"):
         pipe.load_unlearning(folders[1])
     assert [a.name for a in pipe.unlearning] == ["no-cat"]
+    # a removal read alone says nothing of its parents; where it joins a pipeline, it is checked as a folder is
+    caplog.clear()
+    dog = du.UnlearningAdapter.from_pretrained(folders[1])
+    assert "does not hold" not in caplog.text
+    with pytest.raises(du.AdapterFormatError, match="chain is stale"):
+        pipe.load_unlearning(dog)
+    pipe.unload_unlearning()
+    pipe.load_unlearning([du.UnlearningAdapter.from_pretrained(folders[0]), dog])  # its parent listed before it
+    assert "does not hold" not in caplog.text
+    pipe.unload_unlearning()
+    pipe.load_unlearning(dog)
+    assert "made on top of 'no-cat', which this chain does not hold" in caplog.text
 
 
 def test_withdrawal_re_solves_the_removals_made_on_top(chain, sd_pipe):
