@@ -48,7 +48,11 @@ def main() -> None:
     before = evaluate(pipe, scorer, **probes, **call)
     for count in args.cells:
         kwargs = concept.erase_kwargs()
-        kwargs["preserve"] = [*kwargs.get("preserve", []), *extra_protection(concept, probes, count)]
+        extra, preserve = extra_protection(concept, probes, count), kwargs.get("preserve", [])
+        if isinstance(preserve, dict):  # grouped (a character's look-alikes): the extra prompts join the background
+            kwargs["preserve"] = {**preserve, "background": [*preserve.get("background", []), *extra]}
+        else:
+            kwargs["preserve"] = [*preserve, *extra]
         started = time.perf_counter()
         removal = erase(pipe, **kwargs)
         seconds = time.perf_counter() - started

@@ -178,6 +178,12 @@ def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concep
         assert not any(concept.mentioned_in(p) for p in background)
         canonical = {glyphs.prompt(*cell[:1], cell[2], cell[1]) for cell in glyphs.concepts.ALL_CELLS}
         assert canonical.isdisjoint(background)
-        assert set(background) <= set(concept.erase_kwargs(background=150)["preserve"])
+        preserve = concept.erase_kwargs(background=150)["preserve"]
+        kept = [p for group in preserve.values() for p in group] if isinstance(preserve, dict) else preserve
+        assert set(background) <= set(kept)
+    # a character's look-alikes are a group of their own, never in the related probes' colour and style (red sans)
+    preserve = Concept("W").erase_kwargs()["preserve"]
+    assert preserve["lookalikes"][:2] == ["the letter m", "the letter v"] and len(preserve["lookalikes"]) == 10
+    assert not {glyphs.prompt(c, "red", "sans") for c in "MV"} & set(preserve["lookalikes"])
     assert Concept("Q").background_prompts(10) == Concept("Q").background_prompts(10)  # seeded by the concept
     assert Concept("Q").mentioned_in("the letter q in red") and not Concept("Q", "serif").mentioned_in("serif o")

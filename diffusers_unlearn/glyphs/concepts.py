@@ -245,8 +245,9 @@ class Concept:
         ("serif Q") is erased at its style word, mapped to a style other than its neighbours (`STYLE_NEIGHBOURS`;
         not to the context without a style, which the model may draw in this one), with `contrast_prompts()`
         protected so that only the embeddings that see the whole identity move; it keeps the same character in the
-        other styles and without a style, and its look-alikes in the same style. Every removal also protects
-        `background` prompts of other cells (`background_prompts()`).
+        other styles and without a style, and its look-alikes in the same style. A character keeps its look-alikes
+        (`lookalike_prompts()`) as a group of their own. Every removal also protects `background` prompts of other
+        cells (`background_prompts()`).
         """
         name = "no-" + self.name.replace(" ", "-")
         background = self.background_prompts(background)
@@ -292,9 +293,26 @@ class Concept:
             "prompts": self.forget_prompts(),
             "category": kind_of(self.char),
             "neighbors": [w for c in CHARACTERS if c != self.char for w in char_words(c)[:1]],
-            "preserve": background,
+            # the look-alikes in a group of their own: among every other character (the neighbours) they weigh
+            # little, and "W" alone kept a quarter of its related cells (M and V; continual_analysis.md, session 20)
+            "preserve": {"lookalikes": self.lookalike_prompts(), "background": background},
             "name": name,
         }
+
+    def lookalike_prompts(self) -> list[str]:
+        """A character's look-alikes, asked without colour and style and in two colours and two styles that are
+        not the related probes' (red, sans: the measure stays one the removal was not trained on).
+
+        Example:
+            ```py
+            >>> Concept(char="W").lookalike_prompts()[:3]
+            ['the letter m', 'the letter v', 'the blue letter m in serif']
+            ```
+        """
+        looks = LOOKALIKES[self.char]
+        return [prompt(c) for c in looks] + [
+            prompt(c, colour, style) for c in looks for colour in ("blue", "green") for style in ("serif", "bold")
+        ]
 
     # ---------------------------------------------------------------------------------------- measuring
     def forget_probe(self) -> ConceptProbe:
