@@ -552,6 +552,8 @@ def check_parents(
             raise AdapterFormatError(f"Removal {adapter.name!r} has malformed `parents` in its provenance.")
         for parent in parents:
             present, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
+            if present is adapter:  # made on top of an earlier removal of the same name, which is not here
+                present = None
             if present is None:
                 if warn_missing:
                     logger.warning(
@@ -565,7 +567,7 @@ def check_parents(
                     f"chain holds a different {parent['name']!r} ({present.metadata.get('adapter_id')}): the chain is "
                     f"stale. Re-make {adapter.name!r} on top of the current {parent['name']!r}."
                 )
-        graph[adapter.name] = [p["name"] for p in parents if p["name"] in names]
+        graph[adapter.name] = [p["name"] for p in parents if p["name"] in names and p["name"] != adapter.name]
     state: dict[str, int] = {}  # 1: being visited, 2: done
 
     def visit(name: str, path: list[str]) -> None:

@@ -148,6 +148,15 @@ def test_parents_already_on_the_pipeline_count_as_held(chain, tmp_path, caplog):
     pipe.unload_unlearning()
     pipe.load_unlearning(dog)
     assert "made on top of 'no-cat', which this chain does not hold" in caplog.text
+    pipe.unload_unlearning()
+    # the same concept erased again on top of its first removal: same name, another removal; neither stale nor a cycle
+    pipe.load_unlearning(folders[0])
+    again = du.erase(pipe, "cat", neighbors=["dog", "tree"])
+    assert again.name == "no-cat" and again.metadata["parents"][0]["name"] == "no-cat"
+    pipe.unload_unlearning()
+    caplog.clear()
+    pipe.load_unlearning(again)
+    assert "made on top of 'no-cat', which this chain does not hold" in caplog.text
 
 
 def test_withdrawal_re_solves_the_removals_made_on_top(chain, sd_pipe):
