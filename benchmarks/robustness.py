@@ -84,10 +84,12 @@ LoRA on the cross-attention and the feed-forward output, the earlier removals' f
 protected prompts held half-way back to the untouched model."""
 GLYPH_METHODS = tuple(m for m in METHODS if not m.startswith("distill, background"))
 """The methods that apply to the glyphs world (`BACKGROUND` is the digits chain's)."""
-BACKGROUND = {"config": HELD | {"base_share": 0.3}, "background": 64}
+BACKGROUND = (HELD | {"base_share": 0.3}, {"background": 64})
 """`distill, background` (digits): the continual benchmark's longest chain by the conjunction (session 20): `HELD` with
 the protected prompts held 0.3 of the way back and 64 `background_prompts()` of other cells preserved as a group of
-their own."""
+their own (the `DistillConfig` fields, and the concept's `erase_kwargs` options)."""
+DISTILL_CHAINS = {"distill, held": (HELD, {}), "distill, background": BACKGROUND}
+"""The continual benchmark's distilled chains attacked here (each plain, and hardened with `, hardened`)."""
 STAGES = (1, 10, 25)
 WORLDS = ("digits", "glyphs")
 ATTACK_OPTIONS = {
@@ -187,14 +189,12 @@ def erase_kwargs(
     config = du.ClosedFormConfig()
     distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
     harden = du.HardenConfig(phrasings=phrasings, prefixes=prefixes)
-    if method.startswith("distill, held"):
-        held = continual.erase_kwargs(concept, "distill, base anchor", config, distill | HELD)
-        return held | ({"harden": harden} if method in HARDENED else {})
-    if method.startswith("distill, background"):
-        options = BACKGROUND["config"]
-        kwargs = continual.erase_kwargs(concept, "distill, base anchor", config, distill | options,
-                                        background=BACKGROUND["background"])  # fmt: skip
-        return kwargs | ({"harden": harden} if method in HARDENED else {})
+    for chain, (options, concept_options) in DISTILL_CHAINS.items():
+        if method.startswith(chain):
+            kwargs = continual.erase_kwargs(
+                concept, "distill, base anchor", config, distill | options, **concept_options
+            )
+            return kwargs | ({"harden": harden} if method in HARDENED else {})
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
     if method == "distill, hardened":

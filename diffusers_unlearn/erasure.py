@@ -401,6 +401,7 @@ def _metadata(
     salt = secrets.token_hex(8)
     concept_hash = concept_hash_of(salt, concept)
     protected = list(dict.fromkeys(p for prompts in groups.values() for p in prompts))
+    preserved = {g: prompts for g, prompts in groups.items() if g == "preserve" or g.startswith(PRESERVE_GROUP)}
     metadata = {
         "format_version": FORMAT_VERSION,
         "library": f"diffusers-unlearn {__version__}",
@@ -416,7 +417,7 @@ def _metadata(
         "target_candidates": [c.record() for c in choice.candidates],
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,
-        "preserve": list(dict.fromkeys(p for group, ps in groups.items() if group.startswith("preserve") for p in ps)),
+        "preserve": list(dict.fromkeys(p for prompts in preserved.values() for p in prompts)),
         "method": method,
         "hyperparameters": {**dataclasses.asdict(config), "distance": distance},
         "family": family.name,
@@ -436,7 +437,7 @@ def _metadata(
         ]
         for key in ("protected_prompts", "preserve"):
             metadata[key] = [p for p in metadata[key] if not any(n in p.lower() for n in lowered)]
-    named = {g.removeprefix(PRESERVE_GROUP): prompts for g, prompts in groups.items() if g.startswith(PRESERVE_GROUP)}
+    named = {g.removeprefix(PRESERVE_GROUP): prompts for g, prompts in preserved.items() if g != "preserve"}
     if named:  # which preserve prompt was in which group, for a re-solve (`constraints.protect_groups`)
         kept = set(metadata["preserve"])
         metadata["preserve_groups"] = {name: [p for p in prompts if p in kept] for name, prompts in named.items()}

@@ -283,7 +283,7 @@ def test_an_erase_holds_the_protected_prompt_that_shares_the_forget_prompts_pref
 def test_a_preserve_group_of_its_own_is_not_drowned_by_a_large_one(sd_pipe, tmp_path):
     """`preserve` as a mapping: each group weighs as much as the anchors or the neighbours, so a prompt in a group
     of its own moves about as little as when it is the only one preserved, and far less than when it is one of
-    25 preserved prompts; the groups are recorded, and a re-solve (`protect_groups`) rebuilds them."""
+    17 preserved prompts; the groups are recorded, and a re-solve (`protect_groups`) rebuilds them."""
     background = [f"a {c} {t}" for c in ("red", "blue", "green", "yellow") for t in ("tree", "house", "car", "bird")]
     kept = "a photo of rabbit"
     bank = PromptBank(sd_pipe, family_of(sd_pipe))
