@@ -113,7 +113,7 @@ def test_concepts():
     assert serif_q.chance == pytest.approx(1 / (41 * 8))
     kwargs = serif_q.erase_kwargs()
     assert kwargs["concept"] == "serif" and all("q" in p.split() and "serif" in p.split() for p in kwargs["prompts"])
-    assert "the letter q in sans" in kwargs["preserve"]  # the same character in another style is kept
+    assert "the letter q in sans" in kwargs["preserve"]["others"]  # the same character in another style is kept
     assert Concept("7").erase_kwargs()["aliases"] == ["seven"]
     assert all("serif" in p.split() for p in serif.erase_kwargs()["prompts"])
     assert not any(serif_q.covers(*cell) for cell in serif_q.related())
@@ -163,7 +163,7 @@ def test_an_identity_is_erased_where_a_prompt_names_all_of_it():
     assert kwargs["map_to_context"] is False  # "the letter q" may be drawn in serif
     contrast = serif_q.contrast_prompts()
     assert "serif o" in contrast and "the serif 0" in contrast  # its look-alikes, in the same phrasing
-    assert set(contrast) <= set(kwargs["preserve"])
+    assert set(contrast) <= set(kwargs["preserve"]["others"])
     assert not any(serif_q.mentioned_in(p) for p in contrast)
     coloured = Concept("R", "bold", "red").contrast_prompts()
     assert any("blue" in p.split() and "r" in p.split() and "bold" in p.split() for p in coloured)  # other colours
@@ -179,11 +179,26 @@ def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concep
         canonical = {glyphs.prompt(*cell[:1], cell[2], cell[1]) for cell in glyphs.concepts.ALL_CELLS}
         assert canonical.isdisjoint(background)
         preserve = concept.erase_kwargs(background=150)["preserve"]
-        kept = [p for group in preserve.values() for p in group] if isinstance(preserve, dict) else preserve
-        assert set(background) <= set(kept)
+        assert set(background) <= {p for group in preserve.values() for p in group}
     # a character's look-alikes are a group of their own, never in the related probes' colour and style (red sans)
     preserve = Concept("W").erase_kwargs()["preserve"]
     assert preserve["lookalikes"][:2] == ["the letter m", "the letter v"] and len(preserve["lookalikes"]) == 10
     assert not {glyphs.prompt(c, "red", "sans") for c in "MV"} & set(preserve["lookalikes"])
+
+
+def test_every_kind_holds_what_the_model_draws_alike_as_a_group_of_its_own():
+    """An identity: the same character in its style's neighbours and its look-alikes in its style; a style (a
+    colour): other characters in its neighbouring styles (colours). Never a related probe's own prompt."""
+    italic_7 = Concept("7", "italic")
+    looks = italic_7.erase_kwargs()["preserve"]["lookalikes"]
+    assert {"the digit 7 in oblique", "the blue digit 7 in roman", "the green digit 1 in italic"} <= set(looks)
+    red_bold_r = Concept("R", "bold", "red")
+    for concept in (italic_7, red_bold_r, Concept(style="typewriter"), Concept(colour="purple")):
+        looks = concept.erase_kwargs()["preserve"]["lookalikes"]
+        probes = {probe.prompts[0] for probe in concept.probes()["related"]}
+        assert len(looks) == 12 and not probes & set(looks), concept
+        assert not any(concept.mentioned_in(p) for p in looks)
+    assert "the red letter r in heavy" not in red_bold_r.lookalike_prompts()  # the probes' colour is the concept's
+    assert {"the pink letter q", "the blue letter r in serif"} <= set(Concept(colour="purple").lookalike_prompts())
     assert Concept("Q").background_prompts(10) == Concept("Q").background_prompts(10)  # seeded by the concept
     assert Concept("Q").mentioned_in("the letter q in red") and not Concept("Q", "serif").mentioned_in("serif o")

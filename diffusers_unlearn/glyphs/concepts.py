@@ -264,7 +264,10 @@ class Concept:
                 # the other styles / colours are targets the model draws as something else
                 "mapping_candidates": [key for key in synonyms if key != word],
                 "neighbors": others,
-                "preserve": list(dict.fromkeys([*preserve, *background])),
+                "preserve": {
+                    "lookalikes": self.lookalike_prompts(),
+                    "others": list(dict.fromkeys([*preserve, *background])),
+                },
                 "name": name,
             }
         if self.kind == "identity":  # the style word where the prompt names the whole identity: drawn in another
@@ -281,9 +284,16 @@ class Concept:
                 # a default style that may be this one ("red r" half the time bold; continual_analysis.md)
                 "mapping_candidates": [s for s in STYLES if s != self.style and s not in STYLE_NEIGHBOURS[self.style]],
                 "map_to_context": False,
-                "preserve": list(
-                    dict.fromkeys([prompt(self.char), *same_char, *lookalikes, *self.contrast_prompts(), *background])
-                ),
+                # what the model draws alike (the character in the neighbouring styles, the look-alikes in this
+                # style) in a group of their own: among the other prompts "italic 7" took "oblique 7" with it
+                "preserve": {
+                    "lookalikes": self.lookalike_prompts(),
+                    "others": list(
+                        dict.fromkeys(
+                            [prompt(self.char), *same_char, *lookalikes, *self.contrast_prompts(), *background]
+                        )
+                    ),
+                },
                 "name": name,
             }
         words = char_words(self.char)
@@ -300,19 +310,38 @@ class Concept:
         }
 
     def lookalike_prompts(self) -> list[str]:
-        """A character's look-alikes, asked without colour and style and in two colours and two styles that are
-        not the related probes' (red, sans: the measure stays one the removal was not trained on).
+        """What the model draws most like the concept without it being the concept, in colours the related probes
+        do not use (they are red, or the identity's colour; sans for a character): the measure stays one the
+        removal was not trained on.
+
+        A character: its look-alikes, without colour and style and in blue / green, serif / bold. An identity: the
+        same character in its style's neighbours and its first two look-alikes in its style, without colour and in
+        two other colours. Empty for styles and colours.
 
         Example:
             ```py
             >>> Concept(char="W").lookalike_prompts()[:3]
             ['the letter m', 'the letter v', 'the blue letter m in serif']
+            >>> Concept("7", "italic").lookalike_prompts()[:3]
+            ['the digit 7 in oblique', 'the blue digit 7 in oblique', 'the green digit 7 in oblique']
             ```
         """
-        looks = LOOKALIKES[self.char]
-        return [prompt(c) for c in looks] + [
-            prompt(c, colour, style) for c in looks for colour in ("blue", "green") for style in ("serif", "bold")
-        ]
+        if self.kind == "character":
+            looks = LOOKALIKES[self.char]
+            return [prompt(c) for c in looks] + [
+                prompt(c, colour, style) for c in looks for colour in ("blue", "green") for style in ("serif", "bold")
+            ]
+        if self.kind == "style":  # the probes: A and G in the neighbouring styles, green
+            return [prompt(c, colour, s) for c in PROBE_CHARS[2:4] for s in STYLE_NEIGHBOURS[self.style]
+                    for colour in (None, "blue", "yellow")]  # fmt: skip
+        if self.kind == "colour":  # the probes: A and G in sans, the neighbouring colours
+            return [prompt(c, n, style) for c in PROBE_CHARS[2:4] for n in COLOUR_NEIGHBOURS[self.colour]
+                    for style in (None, "serif", "bold")]  # fmt: skip
+        probe_colour = self.colour or "red"
+        colours = [None, *[c for c in ("blue", "green", "yellow") if c != probe_colour][:2]]
+        cells = [(self.char, s) for s in STYLE_NEIGHBOURS[self.style]]
+        cells += [(c, self.style) for c in LOOKALIKES[self.char][:2]]
+        return [prompt(char, colour, style) for char, style in cells for colour in colours]
 
     # ---------------------------------------------------------------------------------------- measuring
     def forget_probe(self) -> ConceptProbe:
