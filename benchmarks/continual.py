@@ -180,7 +180,7 @@ def distill_options(args) -> dict:
         "base_share": args.distill_base_share,
     }  # fmt: skip
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
-               "earlier_push": args.distill_earlier_push}  # fmt: skip
+               "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     return {
         "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules,
@@ -797,6 +797,10 @@ def main() -> None:
     parser.add_argument(
         "--distill-latent-pool", type=int, default=0,
         help="distill's latent_pool: teacher trajectories per pool (forget, replay, hold; default: DistillConfig's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-replay-pool", type=int, default=0,
+        help="distill's replay_pool: trajectories of the protected prompts and the hold (default: latent_pool)",
     )  # fmt: skip
     parser.add_argument(
         "--distill-earlier-push", type=float, default=0.0,

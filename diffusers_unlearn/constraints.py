@@ -225,13 +225,13 @@ def hold_removed(constraints: Constraints, previous: Sequence[UnlearningAdapter]
 
     With protection held to the untouched model (`ClosedFormConfig(anchor="base")`), a protected "a blue seven"
     (a neighbour of "blue three") would be pulled back to a seven after "seven" was removed; it is held where the
-    chain put it instead, like the earlier removals' forget prompts. Erased: an earlier forget prompt, or a prompt
+    chain put it instead, like the earlier removals' forget prompts. Erased: what `erased_by` finds, or a prompt
     naming a concept in `removed`. Each group's weight is shared between its two parts by their sizes.
     """
-    erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
+    erased = erased_by(previous)
     pattern = names_pattern(sorted(removed)) if removed else None
     for group, prompts in list(constraints.protect.items()):
-        gone = [p for p in prompts if p in erased or (pattern is not None and pattern.search(p))]
+        gone = [p for p in prompts if erased(p) or (pattern is not None and pattern.search(p))]
         if not gone:
             continue
         rest, weight = [p for p in prompts if p not in set(gone)], constraints.weights.get(group, 1.0)
@@ -469,6 +469,34 @@ def asks_for_concept(
     if contexts and any(mentions.search(p) for p in protected):
         marks = set.intersection(*(set(_words(c.fill(""))) for c in contexts))
     return lambda prompt: bool(mentions.search(prompt)) and marks <= set(_words(prompt))
+
+
+def erased_by(previous: Sequence[UnlearningAdapter]) -> Callable[[str], bool]:
+    """A test of whether loaded removals erased a prompt: one of their forget prompts, or one that asks for one of
+    their concepts (`asks_for_concept`, from each removal's metadata).
+
+    A removal's forget prompts are a sample: "the letter q in serif", protected by a later removal, asks for an
+    earlier "serif Q" without being one of its prompts, and held to the untouched model it brings serif Q back
+    (docs/benchmarks/continual_analysis.md).
+
+    Example:
+        ```py
+        >>> erased = erased_by(loaded_adapters(pipe))  # after "serif Q"
+        >>> erased("the blue letter q in serif"), erased("the letter q in sans")
+        (True, False)
+        ```
+    """
+    forgotten = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
+    asks = [
+        asks_for_concept(
+            names_of(a),
+            [Context(record["context"]) for record in a.metadata.get("targets", [])],
+            a.metadata.get("protected_prompts", []),
+        )
+        for a in previous
+        if names_of(a)  # a redacted removal names nothing: its forget prompts only
+    ]
+    return lambda prompt: prompt in forgotten or any(ask(prompt) for ask in asks)
 
 
 def _words(prompt: str) -> list[str]:

@@ -24,6 +24,7 @@ from .constraints import (
     concept_hash_of,
     earlier_protected,
     embedding_probes,
+    erased_by,
     hold_removed,
     names_pattern,
     preserve_groups,
@@ -304,11 +305,8 @@ def erase(
         replayed = [kept for prompts in groups.values() if (kept := [p for p in prompts if p not in drawn_as_it])]
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
-            kept_by_chain = names_pattern(sorted(removed)) if removed else None
-            untouched = {
-                p for prompts in groups.values() for p in prompts
-                if p not in erased and not (kept_by_chain and kept_by_chain.search(p))
-            }  # fmt: skip
+            erased_earlier = erased_by(previous)
+            untouched = {p for prompts in groups.values() for p in prompts if not erased_earlier(p)}
         result = distill(
             pipe, family, bank, pairs, replayed, config, earlier=earlier, untouched=untouched,
             untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,

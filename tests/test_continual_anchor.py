@@ -10,7 +10,7 @@ from conftest import make_sd_pipeline
 
 import diffusers_unlearn as du
 from diffusers_unlearn.adapter import UnlearningAdapter
-from diffusers_unlearn.constraints import Constraints, chain_map, earlier_protected, hold_removed
+from diffusers_unlearn.constraints import Constraints, chain_map, earlier_protected, erased_by, hold_removed
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
 from diffusers_unlearn.prompts import Context
@@ -122,6 +122,35 @@ def test_hold_removed_splits_groups_by_what_was_erased():
     }
     assert constraints.weights == {"neighbors": 0.5, "neighbors (removed)": 0.5}
     assert constraints.current == {"neighbors (removed)"}
+
+
+def test_erased_by_finds_prompts_that_ask_for_an_earlier_combination():
+    """A removal's forget prompts are a sample: a prompt asking for an earlier "serif Q" in another phrasing is
+    erased too (held to the chain, never pulled back to the untouched model); one naming only part of it is not."""
+    serif_q = UnlearningAdapter(
+        lora_weights={},
+        metadata={
+            "concept": "serif",
+            "aliases": ["serifed"],
+            "targets": [{"context": "the letter q in {}", "target": "the letter q in sans"},
+                        {"context": "{} q", "target": "sans q"}],
+            "protected_prompts": ["serif o", "the letter q in sans"],
+            "forget_prompts": ["the letter q in serif", "serif q"],
+        },
+        probes={},
+    )  # fmt: skip
+    erased = erased_by([serif_q])
+    assert erased("serif q") and erased("the blue letter q in serif") and erased("serifed q on white")
+    assert not erased("the letter q in sans") and not erased("the letter o in serif") and not erased("a cat")
+    global_k = UnlearningAdapter(
+        lora_weights={},
+        metadata={"concept": "k", "targets": [{"context": "the letter {}", "target": "the letter"}],
+                  "protected_prompts": ["the letter x"], "forget_prompts": ["the letter k"]},
+        probes={},
+    )  # fmt: skip
+    assert erased_by([serif_q, global_k])("blue k in bold") and not erased_by([global_k])("serif q")
+    redacted = UnlearningAdapter(lora_weights={}, metadata={"forget_prompts": ["a red seven"]}, probes={})
+    assert erased_by([redacted])("a red seven") and not erased_by([redacted])("a blue seven")
 
 
 def test_config_checks_the_new_fields():

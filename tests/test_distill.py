@@ -338,3 +338,24 @@ def test_runs_in_several_processes(tmp_path):
     lines = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(line["rank"] for line in lines) == [0, 1] and all(line["of"] == 2 for line in lines)
     assert lines[0]["checksum"] == lines[1]["checksum"]
+
+
+def test_replay_pool_sets_the_protected_prompts_trajectories_apart_from_the_forget_pool(sd_pipe):
+    """`replay_pool`: as many trajectories of the protected prompts, drawn by group weight; the forget prompts keep
+    `latent_pool`."""
+    family = family_of(sd_pipe)
+    bank = PromptBank(sd_pipe, family)
+    pairs, protected = [("a cat", "a dog")], ["a rabbit", "a red car", "a tree"]
+    weights = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    config = du.DistillConfig(latent_pool=4, replay_pool=12, sampling_steps=3)
+    pool = distill_module._latent_pool(sd_pipe, family, bank, pairs, protected, weights, config, seed=0)
+    assert pool["forget"][0].shape[0] == 4 and pool["replay"][0].shape[0] == 12 and len(pool["replay"][2]) == 12
+    same = distill_module._latent_pool(sd_pipe, family, bank, pairs, protected, weights, config, seed=0)
+    assert torch.equal(pool["replay"][0], same["replay"][0])  # seeded
+    default = du.DistillConfig(latent_pool=4, sampling_steps=3)
+    assert (
+        distill_module._latent_pool(sd_pipe, family, bank, [], protected, weights, default, 0)["replay"][0].shape[0]
+        == 4
+    )
+    with pytest.raises(du.errors.InvalidArgumentError, match="replay_pool"):
+        du.DistillConfig(replay_pool=0)

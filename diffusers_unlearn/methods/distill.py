@@ -94,6 +94,10 @@ class DistillConfig:
             the concept (`eta` above; 0: match the target, as LACU).
         max_timestep (`int`): Training timesteps are drawn from `[0, max_timestep)`.
         latent_pool (`int`): Teacher trajectories generated before training (per kind: forget, protected).
+        replay_pool (`int`, *optional*): Trajectories of the protected prompts (and of the earlier removals' hold)
+            instead of `latent_pool`: a small group of its own gets few of them, and a prompt is held only near
+            the images its trajectories drew (measured on glyphs: "italic 7" took "oblique 7" with it with 64,
+            not with 256). More trajectories of the forget prompts, in turn, carry a removal further.
         sampling_steps (`int`): DDIM steps of each trajectory.
         gradient_accumulation_steps (`int`): Batches per optimizer step.
         mixed_precision (`str`): `"no"`, `"fp16"` or `"bf16"` (passed to `accelerate.Accelerator`).
@@ -131,6 +135,7 @@ class DistillConfig:
     negative_guidance: float = 1.0
     max_timestep: int = 600
     latent_pool: int = 64
+    replay_pool: int | None = None
     sampling_steps: int = 10
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
@@ -142,10 +147,19 @@ class DistillConfig:
     base_share: float = 1.0
 
     def __post_init__(self):
-        if self.rank < 1 or self.steps < 1 or self.batch_size < 1 or self.latent_pool < 1:
+        if (
+            min(
+                self.rank,
+                self.steps,
+                self.batch_size,
+                self.latent_pool,
+                1 if self.replay_pool is None else self.replay_pool,
+            )
+            < 1
+        ):
             raise InvalidArgumentError(
-                "rank, steps, batch_size and latent_pool must be positive, got "
-                f"{self.rank}, {self.steps}, {self.batch_size}, {self.latent_pool}."
+                "rank, steps, batch_size, latent_pool and replay_pool must be positive, got "
+                f"{self.rank}, {self.steps}, {self.batch_size}, {self.latent_pool}, {self.replay_pool}."
             )
         if not 0 < self.max_timestep <= 1000 or self.sampling_steps < 2:
             raise InvalidArgumentError(
@@ -252,7 +266,8 @@ def distill(
         pool["hold"] = _latent_pool(pipe, family, bank, [], held, _group_weights([removals], held), config, seed + 2)[
             "replay"
         ]
-    held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, replace(config, latent_pool=8), seed + 1)
+    small = replace(config, latent_pool=8, replay_pool=None)
+    held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, small, seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
         if untouched_model is None:
             raise InvalidArgumentError(
@@ -613,20 +628,21 @@ def _latent_pool(
     for kind, prompts in (("forget", [f for f, _ in pairs]), ("replay", protected)):
         if not prompts:
             continue
+        count = config.latent_pool if kind == "forget" else config.replay_pool or config.latent_pool
         if kind == "replay":
             ids = replay_ids
             if ids is None:
-                ids = torch.multinomial(weights, config.latent_pool, replacement=True, generator=generator)
+                ids = torch.multinomial(weights, count, replacement=True, generator=generator)
         else:
-            ids = torch.randint(0, len(prompts), (config.latent_pool,), generator=generator)
+            ids = torch.randint(0, len(prompts), (count,), generator=generator)
         bank.add([prompts[i] for i in ids])  # one batch
         # DDIM; flow matching for SD3 / FLUX, whose scheduler counts its steps: a fresh one per trajectory batch
         scheduler = family.sampling_scheduler(pipe, config.sampling_steps)
-        latents = family.random_latents(pipe, config.latent_pool, generator)
+        latents = family.random_latents(pipe, count, generator)
         latents = (latents * getattr(scheduler, "init_noise_sigma", 1.0)).to(device, denoiser.dtype)  # flow: 1
         kept_latents, kept_t = [], []
         for t in scheduler.timesteps:
-            timestep = t.to(device).expand(config.latent_pool)
+            timestep = t.to(device).expand(count)
             if int(t) < config.max_timestep:
                 kept_latents.append(latents.float().cpu())
                 kept_t.append(timestep.cpu())
@@ -647,7 +663,7 @@ def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, u
         for i in torch.randint(0, len(removal), (4,), generator=generator).tolist() if removal else []:
             prompts.append(removal[i])
             owner.append(j)
-    pool = _latent_pool(pipe, family, bank, [], prompts, None, replace(config, latent_pool=len(prompts)), seed,
+    pool = _latent_pool(pipe, family, bank, [], prompts, None, replace(config, replay_pool=len(prompts)), seed,
                         replay_ids=torch.arange(len(prompts)))  # fmt: skip
     with untouched_model():
         _anchor_to_base(pipe, family, bank, pool, prompts, set())
