@@ -48,11 +48,9 @@ def main() -> None:
     before = evaluate(pipe, scorer, **probes, **call)
     for count in args.cells:
         kwargs = concept.erase_kwargs()
-        extra, preserve = extra_protection(concept, probes, count), kwargs.get("preserve", [])
-        if isinstance(preserve, dict):  # grouped (a character's look-alikes): the extra prompts join the background
-            kwargs["preserve"] = {**preserve, "background": [*preserve.get("background", []), *extra]}
-        else:
-            kwargs["preserve"] = [*preserve, *extra]
+        preserve = kwargs["preserve"]  # groups: the extra prompts join the one that holds the background prompts
+        broad = "background" if "background" in preserve else "others"
+        kwargs["preserve"] = {**preserve, broad: [*preserve[broad], *extra_protection(concept, probes, count)]}
         started = time.perf_counter()
         removal = erase(pipe, **kwargs)
         seconds = time.perf_counter() - started

@@ -245,9 +245,9 @@ class Concept:
         ("serif Q") is erased at its style word, mapped to a style other than its neighbours (`STYLE_NEIGHBOURS`;
         not to the context without a style, which the model may draw in this one), with `contrast_prompts()`
         protected so that only the embeddings that see the whole identity move; it keeps the same character in the
-        other styles and without a style, and its look-alikes in the same style. A character keeps its look-alikes
-        (`lookalike_prompts()`) as a group of their own. Every removal also protects `background` prompts of other
-        cells (`background_prompts()`).
+        other styles and without a style, and its look-alikes in the same style. Every concept keeps what the model
+        draws most like it (`lookalike_prompts()`) as a preserve group of its own, and protects `background`
+        prompts of other cells (`background_prompts()`).
         """
         name = "no-" + self.name.replace(" ", "-")
         background = self.background_prompts(background)
@@ -316,7 +316,8 @@ class Concept:
 
         A character: its look-alikes, without colour and style and in blue / green, serif / bold. An identity: the
         same character in its style's neighbours and its first two look-alikes in its style, without colour and in
-        two other colours. Empty for styles and colours.
+        two other colours. A style (a colour): Q and R in its neighbouring styles (colours), without colour (style)
+        and in two others.
 
         Example:
             ```py

@@ -147,16 +147,8 @@ class DistillConfig:
     base_share: float = 1.0
 
     def __post_init__(self):
-        if (
-            min(
-                self.rank,
-                self.steps,
-                self.batch_size,
-                self.latent_pool,
-                1 if self.replay_pool is None else self.replay_pool,
-            )
-            < 1
-        ):
+        sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
+        if min(sizes + ([] if self.replay_pool is None else [self.replay_pool])) < 1:
             raise InvalidArgumentError(
                 "rank, steps, batch_size, latent_pool and replay_pool must be positive, got "
                 f"{self.rank}, {self.steps}, {self.batch_size}, {self.latent_pool}, {self.replay_pool}."
