@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -183,12 +183,13 @@ def model_version(folder: Path) -> dict:
 
 
 def erase_kwargs(
-    concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = (), phrasings: int = 0,
-    prefixes: int = 0,
+    concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = (),
+    harden: du.HardenConfig | None = None, replay_pool: int | None = None,
 ) -> dict:  # fmt: skip
     config = du.ClosedFormConfig()
     distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
-    harden = du.HardenConfig(phrasings=phrasings, prefixes=prefixes)
+    distill |= {"replay_pool": replay_pool} if replay_pool else {}
+    harden = harden or du.HardenConfig()
     for chain, (options, concept_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
             kwargs = continual.erase_kwargs(
@@ -200,6 +201,15 @@ def erase_kwargs(
     if method == "distill, hardened":
         return continual.erase_kwargs(concept, "distill", config, distill) | {"harden": harden}
     return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill)
+
+
+def harden_config(args) -> du.HardenConfig:
+    """The hardened methods' `HardenConfig`: its defaults, and the fields the command line sets."""
+    given = {"rounds": args.harden_rounds, "iterations": args.harden_iterations}
+    return du.HardenConfig(
+        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes,
+        **{k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
 
 
 def attack_settings(args, world: World) -> attacks.AttackSettings:
@@ -230,8 +240,8 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         else:
             try:
                 kwargs = erase_kwargs(
-                    concept, method, args.distill_steps, args.distill_modules, args.harden_phrasings,
-                    args.harden_prefixes,
+                    concept, method, args.distill_steps, args.distill_modules, harden_config(args),
+                    args.distill_replay_pool,
                 )  # fmt: skip
                 adapter = du.erase(pipe, **kwargs)
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
@@ -317,8 +327,15 @@ def _settings(args, world: World) -> dict:
         "guidance_scale": world.guidance,
         "distill_steps": args.distill_steps,
         **({"distill_modules": list(args.distill_modules)} if args.distill_modules else {}),
+        **({"distill_replay_pool": args.distill_replay_pool} if args.distill_replay_pool else {}),
+        **({"harden": changed} if (changed := _changed(harden_config(args), du.HardenConfig())) else {}),
         "general_cells": args.general_cells,
     }
+
+
+def _changed(config, default) -> dict:
+    """The fields of a config that differ from the default's."""
+    return {k: v for k, v in asdict(config).items() if v != getattr(default, k)}
 
 
 def run_budgets(method: str, stage: int, pipe, base, target, scorer, settings, args, world: World) -> None:
@@ -793,6 +810,14 @@ def main() -> None:
     parser.add_argument("--concept", default=None, help="glyphs: the attacked concept (default: the first removal)")
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--distill-modules", nargs="+", default=(), help="distill's target_modules (default: K/V)")
+    parser.add_argument(
+        "--distill-replay-pool", type=int, default=None,
+        help="distill's replay_pool: trajectories of the protected prompts and the hold (default: latent_pool)",
+    )  # fmt: skip
+    parser.add_argument("--harden-rounds", type=int, default=None, help="hardened methods: HardenConfig.rounds")
+    parser.add_argument(
+        "--harden-iterations", type=int, default=None, help="hardened methods: HardenConfig.iterations"
+    )  # fmt: skip
     parser.add_argument(
         "--harden-phrasings", type=int, default=0,
         help="hardened methods: HardenConfig.phrasings, other word orders of each forget prompt trained on",
