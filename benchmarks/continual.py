@@ -173,14 +173,20 @@ def closed_form_config(args) -> du.ClosedFormConfig:
     )  # fmt: skip
 
 
-def distill_options(args) -> dict:
-    """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0."""
+def distill_options(args, concept=None) -> dict:
+    """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0; for a glyphs
+    identity ("serif Q"), `--distill-identity-eta` in place of `--distill-eta` (for a coloured one, "red bold R",
+    `--distill-coloured-identity-eta` if given)."""
     given = {
         "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": args.distill_eta,
         "base_share": args.distill_base_share,
     }  # fmt: skip
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push}  # fmt: skip
+    if getattr(concept, "kind", None) == "identity":
+        coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
+        for eta in (args.distill_identity_eta, coloured):
+            given["negative_guidance"] = given["negative_guidance"] if eta is None else eta
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     return {
         "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules,
@@ -593,7 +599,8 @@ def run_glyphs(args) -> dict:
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
             try:
-                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, distill_options(args)))
+                distill = distill_options(args, concept)
+                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, distill))
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
                 rows.append({"step": step, "concept": concept.name, "error": str(error)})
@@ -841,6 +848,14 @@ def main() -> None:
         help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it)",
     )  # fmt: skip
     parser.add_argument("--distill-eta", type=float, default=None, help="distill's negative_guidance")
+    parser.add_argument(
+        "--distill-identity-eta", type=float, default=None,
+        help="glyphs: distill's negative_guidance for the character-in-style removals (default: --distill-eta)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-coloured-identity-eta", type=float, default=None,
+        help="glyphs: the same for those in a colour too, 'red bold R' (default: --distill-identity-eta)",
+    )  # fmt: skip
     parser.add_argument("--distill-base-share", type=float, default=None, help="distill's base_share")
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,

@@ -184,11 +184,13 @@ def model_version(folder: Path) -> dict:
 
 def erase_kwargs(
     concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = (),
-    harden: du.HardenConfig | None = None, replay_pool: int | None = None,
+    harden: du.HardenConfig | None = None, replay_pool: int | None = None, identity_eta: float | None = None,
 ) -> dict:  # fmt: skip
     config = du.ClosedFormConfig()
     distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
     distill |= {"replay_pool": replay_pool} if replay_pool else {}
+    if identity_eta is not None and getattr(concept, "kind", None) == "identity":  # glyphs: "serif Q"
+        distill["negative_guidance"] = identity_eta
     harden = harden or du.HardenConfig()
     for chain, (options, concept_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
@@ -205,7 +207,10 @@ def erase_kwargs(
 
 def harden_config(args) -> du.HardenConfig:
     """The hardened methods' `HardenConfig`: its defaults, and the fields the command line sets."""
-    given = {"rounds": args.harden_rounds, "iterations": args.harden_iterations}
+    given = {
+        "rounds": args.harden_rounds, "iterations": args.harden_iterations, "weight": args.harden_weight,
+        "prompts": args.harden_prompts,
+    }  # fmt: skip
     return du.HardenConfig(
         phrasings=args.harden_phrasings, prefixes=args.harden_prefixes,
         **{k: v for k, v in given.items() if v is not None},
@@ -241,7 +246,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             try:
                 kwargs = erase_kwargs(
                     concept, method, args.distill_steps, args.distill_modules, harden_config(args),
-                    args.distill_replay_pool,
+                    args.distill_replay_pool, args.distill_identity_eta,
                 )  # fmt: skip
                 adapter = du.erase(pipe, **kwargs)
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
@@ -328,6 +333,7 @@ def _settings(args, world: World) -> dict:
         "distill_steps": args.distill_steps,
         **({"distill_modules": list(args.distill_modules)} if args.distill_modules else {}),
         **({"distill_replay_pool": args.distill_replay_pool} if args.distill_replay_pool else {}),
+        **({"distill_identity_eta": args.distill_identity_eta} if args.distill_identity_eta is not None else {}),
         **({"harden": changed} if (changed := _changed(harden_config(args), du.HardenConfig())) else {}),
         "general_cells": args.general_cells,
     }
@@ -814,10 +820,16 @@ def main() -> None:
         "--distill-replay-pool", type=int, default=None,
         help="distill's replay_pool: trajectories of the protected prompts and the hold (default: latent_pool)",
     )  # fmt: skip
+    parser.add_argument(
+        "--distill-identity-eta", type=float, default=None,
+        help="glyphs: distill's negative_guidance for character-in-style removals (default: DistillConfig's)",
+    )  # fmt: skip
     parser.add_argument("--harden-rounds", type=int, default=None, help="hardened methods: HardenConfig.rounds")
     parser.add_argument(
         "--harden-iterations", type=int, default=None, help="hardened methods: HardenConfig.iterations"
     )  # fmt: skip
+    parser.add_argument("--harden-weight", type=float, default=None, help="hardened methods: HardenConfig.weight")
+    parser.add_argument("--harden-prompts", type=int, default=None, help="hardened methods: HardenConfig.prompts")
     parser.add_argument(
         "--harden-phrasings", type=int, default=0,
         help="hardened methods: HardenConfig.phrasings, other word orders of each forget prompt trained on",
