@@ -176,20 +176,23 @@ def closed_form_config(args) -> du.ClosedFormConfig:
 def distill_options(args, concept=None) -> dict:
     """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0; for a glyphs
     identity ("serif Q"), `--distill-identity-eta` in place of `--distill-eta` (for a coloured one, "red bold R",
-    `--distill-coloured-identity-eta` if given)."""
+    `--distill-coloured-identity-eta` if given) and `--distill-identity-lambda-replay` in place of
+    `--lambda-replay`."""
     given = {
         "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": args.distill_eta,
         "base_share": args.distill_base_share,
     }  # fmt: skip
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push}  # fmt: skip
+    replay = args.lambda_replay
     if getattr(concept, "kind", None) == "identity":
+        replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
         coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
         for eta in (args.distill_identity_eta, coloured):
             given["negative_guidance"] = given["negative_guidance"] if eta is None else eta
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     return {
-        "steps": args.distill_steps, "lambda_replay": args.lambda_replay, **modules,
+        "steps": args.distill_steps, "lambda_replay": replay, **modules,
         **{k: v for k, v in given.items() if v is not None}, **{k: v for k, v in nonzero.items() if v},
     }  # fmt: skip
 
@@ -855,6 +858,10 @@ def main() -> None:
     parser.add_argument(
         "--distill-coloured-identity-eta", type=float, default=None,
         help="glyphs: the same for those in a colour too, 'red bold R' (default: --distill-identity-eta)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-identity-lambda-replay", type=float, default=None,
+        help="glyphs: distill's lambda_replay for the character-in-style removals (default: --lambda-replay)",
     )  # fmt: skip
     parser.add_argument("--distill-base-share", type=float, default=None, help="distill's base_share")
     parser.add_argument(
