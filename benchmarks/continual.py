@@ -178,18 +178,16 @@ def distill_options(args, concept=None) -> dict:
     identity ("serif Q"), `--distill-identity-eta` in place of `--distill-eta` (for a coloured one, "red bold R",
     `--distill-coloured-identity-eta` if given) and `--distill-identity-lambda-replay` in place of
     `--lambda-replay`."""
+    eta, replay = args.distill_eta, args.lambda_replay
+    if getattr(concept, "kind", None) == "identity":
+        coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
+        eta = next((v for v in (coloured, args.distill_identity_eta) if v is not None), eta)
+        replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
     given = {
-        "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": args.distill_eta,
-        "base_share": args.distill_base_share,
+        "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": eta, "base_share": args.distill_base_share,
     }  # fmt: skip
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push}  # fmt: skip
-    replay = args.lambda_replay
-    if getattr(concept, "kind", None) == "identity":
-        replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
-        coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
-        for eta in (args.distill_identity_eta, coloured):
-            given["negative_guidance"] = given["negative_guidance"] if eta is None else eta
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
