@@ -176,15 +176,17 @@ def closed_form_config(args) -> du.ClosedFormConfig:
 def distill_options(args, concept=None) -> dict:
     """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0; for a glyphs
     identity ("serif Q"), `--distill-identity-eta` in place of `--distill-eta` (for a coloured one, "red bold R",
-    `--distill-coloured-identity-eta` if given) and `--distill-identity-lambda-replay` in place of
-    `--lambda-replay`."""
-    eta, replay = args.distill_eta, args.lambda_replay
+    `--distill-coloured-identity-eta` if given), `--distill-identity-lambda-replay` in place of `--lambda-replay`
+    and `--distill-identity-min-reach` in place of `--distill-min-reach`."""
+    eta, replay, reach = args.distill_eta, args.lambda_replay, args.distill_min_reach
     if getattr(concept, "kind", None) == "identity":
         coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
         eta = next((v for v in (coloured, args.distill_identity_eta) if v is not None), eta)
         replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
+        reach = reach if args.distill_identity_min_reach is None else args.distill_identity_min_reach
     given = {
         "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": eta, "base_share": args.distill_base_share,
+        "min_reach": reach, "max_steps": args.distill_max_steps,
     }  # fmt: skip
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push}  # fmt: skip
@@ -610,7 +612,7 @@ def run_glyphs(args) -> dict:
             made.append(adapter)
             pipe.load_unlearning(adapter, mode="fused")
             if step % args.eval_every and step != len(sequence):
-                rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds})
+                rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds, **_made(adapter)})
                 _save_partial(results, args)
                 continue
             removed = sequence[:step]
@@ -632,6 +634,7 @@ def run_glyphs(args) -> dict:
                 "general_cells": len(general),
                 "per_concept_shown": shown,
                 "check": _check(untouched_pipe, made),
+                **_made(adapter),
             }
             rows.append(row)
             _save_partial(results, args)
@@ -862,6 +865,15 @@ def main() -> None:
         help="glyphs: distill's lambda_replay for the character-in-style removals (default: --lambda-replay)",
     )  # fmt: skip
     parser.add_argument("--distill-base-share", type=float, default=None, help="distill's base_share")
+    parser.add_argument(
+        "--distill-min-reach", type=float, default=None,
+        help="distill's min_reach: train each removal past --distill-steps until its target reach passes this",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-identity-min-reach", type=float, default=None,
+        help="glyphs: distill's min_reach for the character-in-style removals (default: --distill-min-reach)",
+    )  # fmt: skip
+    parser.add_argument("--distill-max-steps", type=int, default=None, help="distill's max_steps (with min_reach)")
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",

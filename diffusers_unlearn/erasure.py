@@ -47,7 +47,7 @@ from .methods.distill import DistillConfig, distill
 from .methods.harden import HardenConfig, harden_solve, prefixed, rephrased
 from .pipeline import base_fingerprint, loaded_adapters, removals_disabled, unlearning
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
-from .targets import Candidate, choose_targets, removal_effect, weakness
+from .targets import Candidate, choose_targets, effect_meter, removal_effect, weakness
 
 logger = logging.getLogger(__name__)
 
@@ -307,9 +307,11 @@ def erase(
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             erased_earlier = erased_by(previous)
             untouched = {p for prompts in groups.values() for p in prompts if not erased_earlier(p)}
+        # with min_reach: the predictions before, measured now; the effect of the LoRA as it trains, later
+        effect = effect_meter(bank, choice, concept) if config.min_reach is not None else None
         result = distill(
             pipe, family, bank, pairs, replayed, config, earlier=earlier, untouched=untouched,
-            untouched_model=lambda: removals_disabled(pipe), harden=harden, seed=seed,
+            untouched_model=lambda: removals_disabled(pipe), harden=harden, effect=effect, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         if "earlier_undone" in figures:  # by the earlier removal's id, as `parents` names it
@@ -341,12 +343,22 @@ def erase(
         figures["concept_shift"],
     )  # fmt: skip
     reason = weakness(figures)
+    short = method == "distill" and config.min_reach is not None and figures["target_reach"] < config.min_reach
+    if short and not reason:  # trained up to max_steps and still short of what the user asked for
+        reason = f"moved {figures['target_reach']:.2f} of the way to its targets (below min_reach={config.min_reach})"
     if reason:
+        remedy = "lower the protection (`ClosedFormConfig`)"
+        if method == "distill":
+            remedy = (
+                f"train it for more than {figures['steps_trained']} steps (`DistillConfig(max_steps=...)`)"
+                if config.min_reach is not None
+                else "train it until it gets there (`DistillConfig(min_reach=1.0)`)"
+            )
         warnings.warn(
             WeakRemovalWarning(
                 f"The removal {adapter.name!r} barely moves {concept!r}: its noise predictions {reason}, so it may "
                 "not erase it. Check its targets (`adapter.metadata['targets']`), pass `mapping_candidates` the "
-                "model draws as other concepts, or lower the protection (`ClosedFormConfig`)."
+                f"model draws as other concepts, or {remedy}."
             ),
             stacklevel=2,
         )

@@ -267,19 +267,32 @@ def removal_effect(bank: PromptBank, choice: TargetChoice, lora: dict[str, torch
     Returns:
         `dict` with `target_reach` and `concept_shift`, rounded.
     """
-    before_prompts = [c.fill(concept) for c in choice.checked] + [choice.targets[c] for c in choice.checked]
-    before = _predict(bank, before_prompts, choice.samples, choice.seed)
+    measure = effect_meter(bank, choice, concept)
     removal = UnlearningAdapter(lora_weights=lora, metadata={"denoiser": bank.family.denoiser})  # its layers, deltas
     with _applied(getattr(bank.pipe, bank.family.denoiser), removal):
-        after = _predict(bank, [c.fill(concept) for c in choice.checked], choice.samples, choice.seed, cache=False)
-    forget, target = [c.fill(concept) for c in choice.checked], [choice.targets[c] for c in choice.checked]
-    moved = sum(prediction_distance(after[f], before[f]) for f in forget)
+        return measure()
+
+
+def effect_meter(bank: PromptBank, choice: TargetChoice, concept: str) -> Callable[[], dict]:
+    """[`removal_effect`] in two halves: the predictions before, measured now; then a function that gives the
+    figures of whatever edit the denoiser carries when it is called (a LoRA still training, for instance)."""
+    forget = [c.fill(concept) for c in choice.checked]
+    target = [choice.targets[c] for c in choice.checked]
+    with torch.no_grad():
+        before = _predict(bank, forget + target, choice.samples, choice.seed)
     gap = sum(prediction_distance(before[f], before[t]) for f, t in zip(forget, target, strict=True))
-    figures = {"target_reach": round((moved / max(gap, 1e-12)) ** 0.5, 3), "concept_shift": None}
-    if choice.neighbor_distance:
-        reference = sum(choice.neighbor_distance.values())
-        figures["concept_shift"] = round((moved / max(reference, 1e-12)) ** 0.5, 3)
-    return figures
+
+    @torch.no_grad()
+    def measure() -> dict:
+        after = _predict(bank, forget, choice.samples, choice.seed, cache=False)
+        moved = sum(prediction_distance(after[f], before[f]) for f in forget)
+        figures = {"target_reach": round((moved / max(gap, 1e-12)) ** 0.5, 3), "concept_shift": None}
+        if choice.neighbor_distance:
+            reference = sum(choice.neighbor_distance.values())
+            figures["concept_shift"] = round((moved / max(reference, 1e-12)) ** 0.5, 3)
+        return figures
+
+    return measure
 
 
 def _predict(

@@ -110,7 +110,9 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     sd_pipe.load_unlearning(first)
     seen = {}
 
-    def record(pipe, family, bank, pairs, protected, config, *, earlier, untouched, untouched_model, harden, seed):
+    def record(
+        pipe, family, bank, pairs, protected, config, *, earlier, untouched, untouched_model, harden, effect, seed
+    ):
         seen["groups"], seen["earlier"], seen["untouched"] = [list(g) for g in protected], earlier, untouched
         raise RuntimeError("recorded")
 
@@ -359,3 +361,45 @@ def test_replay_pool_sets_the_protected_prompts_trajectories_apart_from_the_forg
     )
     with pytest.raises(du.errors.InvalidArgumentError, match="replay_pool"):
         du.DistillConfig(replay_pool=0)
+
+
+def test_min_reach_trains_on_until_the_removal_reaches_its_target(sd_pipe, tmp_path, monkeypatch):
+    """`min_reach`: past `steps`, rounds of a quarter more until the target reach passes it or `max_steps`; the
+    measure taken while training is the removal's own `target_reach`; a resumed run stops where a whole one does."""
+    with pytest.warns(du.WeakRemovalWarning, match=r"min_reach=1\.0"):  # 8 steps move the concept 0.14: it says so
+        plain = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**dict(FAST, steps=8)))
+    assert plain.metadata["figures"]["steps_trained"] == 8 and "reach_trace" not in plain.metadata["figures"]
+
+    reached = du.erase(
+        sd_pipe, "cat", method="distill", config=du.DistillConfig(**dict(FAST, steps=8), min_reach=1e-6)
+    )
+    figures = reached.metadata["figures"]
+    assert figures["steps_trained"] == 8 and len(figures["reach_trace"]) == 1  # reached at once: nothing more
+    for key, value in plain.lora_weights.items():
+        torch.testing.assert_close(reached.lora_weights[key], value)
+
+    far = dict(FAST, steps=8, min_reach=100.0, max_steps=16, checkpoint_every=4)  # never reached: up to the cap
+    with pytest.warns(du.WeakRemovalWarning, match="more than 16 steps"):  # short of min_reach at the cap
+        whole = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**far))
+    figures = whole.metadata["figures"]
+    assert figures["steps_trained"] == 16 and len(whole.metadata["figures"]["reach_trace"]) == 5
+    assert [done for done, _ in figures["reach_trace"]] == [8, 10, 12, 14, 16]
+    reaches = [reach for _, reach in figures["reach_trace"]]
+    assert reaches[-1] > reaches[0] > 0  # training on moves the concept further
+    assert abs(reaches[-1] - figures["target_reach"]) < 0.02 * figures["target_reach"]  # the same figure
+
+    real = kill_distill_at_batch(monkeypatch, 15)  # killed at step 14, past the first measure, after checkpoint 12
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**far, checkpoint_dir=str(folder)))
+    assert distill_module.checkpoint_step(folder) == 12
+    monkeypatch.setattr(distill_module, "_batch", real)
+    resumed = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**far, checkpoint_dir=str(folder)))
+    assert resumed.metadata["figures"]["steps_trained"] == 16 and distill_module.checkpoint_step(folder) == 16
+    for key, value in whole.lora_weights.items():
+        torch.testing.assert_close(resumed.lora_weights[key], value, rtol=1e-5, atol=1e-7)
+
+    with pytest.raises(du.errors.InvalidArgumentError, match="min_reach"):
+        du.DistillConfig(min_reach=0.0)
+    with pytest.raises(du.errors.InvalidArgumentError, match="max_steps"):
+        du.DistillConfig(max_steps=1000)  # a cap without min_reach caps nothing

@@ -123,6 +123,13 @@ class DistillConfig:
             prompt back to the untouched model also takes back part of the earlier removals whose side effects it
             repairs; with a share, each removal repairs that share of the drift it finds, so the drift stays
             bounded and less of the earlier removals is taken back (docs/benchmarks/continual_analysis.md).
+        min_reach (`float`, *optional*): After `steps`, train on in rounds of a quarter of `steps` until the
+            removal's `target_reach` (`figures["target_reach"]`: how far its noise predictions have moved, in units
+            of the distance to its targets) reaches this, or `max_steps` are done; the figure is measured after
+            each round (`figures["reach_trace"]`). Measured on glyphs: on a chain of 8 removals, "oblique G"
+            reached 0.81 in 200 steps and stayed in 12% of the images; 1.07 in 500, and was gone. Default: `steps`
+            and no more.
+        max_steps (`int`, *optional*): The most steps `min_reach` may train (default: 3 x `steps`).
     """
 
     rank: int = 4
@@ -145,6 +152,8 @@ class DistillConfig:
     lambda_earlier: float | None = None
     earlier_push: float = 0.0
     base_share: float = 1.0
+    min_reach: float | None = None
+    max_steps: int | None = None
 
     def __post_init__(self):
         sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
@@ -169,6 +178,13 @@ class DistillConfig:
             )
         if not 0.0 <= self.base_share <= 1.0:
             raise InvalidArgumentError(f"base_share must be in [0, 1] (1: the untouched model), got {self.base_share}")
+        if self.min_reach is not None and self.min_reach <= 0:
+            raise InvalidArgumentError(f"min_reach must be positive (1: as far as the targets), got {self.min_reach}.")
+        if self.max_steps is not None and (self.min_reach is None or self.max_steps < self.steps):
+            raise InvalidArgumentError(
+                f"max_steps caps the training min_reach extends: it needs min_reach and must be >= steps, got "
+                f"max_steps={self.max_steps} with steps={self.steps} and min_reach={self.min_reach}."
+            )
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.target_modules is not None:
@@ -196,6 +212,7 @@ def distill(
     untouched: Collection[str] = (),
     untouched_model: Callable[[], AbstractContextManager] | None = None,
     harden: HardenConfig | None = None,
+    effect: Callable[[], dict] | None = None,
     seed: int = 0,
 ) -> DistillResult:
     """Trains the removal's LoRA; the pipeline is left exactly as it was.
@@ -218,6 +235,8 @@ def distill(
             without any removal; required with `untouched`.
         harden ([`HardenConfig`], *optional*): Adversarial training: the embeddings that still bring the concept
             back are derived in `rounds` rounds and added to the forget set (see the module's docstring).
+        effect (`Callable`, *optional*): The removal's figures as the denoiser computes now, the new adapter
+            active (`targets.effect_meter`); its `"target_reach"` decides when to stop with `config.min_reach`.
         seed (`int`): Seed of the latent pool, of every batch and of the hardening's draws.
     """
     from accelerate import Accelerator
@@ -231,6 +250,8 @@ def distill(
     wanted, actual = accelerator.device, denoiser.device
     if wanted.type != actual.type or (wanted.type != "cpu" and wanted.index != actual.index):
         raise ResolveError(f"Move the pipeline to {accelerator.device} (pipe.to(...)) before distilling.")
+    if config.min_reach is not None and effect is None:
+        raise InvalidArgumentError("`config.min_reach` needs `effect`, the measure of the removal's target reach.")
     if harden is not None and config.steps <= harden.rounds:
         raise InvalidArgumentError(
             f"Hardening in {harden.rounds} rounds needs more than {harden.rounds} training steps, got {config.steps}."
@@ -288,14 +309,14 @@ def distill(
     try:
         _activate(denoiser, [*active_before, _ADAPTER])  # the teacher is the pipeline as loaded
         return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
-                      config, harden, seed, probe)  # fmt: skip
+                      config, harden, seed, probe, effect)  # fmt: skip
     finally:
         _remove_adapter(denoiser, active_before)
 
 
 def _train(
     accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed,
-    probe,
+    probe, effect,
 ) -> DistillResult:  # fmt: skip
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -319,16 +340,20 @@ def _train(
     rounds = {k * config.steps // (harden.rounds + 1): k - 1 for k in range(1, harden.rounds + 1)} if harden else {}
     measures = {config.steps * k // 4 for k in (1, 2, 3)} if held and probe is not None else set()
 
+    def save(done: int) -> None:
+        if accelerator.is_main_process:
+            _save_checkpoint(Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config, harden,
+                             adversarial, hold_factor)  # fmt: skip
+        accelerator.wait_for_everyone()
+
     def derive(index: int) -> float:  # one round of the hardening (index == harden.rounds: measured only)
         with accelerator.autocast():
             return _derive_round(denoiser, wrapped, pipe, family, bank, pairs, pool, harden, adversarial, index,
                                  seed, device, store=index < harden.rounds)  # fmt: skip
 
-    progress = tqdm(
-        range(start, config.steps), desc="distill", initial=start, total=config.steps,
-        disable=not accelerator.is_local_main_process,
-    )  # fmt: skip
-    for step in progress:
+    progress = tqdm(desc="distill", initial=start, total=config.steps, disable=not accelerator.is_local_main_process)
+    reaches: list[tuple[int, float]] = []
+    for step in _schedule(config, start, effect if config.min_reach is not None else None, progress, reaches):
         if step in rounds and len(adversarial.leaks) == rounds[step]:  # a resumed run has its earlier rounds
             derive(rounds[step])
         if step in measures:
@@ -384,18 +409,21 @@ def _train(
                 optimizer.step()
                 optimizer.zero_grad()
         losses.append(float(accelerator.reduce(loss.detach(), reduction="mean")))
+        progress.update()
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
-        done = step + 1
-        if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
-            if accelerator.is_main_process:
-                _save_checkpoint(Path(config.checkpoint_dir), done, losses, params, raw_optimizer, config, harden,
-                                 adversarial, hold_factor)  # fmt: skip
-            accelerator.wait_for_everyone()
+        if config.checkpoint_dir and (step + 1) % config.checkpoint_every == 0:
+            save(step + 1)
+    progress.close()
+    if config.checkpoint_dir and len(losses) % config.checkpoint_every:
+        save(len(losses))  # where training stopped
 
     figures = _figures(
         denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device, config.negative_guidance
     )
     figures["loss_first"], figures["loss_last"] = losses[0], losses[-1]
+    figures["steps_trained"] = len(losses)
+    if reaches:
+        figures["reach_trace"] = [[done, round(value, 3)] for done, value in reaches]
     if probe is not None:
         figures["earlier_undone"] = [
             None if v is None else round(v, 4)
@@ -418,6 +446,32 @@ def _train(
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def _schedule(
+    config: DistillConfig, start: int, effect: Callable[[], dict] | None, progress, reaches: list
+) -> Iterator[int]:
+    """The training steps from `start`: `config.steps`; then, with `effect`, rounds of a quarter of them until the
+    reach passes `config.min_reach` or `max_steps` are done, each measure appended to `reaches` as `(steps done,
+    reach)`. A run resumed past `config.steps` resumes in the round its checkpoint lies in: the measures before it
+    had failed, or training would not have gone on."""
+    total, increment = config.steps, max(1, config.steps // 4)
+    cap = (config.max_steps or 3 * config.steps) if effect is not None else config.steps
+    while total < min(start, cap):
+        total = min(total + increment, cap)
+    step = start
+    while True:
+        while step < total:
+            yield step
+            step += 1
+        if effect is None:
+            return
+        reaches.append((total, float(effect()["target_reach"])))
+        if reaches[-1][1] >= config.min_reach or total >= cap:
+            return
+        total = min(total + increment, cap)
+        progress.total = total
+        progress.refresh()
+
+
 @contextmanager
 def _student_off(wrapped: dict) -> Iterator[None]:
     """The teacher: the same forward pass with the new adapter contributing nothing."""
@@ -823,7 +877,9 @@ def _resume(
     saved = json.loads(header["config"])
     mine = json.loads(json.dumps(asdict(config), sort_keys=True))
     differing = [
-        k for k in mine if k not in ("steps", "checkpoint_dir", "checkpoint_every") and saved.get(k) != mine[k]
+        k
+        for k in mine
+        if k not in ("steps", "max_steps", "checkpoint_dir", "checkpoint_every") and saved.get(k) != mine[k]
     ]
     if json.loads(header.get("harden", "null")) != json.loads(json.dumps(asdict(harden) if harden else None)):
         differing.append("harden")
