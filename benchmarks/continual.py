@@ -634,6 +634,11 @@ def run_glyphs(args) -> dict:
                 "general_cells": len(general),
                 "per_concept_shown": shown,
                 "check": _check(untouched_pipe, made),
+                # per cell, shown now and by the untouched model: which cells a step costs
+                "cells": {
+                    cell: [round(v, 4), round(base_cells[cell], 4)]
+                    for cell, v in {**result.related, **result.general}.items()
+                },
                 **_made(adapter),
             }
             rows.append(row)
