@@ -499,6 +499,17 @@ def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def _save_with_legend(figure, axes, path: Path) -> None:
+    """One legend for the panels, below them, one row per line: the method names are too long to sit inside one."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    legend_height = 0.3 + 0.16 * len(labels)
+    height = 4 + legend_height
+    figure.set_size_inches(15, height)
+    figure.legend(handles, labels, loc="lower left", fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, legend_height / height, 1, 1))
+    figure.savefig(path, dpi=110)
+
+
 def _plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -523,9 +534,7 @@ def _plot(results: dict, path: Path) -> None:
         axis.set_xlabel("removals")
         axis.set_ylim(0, 1.1)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save_with_legend(figure, axes, path)
 
 
 # ------------------------------------------------------------------------------------------------ glyphs world
@@ -813,9 +822,7 @@ def _plot_glyphs(results: dict, path: Path) -> None:
         axis.set_xlabel("removals")
         axis.set_ylim(0, 1.1)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save_with_legend(figure, axes, path)
 
 
 def main() -> None:

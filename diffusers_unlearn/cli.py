@@ -144,6 +144,8 @@ def cmd_erase(args) -> dict[str, Any]:
         raise UnlearningError("Pass either --output FOLDER (one removal) or --append STACK (add it to a chain).")
     if args.append and Path(args.append).exists() and not is_stack(args.append):
         raise UnlearningError(f"{args.append} exists and is not a stack folder; --append needs a stack folder.")
+    if args.min_reach is not None and args.method != "distill":
+        raise UnlearningError("--min-reach trains a distilled removal further: pass it with --method distill.")
     if args.output:
         _refuse_existing(args.output, args.force)
     pipe = _load_pipeline(args.model)
@@ -154,7 +156,9 @@ def cmd_erase(args) -> dict[str, Any]:
     kwargs = _erase_kwargs(args)
     settings = {"rank": args.rank} if args.rank else {}
     if args.method == "distill":
-        config = DistillConfig(**settings, **({"steps": args.steps} if args.steps else {}))
+        if args.steps:
+            settings["steps"] = args.steps
+        config = DistillConfig(**settings, min_reach=args.min_reach)
     else:
         config = ClosedFormConfig(**settings)
     adapter = erase(pipe, **kwargs, method=args.method, config=config, redact=args.redact, name=args.name)
@@ -397,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="closed_form: solved in seconds on a CPU; distill: a trained LoRA (a GPU for real models)",
     )  # fmt: skip
     erase.add_argument("--steps", type=int, default=None, help="training steps of --method distill (default: 500)")
+    erase.add_argument(
+        "--min-reach", type=float, default=None,
+        help="--method distill: train past --steps (at most 3x) until the removal's target reach passes this, e.g. 1",
+    )  # fmt: skip
     erase.add_argument(
         "--rank", type=int, help="LoRA rank (default: closed_form the smallest keeping 99%% of the edit, at most 12; "
         "distill 4)"

@@ -243,3 +243,25 @@ def test_push_without_a_reachable_hub_fails_with_our_error(tmp_path, sd_pipe):
                   env={"HF_HUB_OFFLINE": "0"})  # fmt: skip
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert json.loads(refused.stdout)["error"].startswith("Cannot publish to 'me/no-cat' on http://127.0.0.1:9")
+
+
+def test_erase_distill_trains_until_the_reach_asked_for(tmp_path, sd_pipe, capsys, monkeypatch):
+    sd_pipe.save_pretrained(tmp_path / "tiny")
+    base = ["erase", "--model", tmp_path / "tiny", "--concept", "cat", "--json"]
+    refused = cli_here(capsys, monkeypatch, *base, "--min-reach", "1", "--output", tmp_path / "closed", cwd=tmp_path)
+    assert refused.returncode == 1 and "--method distill" in refused.stdout and not (tmp_path / "closed").exists()
+
+    distilled = [*base, "--method", "distill", "--steps", "4", "--min-reach", "100", "--output", tmp_path / "no-cat"]
+    made = as_json(cli_here(capsys, monkeypatch, *distilled, cwd=tmp_path))  # 100 is never reached: up to 3 x 4
+    figures = du.UnlearningAdapter.from_pretrained(made["written"]).metadata["figures"]
+    assert figures["steps_trained"] == 12 and [done for done, _ in figures["reach_trace"]] == [
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+    ]
