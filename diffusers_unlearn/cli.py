@@ -403,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--steps", type=int, default=None, help="training steps of --method distill (default: 500)")
     erase.add_argument(
         "--min-reach", type=float, default=None,
-        help="--method distill: train past --steps (at most 3x) until the removal's target reach passes this, e.g. 1",
+        help="--method distill: train past --steps (at most 3x) until the removal's target reach passes this, e.g. 1 "
+        "(default: none, --steps and no more)",
     )  # fmt: skip
     erase.add_argument(
         "--rank", type=int, help="LoRA rank (default: closed_form the smallest keeping 99%% of the edit, at most 12; "
