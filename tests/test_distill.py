@@ -382,7 +382,7 @@ def test_min_reach_trains_on_until_the_removal_reaches_its_target(sd_pipe, tmp_p
     with pytest.warns(du.WeakRemovalWarning, match="more than 16 steps"):  # short of min_reach at the cap
         whole = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**far))
     figures = whole.metadata["figures"]
-    assert figures["steps_trained"] == 16 and len(whole.metadata["figures"]["reach_trace"]) == 5
+    assert figures["steps_trained"] == 16 and len(figures["reach_trace"]) == 5
     assert [done for done, _ in figures["reach_trace"]] == [8, 10, 12, 14, 16]
     reaches = [reach for _, reach in figures["reach_trace"]]
     assert reaches[-1] > reaches[0] > 0  # training on moves the concept further

@@ -353,7 +353,7 @@ def _train(
 
     progress = tqdm(desc="distill", initial=start, total=config.steps, disable=not accelerator.is_local_main_process)
     reaches: list[tuple[int, float]] = []
-    for step in _schedule(config, start, effect if config.min_reach is not None else None, progress, reaches):
+    for step in _schedule(config, start, effect, progress, reaches):
         if step in rounds and len(adversarial.leaks) == rounds[step]:  # a resumed run has its earlier rounds
             derive(rounds[step])
         if step in measures:
@@ -449,12 +449,13 @@ def _train(
 def _schedule(
     config: DistillConfig, start: int, effect: Callable[[], dict] | None, progress, reaches: list
 ) -> Iterator[int]:
-    """The training steps from `start`: `config.steps`; then, with `effect`, rounds of a quarter of them until the
-    reach passes `config.min_reach` or `max_steps` are done, each measure appended to `reaches` as `(steps done,
-    reach)`. A run resumed past `config.steps` resumes in the round its checkpoint lies in: the measures before it
-    had failed, or training would not have gone on."""
+    """The training steps from `start`: `config.steps`; then, with `config.min_reach`, rounds of a quarter of them
+    until the reach `effect` measures passes it or `max_steps` are done, each measure appended to `reaches` as
+    `(steps done, reach)`. A run resumed past `config.steps` resumes in the round its checkpoint lies in: the
+    measures before it had failed, or training would not have gone on."""
     total, increment = config.steps, max(1, config.steps // 4)
-    cap = (config.max_steps or 3 * config.steps) if effect is not None else config.steps
+    measured = config.min_reach is not None  # `distill` checked that `effect` is given then
+    cap = (config.max_steps or 3 * config.steps) if measured else config.steps
     while total < min(start, cap):
         total = min(total + increment, cap)
     step = start
@@ -462,7 +463,7 @@ def _schedule(
         while step < total:
             yield step
             step += 1
-        if effect is None:
+        if not measured:
             return
         reaches.append((total, float(effect()["target_reach"])))
         if reaches[-1][1] >= config.min_reach or total >= cap:
