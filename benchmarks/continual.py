@@ -189,7 +189,8 @@ def distill_options(args, concept=None) -> dict:
         "min_reach": reach, "max_steps": args.distill_max_steps,
     }  # fmt: skip
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
-               "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push}  # fmt: skip
+               "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push,
+               "earlier_protection": args.distill_earlier_protection}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
@@ -886,6 +887,10 @@ def main() -> None:
         help="glyphs: distill's min_reach for the character-in-style removals (default: --distill-min-reach)",
     )  # fmt: skip
     parser.add_argument("--distill-max-steps", type=int, default=None, help="distill's max_steps (with min_reach)")
+    parser.add_argument(
+        "--distill-earlier-protection", type=float, default=0.0,
+        help="distill's earlier_protection: replay the earlier removals' protected prompts as a group of this weight",
+    )  # fmt: skip
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",

@@ -25,9 +25,12 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidConceptError, UnlearningError
+
+if TYPE_CHECKING:
+    from .methods import ClosedFormConfig, DistillConfig
 
 # Only the standard library and `.errors` are imported here: `--help` must answer without torch or diffusers
 # (tests/test_cli.py checks it). Each command imports what it needs.
@@ -129,6 +132,18 @@ def _erase_kwargs(args) -> dict[str, Any]:
     return erase_kwargs_for(**given)
 
 
+def _erase_config(args: argparse.Namespace) -> ClosedFormConfig | DistillConfig:
+    """The method's config from `erase`'s options."""
+    from .methods import ClosedFormConfig, DistillConfig
+
+    settings = {"rank": args.rank} if args.rank else {}
+    if args.method == "distill":
+        if args.steps:
+            settings["steps"] = args.steps
+        return DistillConfig(**settings, min_reach=args.min_reach, earlier_protection=args.earlier_protection)
+    return ClosedFormConfig(**settings, earlier_protection=args.earlier_protection)
+
+
 def _refuse_existing(path: str | None, force: bool) -> None:
     if path and Path(path).exists() and not force:
         raise UnlearningError(f"{path} exists; choose another --output or pass --force to overwrite it.")
@@ -137,7 +152,6 @@ def _refuse_existing(path: str | None, force: bool) -> None:
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_erase(args) -> dict[str, Any]:
     from . import erase
-    from .methods import ClosedFormConfig, DistillConfig
     from .stack import UnlearningStack, is_stack
 
     if bool(args.append) == bool(args.output):
@@ -154,13 +168,7 @@ def cmd_erase(args) -> dict[str, Any]:
     if len(stack):
         pipe.load_unlearning(stack)  # the new removal is made on top of the chain
     kwargs = _erase_kwargs(args)
-    settings = {"rank": args.rank} if args.rank else {}
-    if args.method == "distill":
-        if args.steps:
-            settings["steps"] = args.steps
-        config = DistillConfig(**settings, min_reach=args.min_reach)
-    else:
-        config = ClosedFormConfig(**settings)
+    config = _erase_config(args)
     adapter = erase(pipe, **kwargs, method=args.method, config=config, redact=args.redact, name=args.name)
     if args.append:
         stack.append(adapter)
@@ -405,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-reach", type=float, default=None,
         help="--method distill: train past --steps (at most 3x) until the removal's target reach passes this, e.g. 1 "
         "(default: none, --steps and no more)",
+    )  # fmt: skip
+    erase.add_argument(
+        "--earlier-protection", type=float, default=0.0,
+        help="with a chain (--append, --on): keep what the earlier removals protected too, as one more group of this "
+        "weight, e.g. 2 (default: 0, off)",
     )  # fmt: skip
     erase.add_argument(
         "--rank", type=int, help="LoRA rank (default: closed_form the smallest keeping 99%% of the edit, at most 12; "

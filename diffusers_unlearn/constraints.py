@@ -213,11 +213,33 @@ def earlier_protected(
     Dropped: the new removal's forget prompts, and prompts that name its concept or an alias unless it protects
     them itself ("blue three" keeps "a red three", which "seven" protected; "three" would not).
     """
+    keep = _still_protected(names, groups, forget_prompts)
+    kept = (p for a in previous for p in a.metadata.get("protected_prompts", []))
+    return list(dict.fromkeys(p for p in kept if keep(p)))
+
+
+def earlier_protected_groups(
+    previous: Sequence[UnlearningAdapter],
+    names: Sequence[str],
+    groups: dict[str, list[str]],
+    forget_prompts: dict[Context, list[str]],
+) -> list[list[list[str]]]:
+    """`earlier_protected` by removal and by group (`protect_groups`: anchors, neighbours, each preserve group),
+    for a replay that shares its weight evenly by removal, then by group: a removal's few look-alikes are not
+    drowned by another's hundreds of background prompts."""
+    keep = _still_protected(names, groups, forget_prompts)
+    by_removal = ([[p for p in prompts if keep(p)] for prompts in protect_groups(a).values()] for a in previous)
+    return [[group for group in removal if group] for removal in by_removal]
+
+
+def _still_protected(
+    names: Sequence[str], groups: dict[str, list[str]], forget_prompts: dict[Context, list[str]]
+) -> Callable[[str], bool]:
+    """Whether a new removal keeps a prompt an earlier one protected (see `earlier_protected`)."""
     own = {p for prompts in groups.values() for p in prompts}
     erased = {p for prompts in forget_prompts.values() for p in prompts}
     mentions = names_pattern(list(names))
-    kept = (p for a in previous for p in a.metadata.get("protected_prompts", []))
-    return list(dict.fromkeys(p for p in kept if p not in erased and (p in own or not mentions.search(p))))
+    return lambda p: p not in erased and (p in own or not mentions.search(p))
 
 
 def hold_removed(constraints: Constraints, previous: Sequence[UnlearningAdapter], removed: Collection[str]) -> None:

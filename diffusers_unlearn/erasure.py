@@ -23,6 +23,7 @@ from .constraints import (
     chain_map,
     concept_hash_of,
     earlier_protected,
+    earlier_protected_groups,
     embedding_probes,
     erased_by,
     hold_removed,
@@ -303,15 +304,23 @@ def erase(
             [p for p in a.metadata.get("forget_prompts", []) if not asks(p) and p not in drawn_as_it] for a in previous
         ]
         replayed = [kept for prompts in groups.values() if (kept := [p for p in prompts if p not in drawn_as_it])]
+        kept_earlier = []  # what the earlier removals protected, by removal and group, with earlier_protection
+        if previous and config.earlier_protection > 0:
+            kept_earlier = [
+                [[p for p in group if p not in drawn_as_it] for group in removal]
+                for removal in earlier_protected_groups(previous, names, groups, forget_prompts)
+            ]
         untouched: set[str] = set()
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             erased_earlier = erased_by(previous)
-            untouched = {p for prompts in groups.values() for p in prompts if not erased_earlier(p)}
+            every = [*groups.values(), *(group for removal in kept_earlier for group in removal)]
+            untouched = {p for prompts in every for p in prompts if not erased_earlier(p)}
         # with min_reach: the predictions before, measured now; the effect of the LoRA as it trains, later
         effect = effect_meter(bank, choice, concept) if config.min_reach is not None else None
         result = distill(
-            pipe, family, bank, pairs, replayed, config, earlier=earlier, untouched=untouched,
-            untouched_model=lambda: removals_disabled(pipe), harden=harden, effect=effect, seed=seed,
+            pipe, family, bank, pairs, replayed, config, earlier=earlier, earlier_protected=kept_earlier,
+            untouched=untouched, untouched_model=lambda: removals_disabled(pipe), harden=harden, effect=effect,
+            seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         if "earlier_undone" in figures:  # by the earlier removal's id, as `parents` names it

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import diffusers_unlearn as du
-from diffusers_unlearn.cli import DIGITS_COLOURS, _erase_kwargs, build_parser, main
+from diffusers_unlearn.cli import DIGITS_COLOURS, _erase_config, _erase_kwargs, build_parser, main
 
 COMMANDS = ["erase", "check", "merge", "push", "pull", "eval", "export", "demo"]
 
@@ -114,6 +114,18 @@ def test_options_add_to_the_digits_prompts_instead_of_replacing_them():
         parse(["erase", "--model", "x/y", "--concept", "seven", "--neighbor", "one", "--output", "o"])
     )
     assert elsewhere["prompts"] is None and elsewhere["neighbors"] == ["one"]
+
+
+def test_erase_options_set_the_methods_config():
+    def config(*options):
+        return _erase_config(
+            build_parser().parse_args(["erase", "--model", "m", "--concept", "c", "--output", "o", *options])
+        )
+
+    assert config() == du.ClosedFormConfig()
+    assert config("--earlier-protection", "0.4", "--rank", "3") == du.ClosedFormConfig(rank=3, earlier_protection=0.4)
+    distilled = config("--method", "distill", "--steps", "20", "--min-reach", "1", "--earlier-protection", "2")
+    assert distilled == du.DistillConfig(steps=20, min_reach=1.0, earlier_protection=2.0)
 
 
 def test_the_erase_example_of_the_help_runs(tmp_path, monkeypatch):

@@ -10,7 +10,14 @@ from conftest import make_sd_pipeline
 
 import diffusers_unlearn as du
 from diffusers_unlearn.adapter import UnlearningAdapter
-from diffusers_unlearn.constraints import Constraints, chain_map, earlier_protected, erased_by, hold_removed
+from diffusers_unlearn.constraints import (
+    Constraints,
+    chain_map,
+    earlier_protected,
+    earlier_protected_groups,
+    erased_by,
+    hold_removed,
+)
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
 from diffusers_unlearn.prompts import Context
@@ -110,6 +117,10 @@ def test_earlier_protected_drops_what_the_new_removal_erases():
     # "a blue three" is erased now; "a red three" names "three" but this removal protects it itself
     assert earlier_protected([earlier], ["three", "3"], own, forget) == ["", "a red three", "a red two", "a four"]
     assert earlier_protected([earlier], ["three"], {}, forget) == ["", "a red two", "a four"]
+    # by group, for distillation's replay: the same prompts, where each removal's groups had them
+    earlier.metadata |= {"targets": [{"context": "a red {}", "target": "a red two"}], "protected_neighbors": [],
+                         "preserve": ["a red three", "a blue three", "a four"]}  # fmt: skip
+    assert earlier_protected_groups([earlier], ["three"], {}, forget) == [[["", "a red two", "a red"], ["a four"]]]
 
 
 def test_hold_removed_splits_groups_by_what_was_erased():

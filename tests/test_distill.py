@@ -14,6 +14,7 @@ from conftest import generate, kill_distill_at_batch, make_sd_pipeline, noise_pr
 
 import diffusers_unlearn as du
 from diffusers_unlearn import erasure
+from diffusers_unlearn.constraints import protect_groups
 from diffusers_unlearn.distance import PromptBank
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.methods import distill as distill_module
@@ -110,10 +111,9 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     sd_pipe.load_unlearning(first)
     seen = {}
 
-    def record(
-        pipe, family, bank, pairs, protected, config, *, earlier, untouched, untouched_model, harden, effect, seed
-    ):
+    def record(pipe, family, bank, pairs, protected, config, *, earlier, untouched, earlier_protected, **_):
         seen["groups"], seen["earlier"], seen["untouched"] = [list(g) for g in protected], earlier, untouched
+        seen["earlier_protected"] = earlier_protected
         raise RuntimeError("recorded")
 
     monkeypatch.setattr(erasure, "distill", record)
@@ -131,6 +131,15 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     # held to the untouched model: the protected prompts that name no earlier removal's concept
     assert "a cat dog" in seen["groups"][1] and seen["untouched"] == {"", "a dog", "a blue dog"}
     assert seen["earlier"] == [cats, ["a photo of tree"]]  # still replayed, against the chain, one list each
+    assert seen["earlier_protected"] == []  # earlier_protection off
+    with pytest.raises(RuntimeError, match="recorded"):
+        config = du.DistillConfig(anchor="base", earlier_protection=1.0)
+        du.erase(sd_pipe, "red", prompts=["a red dog"], neighbors=["blue", "cat"], method="distill", config=config)
+    # what "cat" and "tree" protected, by removal and group: "cat"'s prompts in red are this removal's to erase
+    cat_groups, tree_groups = seen["earlier_protected"]
+    assert cat_groups[0][0] == "" and "a red" not in cat_groups[0] and "a photo of" in cat_groups[0]
+    assert len(tree_groups) == len(protect_groups(second))
+    assert "a photo of" in seen["untouched"]  # held to the untouched model like this removal's own prompts
 
     # a combination: "red cat" keeps cats in other contexts, so an earlier removal's "a blue cat" does not ask
     # for it and stays removed (replayed); "a photo of red cat" has the word its contexts share and is left out
@@ -170,6 +179,40 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     # with three (shared by prompt it would get a quarter of the group)
     weights = distill_module._group_weights([["a"], [["b"], ["c", "d", "e"]]], ["a", "b", "c", "d", "e"])
     assert weights.tolist() == pytest.approx([1, 0.5, 1 / 6, 1 / 6, 1 / 6])
+    # a group of its own weight (earlier_protection): 2, shared by removal, then by group
+    weights = distill_module._group_weights([["a"], [[["b"]], [["c"], ["d", "e"]]]], list("abcde"), [1.0, 2.0])
+    assert weights.tolist() == pytest.approx([1, 1, 0.5, 0.25, 0.25])
+
+
+def test_earlier_protection_holds_what_earlier_removals_protected(sd_pipe):
+    """`DistillConfig(earlier_protection=w)`: a later removal replays the prompts an earlier one protected (its
+    look-alikes, "kitten" beside "cat"), which it does not protect itself, and moves them less the larger `w`."""
+    first = du.erase(sd_pipe, "cat", preserve={"lookalikes": ["a photo of kitten", "a kitten"]})
+    sd_pipe.load_unlearning(first)
+    kittens = ["a photo of kitten", "a kitten"]
+    before = noise_predictions(sd_pipe, kittens)
+    drift, groups = {}, {}
+    original = distill_module._group_weights
+
+    def spy(groups_, prompts, amounts=None):
+        groups[len(drift)] = amounts
+        return original(groups_, prompts, amounts)
+
+    for weight in (0.0, 4.0):
+        config = du.DistillConfig(**FAST, lambda_replay=1.0, earlier_protection=weight)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(distill_module, "_group_weights", spy)
+            later = du.erase(sd_pipe, "kitty", prompts=["a photo of kitty cat", "a kitty"], neighbors=["dog"],
+                             method="distill", config=config)  # fmt: skip
+        sd_pipe.load_unlearning(later)
+        drift[weight] = float((noise_predictions(sd_pipe, kittens) - before).norm() / before.norm())
+        sd_pipe.unload_unlearning(later.name)
+    # one more group of weight 4 beside the others, each weighing 1 (anchors, neighbours, "cat"'s forget prompts)
+    assert groups[0] == [1.0, 1.0, 1.0] and groups[1] == [1.0, 1.0, 1.0, 4.0]
+    # what it must hold: the kittens move less (measured: 3.9% of their predictions without, 2.0% with)
+    assert drift[4.0] < 0.7 * drift[0.0]
+    with pytest.raises(du.InvalidArgumentError, match="earlier_protection"):
+        du.DistillConfig(earlier_protection=-1.0)
 
 
 @pytest.mark.long

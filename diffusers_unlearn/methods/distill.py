@@ -130,6 +130,13 @@ class DistillConfig:
             reached 0.81 in 200 steps and stayed in 12% of the images; 1.07 in 500, and was gone. Default: `steps`
             and no more.
         max_steps (`int`, *optional*): The most steps `min_reach` may train (default: 3 x `steps`).
+        earlier_protection (`float`): Replay the prompts the earlier removals protected (`earlier_protected`,
+            passed by `erase`) as one more group of this weight beside this removal's groups, each of which weighs
+            1: it gets that share of the replay trajectories, shared evenly by removal, then by group, and the
+            replay term grows by as much, so this removal's own groups keep their weight (as
+            `ClosedFormConfig.earlier_protection`). Without it, a later removal holds only its own neighbours, and
+            an earlier removal's look-alikes ("red oblique 7" beside "italic 7") drift with the chain. 0 (the
+            default): off.
     """
 
     rank: int = 4
@@ -154,6 +161,7 @@ class DistillConfig:
     base_share: float = 1.0
     min_reach: float | None = None
     max_steps: int | None = None
+    earlier_protection: float = 0.0
 
     def __post_init__(self):
         sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
@@ -187,6 +195,8 @@ class DistillConfig:
             )
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
+        if self.earlier_protection < 0:
+            raise InvalidArgumentError(f"earlier_protection must be >= 0 (0: off), got {self.earlier_protection}.")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -209,6 +219,7 @@ def distill(
     config: DistillConfig,
     *,
     earlier: Sequence[Sequence[str]] = (),
+    earlier_protected: Sequence[Sequence[Sequence[str]]] = (),
     untouched: Collection[str] = (),
     untouched_model: Callable[[], AbstractContextManager] | None = None,
     harden: HardenConfig | None = None,
@@ -228,6 +239,8 @@ def distill(
             so that they stay removed: together one group, drawn as often as each protected group, shared evenly
             by the removals (a removal of a combination with 16 prompts is drawn as often as one of a whole colour
             with 120; shared by prompt, the combination got 2 of 64 trajectories and came back).
+        earlier_protected (`Sequence[Sequence[Sequence[str]]]`): With `config.earlier_protection`, the prompts
+            the earlier removals protected, by removal and by group, replayed as one group of that weight.
         config ([`DistillConfig`]): Hyper-parameters.
         untouched (`Collection[str]`): With `config.anchor == "base"`, the protected prompts whose teacher is the
             model without any removal (the others keep the pipeline as loaded).
@@ -271,8 +284,15 @@ def distill(
     removals = [list(dict.fromkeys(prompts)) for prompts in earlier if prompts]
     own_term = config.lambda_earlier is not None  # the earlier removals: a term of their own, or a replay group
     held = list(dict.fromkeys(p for prompts in removals for p in prompts)) if own_term else []
+    kept = [[list(dict.fromkeys(g)) for g in removal if g] for removal in earlier_protected]
+    kept = [removal for removal in kept if removal] if config.earlier_protection else []
+    replay_groups = [group for group in [*groups, *([] if own_term else [removals])] if group]
     replayed = list(dict.fromkeys(p for group in [*groups, *([] if own_term else removals)] for p in group))
-    weights = _group_weights(groups if own_term else [*groups, removals], replayed)
+    replayed += [p for p in dict.fromkeys(p for removal in kept for g in removal for p in g) if p not in replayed]
+    amounts = [1.0] * len(replay_groups) + ([config.earlier_protection] if kept else [])
+    weights = _group_weights([*replay_groups, *([kept] if kept else [])], replayed, amounts)
+    # the earlier removals' protection is one more group: the replay term grows by its weight, not shared out
+    replay_scale = sum(amounts) / len(replay_groups) if kept and replay_groups else 1.0
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     if held:
@@ -309,14 +329,14 @@ def distill(
     try:
         _activate(denoiser, [*active_before, _ADAPTER])  # the teacher is the pipeline as loaded
         return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
-                      config, harden, seed, probe, effect)  # fmt: skip
+                      config, harden, seed, probe, effect, replay_scale)  # fmt: skip
     finally:
         _remove_adapter(denoiser, active_before)
 
 
 def _train(
     accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed,
-    probe, effect,
+    probe, effect, replay_scale,
 ) -> DistillResult:  # fmt: skip
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -397,7 +417,7 @@ def _train(
                     )  # fmt: skip
                 replay_loss = (replay.float() - keep.float()).square().mean()
                 l2 = sum(p.float().square().sum() for p in params)
-                loss = unlearn_loss + config.lambda_replay * replay_loss + config.lambda_l2 * l2
+                loss = unlearn_loss + config.lambda_replay * replay_scale * replay_loss + config.lambda_l2 * l2
                 if held:  # the earlier removals' forget prompts, held to the chain
                     chain = taught.pop(0)
                     if config.earlier_push:  # past the chain, away from the untouched model
@@ -644,9 +664,9 @@ def _adversarial_loss(
     return (student.float() - goal.float()).square().mean()
 
 
-def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
-    """Drawing weight of each prompt: every group weighs the same, shared evenly by its members; a group of
-    sub-groups (the earlier removals) shares its weight evenly by sub-group, then by prompt."""
+def _group_weights(groups: list, prompts: list[str], amounts: Sequence[float] | None = None) -> torch.Tensor:
+    """Drawing weight of each prompt: every group weighs the same (or its `amounts` entry), shared evenly by its
+    members; a group of sub-groups (the earlier removals) shares its weight evenly by sub-group, then by prompt."""
     weight = dict.fromkeys(prompts, 0.0)
 
     def share(members: list, amount: float) -> None:
@@ -656,9 +676,9 @@ def _group_weights(groups: list, prompts: list[str]) -> torch.Tensor:
             else:
                 share(member, amount / len(members))
 
-    for group in groups:
+    for group, amount in zip(groups, amounts or [1.0] * len(groups), strict=True):
         if group:
-            share(group, 1.0)
+            share(group, amount)
     return torch.tensor([weight[p] for p in prompts], dtype=torch.float64)
 
 
