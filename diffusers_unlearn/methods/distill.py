@@ -134,9 +134,10 @@ class DistillConfig:
             passed by `erase`) as one more group of this weight beside this removal's groups, each of which weighs
             1: it gets that share of the replay trajectories, shared evenly by removal, then by group, and the
             replay term grows by as much, so this removal's own groups keep their weight (as
-            `ClosedFormConfig.earlier_protection`). Without it, a later removal holds only its own neighbours, and
-            an earlier removal's look-alikes ("red oblique 7" beside "italic 7") drift with the chain. 0 (the
-            default): off.
+            `ClosedFormConfig.earlier_protection`); give `replay_pool` as many more trajectories, so that they
+            keep theirs too. Without it, a later removal holds only its own neighbours, and an earlier removal's
+            look-alikes ("red oblique 7" beside "italic 7") drift with the chain. Measured: glyphs 7 steps at the
+            bars with 2 (from 5), digits 8 (from 17; docs/benchmarks/continual_analysis.md). 0 (the default): off.
     """
 
     rank: int = 4
@@ -287,8 +288,8 @@ def distill(
     kept = [[list(dict.fromkeys(g)) for g in removal if g] for removal in earlier_protected]
     kept = [removal for removal in kept if removal] if config.earlier_protection else []
     replay_groups = [group for group in [*groups, *([] if own_term else [removals])] if group]
-    replayed = list(dict.fromkeys(p for group in [*groups, *([] if own_term else removals)] for p in group))
-    replayed += [p for p in dict.fromkeys(p for removal in kept for g in removal for p in g) if p not in replayed]
+    every_group = [*groups, *([] if own_term else removals), *(group for removal in kept for group in removal)]
+    replayed = list(dict.fromkeys(p for group in every_group for p in group))
     amounts = [1.0] * len(replay_groups) + ([config.earlier_protection] if kept else [])
     weights = _group_weights([*replay_groups, *([kept] if kept else [])], replayed, amounts)
     # the earlier removals' protection is one more group: the replay term grows by its weight, not shared out
