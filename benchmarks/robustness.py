@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import subprocess
@@ -195,8 +196,8 @@ def erase_kwargs(
     for chain, (options, concept_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
             kwargs = continual.erase_kwargs(
-                concept, "distill, base anchor", config, distill | options, **concept_options
-            )
+                concept, "distill, base anchor", config, options | distill, **concept_options
+            )  # what the command line sets (e.g. --distill-modules) wins over the chain's own options
             return kwargs | ({"harden": harden} if method in HARDENED else {})
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
@@ -351,7 +352,8 @@ def run_budgets(method: str, stage: int, pipe, base, target, scorer, settings, a
         inversion = attacks.inversion_distance(pipe, target.prompt, target.names)
     except du.InvalidArgumentError as error:  # distill: no remap, no inverse
         inversion = {"error": str(error).split(":")[0]}
-    row = {"method": method, "stage": stage, "images": args.images, "inversion": inversion, "attacks": {}}
+    row = {"method": method, "stage": stage, "images": args.images, "inversion": inversion, "attacks": {},
+           "command": args.command}  # fmt: skip
     stored = json.loads(args.json.read_text()) if args.json.is_file() else {}
     previous = _part(stored, world.name).get("budgets", {}).get(key)
     if previous and previous["images"] == args.images and previous["inversion"] == inversion:
@@ -694,11 +696,14 @@ def _budgets(budgets: dict, concept: str = "seven", world: str = "", heading: st
     labels = sorted({label for r in rows for label in r["attacks"] if label != "unbounded"}, key=float)
     labels.append("unbounded")
     images = sorted({r["images"] for r in rows})
+    default = (  # the command of the rows measured before budget rows recorded theirs
+        f'python benchmarks/robustness.py{world} --methods "closed form" hardened --stages 1 --images 8 '
+        "--embedding-budgets " + " ".join(label for label in labels if label != "unbounded")
+    )
     lines = [
         f"{heading} Embedding attack with a budget",
         "",
-        f'`python benchmarks/robustness.py{world} --methods "closed form" hardened --stages 1 --images 8 '
-        "--embedding-budgets " + " ".join(label for label in labels if label != "unbounded") + "`",
+        *_breaks(list(dict.fromkeys(r.get("command") or default for r in rows))),
         "",
         "The embedding attack above is unbounded. Here each token vector of the optimised embedding is projected, "
         "after every step, into the ball `||c'_t - c_t|| <= eps ||c_t||` around the seed prompt's vector "
@@ -736,8 +741,8 @@ def _budgets(budgets: dict, concept: str = "seven", world: str = "", heading: st
             + " | ".join(distance)
             + f" | {exact} |"
         )
-    for stage in sorted({r["stage"] for r in rows}):
-        hard, plain = budgets.get(f"hardened|{stage}"), budgets.get(f"closed form|{stage}")
+    for stage, (hardened, plain_method) in itertools.product(sorted({r["stage"] for r in rows}), HARDENED.items()):
+        hard, plain = budgets.get(f"{hardened}|{stage}"), budgets.get(f"{plain_method}|{stage}")
         if hard is None or plain is None:
             continue
         halved = [
@@ -751,8 +756,8 @@ def _budgets(budgets: dict, concept: str = "seven", world: str = "", heading: st
         where = ", ".join(f"eps {100 * float(x):g}%" if x != "unbounded" else x for x in halved) or "no budget tried"
         lines += [
             "",
-            f"Stage {stage} (issue 17's target, embedding ASR at most half the plain removal's): met at {where}; "
-            "not met at the other budgets.",
+            f"Stage {stage}, *{hardened}* against *{plain_method}* (issue 17's target, embedding ASR at most half "
+            f"the plain removal's): met at {where}; not met at the other budgets.",
         ]
     return lines
 
@@ -815,7 +820,12 @@ def main() -> None:
     parser.add_argument("--world", choices=WORLDS, default="digits")
     parser.add_argument("--concept", default=None, help="glyphs: the attacked concept (default: the first removal)")
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
-    parser.add_argument("--distill-modules", nargs="+", default=(), help="distill's target_modules (default: K/V)")
+    parser.add_argument(
+        "--distill-modules",
+        nargs="+",
+        default=(),
+        help="distill's target_modules (default: K/V; the held chains: cross-attention and ff.net.2)",
+    )
     parser.add_argument(
         "--distill-replay-pool", type=int, default=None,
         help="distill's replay_pool: trajectories of the protected prompts and the hold (default: latent_pool)",
