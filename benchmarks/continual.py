@@ -190,7 +190,8 @@ def distill_options(args, concept=None) -> dict:
     }  # fmt: skip
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push,
-               "earlier_protection": args.distill_earlier_protection}  # fmt: skip
+               "earlier_protection": args.distill_earlier_protection,
+               "earlier_overlap": args.distill_earlier_overlap}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
@@ -890,6 +891,10 @@ def main() -> None:
     parser.add_argument(
         "--distill-earlier-protection", type=float, default=0.0,
         help="distill's earlier_protection: replay the earlier removals' protected prompts as a group of this weight",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-earlier-overlap", type=float, default=0.0,
+        help="distill's earlier_overlap: the share of that group given out by the new removal's overlap (default 0)",
     )  # fmt: skip
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,

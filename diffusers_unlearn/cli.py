@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidConceptError, UnlearningError
+from .errors import InvalidArgumentError, InvalidConceptError, UnlearningError
 
 if TYPE_CHECKING:
     from .methods import ClosedFormConfig, DistillConfig
@@ -140,7 +140,12 @@ def _erase_config(args: argparse.Namespace) -> ClosedFormConfig | DistillConfig:
     if args.method == "distill":
         if args.steps:
             settings["steps"] = args.steps
-        return DistillConfig(**settings, min_reach=args.min_reach, earlier_protection=args.earlier_protection)
+        return DistillConfig(
+            **settings, min_reach=args.min_reach, earlier_protection=args.earlier_protection,
+            earlier_overlap=args.earlier_overlap,
+        )  # fmt: skip
+    if args.earlier_overlap:
+        raise InvalidArgumentError("--earlier-overlap is an option of --method distill.")
     return ClosedFormConfig(**settings, earlier_protection=args.earlier_protection)
 
 
@@ -418,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--earlier-protection", type=float, default=0.0,
         help="with a chain (--append, --on): keep what the earlier removals protected too, as one more group of this "
         "weight, e.g. 2 (default: 0, off)",
+    )  # fmt: skip
+    erase.add_argument(
+        "--earlier-overlap", type=float, default=0.0,
+        help="--method distill, with --earlier-protection: the share of that group given to the earlier removals' "
+        "prompts by how far this removal's change reaches them, e.g. 0.5 (default: 0, evenly)",
     )  # fmt: skip
     erase.add_argument(
         "--rank", type=int, help="LoRA rank (default: closed_form the smallest keeping 99%% of the edit, at most 12; "

@@ -126,6 +126,10 @@ def test_erase_options_set_the_methods_config():
     assert config("--earlier-protection", "0.4", "--rank", "3") == du.ClosedFormConfig(rank=3, earlier_protection=0.4)
     distilled = config("--method", "distill", "--steps", "20", "--min-reach", "1", "--earlier-protection", "2")
     assert distilled == du.DistillConfig(steps=20, min_reach=1.0, earlier_protection=2.0)
+    shared = config("--method", "distill", "--earlier-protection", "2", "--earlier-overlap", "0.5")
+    assert shared == du.DistillConfig(earlier_protection=2.0, earlier_overlap=0.5)
+    with pytest.raises(du.InvalidArgumentError, match="--method distill"):
+        config("--earlier-protection", "2", "--earlier-overlap", "0.5")  # the closed form has no such option
 
 
 def test_the_erase_example_of_the_help_runs(tmp_path, monkeypatch):

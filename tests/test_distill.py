@@ -13,7 +13,7 @@ import torch
 from conftest import generate, kill_distill_at_batch, make_sd_pipeline, noise_predictions
 
 import diffusers_unlearn as du
-from diffusers_unlearn import erasure
+from diffusers_unlearn import erasure, glyphs
 from diffusers_unlearn.constraints import protect_groups
 from diffusers_unlearn.distance import PromptBank
 from diffusers_unlearn.families import family_of
@@ -213,6 +213,47 @@ def test_earlier_protection_holds_what_earlier_removals_protected(sd_pipe):
     assert drift[4.0] < 0.7 * drift[0.0]
     with pytest.raises(du.InvalidArgumentError, match="earlier_protection"):
         du.DistillConfig(earlier_protection=-1.0)
+
+
+def test_edit_overlap_finds_the_prompts_a_removal_reaches():
+    """`edit_overlap` on the glyphs model: removing bold A (bold -> sans) reaches the prompts in bold, whatever their
+    character and colour, far more than the others (measured: 6300-7300 against 30-290)."""
+    pipe = glyphs.load_pipeline()
+    bank = PromptBank(pipe, family_of(pipe))
+    forget = [f"the {colour} letter a in bold" for colour in ("red", "blue", "green", "purple")]
+    pairs = [(f, f.replace("bold", "sans")) for f in forget]
+    bold = ["the red letter v in bold", "the blue letter b in bold", "the red letter p in bold"]
+    others = ["the red letter v in serif", "the red letter q in roman", "the pink digit 7 in oblique"]
+    overlap = distill_module.edit_overlap(bank, pairs, bold + others)
+    assert overlap[:3].min() > 5 * overlap[3:].max()
+    assert distill_module.edit_overlap(bank, [(forget[0], forget[0])], bold).abs().max() == 0  # nothing changes
+
+
+def test_earlier_overlap_shares_the_earlier_group_by_overlap(sd_pipe, monkeypatch):
+    """`DistillConfig(earlier_overlap=s)`: that share of the earlier removals' group goes to their prompts in
+    proportion to `edit_overlap`, the rest evenly by removal, group and prompt."""
+    sd_pipe.load_unlearning(du.erase(sd_pipe, "cat", preserve={"kept": ["a small kitten", "a tree", "a big car"]}))
+    seen = {}
+    kept = ["a small kitten", "a tree", "a big car"]
+
+    def record(pipe, family, bank, pairs, protected, weights, *args, **kwargs):
+        seen[config.earlier_overlap] = torch.stack([weights[protected.index(p)] for p in kept])
+        seen["overlap"] = distill_module.edit_overlap(bank, pairs, kept)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(distill_module, "_latent_pool", record)
+    for share in (0.0, 0.5, 1.0):
+        config = du.DistillConfig(earlier_protection=2.0, earlier_overlap=share)
+        with pytest.raises(RuntimeError, match="recorded"):
+            du.erase(sd_pipe, "dog", prompts=["a small dog"], method="distill", config=config)
+    assert seen[0.0].tolist() == pytest.approx([seen[0.0][0].item()] * 3)  # evenly: one of "cat"'s groups
+    by_overlap = seen[1.0] / seen[1.0].sum()  # only "cat"'s group holds them, now in proportion to the overlap
+    assert by_overlap.tolist() == pytest.approx((seen["overlap"] / seen["overlap"].sum()).tolist())
+    assert seen[0.5].tolist() == pytest.approx(((seen[0.0] + seen[1.0]) / 2).tolist())  # linear in the share
+    with pytest.raises(du.InvalidArgumentError, match="earlier_overlap"):
+        du.DistillConfig(earlier_overlap=0.5)  # without earlier_protection
+    with pytest.raises(du.InvalidArgumentError, match="earlier_overlap"):
+        du.DistillConfig(earlier_protection=1.0, earlier_overlap=1.5)
 
 
 @pytest.mark.long

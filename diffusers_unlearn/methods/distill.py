@@ -138,6 +138,11 @@ class DistillConfig:
             keep theirs too. Without it, a later removal holds only its own neighbours, and an earlier removal's
             look-alikes ("red oblique 7" beside "italic 7") drift with the chain. Measured: glyphs 7 steps at the
             bars with 2 (from 5), digits 8 (from 17; docs/benchmarks/continual_analysis.md). 0 (the default): off.
+        earlier_overlap (`float`): With `earlier_protection`, the share of that group's weight given out by how
+            far this removal's change reaches each prompt (`edit_overlap`: the forget prompts' text-embedding
+            moves, carried to the prompt's tokens by their similarity to the forget prompts' tokens) instead of
+            evenly by removal, group and prompt: an earlier removal's "red bold V" weighs more when "bold A" is
+            made, its "red roman Q" less. 0 (the default): evenly; 1: by overlap only.
     """
 
     rank: int = 4
@@ -163,6 +168,7 @@ class DistillConfig:
     min_reach: float | None = None
     max_steps: int | None = None
     earlier_protection: float = 0.0
+    earlier_overlap: float = 0.0
 
     def __post_init__(self):
         sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
@@ -198,6 +204,11 @@ class DistillConfig:
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
         if self.earlier_protection < 0:
             raise InvalidArgumentError(f"earlier_protection must be >= 0 (0: off), got {self.earlier_protection}.")
+        if not 0.0 <= self.earlier_overlap <= 1.0 or (self.earlier_overlap and not self.earlier_protection):
+            raise InvalidArgumentError(
+                f"earlier_overlap must be in [0, 1] and needs earlier_protection (the group it shares out), got "
+                f"{self.earlier_overlap} with earlier_protection={self.earlier_protection}."
+            )
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -290,10 +301,17 @@ def distill(
     replay_groups = [group for group in [*groups, *([] if own_term else [removals])] if group]
     every_group = [*groups, *([] if own_term else removals), *(group for removal in kept for group in removal)]
     replayed = list(dict.fromkeys(p for group in every_group for p in group))
-    amounts = [1.0] * len(replay_groups) + ([config.earlier_protection] if kept else [])
+    by_overlap = config.earlier_protection * config.earlier_overlap if kept else 0.0
+    amounts = [1.0] * len(replay_groups) + ([config.earlier_protection - by_overlap] if kept else [])
     weights = _group_weights([*replay_groups, *([kept] if kept else [])], replayed, amounts)
+    if by_overlap:  # that share of the earlier removals' group by how far this removal's change reaches each prompt
+        prompts = list(dict.fromkeys(p for removal in kept for group in removal for p in group))
+        overlap = edit_overlap(bank, pairs, prompts)
+        overlap = overlap if overlap.sum() > 0 else torch.ones_like(overlap)  # no change at all: evenly
+        index = {p: i for i, p in enumerate(replayed)}
+        weights[[index[p] for p in prompts]] += by_overlap * overlap / overlap.sum()
     # the earlier removals' protection is one more group: the replay term grows by its weight, not shared out
-    replay_scale = sum(amounts) / len(replay_groups) if kept and replay_groups else 1.0
+    replay_scale = (sum(amounts) + by_overlap) / len(replay_groups) if kept and replay_groups else 1.0
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     if held:
@@ -663,6 +681,20 @@ def _adversarial_loss(
         pooled = torch.stack([bank.pooled(pairs[i][0]) for i in sources]).to(device)
     student = family.denoise(pipe, model, latents, timesteps, embeds, pooled)
     return (student.float() - goal.float()).square().mean()
+
+
+def edit_overlap(bank: PromptBank, pairs: Sequence[tuple[str, str]], prompts: Sequence[str]) -> torch.Tensor:
+    """How far a removal's change reaches each prompt, to first order in the text embeddings.
+
+    Each forget prompt's tokens move toward its target's (`c_target - c_forget` at the aligned positions); a token
+    `c` of another prompt moves by `sum_i (c . c_i) m_i` over those tokens `c_i` and moves `m_i` (the
+    cross-covariance map), and a prompt by the mean squared norm of its tokens' moves. Prompts that share the
+    forget prompts' changing words score high ("red bold V" when "bold A" is removed), others near a common floor.
+    """
+    moved = [bank.aligned(forget, target) for forget, target in pairs]
+    sources = torch.cat([a for a, _ in moved]).double()
+    cross = sources.T @ torch.cat([b - a for a, b in moved]).double() / len(sources)
+    return torch.stack([(bank.embeds(p).double() @ cross).square().sum(-1).mean() for p in prompts])
 
 
 def _group_weights(groups: list, prompts: list[str], amounts: Sequence[float] | None = None) -> torch.Tensor:
