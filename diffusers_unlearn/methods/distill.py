@@ -311,7 +311,9 @@ def distill(
         index = {p: i for i, p in enumerate(replayed)}
         weights[[index[p] for p in prompts]] += by_overlap * overlap / overlap.sum()
     # the earlier removals' protection is one more group: the replay term grows by its weight, not shared out
-    replay_scale = (sum(amounts) + by_overlap) / len(replay_groups) if kept and replay_groups else 1.0
+    replay_scale = (
+        (len(replay_groups) + config.earlier_protection) / len(replay_groups) if kept and replay_groups else 1.0
+    )
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed)
     if held:
@@ -694,7 +696,10 @@ def edit_overlap(bank: PromptBank, pairs: Sequence[tuple[str, str]], prompts: Se
     moved = [bank.aligned(forget, target) for forget, target in pairs]
     sources = torch.cat([a for a, _ in moved]).double()
     cross = sources.T @ torch.cat([b - a for a, b in moved]).double() / len(sources)
-    return torch.stack([(bank.embeds(p).double() @ cross).square().sum(-1).mean() for p in prompts])
+    scores = {}
+    for chunk in bank.chunks(list(dict.fromkeys(prompts))):  # one text-encoder call per batch, not per prompt
+        scores |= {p: (embeds.double() @ cross).square().sum(-1).mean() for p, (embeds, _) in chunk.items()}
+    return torch.stack([scores[p] for p in prompts])
 
 
 def _group_weights(groups: list, prompts: list[str], amounts: Sequence[float] | None = None) -> torch.Tensor:
