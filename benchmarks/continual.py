@@ -620,6 +620,8 @@ def run_glyphs(args) -> dict:
                 rows.append({"step": step, "concept": concept.name, "error": str(error)})
                 continue
             seconds = time.perf_counter() - started
+            if args.chain_dir is not None:
+                adapter.save_pretrained(chain_step(args.chain_dir, method, step))
             made.append(adapter)
             pipe.load_unlearning(adapter, mode="fused")
             if step % args.eval_every and step != len(sequence):
@@ -827,25 +829,9 @@ def _plot_glyphs(results: dict, path: Path) -> None:
     _save_with_legend(figure, axes, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", choices=("digits", "glyphs"), default="digits")
-    parser.add_argument("--quick", action="store_true", help="6 removals, 4 images per prompt")
-    parser.add_argument("--removals", type=int, default=None, help="default: the whole sequence (25 / 50)")
-    parser.add_argument("--images", type=int, default=8, help="images per prompt")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
-    parser.add_argument("--methods", nargs="+", default=None, choices=sorted({*METHODS, *GLYPH_METHODS, REFERENCE}))
-    parser.add_argument("--eval-every", type=int, default=1, help="measure every N steps (and the last)")
-    parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
-    parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
-    parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--combination-at",
-        choices=("digit", "attribute"),
-        default="digit",
-        help="digits: erase a combination at its digit word, or at its stroke / colour word (`Concept.erase_kwargs`)",
-    )
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `--distill-*` options (and `--lambda-replay`) that `distill_options` reads: shared with
+    `robustness.py`, so that a chain it attacks is made with the options of a continual run."""
     parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
     parser.add_argument("--lambda-replay", type=float, default=du.DistillConfig.lambda_replay, help="distill's replay")
     parser.add_argument("--distill-rank", type=int, default=0, help="distill's LoRA rank (default: DistillConfig's)")
@@ -897,18 +883,44 @@ def main() -> None:
         help="distill's earlier_overlap: the share of that group given out by the new removal's overlap (default 0)",
     )  # fmt: skip
     parser.add_argument(
+        "--distill-modules", nargs="+", default=None,
+        help="distill's target_modules (default: K/V; robustness.py's held chains: cross-attention and ff.net.2)",
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", choices=("digits", "glyphs"), default="digits")
+    parser.add_argument("--quick", action="store_true", help="6 removals, 4 images per prompt")
+    parser.add_argument("--removals", type=int, default=None, help="default: the whole sequence (25 / 50)")
+    parser.add_argument("--images", type=int, default=8, help="images per prompt")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
+    parser.add_argument("--methods", nargs="+", default=None, choices=sorted({*METHODS, *GLYPH_METHODS, REFERENCE}))
+    parser.add_argument("--eval-every", type=int, default=1, help="measure every N steps (and the last)")
+    parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
+    parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
+    parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--combination-at",
+        choices=("digit", "attribute"),
+        default="digit",
+        help="digits: erase a combination at its digit word, or at its stroke / colour word (`Concept.erase_kwargs`)",
+    )
+    add_distill_arguments(parser)
+    parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",
     )  # fmt: skip
     parser.add_argument(
         "--chain-dir", type=Path, default=None,
-        help="digits: save each step's removal in DIR/<method>/step-NN (to start another run from part of the chain)",
+        help="save each step's removal in DIR/<method>/step-NN (digits: to start another run from part of the chain; "
+        "robustness.py --chain-dir attacks a chain saved there)",
     )  # fmt: skip
     parser.add_argument(
         "--reuse", type=int, default=0,
         help="digits, with --chain-dir: load the first N removals from there, not made again (the Nth measured)",
     )  # fmt: skip
-    parser.add_argument("--distill-modules", nargs="+", default=None, help="distill's target_modules (default: K/V)")
     parser.add_argument(
         "--background", type=int, default=0,
         help="digits: preserve up to N of each concept's background_prompts() too, as a group of their own",

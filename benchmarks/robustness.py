@@ -49,7 +49,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -183,15 +183,10 @@ def model_version(folder: Path) -> dict:
     }
 
 
-def erase_kwargs(
-    concept, method: str, distill_steps: int = 500, distill_modules: Sequence[str] = (),
-    harden: du.HardenConfig | None = None, replay_pool: int | None = None, identity_eta: float | None = None,
-) -> dict:  # fmt: skip
+def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | None = None) -> dict:
+    """`erase`'s arguments for one removal of `method`; `distill`: the `DistillConfig` fields the command line sets
+    (`continual.distill_options`), which win over a held chain's own."""
     config = du.ClosedFormConfig()
-    distill = {"steps": distill_steps} | ({"target_modules": tuple(distill_modules)} if distill_modules else {})
-    distill |= {"replay_pool": replay_pool} if replay_pool else {}
-    if identity_eta is not None and getattr(concept, "kind", None) == "identity":  # glyphs: "serif Q"
-        distill["negative_guidance"] = identity_eta
     harden = harden or du.HardenConfig()
     for chain, (options, concept_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
@@ -245,10 +240,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             loaded += 1
         else:
             try:
-                kwargs = erase_kwargs(
-                    concept, method, args.distill_steps, args.distill_modules, harden_config(args),
-                    args.distill_replay_pool, args.distill_identity_eta,
-                )  # fmt: skip
+                kwargs = erase_kwargs(concept, method, continual.distill_options(args, concept), harden_config(args))
                 adapter = du.erase(pipe, **kwargs)
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
                 skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
@@ -819,21 +811,7 @@ def main() -> None:
     )
     parser.add_argument("--world", choices=WORLDS, default="digits")
     parser.add_argument("--concept", default=None, help="glyphs: the attacked concept (default: the first removal)")
-    parser.add_argument("--distill-steps", type=int, default=500, help="training steps of each distill removal")
-    parser.add_argument(
-        "--distill-modules",
-        nargs="+",
-        default=(),
-        help="distill's target_modules (default: K/V; the held chains: cross-attention and ff.net.2)",
-    )
-    parser.add_argument(
-        "--distill-replay-pool", type=int, default=None,
-        help="distill's replay_pool: trajectories of the protected prompts and the hold (default: latent_pool)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-identity-eta", type=float, default=None,
-        help="glyphs: distill's negative_guidance for character-in-style removals (default: DistillConfig's)",
-    )  # fmt: skip
+    continual.add_distill_arguments(parser)  # the continual benchmark's options, so its chains can be attacked
     parser.add_argument("--harden-rounds", type=int, default=None, help="hardened methods: HardenConfig.rounds")
     parser.add_argument(
         "--harden-iterations", type=int, default=None, help="hardened methods: HardenConfig.iterations"
