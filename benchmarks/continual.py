@@ -612,19 +612,23 @@ def run_glyphs(args) -> dict:
         made = []
         for step, concept in enumerate(sequence, 1):
             started = time.perf_counter()
+            saved = chain_step(args.chain_dir, method, step)
             try:
-                distill = distill_options(args, concept)
-                adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, distill))
+                if saved is not None and step <= args.reuse:  # made by an earlier run with the same options
+                    adapter = du.UnlearningAdapter.from_pretrained(saved)
+                else:
+                    distill = distill_options(args, concept)
+                    adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, distill))
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
                 rows.append({"step": step, "concept": concept.name, "error": str(error)})
                 continue
             seconds = time.perf_counter() - started
-            if args.chain_dir is not None:
-                adapter.save_pretrained(chain_step(args.chain_dir, method, step))
+            if saved is not None and step > args.reuse:
+                adapter.save_pretrained(saved)
             made.append(adapter)
             pipe.load_unlearning(adapter, mode="fused")
-            if step % args.eval_every and step != len(sequence):
+            if (step % args.eval_every and step != len(sequence)) or step < args.reuse:
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds, **_made(adapter)})
                 _save_partial(results, args)
                 continue
@@ -919,7 +923,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--reuse", type=int, default=0,
-        help="digits, with --chain-dir: load the first N removals from there, not made again (the Nth measured)",
+        help="with --chain-dir: load the first N removals from there, not made again (the Nth measured)",
     )  # fmt: skip
     parser.add_argument(
         "--background", type=int, default=0,

@@ -28,7 +28,12 @@ baselines `coarse target` and `no local protection`.
 
 `--chain-dir DIR` keeps each method's removals in `DIR/<method>/step-NN`: a removal found there is loaded instead of
 made (a chain saved by `continual.py --chain-dir` with the same options, linked or copied there, is attacked without
-being made again), the others are made and saved.
+being made again), the others are made and saved. The `--distill-*` options are the continual benchmark's
+(`continual.add_distill_arguments`, read by `continual.distill_options`); those given win over a held chain's own, so
+a held chain is made with the options of a continual run. The chain `continual.py --methods "distill, base anchor"
+--chain-dir` saves is the `distill, held` chain of the same options when they include `HELD`'s (`--distill-modules
+attn2.to_q attn2.to_k attn2.to_v attn2.to_out.0 ff.net.2 --distill-lambda-earlier 10 --distill-base-share 0.5`):
+link its `distill--base-anchor` folder as `DIR/distill--held`.
 
 `--embedding-budgets` runs, instead of the whole suite, the embedding attack with each per-token budget
 (`embedding_attack(..., max_relative_norm=eps)`) and unbounded, and the inversion distance of the chain
