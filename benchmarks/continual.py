@@ -42,6 +42,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ import diffusers_unlearn as du
 from diffusers_unlearn import digits
 from diffusers_unlearn.digits import DigitsConceptScorer
 from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
-from diffusers_unlearn.evaluation import ConceptProbe, evaluate
+from diffusers_unlearn.evaluation import ConceptProbe, evaluate, paired_change
 from diffusers_unlearn.glyphs import GlyphsConceptScorer
 from diffusers_unlearn.glyphs import concepts as glyph_concepts
 
@@ -649,6 +650,9 @@ def run_glyphs(args) -> dict:
                 "general": relative(result.general, base_cells),
                 "related_cells": len(related),
                 "general_cells": len(general),
+                # image by image against the untouched model (same seeds): lost / gained, and whether by chance
+                "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
+                "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
                 "per_concept_shown": shown,
                 "check": _check(untouched_pipe, made),
                 # per cell, shown now and by the untouched model: which cells a step costs
@@ -721,7 +725,11 @@ def write_glyph_report(results: dict, args) -> None:
         "- **related / general retention**: share of images of the related cells (same character in other styles, "
         "same style on look-alike characters, look-alikes, neighbouring styles and colours) / of a fixed sample "
         f"of {args.general_cells} cells that still show character, style and colour, as a percentage of the "
-        "untouched model on the same prompts and seeds.",
+        "untouched model on the same prompts and seeds;",
+        "- **general images lost / gained (p)** (per-step tables, rows measured from session 28): the general cells' "
+        "images that showed their cell with the untouched model and do not now (image j from the same seed), and "
+        "the reverse; p is the one-sided exact sign test on them (`evaluation.paired_change`), in bold under 0.05: "
+        "a loss that reshuffling the borderline images does not explain.",
         "",
         f"Untouched model: {100 * sum(shown) / max(1, len(shown)):.1f}% of the forget probes' images show their "
         f"concept (training templates), {100 * sum(held) / max(1, len(held)):.1f}% on held-out templates.",
@@ -756,22 +764,23 @@ def write_glyph_report(results: dict, args) -> None:
             f"## {method}",
             "",
             "| step | removed | removal rate | shown before (untouched) | paraphrase removal | chance (mean) | "
-            "worst excess | related | general | cells (rel / gen) | check (undo / shift / collateral) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "worst excess | related | general | general images lost / gained (p) | cells (rel / gen) | "
+            "check (undo / shift / collateral) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in all_rows:
             if "error" in r:
-                lines.append(f"| {r['step']} | {r['concept']} | erase failed: {r['error'][:80]} | | | | | | | | |")
+                lines.append(f"| {r['step']} | {r['concept']} | erase failed: {r['error'][:80]} | | | | | | | | | |")
             elif "removal_rate" in r:
                 lines.append(
                     f"| {r['step']} | {r['concept']} | {_pct(r['removal_rate'])} | "
                     f"{_pct(r.get('untouched_shown', math.nan))} | {_pct(r['paraphrase_removal_rate'])} | "
                     f"{_pct(r['chance'])} | {100 * r['worst_excess']:+.1f} | "
-                    f"{_pct(r['related'])} | {_pct(r['general'])} | {r['related_cells']} / {r['general_cells']} | "
-                    f"{_check_cell(r.get('check'))} |"
+                    f"{_pct(r['related'])} | {_pct(r['general'])} | {_paired_cell(r.get('general_paired'))} | "
+                    f"{r['related_cells']} / {r['general_cells']} | {_check_cell(r.get('check'))} |"
                 )
             else:
-                lines.append(f"| {r['step']} | {r['concept']} | (not measured) | | | | | | | | |")
+                lines.append(f"| {r['step']} | {r['concept']} | (not measured) | | | | | | | | | |")
         lines.append("")
     args.output.write_text("\n".join(lines))
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -789,6 +798,14 @@ def _floor_lines(floor: dict | None) -> list[str]:
         "succeed can miss a bar by chance.",
         "",
     ]
+
+
+def _paired_cell(paired: dict | None) -> str:
+    """`lost / gained (p)`; a loss beyond chance (p < 0.05) in bold; "—" for rows measured before it was."""
+    if not paired:
+        return "—"
+    text = f"{paired['lost']} / {paired['gained']} ({paired['p_value']:.2g})"
+    return f"**{text}**" if paired["p_value"] < 0.05 else text
 
 
 def _check_cell(check: dict | None) -> str:

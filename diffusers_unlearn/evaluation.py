@@ -18,6 +18,7 @@ models.
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,12 +65,15 @@ class EvaluationResult:
         related (`dict[str, float]`): Per related concept, share of images showing it.
         general (`dict[str, float]`): Per general concept, share of images showing it.
         images_per_prompt (`int`): Images generated per prompt.
+        shown (`dict[str, np.ndarray]`): Per concept of any group, whether each of its images shows it (bool, in
+            prompt order, image `j` of a prompt from seed `seed + j`): what `paired_change` compares.
     """
 
     forget: dict[str, float] = field(default_factory=dict)
     related: dict[str, float] = field(default_factory=dict)
     general: dict[str, float] = field(default_factory=dict)
     images_per_prompt: int = 0
+    shown: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def forget_accuracy(self) -> float:
@@ -90,6 +94,73 @@ class EvaluationResult:
             "related_retention": self.related_retention,
             "general_retention": self.general_retention,
         }
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """How the images of some concepts changed between two evaluations made from the same seeds.
+
+    Attributes:
+        lost (`int`): Images that showed their concept before and do not now.
+        gained (`int`): Images that did not show it before and do now.
+        images (`int`): Images compared.
+        p_value (`float`): One-sided exact sign test (McNemar's): the chance of losing at least `lost` of the
+            `lost + gained` images that changed if each change were a coin flip, as when a change only reshuffles
+            which images of borderline concepts succeed. Small: the loss is the change's, not the seed's.
+    """
+
+    lost: int
+    gained: int
+    images: int
+    p_value: float
+
+
+def paired_change(
+    before: EvaluationResult, after: EvaluationResult, concepts: Sequence[str] | None = None
+) -> PairedChange:
+    """Compares two evaluations image by image (same probes, seeds and images per prompt; e.g. the untouched model
+    and a chain of removals): which images stopped or started showing their concept.
+
+    A retention figure changes by chance too (other seeds move it by a few points); pairing each image with the one
+    made from the same noise before the change separates a change's own loss from that noise.
+
+    Args:
+        before, after ([`EvaluationResult`]): The two evaluations.
+        concepts (`Sequence[str]`, *optional*): The concepts to compare (default: every concept of `before`).
+
+    Returns:
+        [`PairedChange`]
+
+    Raises:
+        InvalidArgumentError: A concept missing from either evaluation, or with other image counts.
+
+    Example:
+        ```py
+        >>> cells = digits.Concept(7).probes()["general"]
+        >>> before = evaluate(pipe, scorer, general=cells, images_per_prompt=8)
+        >>> pipe.load_unlearning(adapter)
+        >>> after = evaluate(pipe, scorer, general=cells, images_per_prompt=8)
+        >>> change = paired_change(before, after)
+        >>> change.lost, change.gained, change.p_value < 0.05  # images lost / gained; a real loss?
+        ```
+    """
+    names = list(before.shown) if concepts is None else list(concepts)
+    lost = gained = images = 0
+    for name in names:
+        if name not in before.shown or name not in after.shown:
+            raise InvalidArgumentError(f"{name!r} is not in both evaluations: compare the concepts both measured.")
+        was, now = before.shown[name], after.shown[name]
+        if was.shape != now.shape:
+            raise InvalidArgumentError(
+                f"{name!r} has {was.size} images before and {now.size} after: evaluate both with the same prompts "
+                "and images_per_prompt."
+            )
+        lost += int((was & ~now).sum())
+        gained += int((~was & now).sum())
+        images += was.size
+    changed = lost + gained
+    p_value = sum(math.comb(changed, k) for k in range(lost, changed + 1)) / 2**changed
+    return PairedChange(lost=lost, gained=gained, images=images, p_value=float(p_value))
 
 
 def _mean(values: Mapping[str, float]) -> float:
@@ -193,6 +264,7 @@ def evaluate(
         for probe in group:
             count = len(probe.prompts) * images_per_prompt
             rates[probe.concept] = float(hits[start : start + count].mean()) if count else float("nan")
+            result.shown[probe.concept] = hits[start : start + count]
             start += count
     return result
 

@@ -6,12 +6,15 @@ import torch
 from conftest import TOKENIZER
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+from diffusers_unlearn.errors import InvalidArgumentError
 from diffusers_unlearn.evaluation import (
     CLIPConceptScorer,
     ConceptProbe,
     ConceptScorer,
+    EvaluationResult,
     evaluate,
     generate_images,
+    paired_change,
 )
 
 STEPS = {"num_inference_steps": 2}
@@ -45,6 +48,30 @@ def test_rates_per_group_and_concept(sd_pipe):
     assert 0 < result.general["both"] < 1
     assert result.summary()["forget_accuracy"] == 1.0
     assert np.isnan(evaluate(sd_pipe, scorer, images_per_prompt=1, **STEPS).forget_accuracy)
+    # each concept's images, in order: what paired_change compares
+    assert result.shown["cat"].tolist() == [True] * 4 and result.shown["dog"].tolist() == [False] * 4
+    assert result.shown["both"].shape == (8,) and result.shown["both"].mean() == result.general["both"]
+
+
+def test_paired_change_tells_a_loss_from_a_reshuffle():
+    def shown(**images):
+        return EvaluationResult(shown={k: np.array(v, dtype=bool) for k, v in images.items()})
+
+    before = shown(a=[1] * 10 + [0] * 10, b=[1] * 10 + [0] * 10)
+    reshuffled = shown(a=[0] * 5 + [1] * 5 + [1] * 5 + [0] * 5, b=[1] * 10 + [0] * 10)  # 5 lost, 5 gained
+    change = paired_change(before, reshuffled)
+    assert (change.lost, change.gained, change.images) == (5, 5, 40)
+    assert change.p_value > 0.5  # same retention, nothing lost beyond chance
+    worn = shown(a=[0] * 8 + [1] * 2 + [0] * 10, b=[0] * 4 + [1] * 6 + [0] * 10)  # 12 lost, none gained
+    change = paired_change(before, worn)
+    assert (change.lost, change.gained) == (12, 0)
+    assert change.p_value == pytest.approx(0.5**12)
+    assert paired_change(before, worn, concepts=["b"]).lost == 4
+    assert paired_change(before, before).p_value == 1.0  # no image changed
+    with pytest.raises(InvalidArgumentError, match="not in both"):
+        paired_change(before, shown(a=[1] * 20))
+    with pytest.raises(InvalidArgumentError, match="same prompts"):
+        paired_change(before, shown(a=[1] * 10, b=[1] * 20))
 
 
 def test_clip_scorer_with_a_tiny_random_clip():
