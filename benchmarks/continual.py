@@ -619,7 +619,8 @@ def run_glyphs(args) -> dict:
                     adapter = du.UnlearningAdapter.from_pretrained(saved)
                 else:
                     distill = distill_options(args, concept)
-                    adapter = du.erase(bare or pipe, **erase_kwargs(concept, method, config, distill))
+                    kwargs = erase_kwargs(concept, method, config, distill, neighbour_styles=args.neighbour_styles)
+                    adapter = du.erase(bare or pipe, **kwargs)
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
                 rows.append({"step": step, "concept": concept.name, "error": str(error)})
@@ -919,6 +920,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, choices=sorted({*METHODS, *GLYPH_METHODS, REFERENCE}))
     parser.add_argument("--eval-every", type=int, default=1, help="measure every N steps (and the last)")
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
+    parser.add_argument(
+        "--neighbour-styles",
+        action="store_true",
+        help="glyphs: each identity also protects its contrast prompts in its neighbouring styles "
+        "(Concept.erase_kwargs(neighbour_styles=True))",
+    )
     parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
     parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
     parser.add_argument("--threads", type=int, default=2)

@@ -170,6 +170,22 @@ def test_an_identity_is_erased_where_a_prompt_names_all_of_it():
     assert Concept("Q").contrast_prompts() == [] and Concept(style="serif").contrast_prompts() == []
 
 
+def test_an_identity_can_also_protect_its_contrast_prompts_in_the_neighbouring_styles():
+    """ "roman 2": "the pink 0 in roman" has "the pink 0 in serif" and "... in italic" beside it, in a group of
+    their own, none asking for roman 2; off by default, and nothing for the other kinds."""
+    roman_2 = Concept("2", "roman")
+    own = roman_2.contrast_prompts()
+    neighbours = roman_2.neighbour_style_prompts()
+    assert len(neighbours) == 2 * len(own)
+    assert "the pink 0 in roman" in own and {"the pink 0 in serif", "the pink 0 in italic"} <= set(neighbours)
+    assert not any(roman_2.mentioned_in(p) or " roman" in f" {p}" for p in neighbours)
+    assert roman_2.erase_kwargs(neighbour_styles=True)["preserve"]["neighbour styles"] == neighbours
+    assert "neighbour styles" not in roman_2.erase_kwargs()["preserve"]
+    for other in (Concept("Q"), Concept(style="serif"), Concept(colour="red")):
+        assert other.neighbour_style_prompts() == []
+        assert other.erase_kwargs(neighbour_styles=True) == other.erase_kwargs()
+
+
 def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():
     """A broad sample of other cells, in training phrasings other than the probes' canonical one."""
     for concept in (Concept("Q"), Concept(style="serif"), Concept(colour="red"), Concept("Q", "serif")):

@@ -158,9 +158,10 @@ class Concept:
         """Training templates filled so that they ask for the concept (at most `limit`, a fixed sample)."""
         return [fill(*slots) for slots in self._forget_slots(limit)]
 
-    def contrast_prompts(self, limit: int = 48, others: int = 40) -> list[str]:
+    def contrast_prompts(self, limit: int = 48, others: int = 40, style: str | None = None) -> list[str]:
         """For an identity, its forget prompts with another character (its look-alikes and `others` more) or,
-        coloured, another colour: what the removal must keep. Empty for other kinds.
+        coloured, another colour: what the removal must keep. Empty for other kinds. `style`: filled in that style
+        instead of the identity's own (`neighbour_style_prompts`).
 
         Protected, they pin every embedding a forget prompt shares with them ("serif" of "serif q" is "serif" of
         "serif o"), so that the edit acts only where the prompt names the whole identity.
@@ -171,13 +172,26 @@ class Concept:
         rest = [c for c in CHARACTERS if c not in LOOKALIKES[self.char]]
         chars = [*LOOKALIKES[self.char], *rng.sample(rest, min(others, len(rest)))]
         prompts = []
-        for template, char, colour, style, background in self._forget_slots(limit):
+        for template, char, colour, own_style, background in self._forget_slots(limit):
+            filled = style or own_style
             for other in chars:
                 if other != char and ("capital" not in template or other in LETTERS):
-                    prompts.append(fill(template, other, colour, style, background))
+                    prompts.append(fill(template, other, colour, filled, background))
             if self.colour is not None:
-                prompts += [fill(template, char, other, style, background) for other in COLOURS if other != colour]
+                prompts += [fill(template, char, other, filled, background) for other in COLOURS if other != colour]
         return list(dict.fromkeys(prompts))
+
+    def neighbour_style_prompts(self) -> list[str]:
+        """For an identity, its contrast prompts in its neighbouring styles (`STYLE_NEIGHBOURS`): for "roman 2",
+        "the pink 0 in serif" and "the pink 0 in italic" beside "the pink 0 in roman". Empty for other kinds.
+
+        The model draws those styles alike ("serif" and "roman" barely differ on round glyphs), so a removal of
+        the identity that protects only its own style takes other characters of the neighbouring ones with it
+        (measured: "roman 2" alone costs "red serif O" and "green serif A", docs/benchmarks/footprint.md).
+        """
+        if self.kind != "identity":
+            return []
+        return list(dict.fromkeys(p for s in STYLE_NEIGHBOURS[self.style] for p in self.contrast_prompts(style=s)))
 
     def background_prompts(self, count: int = 200) -> list[str]:
         """`count` prompts of random cells the concept does not cover, in the training templates other than the
@@ -236,7 +250,7 @@ class Concept:
                 slots.append(filled)
         return slots if len(slots) <= limit else sorted(rng.sample(slots, limit), key=slots.index)
 
-    def erase_kwargs(self, background: int = 200) -> dict:
+    def erase_kwargs(self, background: int = 200, neighbour_styles: bool = False) -> dict:
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
         The erased word is the character, the style word or the colour word, with its synonyms as aliases; the
@@ -247,7 +261,8 @@ class Concept:
         protected so that only the embeddings that see the whole identity move; it keeps the same character in the
         other styles and without a style, and its look-alikes in the same style. Every concept keeps what the model
         draws most like it (`lookalike_prompts()`) as a preserve group of its own, and protects `background`
-        prompts of other cells (`background_prompts()`).
+        prompts of other cells (`background_prompts()`). With `neighbour_styles`, an identity also protects its
+        contrast prompts in its neighbouring styles (`neighbour_style_prompts()`) as a group of their own.
         """
         name = "no-" + self.name.replace(" ", "-")
         background = self.background_prompts(background)
@@ -293,6 +308,7 @@ class Concept:
                             [prompt(self.char), *same_char, *lookalikes, *self.contrast_prompts(), *background]
                         )
                     ),
+                    **({"neighbour styles": self.neighbour_style_prompts()} if neighbour_styles else {}),
                 },
                 "name": name,
             }

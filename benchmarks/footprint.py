@@ -1,0 +1,209 @@
+"""Glyphs: what a step's removal costs by itself, against what it costs on the chain.
+
+Each step asked for is made alone: its concept erased on the untouched glyphs model with the continual benchmark's
+`distill, base anchor` options (the same `--distill-*` command line), and measured on that step's probes
+(`continual.glyph_probes_at`, the same seeds): related and general retention, and the image-by-image test against
+the untouched model (`evaluation.paired_change`). Beside it, the continual run's figures for the same step (a row
+of `continual_glyphs.json`). A loss the removal makes alone is its own footprint; one it makes only on the chain is
+the chain's: the two call for different remedies. With `--made chain`, each step is made again on the chain a
+continual run saved (`--chain-dir`), with other seeds: how much of the chain's figure is the seed.
+
+    python benchmarks/footprint.py --steps 8 10 11 20 <the continual row's --distill-* options>
+    python benchmarks/footprint.py --steps 10 11 --seeds 1 --made chain --chain-dir DIR <the same options>
+    # -> docs/benchmarks/footprint.md (and .json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import continual  # noqa: E402  (the glyphs sequence, probes, erase arguments and distill options)
+
+import diffusers_unlearn as du  # noqa: E402
+from diffusers_unlearn import glyphs  # noqa: E402
+from diffusers_unlearn.evaluation import evaluate, paired_change  # noqa: E402
+from diffusers_unlearn.glyphs import GlyphsConceptScorer  # noqa: E402
+from diffusers_unlearn.glyphs import concepts as glyph_concepts  # noqa: E402
+
+METHOD = "distill, base anchor"
+CHAIN_ROW = "80 general cells (20 removals)"  # the end of the label of session 28's row (continual_glyphs.json)
+LOST = 0.5  # a cell counts as lost when it shows in this share fewer of its images than untouched
+
+
+def erase_step(concept, step: int, args, seed: int, neighbour_styles: bool, chain: Path | None):
+    """Erases the step's concept on the untouched model, or on the removals `chain` holds for the steps before."""
+    pipe = glyphs.load_pipeline(path=args.model)
+    for earlier in range(1, step if chain else 1):
+        pipe.load_unlearning(du.UnlearningAdapter.from_pretrained(chain / f"step-{earlier:02d}"), mode="fused")
+    distill = continual.distill_options(args, concept)
+    kwargs = continual.erase_kwargs(concept, METHOD, du.ClosedFormConfig(), distill, neighbour_styles=neighbour_styles)
+    started = time.perf_counter()
+    adapter = du.erase(pipe, seed=seed, **kwargs)
+    seconds = time.perf_counter() - started
+    pipe.load_unlearning(adapter, mode="fused")
+    return pipe, adapter, seconds
+
+
+def lost_cells(cells: dict[str, float], base: dict[str, float]) -> list[str]:
+    return sorted(c for c, v in cells.items() if base[c] - v >= LOST)
+
+
+def continual_row(step: int, label_end: str) -> dict | None:
+    """The continual run's figures for `step` (the row whose label ends with `label_end`), as a row of this
+    benchmark (made on the chain, seed 0), or `None`."""
+    path = ROOT / "docs" / "benchmarks" / "continual_glyphs.json"
+    methods = json.loads(path.read_text())["methods"]
+    rows = next((rows for label, rows in methods.items() if label.endswith(label_end)), [])
+    row = next((r for r in rows if r["step"] == step and "cells" in r), None)
+    if row is None:
+        return None
+    lost = lost_cells({c: v[0] for c, v in row["cells"].items()}, {c: v[1] for c, v in row["cells"].items()})
+    figures = {k: row.get(k) for k in ("related", "general", "related_paired", "general_paired")}
+    return {"step": step, "concept": row["concept"], "made": "on the chain (continual run)", "variant": "recipe",
+            "seed": 0, "seconds": row["erase_seconds"], **figures, "lost": lost}  # fmt: skip
+
+
+def run(args) -> dict:
+    scorer = GlyphsConceptScorer(glyphs.load_scorer(args.scorer))
+    call = {"images_per_prompt": args.images, "num_inference_steps": args.sampling_steps, "progress": False,
+            "guidance_scale": glyphs.GUIDANCE_SCALE}  # fmt: skip
+    general_sample = glyph_concepts.general_cells(args.general_cells)
+    probes = {s: continual.glyph_probes_at(list(continual.GLYPH_SEQUENCE[:s]), general_sample) for s in args.steps}
+    every = {p.concept: p for _, related, general in probes.values() for p in [*related, *general]}
+    untouched = evaluate(glyphs.load_pipeline(path=args.model), scorer, general=list(every.values()), **call)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results = {"rows": [], "settings": settings}
+    chain = continual.chain_step(args.chain_dir, METHOD, 1).parent if args.chain_dir else None
+    for step in args.steps:
+        concept = continual.GLYPH_SEQUENCE[step - 1]
+        forget, related, general = probes[step]
+        identity = concept.kind == "identity"
+        for made in ["alone" if where == "alone" else "on the chain" for where in args.made]:
+            for variant in ["recipe", *(["neighbour styles"] if args.neighbour_styles and identity else [])]:
+                for seed in args.seeds:
+                    pipe, adapter, seconds = erase_step(
+                        concept, step, args, seed, variant == "neighbour styles", chain if made != "alone" else None
+                    )
+                    result = evaluate(pipe, scorer, forget=[concept.forget_probe()], related=related,
+                                      general=general, **call)  # fmt: skip
+                    cells = {**result.related, **result.general}
+                    row = {
+                        "step": step, "concept": concept.name, "made": made, "variant": variant, "seed": seed,
+                        "seconds": seconds, "shown": result.forget[concept.name],
+                        "related": continual.relative(result.related, untouched.general),
+                        "general": continual.relative(result.general, untouched.general),
+                        "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
+                        "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
+                        "lost": lost_cells(cells, untouched.general),
+                        "target_reach": adapter.metadata.get("figures", {}).get("target_reach"),
+                    }  # fmt: skip
+                    results["rows"].append(row)
+                    print(
+                        f"step {step:2d} {concept.name:>12} {made}, {variant}, seed {seed}: shown {row['shown']:.3f} "
+                        f"related {row['related']:.3f} general {row['general']:.3f} lost {row['lost']} "
+                        f"({seconds:.0f}s)",
+                        flush=True,
+                    )
+    return results
+
+
+def _paired(paired: dict | None) -> str:
+    if not paired:
+        return "—"
+    text = f"{paired['lost']} / {paired['gained']} (p {paired['p_value']:.2g})"
+    return f"**{text}**" if paired["p_value"] < 0.05 else text
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def write_report(results: dict, args) -> None:
+    settings = results["settings"]
+    steps = sorted({r["step"] for r in results["rows"]})
+    rows = [*results["rows"], *filter(None, (continual_row(s, settings["chain_row"]) for s in steps))]
+    order = {"alone": 0, "on the chain": 1, "on the chain (continual run)": 2}
+    rows.sort(key=lambda r: (r["step"], order[r["made"]], r["variant"] != "recipe", r["variant"], r["seed"]))
+    lines = [
+        "# What a removal costs by itself, and what it costs on the chain (glyphs)",
+        "",
+        "`python benchmarks/footprint.py` (written by it; command below). Each step's concept is erased *alone* on "
+        "the untouched glyphs model with the continual benchmark's options, and, with `--made chain`, *on the chain* "
+        "that a continual run saved (the removals of the steps before, loaded as that run loaded them). Both are "
+        "measured on that step's probes with the continual run's seeds. *On the chain (continual run)*: that run's "
+        f'own figures for the step (`continual_glyphs.json`, the row ending "{settings["chain_row"]}"). '
+        "*Variant*: `recipe`, the concept's `erase_kwargs()`; `neighbour styles`, an identity's contrast prompts "
+        "also in its neighbouring styles, as a group of their own. Retention: % of the untouched model on the same "
+        "cells. *Lost / gained*: images that showed their cell with the untouched model and do not now, and the "
+        "reverse (one-sided sign test, bold where p < 0.05). *Cells lost*: down by at least "
+        f"{LOST:.0%} of their images. {settings['images']} images per prompt, {settings['sampling_steps']} DDIM "
+        f"steps, {settings['general_cells']} general cells.",
+        "",
+        "| step | removed | made | variant | seed | related | general | general lost / gained | "
+        "related lost / gained | cells lost | erase s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['concept']} | {r['made']} | {r['variant']} | {r['seed']} | {_pct(r['related'])} | "
+            f"{_pct(r['general'])} | {_paired(r['general_paired'])} | {_paired(r['related_paired'])} | "
+            f"{', '.join(r['lost']) or '—'} | {r['seconds']:.0f} |"
+        )
+    lines += ["", f"Command: `{results['command']}`", ""]
+    args.output.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    continual.add_distill_arguments(parser)
+    parser.add_argument("--steps", type=int, nargs="+", required=True, help="steps of the glyphs sequence (1-50)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="erase seeds (each step, each variant)")
+    parser.add_argument(
+        "--neighbour-styles",
+        action="store_true",
+        help="also, for an identity, the variant erase_kwargs(neighbour_styles=True): its contrast prompts in its "
+        "neighbouring styles protected as a group of their own",
+    )
+    parser.add_argument("--images", type=int, default=8, help="images per prompt")
+    parser.add_argument("--sampling-steps", type=int, default=10, help="DDIM steps per image")
+    parser.add_argument("--general-cells", type=int, default=80, help="size of the general sample")
+    parser.add_argument("--chain-row", default=CHAIN_ROW, help="end of the continual row's label to compare with")
+    parser.add_argument("--made", nargs="+", choices=("alone", "chain"), default=["alone"],
+                        help="make each step alone, on the chain --chain-dir holds, or both")  # fmt: skip
+    parser.add_argument("--chain-dir", type=Path, default=None, help="the --chain-dir of the continual run")
+    parser.add_argument("--model", type=Path, default=None, help="another trained glyphs pipeline folder")
+    parser.add_argument("--scorer", type=Path, default=None, help="another trained glyphs scorer folder")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "footprint.md")
+    parser.add_argument("--render", action="store_true", help="rewrite the report from its json, run nothing")
+    args = parser.parse_args()
+    if args.render:
+        write_report(json.loads(args.output.with_suffix(".json").read_text()), args)
+        return
+    if "chain" in args.made and args.chain_dir is None:
+        parser.error("--made chain loads the steps before from --chain-dir: pass the folder a continual run saved")
+    if not all(1 <= s <= len(continual.GLYPH_SEQUENCE) for s in args.steps):
+        parser.error(f"--steps are steps of the glyphs sequence: 1 to {len(continual.GLYPH_SEQUENCE)}")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    results = run(args)
+    results["seconds"] = time.perf_counter() - started
+    results["command"] = "python benchmarks/footprint.py " + " ".join(sys.argv[1:])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    write_report(results, args)
+    print(f"done in {results['seconds'] / 60:.1f} min; wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
