@@ -16,6 +16,7 @@ continual run saved (`--chain-dir`), with other seeds: how much of the chain's f
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -36,7 +37,7 @@ from diffusers_unlearn.glyphs import GlyphsConceptScorer  # noqa: E402
 from diffusers_unlearn.glyphs import concepts as glyph_concepts  # noqa: E402
 
 METHOD = "distill, base anchor"
-CHAIN_ROW = "80 general cells (20 removals)"  # the end of the label of session 28's row (continual_glyphs.json)
+CHAIN_ROW = "80 general cells (25 removals)"  # the end of the best glyphs row's label (continual_glyphs.json)
 LOST = 0.5  # a cell counts as lost when it shows in this share fewer of its images than untouched
 
 
@@ -55,6 +56,7 @@ def erase_step(concept, step: int, args, seed: int, neighbour_styles: bool, chai
 
 
 def lost_cells(cells: dict[str, float], base: dict[str, float]) -> list[str]:
+    """The cells down by at least `LOST` of their images from the untouched model's `base`."""
     return sorted(c for c, v in cells.items() if base[c] - v >= LOST)
 
 
@@ -70,7 +72,8 @@ def continual_row(step: int, label_end: str) -> dict | None:
     lost = lost_cells({c: v[0] for c, v in row["cells"].items()}, {c: v[1] for c, v in row["cells"].items()})
     figures = {k: row.get(k) for k in ("related", "general", "related_paired", "general_paired")}
     return {"step": step, "concept": row["concept"], "made": "on the chain (continual run)", "variant": "recipe",
-            "seed": 0, "seconds": row["erase_seconds"], **figures, "lost": lost}  # fmt: skip
+            "seed": 0, "seconds": row["erase_seconds"], "shown": row["per_concept_shown"][row["concept"]],
+            **figures, "lost": lost}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -84,36 +87,33 @@ def run(args) -> dict:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results = {"rows": [], "settings": settings}
     chain = continual.chain_step(args.chain_dir, METHOD, 1).parent if args.chain_dir else None
+    wheres = ["alone" if made == "alone" else "on the chain" for made in args.made]
     for step in args.steps:
         concept = continual.GLYPH_SEQUENCE[step - 1]
-        forget, related, general = probes[step]
-        identity = concept.kind == "identity"
-        for made in ["alone" if where == "alone" else "on the chain" for where in args.made]:
-            for variant in ["recipe", *(["neighbour styles"] if args.neighbour_styles and identity else [])]:
-                for seed in args.seeds:
-                    pipe, adapter, seconds = erase_step(
-                        concept, step, args, seed, variant == "neighbour styles", chain if made != "alone" else None
-                    )
-                    result = evaluate(pipe, scorer, forget=[concept.forget_probe()], related=related,
-                                      general=general, **call)  # fmt: skip
-                    cells = {**result.related, **result.general}
-                    row = {
-                        "step": step, "concept": concept.name, "made": made, "variant": variant, "seed": seed,
-                        "seconds": seconds, "shown": result.forget[concept.name],
-                        "related": continual.relative(result.related, untouched.general),
-                        "general": continual.relative(result.general, untouched.general),
-                        "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
-                        "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
-                        "lost": lost_cells(cells, untouched.general),
-                        "target_reach": adapter.metadata.get("figures", {}).get("target_reach"),
-                    }  # fmt: skip
-                    results["rows"].append(row)
-                    print(
-                        f"step {step:2d} {concept.name:>12} {made}, {variant}, seed {seed}: shown {row['shown']:.3f} "
-                        f"related {row['related']:.3f} general {row['general']:.3f} lost {row['lost']} "
-                        f"({seconds:.0f}s)",
-                        flush=True,
-                    )
+        _, related, general = probes[step]
+        variants = ["recipe", *(["neighbour styles"] if args.neighbour_styles and concept.kind == "identity" else [])]
+        for made, variant, seed in itertools.product(wheres, variants, args.seeds):
+            pipe, adapter, seconds = erase_step(
+                concept, step, args, seed, variant == "neighbour styles", chain if made != "alone" else None
+            )
+            result = evaluate(pipe, scorer, forget=[concept.forget_probe()], related=related, general=general, **call)
+            cells = {**result.related, **result.general}
+            row = {
+                "step": step, "concept": concept.name, "made": made, "variant": variant, "seed": seed,
+                "seconds": seconds, "shown": result.forget[concept.name],
+                "related": continual.relative(result.related, untouched.general),
+                "general": continual.relative(result.general, untouched.general),
+                "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
+                "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
+                "lost": lost_cells(cells, untouched.general),
+                "target_reach": adapter.metadata.get("figures", {}).get("target_reach"),
+            }  # fmt: skip
+            results["rows"].append(row)
+            print(
+                f"step {step:2d} {concept.name:>12} {made}, {variant}, seed {seed}: shown {row['shown']:.3f} "
+                f"related {row['related']:.3f} general {row['general']:.3f} lost {row['lost']} ({seconds:.0f}s)",
+                flush=True,
+            )
     return results
 
 
@@ -137,36 +137,40 @@ def write_report(results: dict, args) -> None:
     lines = [
         "# What a removal costs by itself, and what it costs on the chain (glyphs)",
         "",
-        "`python benchmarks/footprint.py` (written by it; command below). Each step's concept is erased *alone* on "
-        "the untouched glyphs model with the continual benchmark's options, and, with `--made chain`, *on the chain* "
-        "that a continual run saved (the removals of the steps before, loaded as that run loaded them). Both are "
-        "measured on that step's probes with the continual run's seeds. *On the chain (continual run)*: that run's "
-        f'own figures for the step (`continual_glyphs.json`, the row ending "{settings["chain_row"]}"). '
-        "*Variant*: `recipe`, the concept's `erase_kwargs()`; `neighbour styles`, an identity's contrast prompts "
-        "also in its neighbouring styles, as a group of their own. Retention: % of the untouched model on the same "
-        "cells. *Lost / gained*: images that showed their cell with the untouched model and do not now, and the "
-        "reverse (one-sided sign test, bold where p < 0.05). *Cells lost*: down by at least "
-        f"{LOST:.0%} of their images. {settings['images']} images per prompt, {settings['sampling_steps']} DDIM "
+        f"`python benchmarks/footprint.py` (written by it; the commands are at the end). Each step's concept is erased"
+        f" *alone* on the untouched glyphs model with the continual benchmark's options, and, with `--made chain`, *on"
+        f" the chain* that a continual run saved (the removals of the steps before, loaded as that run loaded them). "
+        f"Both are measured on that step's probes with the continual run's seeds. *Still shown*: share of the images "
+        f"of the step's own forget probe that show the concept. *On the chain (continual run)*: that run's own figures"
+        f' for the step (`continual_glyphs.json`, the row ending "{settings["chain_row"]}"). *Variant*: `recipe`, '
+        f"the concept's `erase_kwargs()`; `neighbour styles`, an identity's contrast prompts also in its neighbouring "
+        f"styles, as a group of their own. Retention: % of the untouched model on the same cells. *Lost / gained*: "
+        f"images that showed their cell with the untouched model and do not now, and the reverse (one-sided sign test,"
+        f" bold where p < 0.05). *Cells lost*: down by at least {LOST:.0%} of their images. {settings['images']} "
+        f"images per prompt, {settings['sampling_steps']} DDIM "
         f"steps, {settings['general_cells']} general cells.",
         "",
-        "| step | removed | made | variant | seed | related | general | general lost / gained | "
+        "| step | removed | made | variant | seed | still shown | related | general | general lost / gained | "
         "related lost / gained | cells lost | erase s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['step']} | {r['concept']} | {r['made']} | {r['variant']} | {r['seed']} | {_pct(r['related'])} | "
+            f"| {r['step']} | {r['concept']} | {r['made']} | {r['variant']} | {r['seed']} | {_pct(r['shown'])} | "
+            f"{_pct(r['related'])} | "
             f"{_pct(r['general'])} | {_paired(r['general_paired'])} | {_paired(r['related_paired'])} | "
             f"{', '.join(r['lost']) or '—'} | {r['seconds']:.0f} |"
         )
-    lines += ["", f"Command: `{results['command']}`", ""]
+    commands = results["command"] if isinstance(results["command"], list) else [results["command"]]
+    lines += ["", "Commands (their rows merged):" if len(commands) > 1 else "Command:", ""]
+    lines += [f"- `{command}`" for command in commands] + [""]
     args.output.write_text("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     continual.add_distill_arguments(parser)
-    parser.add_argument("--steps", type=int, nargs="+", required=True, help="steps of the glyphs sequence (1-50)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[], help="steps of the glyphs sequence (1-50)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="erase seeds (each step, each variant)")
     parser.add_argument(
         "--neighbour-styles",
@@ -192,7 +196,7 @@ def main() -> None:
         return
     if "chain" in args.made and args.chain_dir is None:
         parser.error("--made chain loads the steps before from --chain-dir: pass the folder a continual run saved")
-    if not all(1 <= s <= len(continual.GLYPH_SEQUENCE) for s in args.steps):
+    if not args.steps or not all(1 <= s <= len(continual.GLYPH_SEQUENCE) for s in args.steps):
         parser.error(f"--steps are steps of the glyphs sequence: 1 to {len(continual.GLYPH_SEQUENCE)}")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
