@@ -117,17 +117,6 @@ def run(args) -> dict:
     return results
 
 
-def _paired(paired: dict | None) -> str:
-    if not paired:
-        return "—"
-    text = f"{paired['lost']} / {paired['gained']} (p {paired['p_value']:.2g})"
-    return f"**{text}**" if paired["p_value"] < 0.05 else text
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
 def write_report(results: dict, args) -> None:
     settings = results["settings"]
     steps = sorted({r["step"] for r in results["rows"]})
@@ -150,17 +139,15 @@ def write_report(results: dict, args) -> None:
         f"images per prompt, {settings['sampling_steps']} DDIM "
         f"steps, {settings['general_cells']} general cells.",
         "",
-        "| step | removed | made | variant | seed | still shown | related | general | general lost / gained | "
-        "related lost / gained | cells lost | erase s |",
+        "| step | removed | made | variant | seed | still shown | related | general | general lost / gained (p) | "
+        "related lost / gained (p) | cells lost | erase s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['step']} | {r['concept']} | {r['made']} | {r['variant']} | {r['seed']} | {_pct(r['shown'])} | "
-            f"{_pct(r['related'])} | "
-            f"{_pct(r['general'])} | {_paired(r['general_paired'])} | {_paired(r['related_paired'])} | "
-            f"{', '.join(r['lost']) or '—'} | {r['seconds']:.0f} |"
-        )
+        figures = [continual._pct(r[k]) for k in ("shown", "related", "general")]
+        figures += [continual._paired_cell(r[k]) for k in ("general_paired", "related_paired")]
+        cells = [r["step"], r["concept"], r["made"], r["variant"], r["seed"], *figures, ", ".join(r["lost"]) or "—"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + f" | {r['seconds']:.0f} |")
     commands = results["command"] if isinstance(results["command"], list) else [results["command"]]
     lines += ["", "Commands (their rows merged):" if len(commands) > 1 else "Command:", ""]
     lines += [f"- `{command}`" for command in commands] + [""]
