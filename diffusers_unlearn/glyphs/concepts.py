@@ -187,7 +187,9 @@ class Concept:
 
         The model draws those styles alike ("serif" and "roman" barely differ on round glyphs), so a removal of
         the identity that protects only its own style takes other characters of the neighbouring ones with it
-        (measured: "roman 2" alone costs "red serif O" and "green serif A", docs/benchmarks/footprint.md).
+        (measured: "roman 2" alone costs "red serif O" and "green serif A", docs/benchmarks/footprint.md). With
+        them protected it meets the retention bars alone; on a chain of removals it did not add steps at the bars
+        (docs/benchmarks/continual_analysis.md, session 29).
         """
         if self.kind != "identity":
             return []
