@@ -60,20 +60,20 @@ def lost_cells(cells: dict[str, float], base: dict[str, float]) -> list[str]:
     return sorted(c for c, v in cells.items() if base[c] - v >= LOST)
 
 
-def continual_row(step: int, label_end: str) -> dict | None:
-    """The continual run's figures for `step` (the row whose label ends with `label_end`), as a row of this
-    benchmark (made on the chain, seed 0), or `None`."""
+def continual_rows(steps: set[int], label_end: str) -> list[dict]:
+    """The continual run's figures for `steps` (the row whose label ends with `label_end`), as rows of this
+    benchmark (made on the chain, seed 0); steps it did not measure are left out."""
     path = ROOT / "docs" / "benchmarks" / "continual_glyphs.json"
     methods = json.loads(path.read_text())["methods"]
-    rows = next((rows for label, rows in methods.items() if label.endswith(label_end)), [])
-    row = next((r for r in rows if r["step"] == step and "cells" in r), None)
-    if row is None:
-        return None
-    lost = lost_cells({c: v[0] for c, v in row["cells"].items()}, {c: v[1] for c, v in row["cells"].items()})
-    figures = {k: row.get(k) for k in ("related", "general", "related_paired", "general_paired")}
-    return {"step": step, "concept": row["concept"], "made": "on the chain (continual run)", "variant": "recipe",
-            "seed": 0, "seconds": row["erase_seconds"], "shown": row["per_concept_shown"][row["concept"]],
-            **figures, "lost": lost}  # fmt: skip
+    measured = next((rows for label, rows in methods.items() if label.endswith(label_end)), [])
+    rows = []
+    for row in (r for r in measured if r["step"] in steps and "cells" in r):
+        lost = lost_cells({c: v[0] for c, v in row["cells"].items()}, {c: v[1] for c, v in row["cells"].items()})
+        figures = {k: row.get(k) for k in ("related", "general", "related_paired", "general_paired")}
+        rows.append({"step": row["step"], "concept": row["concept"], "made": "on the chain (continual run)",
+                     "variant": "recipe", "seed": 0, "seconds": row["erase_seconds"],
+                     "shown": row["per_concept_shown"][row["concept"]], **figures, "lost": lost})  # fmt: skip
+    return rows
 
 
 def run(args) -> dict:
@@ -119,25 +119,26 @@ def run(args) -> dict:
 
 def write_report(results: dict, args) -> None:
     settings = results["settings"]
-    steps = sorted({r["step"] for r in results["rows"]})
-    rows = [*results["rows"], *filter(None, (continual_row(s, settings["chain_row"]) for s in steps))]
+    rows = [*results["rows"], *continual_rows({r["step"] for r in results["rows"]}, settings["chain_row"])]
     order = {"alone": 0, "on the chain": 1, "on the chain (continual run)": 2}
     rows.sort(key=lambda r: (r["step"], order[r["made"]], r["variant"] != "recipe", r["variant"], r["seed"]))
     lines = [
         "# What a removal costs by itself, and what it costs on the chain (glyphs)",
         "",
-        f"`python benchmarks/footprint.py` (written by it; the commands are at the end). Each step's concept is erased"
-        f" *alone* on the untouched glyphs model with the continual benchmark's options, and, with `--made chain`, *on"
-        f" the chain* that a continual run saved (the removals of the steps before, loaded as that run loaded them). "
-        f"Both are measured on that step's probes with the continual run's seeds. *Still shown*: share of the images "
-        f"of the step's own forget probe that show the concept. *On the chain (continual run)*: that run's own figures"
-        f' for the step (`continual_glyphs.json`, the row ending "{settings["chain_row"]}"). *Variant*: `recipe`, '
-        f"the concept's `erase_kwargs()`; `neighbour styles`, an identity's contrast prompts also in its neighbouring "
-        f"styles, as a group of their own. Retention: % of the untouched model on the same cells. *Lost / gained*: "
-        f"images that showed their cell with the untouched model and do not now, and the reverse (one-sided sign test,"
-        f" bold where p < 0.05). *Cells lost*: down by at least {LOST:.0%} of their images. {settings['images']} "
-        f"images per prompt, {settings['sampling_steps']} DDIM "
-        f"steps, {settings['general_cells']} general cells.",
+        (
+            "`python benchmarks/footprint.py` (written by it; the commands are at the end). Each step's concept "
+            "is erased *alone* on the untouched glyphs model with the continual benchmark's options, and, with "
+            "`--made chain`, *on the chain* that a continual run saved (the removals of the steps before, loaded "
+            "as that run loaded them). Both are measured on that step's probes with the continual run's seeds. "
+            "*Still shown*: share of the images of the step's own forget probe that show the concept. *On the "
+            "chain (continual run)*: that run's own figures for the step (`continual_glyphs.json`, the row ending"
+            ' "{chain_row}"). *Variant*: `recipe`, the concept\'s `erase_kwargs()`; `neighbour styles`, an '
+            "identity's contrast prompts also in its neighbouring styles, as a group of their own. Retention: % "
+            "of the untouched model on the same cells. *Lost / gained*: images that showed their cell with the "
+            "untouched model and do not now, and the reverse (one-sided sign test, bold where p < 0.05). *Cells "
+            "lost*: down by at least {lost:.0%} of their images. {images} images per prompt, {sampling_steps} "
+            "DDIM steps, {general_cells} general cells."
+        ).format(**settings, lost=LOST),
         "",
         "| step | removed | made | variant | seed | still shown | related | general | general lost / gained (p) | "
         "related lost / gained (p) | cells lost | erase s |",
