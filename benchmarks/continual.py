@@ -51,7 +51,7 @@ import diffusers_unlearn as du
 from diffusers_unlearn import digits
 from diffusers_unlearn.digits import DigitsConceptScorer
 from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
-from diffusers_unlearn.evaluation import ConceptProbe, evaluate, paired_change
+from diffusers_unlearn.evaluation import ConceptProbe, EvaluationResult, evaluate, paired_change
 from diffusers_unlearn.glyphs import GlyphsConceptScorer
 from diffusers_unlearn.glyphs import concepts as glyph_concepts
 
@@ -165,6 +165,28 @@ def relative(now: dict[str, float], before: dict[str, float]) -> float:
         return float("nan")
     base = sum(before[k] for k in now)
     return sum(now.values()) / base if base else float("nan")
+
+
+LOST_AS = ("neighbouring style", "other style", "character", "colour", "more than one")
+
+
+def lost_as(untouched: EvaluationResult, now: EvaluationResult, probes: list[ConceptProbe]) -> dict[str, int]:
+    """Glyphs: what the images of `probes` that showed their cell with the untouched model (same seeds) and do not
+    now show instead, counted by what the scorer read otherwise (`EvaluationResult.misread`): only the style, as one
+    the model draws alike (`STYLE_NEIGHBOURS`: a red roman Q drawn serif) or as another; the character; the colour;
+    more than one of them."""
+    counts = dict.fromkeys(LOST_AS, 0)
+    for probe in probes:
+        before, shown = untouched.shown[probe.concept], now.shown[probe.concept]
+        for j in (before & ~shown).nonzero()[0]:
+            misread = now.misread[probe.concept][j]
+            if set(misread) == {"style"}:
+                near = misread["style"] in glyph_concepts.STYLE_NEIGHBOURS[probe.check["style"]]
+                counts["neighbouring style" if near else "other style"] += 1
+            else:
+                counts["character" if set(misread) == {"char"} else "colour" if set(misread) == {"colour"} else
+                       "more than one"] += 1  # fmt: skip
+    return counts
 
 
 def closed_form_config(args) -> du.ClosedFormConfig:
@@ -654,6 +676,9 @@ def run_glyphs(args) -> dict:
                 # image by image against the untouched model (same seeds): lost / gained, and whether by chance
                 "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
                 "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
+                # what the lost images show instead: a neighbouring style, another character, ...
+                "related_lost_as": lost_as(untouched, result, related),
+                "general_lost_as": lost_as(untouched, result, general),
                 "per_concept_shown": shown,
                 "check": _check(untouched_pipe, made),
                 # per cell, shown now and by the untouched model: which cells a step costs
@@ -782,7 +807,7 @@ def write_glyph_report(results: dict, args) -> None:
                 )
             else:
                 lines.append(f"| {r['step']} | {r['concept']} | (not measured) | | | | | | | | | |")
-        lines.append("")
+        lines += ["", *_lost_as_lines(all_rows)]
     args.output.write_text("\n".join(lines))
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
     _plot_glyphs(results, args.output.with_suffix(".png"))
@@ -799,6 +824,25 @@ def _floor_lines(floor: dict | None) -> list[str]:
         "succeed can miss a bar by chance.",
         "",
     ]
+
+
+def _lost_as_lines(rows: list[dict]) -> list[str]:
+    """The images each step lost against the untouched model, by what they show instead (rows measured since
+    session 30)."""
+    rows = [r for r in rows if "general_lost_as" in r]
+    if not rows:
+        return []
+    counts = lambda c: " / ".join(str(c[k]) for k in LOST_AS)  # noqa: E731
+    return [
+        f"Images lost against the untouched model, by what they show instead ({' / '.join(LOST_AS)}: what the "
+        "scorer read otherwise, `lost_as`):",
+        "",
+        "| step | removed | related | general |",
+        "|---|---|---|---|",
+        *(f"| {r['step']} | {r['concept']} | {counts(r['related_lost_as'])} | {counts(r['general_lost_as'])} |"
+          for r in rows),
+        "",
+    ]  # fmt: skip
 
 
 def _paired_cell(paired: dict | None) -> str:

@@ -67,6 +67,10 @@ class EvaluationResult:
         images_per_prompt (`int`): Images generated per prompt.
         shown (`dict[str, np.ndarray]`): Per concept of any group, whether each of its images shows it (bool, in
             prompt order, image `j` of a prompt from seed `seed + j`): what `paired_change` compares.
+        misread (`dict[str, list[dict]]`): With a scorer that reads attributes ([`AttributeConceptScorer`]), per
+            concept and image (in the order of `shown`), the attributes of its check read otherwise and what was
+            read (`{"style": "roman"}` for a serif Q drawn in roman; `{}` where the image shows it): what a lost
+            image shows instead. Empty with other scorers.
     """
 
     forget: dict[str, float] = field(default_factory=dict)
@@ -74,6 +78,7 @@ class EvaluationResult:
     general: dict[str, float] = field(default_factory=dict)
     images_per_prompt: int = 0
     shown: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    misread: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
     def forget_accuracy(self) -> float:
@@ -257,6 +262,7 @@ def evaluate(
     images = generated[[position[p] * images_per_prompt + j for p in prompts for j in range(images_per_prompt)]]
     checks = [probe.check for probe in probes for _ in probe.prompts for _ in range(images_per_prompt)]
     hits = np.asarray(scorer.shows(images, checks), dtype=bool)
+    misread = scorer.misread(images, checks) if isinstance(scorer, AttributeConceptScorer) else None
     result = EvaluationResult(images_per_prompt=images_per_prompt)
     start = 0
     for name, group in groups.items():
@@ -265,6 +271,8 @@ def evaluate(
             count = len(probe.prompts) * images_per_prompt
             rates[probe.concept] = float(hits[start : start + count].mean()) if count else float("nan")
             result.shown[probe.concept] = hits[start : start + count]
+            if misread is not None:
+                result.misread[probe.concept] = misread[start : start + count]
             start += count
     return result
 
@@ -297,24 +305,51 @@ class AttributeConceptScorer:
         predicted = self.predict(images)
         out = np.ones((len(images), len(checks)), dtype=bool)
         for j, check in enumerate(checks):
+            _known_attributes(check, predicted)
             for key, value in check.items():
-                if key not in predicted:
-                    raise UnknownCheckError(
-                        f"the scorer does not predict {key!r}: a check may name {sorted(predicted)} (any subset)"
-                    )
                 out[:, j] &= np.asarray([v == value for v in predicted[key]], dtype=bool)
         return out
 
     def shows(self, images: np.ndarray, checks: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Whether image `i` shows `checks[i]`: a bool array `(N,)`."""
-        if len(checks) != len(images):
-            raise InvalidArgumentError(
-                f"one check per image: {len(images)} images, {len(checks)} checks (use `which` for a table of checks)"
-            )
+        _one_check_per_image(images, checks)
         unique = list({tuple(sorted(c.items())): None for c in checks})
         index = {key: j for j, key in enumerate(unique)}
         table = self.which(images, [dict(key) for key in unique])
         return table[np.arange(len(checks)), [index[tuple(sorted(c.items()))] for c in checks]]
+
+    def misread(self, images: np.ndarray, checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Per image, the attributes of `checks[i]` the classifier read otherwise, with the value it read: `{}`
+        where the image shows its check, `{"style": "roman"}` where a serif Q came out roman. What a lost image
+        shows instead (a neighbouring style, another character, another colour).
+
+        Example:
+            ```py
+            >>> scorer.misread(images, [{"char": "Q", "style": "serif"}] * len(images))
+            [{}, {'style': 'roman'}, {'char': 'O'}]
+            ```
+        """
+        _one_check_per_image(images, checks)
+        predicted = self.predict(images)
+        for check in {tuple(sorted(c)) for c in checks}:
+            _known_attributes(check, predicted)
+        read = {k: [v.item() if isinstance(v, np.generic) else v for v in values] for k, values in predicted.items()}
+        return [{k: read[k][i] for k, v in check.items() if read[k][i] != v} for i, check in enumerate(checks)]
+
+
+def _known_attributes(check: Sequence[str] | Mapping[str, Any], predicted: Mapping[str, Sequence[Any]]) -> None:
+    for key in check:
+        if key not in predicted:
+            raise UnknownCheckError(
+                f"the scorer does not predict {key!r}: a check may name {sorted(predicted)} (any subset)"
+            )
+
+
+def _one_check_per_image(images: np.ndarray, checks: Sequence[Any]) -> None:
+    if len(checks) != len(images):
+        raise InvalidArgumentError(
+            f"one check per image: {len(images)} images, {len(checks)} checks (use `which` for a table of checks)"
+        )
 
 
 class CLIPConceptScorer:

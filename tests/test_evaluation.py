@@ -8,6 +8,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from diffusers_unlearn.errors import InvalidArgumentError
 from diffusers_unlearn.evaluation import (
+    AttributeConceptScorer,
     CLIPConceptScorer,
     ConceptProbe,
     ConceptScorer,
@@ -51,6 +52,20 @@ def test_rates_per_group_and_concept(sd_pipe):
     # each concept's images, in order: what paired_change compares
     assert result.shown["cat"].tolist() == [True] * 4 and result.shown["dog"].tolist() == [False] * 4
     assert result.shown["both"].shape == (8,) and result.shown["both"].mean() == result.general["both"]
+    assert result.misread == {}  # a scorer that reads no attributes says nothing about what a lost image shows
+
+
+def test_a_lost_image_says_what_it_shows_instead(sd_pipe):
+    def bright(images):  # an attribute scorer: is each image brighter than the middle of these images?
+        means = images.reshape(len(images), -1).mean(1)
+        return {"bright": [bool(m > np.median(means)) for m in means], "kind": ["image"] * len(images)}
+
+    probe = ConceptProbe("cat", ("a cat", "a dog"), {"bright": True, "kind": "image"})
+    result = evaluate(sd_pipe, AttributeConceptScorer(bright), general=[probe], images_per_prompt=4, **STEPS)
+    misread = result.misread["cat"]
+    assert len(misread) == 8 and 0 < sum(result.shown["cat"]) < 8
+    assert [m == {} for m in misread] == result.shown["cat"].tolist()  # read otherwise exactly where not shown
+    assert all(m == {"bright": False} for m, shown in zip(misread, result.shown["cat"], strict=True) if not shown)
 
 
 def test_paired_change_tells_a_loss_from_a_reshuffle():

@@ -105,6 +105,13 @@ def test_conjunction_protocol():
     assert scorer.which(images, [{"char": "Q"}, {"style": "serif"}]).tolist() == [[1, 1], [1, 0], [0, 1]]
     with pytest.raises(KeyError):
         scorer.which(images, [{"colour": "red"}])
+    # what each image shows instead of its check: nothing where it shows it, the attribute read otherwise where not
+    assert scorer.misread(images, [serif_q] * 3) == [{}, {"style": "sans"}, {"char": "O"}]
+    assert scorer.misread(images, [{"char": "O"}, {"style": "serif"}, {"char": "Q", "style": "sans"}]) == [
+        {"char": "Q"}, {"style": "sans"}, {"char": "O", "style": "serif"}
+    ]  # fmt: skip
+    with pytest.raises(KeyError):
+        scorer.misread(images, [{"colour": "red"}] * 3)
 
 
 def test_concepts():
