@@ -174,7 +174,8 @@ def lost_as(untouched: EvaluationResult, now: EvaluationResult, probes: list[Con
     """Glyphs: what the images of `probes` that showed their cell with the untouched model (same seeds) and do not
     now show instead, counted by what the scorer read otherwise (`EvaluationResult.misread`): only the style, as one
     the model draws alike (`STYLE_NEIGHBOURS`: a red roman Q drawn serif) or as another; the character; the colour;
-    more than one of them."""
+    more than one of them. Swapped, `lost_as(now, untouched, probes)` counts the images gained, by what they showed
+    untouched: a kind lost more often than gained is what the change costs, beyond reshuffling borderline images."""
     counts = dict.fromkeys(LOST_AS, 0)
     for probe in probes:
         before, shown = untouched.shown[probe.concept], now.shown[probe.concept]
@@ -676,9 +677,12 @@ def run_glyphs(args) -> dict:
                 # image by image against the untouched model (same seeds): lost / gained, and whether by chance
                 "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
                 "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
-                # what the lost images show instead: a neighbouring style, another character, ...
+                # what the lost images show instead (a neighbouring style, another character, ...), and what the
+                # gained ones showed untouched: a kind lost more than gained is what the step costs
                 "related_lost_as": lost_as(untouched, result, related),
                 "general_lost_as": lost_as(untouched, result, general),
+                "related_gained_from": lost_as(result, untouched, related),
+                "general_gained_from": lost_as(result, untouched, general),
                 "per_concept_shown": shown,
                 "check": _check(untouched_pipe, made),
                 # per cell, shown now and by the untouched model: which cells a step costs
@@ -834,13 +838,13 @@ def _lost_as_lines(rows: list[dict]) -> list[str]:
         return []
     counts = lambda c: " / ".join(str(c[k]) for k in LOST_AS)  # noqa: E731
     return [
-        f"Images lost against the untouched model, by what they show instead ({' / '.join(LOST_AS)}: what the "
-        "scorer read otherwise, `lost_as`):",
+        f"Images lost against the untouched model by what they show instead, and images gained by what they showed "
+        f"untouched ({' / '.join(LOST_AS)}: what the scorer read otherwise, `lost_as`):",
         "",
-        "| step | removed | related | general |",
-        "|---|---|---|---|",
-        *(f"| {r['step']} | {r['concept']} | {counts(r['related_lost_as'])} | {counts(r['general_lost_as'])} |"
-          for r in rows),
+        "| step | removed | related lost as | related gained from | general lost as | general gained from |",
+        "|---|---|---|---|---|---|",
+        *(f"| {r['step']} | {r['concept']} | {counts(r['related_lost_as'])} | {counts(r['related_gained_from'])} | "
+          f"{counts(r['general_lost_as'])} | {counts(r['general_gained_from'])} |" for r in rows),
         "",
     ]  # fmt: skip
 

@@ -38,6 +38,7 @@ from diffusers_unlearn.glyphs import concepts as glyph_concepts  # noqa: E402
 
 METHOD = "distill, base anchor"
 CHAIN_ROW = "80 general cells (25 removals)"  # the end of the best glyphs row's label (continual_glyphs.json)
+LOST_AS_KEYS = ("related_lost_as", "related_gained_from", "general_lost_as", "general_gained_from")
 LOST = 0.5  # a cell counts as lost when it shows in this share fewer of its images than untouched
 
 
@@ -72,7 +73,8 @@ def continual_rows(steps: set[int], label_end: str) -> list[dict]:
         figures = {k: row.get(k) for k in ("related", "general", "related_paired", "general_paired")}
         rows.append({"step": row["step"], "concept": row["concept"], "made": "on the chain (continual run)",
                      "variant": "recipe", "seed": 0, "seconds": row["erase_seconds"],
-                     "shown": row["per_concept_shown"][row["concept"]], **figures, "lost": lost})  # fmt: skip
+                     "shown": row["per_concept_shown"][row["concept"]], **figures, "lost": lost,
+                     **{k: row[k] for k in LOST_AS_KEYS if k in row}})  # fmt: skip
     return rows
 
 
@@ -106,6 +108,10 @@ def run(args) -> dict:
                 "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
                 "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
                 "lost": lost_cells(cells, untouched.general),
+                "related_lost_as": continual.lost_as(untouched, result, related),
+                "general_lost_as": continual.lost_as(untouched, result, general),
+                "related_gained_from": continual.lost_as(result, untouched, related),
+                "general_gained_from": continual.lost_as(result, untouched, general),
                 "target_reach": adapter.metadata.get("figures", {}).get("target_reach"),
             }  # fmt: skip
             results["rows"].append(row)
@@ -136,18 +142,22 @@ def write_report(results: dict, args) -> None:
             "identity's contrast prompts also in its neighbouring styles, as a group of their own. Retention: % "
             "of the untouched model on the same cells. *Lost / gained*: images that showed their cell with the "
             "untouched model and do not now, and the reverse (one-sided sign test, bold where p < 0.05). *Cells "
-            "lost*: down by at least {lost:.0%} of their images. {images} images per prompt, {sampling_steps} "
-            "DDIM steps, {general_cells} general cells."
-        ).format(**settings, lost=LOST),
+            "lost*: down by at least {lost:.0%} of their images. *Lost as*: the lost images by what they show "
+            "instead, *gained from*: the gained ones by what they showed untouched ({lost_as}; what the scorer "
+            "read otherwise, `continual.lost_as`; rows since session 30). "
+            "{images} images per prompt, {sampling_steps} DDIM steps, {general_cells} general cells."
+        ).format(**settings, lost=LOST, lost_as=" / ".join(continual.LOST_AS)),
         "",
         "| step | removed | made | variant | seed | still shown | related | general | general lost / gained (p) | "
-        "related lost / gained (p) | cells lost | erase s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "related lost / gained (p) | cells lost | related lost as | related gained from | general lost as | "
+        "general gained from | erase s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         figures = [continual._pct(r[k]) for k in ("shown", "related", "general")]
         figures += [continual._paired_cell(r[k]) for k in ("general_paired", "related_paired")]
         cells = [r["step"], r["concept"], r["made"], r["variant"], r["seed"], *figures, ", ".join(r["lost"]) or "—"]
+        cells += [" / ".join(str(n) for n in r[k].values()) if k in r else "—" for k in LOST_AS_KEYS]
         lines.append("| " + " | ".join(str(c) for c in cells) + f" | {r['seconds']:.0f} |")
     commands = results["command"] if isinstance(results["command"], list) else [results["command"]]
     lines += ["", "Commands (their rows merged):" if len(commands) > 1 else "Command:", ""]
