@@ -379,8 +379,10 @@ def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
     contexts = [Context(record["context"]) for record in metadata["targets"]]
     anchors = [""] + [record["target"] for record in metadata["targets"]] + [c.fill("") for c in contexts]
     neighbors = [c.fill(record["neighbor"]) for record in metadata["protected_neighbors"] for c in contexts]
-    if "preserve_groups" in metadata:  # `preserve` given as groups
-        preserve = {f"{PRESERVE_GROUP}{name}": list(prompts) for name, prompts in metadata["preserve_groups"].items()}
+    if "preserve_groups" in metadata:  # `preserve` given as groups, in the order of their names: saving sorts the
+        # keys, and a removal loaded from disk must replay as the same removal made in this process
+        groups = sorted(metadata["preserve_groups"].items())
+        preserve = {f"{PRESERVE_GROUP}{name}": list(prompts) for name, prompts in groups}
     elif "preserve" in metadata:
         preserve = {"preserve": list(metadata["preserve"])}
     else:  # made before `preserve` was recorded: what is neither an anchor nor a neighbour

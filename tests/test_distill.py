@@ -184,6 +184,31 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     assert weights.tolist() == pytest.approx([1, 1, 0.5, 0.25, 0.25])
 
 
+def test_a_removal_on_a_chain_loaded_from_disk_is_made_as_on_the_chain_in_memory(sd_pipe, tmp_path, monkeypatch):
+    """What a later removal replays of the earlier ones is the same whether they were made in this process or
+    loaded from disk (the Hub): saving sorts the provenance's keys, so its preserve groups come back in another
+    order, which changed the replay pool and, on the glyphs chain, every removal made after a reload."""
+    first = du.erase(sd_pipe, "cat", preserve={"zebras": ["a zebra"], "kittens": ["a kitten", "a photo of kitten"]})
+    first.save_pretrained(tmp_path / "no-cat")
+    seen = []
+
+    def record(pipe, family, bank, pairs, protected, config, **kwargs):
+        seen.append({"pairs": pairs, "protected": protected, **{k: kwargs[k] for k in ("earlier", "untouched")},
+                     "earlier_protected": kwargs["earlier_protected"]})  # fmt: skip
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(erasure, "distill", record)
+    config = du.DistillConfig(anchor="base", earlier_protection=2.0)
+    for earlier in (first, du.UnlearningAdapter.from_pretrained(tmp_path / "no-cat")):
+        sd_pipe.load_unlearning(earlier)
+        with pytest.raises(RuntimeError, match="recorded"):
+            du.erase(sd_pipe, "dog", prompts=["a photo of dog"], method="distill", config=config)
+        sd_pipe.unload_unlearning()
+    in_memory, loaded = seen
+    assert in_memory["earlier_protected"][0][1:] == [["a kitten", "a photo of kitten"], ["a zebra"]]  # by name
+    assert loaded == in_memory
+
+
 def test_earlier_protection_holds_what_earlier_removals_protected(sd_pipe):
     """`DistillConfig(earlier_protection=w)`: a later removal replays the prompts an earlier one protected (its
     look-alikes, "kitten" beside "cat"), which it does not protect itself, and moves them less the larger `w`."""
