@@ -190,6 +190,19 @@ def lost_as(untouched: EvaluationResult, now: EvaluationResult, probes: list[Con
     return counts
 
 
+def lost_changes(untouched: EvaluationResult, now: EvaluationResult, probes: list[ConceptProbe], top: int = 12):
+    """Glyphs: the most frequent changes among the images `lost_as` counts, as `"colour orange -> red": n` (each
+    attribute read otherwise, asked -> read): which boundary a step moves."""
+    changes: dict[str, int] = {}
+    for probe in probes:
+        lost = untouched.shown[probe.concept] & ~now.shown[probe.concept]
+        for j in lost.nonzero()[0]:
+            for attribute, read in now.misread[probe.concept][j].items():
+                key = f"{attribute} {probe.check[attribute]} -> {read}"
+                changes[key] = changes.get(key, 0) + 1
+    return dict(sorted(changes.items(), key=lambda kv: -kv[1])[:top])
+
+
 def closed_form_config(args) -> du.ClosedFormConfig:
     return du.ClosedFormConfig(
         lambda_protect=args.lambda_protect, lambda_reg=args.lambda_reg, anchor=args.anchor,
@@ -683,6 +696,8 @@ def run_glyphs(args) -> dict:
                 "general_lost_as": lost_as(untouched, result, general),
                 "related_gained_from": lost_as(result, untouched, related),
                 "general_gained_from": lost_as(result, untouched, general),
+                "related_lost_changes": lost_changes(untouched, result, related),
+                "general_lost_changes": lost_changes(untouched, result, general),
                 "per_concept_shown": shown,
                 "check": _check(untouched_pipe, made),
                 # per cell, shown now and by the untouched model: which cells a step costs
