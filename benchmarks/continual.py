@@ -40,8 +40,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,6 +56,7 @@ from diffusers_unlearn.digits.concepts import ALL_CELLS, Concept, cell_probe
 from diffusers_unlearn.evaluation import ConceptProbe, EvaluationResult, evaluate, paired_change
 from diffusers_unlearn.glyphs import GlyphsConceptScorer
 from diffusers_unlearn.glyphs import concepts as glyph_concepts
+from diffusers_unlearn.glyphs import data as glyph_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,6 +191,30 @@ def lost_as(untouched: EvaluationResult, now: EvaluationResult, probes: list[Con
                 counts["character" if set(misread) == {"char"} else "colour" if set(misread) == {"colour"} else
                        "more than one"] += 1  # fmt: skip
     return counts
+
+
+def boundary_prompts(concept, count: int) -> list[str]:
+    """Glyphs: `count` prompts across the model's weakest boundaries, for a removal to hold as a group of its own.
+    Random cells the concept does not cover, each beside its twin in the nearest style and in the nearest colour
+    (`STYLE_NEIGHBOURS`, `COLOUR_NEIGHBOURS`: "the orange x in bold", "the orange x in heavy", "the red x in bold"),
+    in the training templates other than the probes' phrasing. What a chain's lost images show instead is mostly
+    such a twin (`lost_as`)."""
+    rng = random.Random(zlib.crc32(concept.name.encode()) + 2)
+    templates = [t for t in glyph_data.TEMPLATES if "{style}" in t and "{colour}" in t and
+                 t != "the {colour} {char} in {style}" and "capital" not in t]  # fmt: skip
+    prompts: list[str] = []
+    for char, style, colour in rng.sample(list(glyph_concepts.ALL_CELLS), len(glyph_concepts.ALL_CELLS)):
+        twins = [(char, style, colour), (char, glyph_concepts.STYLE_NEIGHBOURS[style][0], colour),
+                 (char, style, glyph_concepts.COLOUR_NEIGHBOURS[colour][0])]  # fmt: skip
+        if any(concept.covers(*cell) for cell in twins):
+            continue
+        template, background = rng.choice(templates), rng.choice(("black", "white"))
+        texts = [glyph_data.fill(template, *cell, background) for cell in twins]
+        if not any(concept.mentioned_in(text) for text in texts):
+            prompts += [text for text in texts if text not in prompts]
+        if len(prompts) >= count:
+            return prompts[:count]
+    return prompts
 
 
 def lost_changes(untouched: EvaluationResult, now: EvaluationResult, probes: list[ConceptProbe], top: int = 12):
@@ -656,6 +683,8 @@ def run_glyphs(args) -> dict:
                 else:
                     distill = distill_options(args, concept)
                     kwargs = erase_kwargs(concept, method, config, distill, neighbour_styles=args.neighbour_styles)
+                    if args.boundaries:
+                        kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
                     adapter = du.erase(bare or pipe, **kwargs)
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
@@ -988,6 +1017,13 @@ def main() -> None:
         action="store_true",
         help="glyphs: each identity also protects its contrast prompts in its neighbouring styles "
         "(Concept.erase_kwargs(neighbour_styles=True))",
+    )
+    parser.add_argument(
+        "--boundaries",
+        type=int,
+        default=0,
+        help="glyphs: each removal also holds this many prompts across the model's weakest boundaries (a cell beside "
+        "its nearest-style and nearest-colour twins, boundary_prompts) as a preserve group of their own",
     )
     parser.add_argument("--model", type=Path, default=None, help="glyphs: another trained pipeline folder")
     parser.add_argument("--scorer", type=Path, default=None, help="glyphs: another trained scorer folder")
