@@ -803,7 +803,12 @@ def write_glyph_report(results: dict, args) -> None:
         "- **general images lost / gained (p)** (per-step tables, rows measured from session 28): the general cells' "
         "images that showed their cell with the untouched model and do not now (image j from the same seed), and "
         "the reverse; p is the one-sided exact sign test on them (`evaluation.paired_change`), in bold under 0.05: "
-        "a loss that reshuffling the borderline images does not explain.",
+        "a loss that reshuffling the borderline images does not explain;",
+        "- **lost as / gained from** (below the per-step tables, rows measured from session 30): those images by "
+        "what the scorer reads in them instead (`evaluation.EvaluationResult.misread`): a neighbouring style (the "
+        "style the model draws most alike, serif for roman), another style, another character, another colour, "
+        "more than one; the lost images as they are now, the gained ones as they were untouched. A kind lost much "
+        "more often than gained is what the step costs.",
         "",
         f"Untouched model: {100 * sum(shown) / max(1, len(shown)):.1f}% of the forget probes' images show their "
         f"concept (training templates), {100 * sum(held) / max(1, len(held)):.1f}% on held-out templates.",
