@@ -173,6 +173,15 @@ def relative(now: dict[str, float], before: dict[str, float]) -> float:
 LOST_AS = ("neighbouring style", "other style", "character", "colour", "more than one")
 
 
+def _lost_misreads(untouched: EvaluationResult, now: EvaluationResult, probes: list[ConceptProbe]):
+    """`(probe, misread)` of each image of `probes` that showed its cell with the untouched model (same seed) and
+    does not now: what the scorer reads in it instead (`EvaluationResult.misread`)."""
+    for probe in probes:
+        lost = untouched.shown[probe.concept] & ~now.shown[probe.concept]
+        for j in lost.nonzero()[0]:
+            yield probe, now.misread[probe.concept][j]
+
+
 def lost_as(untouched: EvaluationResult, now: EvaluationResult, probes: list[ConceptProbe]) -> dict[str, int]:
     """Glyphs: what the images of `probes` that showed their cell with the untouched model (same seeds) and do not
     now show instead, counted by what the scorer read otherwise (`EvaluationResult.misread`): only the style, as one
@@ -180,17 +189,25 @@ def lost_as(untouched: EvaluationResult, now: EvaluationResult, probes: list[Con
     more than one of them. Swapped, `lost_as(now, untouched, probes)` counts the images gained, by what they showed
     untouched: a kind lost more often than gained is what the change costs, beyond reshuffling borderline images."""
     counts = dict.fromkeys(LOST_AS, 0)
-    for probe in probes:
-        before, shown = untouched.shown[probe.concept], now.shown[probe.concept]
-        for j in (before & ~shown).nonzero()[0]:
-            misread = now.misread[probe.concept][j]
-            if set(misread) == {"style"}:
-                near = misread["style"] in glyph_concepts.STYLE_NEIGHBOURS[probe.check["style"]]
-                counts["neighbouring style" if near else "other style"] += 1
-            else:
-                counts["character" if set(misread) == {"char"} else "colour" if set(misread) == {"colour"} else
-                       "more than one"] += 1  # fmt: skip
+    for probe, misread in _lost_misreads(untouched, now, probes):
+        if set(misread) == {"style"}:
+            near = misread["style"] in glyph_concepts.STYLE_NEIGHBOURS[probe.check["style"]]
+            counts["neighbouring style" if near else "other style"] += 1
+        else:
+            counts["character" if set(misread) == {"char"} else "colour" if set(misread) == {"colour"} else
+                   "more than one"] += 1  # fmt: skip
     return counts
+
+
+def lost_figures(untouched: EvaluationResult, now: EvaluationResult, related: list, general: list) -> dict:
+    """A step's row entries on what its lost images show instead and what its gained ones showed (`lost_as`), and
+    the most frequent changes among the lost ones (`lost_changes`), for its related and its general cells."""
+    figures = {}
+    for kind, probes in (("related", related), ("general", general)):
+        figures[f"{kind}_lost_as"] = lost_as(untouched, now, probes)
+        figures[f"{kind}_gained_from"] = lost_as(now, untouched, probes)
+        figures[f"{kind}_lost_changes"] = lost_changes(untouched, now, probes)
+    return figures
 
 
 def boundary_prompts(concept, count: int) -> list[str]:
@@ -221,12 +238,10 @@ def lost_changes(untouched: EvaluationResult, now: EvaluationResult, probes: lis
     """Glyphs: the most frequent changes among the images `lost_as` counts, as `"colour orange -> red": n` (each
     attribute read otherwise, asked -> read): which boundary a step moves."""
     changes: dict[str, int] = {}
-    for probe in probes:
-        lost = untouched.shown[probe.concept] & ~now.shown[probe.concept]
-        for j in lost.nonzero()[0]:
-            for attribute, read in now.misread[probe.concept][j].items():
-                key = f"{attribute} {probe.check[attribute]} -> {read}"
-                changes[key] = changes.get(key, 0) + 1
+    for probe, misread in _lost_misreads(untouched, now, probes):
+        for attribute, read in misread.items():
+            key = f"{attribute} {probe.check[attribute]} -> {read}"
+            changes[key] = changes.get(key, 0) + 1
     return dict(sorted(changes.items(), key=lambda kv: -kv[1])[:top])
 
 
@@ -721,12 +736,7 @@ def run_glyphs(args) -> dict:
                 "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
                 # what the lost images show instead (a neighbouring style, another character, ...), and what the
                 # gained ones showed untouched: a kind lost more than gained is what the step costs
-                "related_lost_as": lost_as(untouched, result, related),
-                "general_lost_as": lost_as(untouched, result, general),
-                "related_gained_from": lost_as(result, untouched, related),
-                "general_gained_from": lost_as(result, untouched, general),
-                "related_lost_changes": lost_changes(untouched, result, related),
-                "general_lost_changes": lost_changes(untouched, result, general),
+                **lost_figures(untouched, result, related, general),
                 "per_concept_shown": shown,
                 "check": _check(untouched_pipe, made),
                 # per cell, shown now and by the untouched model: which cells a step costs

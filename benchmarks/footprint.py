@@ -108,10 +108,7 @@ def run(args) -> dict:
                 "related_paired": asdict(paired_change(untouched, result, [p.concept for p in related])),
                 "general_paired": asdict(paired_change(untouched, result, [p.concept for p in general])),
                 "lost": lost_cells(cells, untouched.general),
-                "related_lost_as": continual.lost_as(untouched, result, related),
-                "general_lost_as": continual.lost_as(untouched, result, general),
-                "related_gained_from": continual.lost_as(result, untouched, related),
-                "general_gained_from": continual.lost_as(result, untouched, general),
+                **continual.lost_figures(untouched, result, related, general),
                 "target_reach": adapter.metadata.get("figures", {}).get("target_reach"),
             }  # fmt: skip
             results["rows"].append(row)

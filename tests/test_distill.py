@@ -193,8 +193,8 @@ def test_a_removal_on_a_chain_loaded_from_disk_is_made_as_on_the_chain_in_memory
     seen = []
 
     def record(pipe, family, bank, pairs, protected, config, **kwargs):
-        seen.append({"pairs": pairs, "protected": protected, **{k: kwargs[k] for k in ("earlier", "untouched")},
-                     "earlier_protected": kwargs["earlier_protected"]})  # fmt: skip
+        seen.append({"pairs": pairs, "protected": protected,
+                     **{k: kwargs[k] for k in ("earlier", "untouched", "earlier_protected")}})  # fmt: skip
         raise RuntimeError("recorded")
 
     monkeypatch.setattr(erasure, "distill", record)
