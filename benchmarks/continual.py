@@ -697,7 +697,10 @@ def run_glyphs(args) -> dict:
                     adapter = du.UnlearningAdapter.from_pretrained(saved)
                 else:
                     distill = distill_options(args, concept)
-                    kwargs = erase_kwargs(concept, method, config, distill, neighbour_styles=args.neighbour_styles)
+                    kwargs = erase_kwargs(
+                        concept, method, config, distill, neighbour_styles=args.neighbour_styles,
+                        erase_at=args.identity_at,
+                    )  # fmt: skip
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
                     adapter = du.erase(bare or pipe, **kwargs)
@@ -1032,6 +1035,13 @@ def main() -> None:
         action="store_true",
         help="glyphs: each identity also protects its contrast prompts in its neighbouring styles "
         "(Concept.erase_kwargs(neighbour_styles=True))",
+    )
+    parser.add_argument(
+        "--identity-at",
+        choices=("style", "character"),
+        default="style",
+        help="glyphs: erase each identity at its style word or at its character word "
+        "(Concept.erase_kwargs(erase_at=...))",
     )
     parser.add_argument(
         "--boundaries",

@@ -42,13 +42,17 @@ LOST_AS_KEYS = ("related_lost_as", "related_gained_from", "general_lost_as", "ge
 LOST = 0.5  # a cell counts as lost when it shows in this share fewer of its images than untouched
 
 
-def erase_step(concept, step: int, args, seed: int, neighbour_styles: bool, chain: Path | None):
+VARIANTS = {"recipe": {}, "neighbour styles": {"neighbour_styles": True}, "character word": {"erase_at": "character"}}
+"""An identity's variants: `Concept.erase_kwargs` options."""
+
+
+def erase_step(concept, step: int, args, seed: int, variant: str, chain: Path | None):
     """Erases the step's concept on the untouched model, or on the removals `chain` holds for the steps before."""
     pipe = glyphs.load_pipeline(path=args.model)
     for earlier in range(1, step if chain else 1):
         pipe.load_unlearning(du.UnlearningAdapter.from_pretrained(chain / f"step-{earlier:02d}"), mode="fused")
     distill = continual.distill_options(args, concept)
-    kwargs = continual.erase_kwargs(concept, METHOD, du.ClosedFormConfig(), distill, neighbour_styles=neighbour_styles)
+    kwargs = continual.erase_kwargs(concept, METHOD, du.ClosedFormConfig(), distill, **VARIANTS[variant])
     started = time.perf_counter()
     adapter = du.erase(pipe, seed=seed, **kwargs)
     seconds = time.perf_counter() - started
@@ -93,11 +97,9 @@ def run(args) -> dict:
     for step in args.steps:
         concept = continual.GLYPH_SEQUENCE[step - 1]
         _, related, general = probes[step]
-        variants = ["recipe", *(["neighbour styles"] if args.neighbour_styles and concept.kind == "identity" else [])]
+        variants = ["recipe", *(args.variants if concept.kind == "identity" else [])]
         for made, variant, seed in itertools.product(wheres, variants, args.seeds):
-            pipe, adapter, seconds = erase_step(
-                concept, step, args, seed, variant == "neighbour styles", chain if made != "alone" else None
-            )
+            pipe, adapter, seconds = erase_step(concept, step, args, seed, variant, chain if made != "alone" else None)
             result = evaluate(pipe, scorer, forget=[concept.forget_probe()], related=related, general=general, **call)
             cells = {**result.related, **result.general}
             row = {
@@ -136,7 +138,8 @@ def write_report(results: dict, args) -> None:
             "*Still shown*: share of the images of the step's own forget probe that show the concept. *On the "
             "chain (continual run)*: that run's own figures for the step (`continual_glyphs.json`, the row ending"
             ' "{chain_row}"). *Variant*: `recipe`, the concept\'s `erase_kwargs()`; `neighbour styles`, an '
-            "identity's contrast prompts also in its neighbouring styles, as a group of their own. Retention: % "
+            "identity's contrast prompts also in its neighbouring styles, as a group of their own; `character word`, "
+            'an identity erased at its character word (`erase_at="character"`). Retention: % '
             "of the untouched model on the same cells. *Lost / gained*: images that showed their cell with the "
             "untouched model and do not now, and the reverse (one-sided sign test, bold where p < 0.05). *Cells "
             "lost*: down by at least {lost:.0%} of their images. *Lost as*: the lost images by what they show "
@@ -168,10 +171,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[], help="steps of the glyphs sequence (1-50)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="erase seeds (each step, each variant)")
     parser.add_argument(
-        "--neighbour-styles",
-        action="store_true",
-        help="also, for an identity, the variant erase_kwargs(neighbour_styles=True): its contrast prompts in its "
-        "neighbouring styles protected as a group of their own",
+        "--variants",
+        nargs="+",
+        choices=[v for v in VARIANTS if v != "recipe"],
+        default=[],
+        help="also, for an identity, these variants of its erase_kwargs(): 'neighbour styles' (its contrast prompts "
+        "in its neighbouring styles held as a group of their own), 'character word' (erased at its character word)",
     )
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--sampling-steps", type=int, default=10, help="DDIM steps per image")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffusers_unlearn import glyphs
+from diffusers_unlearn.errors import InvalidArgumentError
 from diffusers_unlearn.evaluation import AttributeConceptScorer, ConceptScorer
 from diffusers_unlearn.glyphs import GlyphsConceptScorer
 from diffusers_unlearn.glyphs.concepts import Concept, cell_probe, general_cells
@@ -191,6 +192,26 @@ def test_an_identity_can_also_protect_its_contrast_prompts_in_the_neighbouring_s
     for other in (Concept("Q"), Concept(style="serif"), Concept(colour="red")):
         assert other.neighbour_style_prompts() == []
         assert other.erase_kwargs(neighbour_styles=True) == other.erase_kwargs()
+
+
+def test_an_identity_can_be_erased_at_its_character_word():
+    """ "roman 2" with `erase_at="character"`: "2" is erased, mapped to the other digits but its look-alikes (Z, 7),
+    with the same prompts and protection as at its style word; other kinds are erased at their word either way,
+    and an unknown place is refused."""
+    roman_2 = Concept("2", "roman")
+    at_style, at_char = roman_2.erase_kwargs(), roman_2.erase_kwargs(erase_at="character")
+    assert (at_style["concept"], at_char["concept"]) == ("roman", "2") and at_char["aliases"] == ["two"]
+    assert at_char["mapping_candidates"] == ["0", "1", "3", "4", "5", "6", "8", "9"]
+    assert Concept("R", "bold", "red").erase_kwargs(erase_at="character")["mapping_candidates"][:3] == ["a", "b", "c"]
+    assert "p" not in Concept("R", "bold").erase_kwargs(erase_at="character")["mapping_candidates"]  # a look-alike
+    changed = {"concept", "aliases", "mapping_candidates"}
+    assert {k: v for k, v in at_style.items() if k not in changed} == {
+        k: v for k, v in at_char.items() if k not in changed
+    }
+    for other in (Concept("Q"), Concept(style="serif"), Concept(colour="red")):
+        assert other.erase_kwargs(erase_at="character") == other.erase_kwargs()
+    with pytest.raises(InvalidArgumentError, match="erase_at"):
+        roman_2.erase_kwargs(erase_at="colour")
 
 
 def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():

@@ -15,7 +15,7 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from ..errors import InvalidConceptError
+from ..errors import InvalidArgumentError, InvalidConceptError
 from ..evaluation import ConceptProbe
 from .data import (
     CHARACTERS,
@@ -252,7 +252,7 @@ class Concept:
                 slots.append(filled)
         return slots if len(slots) <= limit else sorted(rng.sample(slots, limit), key=slots.index)
 
-    def erase_kwargs(self, background: int = 200, neighbour_styles: bool = False) -> dict:
+    def erase_kwargs(self, background: int = 200, neighbour_styles: bool = False, erase_at: str = "style") -> dict:
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
         The erased word is the character, the style word or the colour word, with its synonyms as aliases; the
@@ -265,7 +265,24 @@ class Concept:
         draws most like it (`lookalike_prompts()`) as a preserve group of its own, and protects `background`
         prompts of other cells (`background_prompts()`). With `neighbour_styles`, an identity also protects its
         contrast prompts in its neighbouring styles (`neighbour_style_prompts()`) as a group of their own.
+
+        `erase_at="character"` erases an identity at its character word instead ("2" where the prompt asks for "the
+        pink 2 in roman"), mapped to another character of its kind that is not one of its look-alikes, so that it
+        draws "the pink 3 in roman", with the same prompts protected. A removal at the style word moves the other
+        characters of its style towards the neighbouring style ("roman 2" turns red roman Q serif); at the
+        character word it leaves them where they are (docs/benchmarks/continual_analysis.md, session 31). Other
+        kinds are erased at their own word either way.
+
+        Example:
+
+        ```py
+        >>> from diffusers_unlearn.glyphs.concepts import Concept
+        >>> Concept("2", "roman").erase_kwargs(erase_at="character")["concept"]
+        '2'
+        ```
         """
+        if erase_at not in ("style", "character"):
+            raise InvalidArgumentError(f"erase_at must be 'style' or 'character', got {erase_at!r}.")
         name = "no-" + self.name.replace(" ", "-")
         background = self.background_prompts(background)
         if self.kind in ("style", "colour"):
@@ -292,14 +309,26 @@ class Concept:
             # contrast prompts pin them)
             same_char = [prompt(self.char, self.colour, s) for s in STYLES if s != self.style]
             lookalikes = [prompt(c, self.colour, self.style) for c in LOOKALIKES[self.char]]
+            if erase_at == "character":  # drawn as another character of its kind, not one that looks like it
+                words = char_words(self.char)
+                others = [c for c in CHARACTERS if c != self.char and c not in LOOKALIKES[self.char]]
+                erased = {
+                    "concept": words[0],
+                    "aliases": list(words[1:]),
+                    "mapping_candidates": [char_words(c)[0] for c in others if kind_of(c) == kind_of(self.char)],
+                }
+            else:
+                erased = {
+                    "concept": self.style,
+                    "aliases": list(STYLE_SYNONYMS[self.style][1:]),
+                    # not a neighbouring style: the model barely tells serif from roman on round glyphs, so mapping
+                    # "serif Q" to roman carries the serif O and 0 with it; nor the context without its style,
+                    # drawn in a default style that may be this one ("red r" half the time bold)
+                    "mapping_candidates": [s for s in STYLES if s not in (self.style, *STYLE_NEIGHBOURS[self.style])],
+                }
             return {
-                "concept": self.style,
-                "aliases": list(STYLE_SYNONYMS[self.style][1:]),
+                **erased,
                 "prompts": self.forget_prompts(),
-                # not a neighbouring style: the model barely tells serif from roman on round glyphs, so mapping
-                # "serif Q" to roman carries the serif O and 0 with it; nor the context without its style, drawn in
-                # a default style that may be this one ("red r" half the time bold; continual_analysis.md)
-                "mapping_candidates": [s for s in STYLES if s != self.style and s not in STYLE_NEIGHBOURS[self.style]],
                 "map_to_context": False,
                 # what the model draws alike (the character in the neighbouring styles, the look-alikes in this
                 # style) in a group of their own: among the other prompts "italic 7" took "oblique 7" with it
