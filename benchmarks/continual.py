@@ -41,6 +41,7 @@ import argparse
 import json
 import math
 import random
+import shlex
 import sys
 import time
 import zlib
@@ -1108,7 +1109,7 @@ def main() -> None:
     started = time.perf_counter()
     results = run_glyphs(args) if glyph_world else run(args)
     results["seconds"] = time.perf_counter() - started
-    results["command"] = "python benchmarks/continual.py " + " ".join(sys.argv[1:])
+    results["command"] = "python benchmarks/continual.py " + shlex.join(sys.argv[1:])
     if args.update and previous.is_file():
         kept = json.loads(previous.read_text())
         kept["methods"].update(results["methods"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -202,7 +203,7 @@ def main() -> None:
     started = time.perf_counter()
     results = run(args)
     results["seconds"] = time.perf_counter() - started
-    results["command"] = "python benchmarks/footprint.py " + " ".join(sys.argv[1:])
+    results["command"] = "python benchmarks/footprint.py " + shlex.join(sys.argv[1:])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(results, args)

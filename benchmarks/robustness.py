@@ -329,9 +329,7 @@ def _settings(args, world: World) -> dict:
         "steps": args.steps,
         "guidance_scale": world.guidance,
         "distill_steps": args.distill_steps,
-        **({"distill_modules": list(args.distill_modules)} if args.distill_modules else {}),
-        **({"distill_replay_pool": args.distill_replay_pool} if args.distill_replay_pool else {}),
-        **({"distill_identity_eta": args.distill_identity_eta} if args.distill_identity_eta is not None else {}),
+        **{k: v for k, v in vars(args).items() if k.startswith("distill_") and v not in (None, 0, [])},  # those given
         **({"harden": changed} if (changed := _changed(harden_config(args), du.HardenConfig())) else {}),
         "general_cells": args.general_cells,
     }
