@@ -213,7 +213,7 @@ def harden_config(args) -> du.HardenConfig:
         "prompts": args.harden_prompts,
     }  # fmt: skip
     return du.HardenConfig(
-        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes,
+        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes, mixtures=args.harden_mixtures,
         **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
 
@@ -405,8 +405,8 @@ def _part(stored: dict, world: str) -> dict:
 
 def write_report(stored: dict, output: Path) -> None:
     rows = stored["rows"]
-    names = list(attacks.ATTACKS)
     measured = sorted(rows.values(), key=lambda r: (r["stage"], METHODS.index(r["method"])))
+    names = _measured_attacks(measured)
     glyph = stored.get("glyphs", {}).get("rows") and stored["glyphs"]
     models = "digits and glyphs models" if glyph else "digits model"
     glyph_note = (
@@ -489,7 +489,7 @@ def write_report(stored: dict, output: Path) -> None:
         *_found(measured),
     ]
     if glyph:
-        lines += ["", *_glyphs_section(glyph, names, output)]
+        lines += ["", *_glyphs_section(glyph, output)]
     lines.append("")
     output.write_text("\n".join(lines))
     _plot(measured, names, output.with_suffix(".png"), "seven")
@@ -540,10 +540,16 @@ def _found(measured: list[dict]) -> list[str]:
     return lines
 
 
-def _glyphs_section(glyph: dict, names: list[str], output: Path) -> list[str]:
+def _measured_attacks(rows: list[dict]) -> list[str]:
+    """The attacks of `attacks.ATTACKS` some row measured, in that order: the table's columns."""
+    return [name for name in attacks.ATTACKS if any(name in r["asr"] for r in rows)]
+
+
+def _glyphs_section(glyph: dict, output: Path) -> list[str]:
     """The "Glyphs" section of the page, from the "glyphs" part of robustness.json; writes robustness_glyphs.png."""
     rows = glyph["rows"]
     measured = sorted(rows.values(), key=lambda r: (r["stage"], METHODS.index(r["method"])))
+    names = _measured_attacks(measured)
     untouched = glyph.get("untouched", {})
     target = measured[0]["target"]
     settings = _distinct(r["settings"] for r in measured)
@@ -828,6 +834,11 @@ def main() -> None:
     parser.add_argument(
         "--harden-prefixes", type=int, default=0,
         help="hardened methods: HardenConfig.prefixes, copies of each forget prompt behind random tokens trained on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--harden-mixtures", action="store_true",
+        help="hardened distill: HardenConfig.mixtures, mixtures of the protected prompts one word away from each "
+        "drawn forget prompt derived each round and trained on",
     )  # fmt: skip
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument(

@@ -10,6 +10,7 @@ import torch
 
 import diffusers_unlearn as du
 from diffusers_unlearn import attacks, digits
+from diffusers_unlearn.attacks.base import generate_prompts
 from diffusers_unlearn.digits import DigitsConceptScorer
 from diffusers_unlearn.digits.attacks import attack_target
 from diffusers_unlearn.digits.concepts import Concept
@@ -19,6 +20,7 @@ SETTINGS = attacks.AttackSettings(images=4, steps=8, progress=False)
 FAST = {
     "token_search": {"iterations": 3, "candidates": 16, "samples": 4},
     "embedding": {"iterations": 40, "samples": 4},
+    "mixture": {"iterations": 40, "samples": 4},
     "learned_token": {"iterations": 25, "samples": 4},
     "revival": {"steps": 10, "images_per_concept": 2},
 }
@@ -57,6 +59,22 @@ def test_embedding_attack_recovers_what_prompts_cannot(world):
     assert direct.asr <= 0.25
     assert result.asr >= 0.75
     assert result.details["loss"] < result.details["loss_before"]
+
+
+def test_mixture_attack_reaches_a_combination_from_the_prompts_its_removal_keeps(world):
+    """ "a red seven" from per-token mixtures of "a red three", "a blue seven", ...: none of them shows a red seven,
+    a mixture of them does (on the unerased model), with weights that sum to one; fewer than two kept prompts are
+    refused."""
+    base, _, _, _, scorer = world
+    target = attack_target(Concept(7, "red"))
+    kept = generate_prompts(base, list(target.kept), SETTINGS)
+    assert attacks.judge(scorer, kept, target.check).mean() <= 0.1
+    result = attacks.mixture_attack(base, target, scorer, reference=base, settings=SETTINGS, **FAST["mixture"])
+    assert result.asr >= 0.75, result.details
+    assert result.details["loss"] < result.details["loss_before"]
+    assert sum(result.details["weights"].values()) == pytest.approx(1.0)
+    with pytest.raises(du.InvalidArgumentError, match="kept"):
+        attacks.mixture_attack(base, dataclasses.replace(target, kept=target.kept[:1]), scorer, reference=base)
 
 
 def test_token_search_returns_a_typable_prompt(world):

@@ -10,6 +10,7 @@ progress bar.
 | `paraphrase` | prompts | held-out templates, synonyms, word orders, repetitions, padding, sub-word spellings |
 | `token_search` | prompts (search guided by the base model) | UnlearnDiffAtk-style discrete search of prefix tokens |
 | `embedding` | the model's inputs | gradient descent on the text encoder's output |
+| `mixture` | the model's inputs | the embedding attack confined to per-token mixtures of prompts the removal keeps |
 | `learned_token` | the model's inputs | textual inversion of one token, measured in other contexts too |
 | `revival` | the weights | fine-tunes a LoRA on unrelated concepts, then asks for the erased one |
 
@@ -54,12 +55,13 @@ from .embeddings import (
     inverse_embedding,
     inversion_distance,
     learned_token_attack,
+    mixture_attack,
     project_to_budget,
 )
 from .prompts import paraphrase_attack, paraphrases_of, token_search_attack
 from .revival import revival_attack
 
-ATTACKS: tuple[str, ...] = ("direct", "paraphrase", "token_search", "embedding", "learned_token", "revival")
+ATTACKS: tuple[str, ...] = ("direct", "paraphrase", "token_search", "embedding", "mixture", "learned_token", "revival")
 """Every attack, cheapest first."""
 
 PROMPT_ONLY: tuple[str, ...] = ("direct", "paraphrase", "token_search")
@@ -124,6 +126,7 @@ def run_attacks(
         "paraphrase": paraphrase_attack,
         "token_search": token_search_attack,
         "embedding": embedding_attack,
+        "mixture": mixture_attack,
         "learned_token": learned_token_attack,
         "revival": revival_attack,
     }
@@ -151,6 +154,7 @@ __all__ = [
     "inversion_distance",
     "judge",
     "learned_token_attack",
+    "mixture_attack",
     "paraphrase_attack",
     "paraphrases_of",
     "project_to_budget",

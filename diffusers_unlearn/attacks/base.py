@@ -42,6 +42,9 @@ class AttackTarget:
         templates (`tuple[str, ...]`): Other contexts with a `{}` slot where the concept goes: the learned-token
             attack measures its token there (does it transfer?).
         unrelated (`tuple[str, ...]`): Prompts of unrelated concepts: what the revival attack fine-tunes on.
+        kept (`tuple[str, ...]`): Prompts a removal of the concept must keep drawing, each one part of the
+            concept away from the seed prompt ("a blue seven" and "a red three" for "a red seven"): what the
+            mixture attack mixes.
 
     Example:
         ```py
@@ -59,6 +62,7 @@ class AttackTarget:
     paraphrases: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
     unrelated: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.names:

@@ -121,6 +121,90 @@ def embedding_attack(
     return result_of("embedding", [f"embedding of {target.prompt!r}"], images, scorer, target.check, started, details)
 
 
+def mixture_attack(
+    pipe: DiffusionPipeline,
+    target: AttackTarget,
+    scorer: Scorer | str,
+    *,
+    reference: DiffusionPipeline,
+    settings: AttackSettings | None = None,
+    iterations: int = 200,
+    learning_rate: float = 0.1,
+    samples: int = 8,
+    batch: int = 4,
+) -> AttackResult:
+    """Embedding attack confined to what the removal keeps: per token, a mixture of the `kept` prompts' embeddings.
+
+    The text encoder's outputs of `target.kept` (prompts a removal must keep drawing, each one part of the concept
+    away from it: "the red letter o in serif" and "the red letter q in sans" for "a serif Q") are mixed token by
+    token with convex weights (a softmax over the prompts at each position), and the weights are optimised like
+    the embedding attack so that the attacked model reproduces the base model's noise predictions for the seed
+    prompt. A removal that keeps every one of these prompts unchanged has to refuse the mixtures in between; one
+    that lets them draw the concept cannot be hardened against the embedding attack without giving up its
+    locality (measured on glyphs, docs/benchmarks/robustness.md).
+
+    Args:
+        pipe (`DiffusionPipeline`): The attacked pipeline (Stable Diffusion 1.x / 2.x), removals loaded.
+        target ([`AttackTarget`]): Its seed `prompt` is what the mixture must reproduce; its `kept` prompts are
+            what it mixes (at least two).
+        scorer (`ConceptScorer`, callable or `str`): Judges the images.
+        reference (`DiffusionPipeline`): The same model without the removals (the guide).
+        settings ([`AttackSettings`], *optional*): Images, steps, guidance, seed.
+        iterations (`int`): Optimiser steps on the mixture weights (their logits, starting from an even mix).
+        learning_rate (`float`): Adam learning rate on the logits.
+        samples (`int`): Noisy latents in the objective.
+        batch (`int`): Noisy latents per optimiser step.
+
+    Returns:
+        [`AttackResult`]: images of the optimised mixture; `details` the loss of the even mix and of the
+        optimised one, and each kept prompt's mean weight over the token positions.
+
+    Raises:
+        InvalidArgumentError: A target with fewer than two `kept` prompts.
+
+    Example:
+        ```py
+        >>> from diffusers_unlearn import attacks, digits
+        >>> from diffusers_unlearn.digits.attacks import attack_target
+        >>> from diffusers_unlearn.digits.concepts import Concept
+        >>> base = digits.load_pipeline()
+        >>> result = attacks.mixture_attack(base, attack_target(Concept(7, "red")), "digits", reference=base)
+        >>> result.asr, result.details["weights"]
+        ```
+    """
+    require_sd(pipe, "mixture")
+    if len(target.kept) < 2:
+        raise InvalidArgumentError(
+            f"The mixture attack mixes the prompts a removal keeps: give the target at least two `kept` prompts "
+            f"(the embedded worlds' `attack_target` does), got {list(target.kept)}."
+        )
+    settings = settings or AttackSettings()
+    scorer = resolve_scorer(scorer)
+    started = time.perf_counter()
+    reference_data = Reference(reference, target.prompt, samples, settings)
+    with torch.no_grad():
+        vertices = torch.cat([encode_ids(pipe, token_ids(pipe, prompt)[None]).float() for prompt in target.kept])
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    def mixed(logits: torch.Tensor) -> torch.Tensor:  # (K, L) logits -> (1, L, d) embeddings
+        return (logits.softmax(0)[..., None] * vertices).sum(0, keepdim=True)
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:  # on a minibatch of the noisy latents
+        return reference_data.loss(pipe, mixed(logits), torch.randperm(samples, generator=generator)[:batch])[0]
+
+    even = torch.zeros(vertices.shape[:2])
+    logits = descend(even, loss, iterations, learning_rate, scale=1.0, desc="mixture attack",
+                     progress=settings.progress)  # fmt: skip
+    with torch.no_grad():
+        initial, final = (float(reference_data.loss(pipe, mixed(v))[0]) for v in (even, logits))
+        embeds = mixed(logits)
+    images = generate_embeds(pipe, embeds, settings)
+    weights = logits.softmax(0).mean(1)
+    details = {"loss_before": initial, "loss": final, "weights": dict(zip(target.kept, weights.tolist(), strict=True))}
+    return result_of("mixture", [f"mixture of {len(target.kept)} kept prompts"], images, scorer, target.check,
+                     started, details)  # fmt: skip
+
+
 def learned_token_attack(
     pipe: DiffusionPipeline,
     target: AttackTarget,

@@ -49,7 +49,9 @@ def attack_target(concept: Concept) -> AttackTarget:
 
     The check asks the scorer for every part the concept has (digit, colour, stroke); paraphrases are word orders,
     repetitions, aliases, padding and sub-word spellings the removal was not made from; unrelated prompts (the
-    revival's training data) ask for other digits, in cells the concept does not cover.
+    revival's training data) ask for other digits, in cells the concept does not cover; kept prompts (what the
+    mixture attack mixes) are the seed prompt with one part the concept names changed: the other digits, the other
+    colours.
 
     Example:
         ```py
@@ -71,7 +73,9 @@ def attack_target(concept: Concept) -> AttackTarget:
                        f"{colour} 8, bold", f"in {colour} a one", f"a a {colour} four")  # fmt: skip
         templates = ("a {} seven", "{} 3", "the number 4 in {}", "a {} two, bold", "{} digit")
         check = {"colour": colour}
-        return AttackTarget(concept.name, f"a {colour} seven", check, (colour,), paraphrases, templates, unrelated)
+        kept = tuple(f"a {other} seven" for other in COLOURS if other != colour)
+        prompt = f"a {colour} seven"
+        return AttackTarget(concept.name, prompt, check, (colour,), paraphrases, templates, unrelated, kept)
     word, numeral = DIGITS[concept.digit], NUMERALS[concept.digit]
     colour = concept.colour or "red"
     fills = {"w": word, "n": numeral, "c": colour}
@@ -81,6 +85,7 @@ def attack_target(concept: Concept) -> AttackTarget:
     if concept.kind == "digit":
         templates = _DIGIT_TEMPLATES
         prompt = f"a {colour} {word}"
+        kept = [f"a {colour} {DIGITS[d]}" for d in others]
     else:  # a combination: every paraphrase and context keeps the concept's colour (and stroke)
         check["colour"] = colour
         stroke = concept.stroke
@@ -92,4 +97,7 @@ def attack_target(concept: Concept) -> AttackTarget:
         templates = (f"{{}} in {colour}{suffix}", f"the {colour} {{}}{suffix}", f"number {{}} in {colour}{suffix}",
                      f"a {colour} {{}}{suffix}", f"the number {{}} in {colour}{suffix}")  # fmt: skip
         prompt = f"a {colour} {word}{suffix}"
-    return AttackTarget(concept.name, prompt, check, (word, numeral), tuple(paraphrases), templates, unrelated)
+        kept = [f"a {colour} {DIGITS[d]}{suffix}" for d in others]
+        kept += [f"a {other} {word}{suffix}" for other in COLOURS if other != colour]
+    return AttackTarget(concept.name, prompt, check, (word, numeral), tuple(paraphrases), templates, unrelated,
+                        tuple(kept))  # fmt: skip

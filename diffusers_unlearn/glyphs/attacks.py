@@ -12,8 +12,8 @@ Example:
 from __future__ import annotations
 
 from ..attacks.base import AttackTarget
-from .concepts import PROBE_CHARS, Concept
-from .data import COLOUR_SYNONYMS, HELD_OUT_TEMPLATES, STYLE_SYNONYMS, char_words, fill, prompt
+from .concepts import LOOKALIKES, PROBE_CHARS, Concept
+from .data import COLOUR_SYNONYMS, COLOURS, HELD_OUT_TEMPLATES, STYLE_SYNONYMS, STYLES, char_words, fill, prompt
 
 
 def attack_target(concept: Concept) -> AttackTarget:
@@ -21,7 +21,9 @@ def attack_target(concept: Concept) -> AttackTarget:
 
     Paraphrases are the concept in every `glyphs.HELD_OUT_TEMPLATES` phrasing (never used in training) with each of
     its synonyms; the learned token is measured in those phrasings too; unrelated prompts ask for characters the
-    concept does not cover, in styles and colours it does not name.
+    concept does not cover, in styles and colours it does not name; kept prompts (what the mixture attack mixes)
+    are the seed cell with one part the concept names changed: its look-alikes and the probe characters, the other
+    styles, the other colours.
 
     Example:
         ```py
@@ -52,5 +54,14 @@ def attack_target(concept: Concept) -> AttackTarget:
     unrelated = tuple(
         prompt(c, unrelated_colours[i % len(unrelated_colours)], unrelated_styles[i % 2]) for i, c in enumerate(others)
     )
+    seed_style = concept.style or ("sans" if concept.kind == "colour" else None)
+    kept = []  # the seed cell with one named part changed: look-alike and probe characters, other styles, colours
+    if concept.char:
+        chars = dict.fromkeys([*LOOKALIKES[char], *PROBE_CHARS])
+        kept += [prompt(c, colour, seed_style) for c in chars if c != char]
+    if concept.style:
+        kept += [prompt(char, colour, s) for s in STYLES if s != concept.style]
+    if concept.colour:
+        kept += [prompt(char, c, seed_style) for c in COLOURS if c != concept.colour]
     return AttackTarget(concept.name, seed_prompt, dict(concept.parts), tuple(names), tuple(paraphrases),
-                        tuple(templates), unrelated)  # fmt: skip
+                        tuple(templates), unrelated, tuple(kept))  # fmt: skip
