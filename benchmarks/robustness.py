@@ -213,7 +213,7 @@ def harden_config(args) -> du.HardenConfig:
         "prompts": args.harden_prompts,
     }  # fmt: skip
     return du.HardenConfig(
-        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes, mixtures=args.harden_mixtures,
+        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes,
         **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
 
@@ -834,11 +834,6 @@ def main() -> None:
     parser.add_argument(
         "--harden-prefixes", type=int, default=0,
         help="hardened methods: HardenConfig.prefixes, copies of each forget prompt behind random tokens trained on",
-    )  # fmt: skip
-    parser.add_argument(
-        "--harden-mixtures", action="store_true",
-        help="hardened distill: HardenConfig.mixtures, mixtures of the protected prompts one word away from each "
-        "drawn forget prompt derived each round and trained on",
     )  # fmt: skip
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument(

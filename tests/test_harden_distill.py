@@ -77,41 +77,6 @@ def test_a_hardened_run_resumes_to_the_same_adapter(sd_pipe, tmp_path, monkeypat
         du.erase(sd_pipe, "cat", method="distill", config=checkpointed, harden=du.HardenConfig(rounds=1))
 
 
-def test_the_prompts_one_word_away_are_what_a_removal_keeps_closest():
-    kept = ["the red letter o in serif", "the red letter q in sans", "the red letter q", "a red letter q in sans"]
-    assert distill_module.one_word_away("the red letter q in serif", [*kept, "the red letter q in serif"]) == kept[:2]
-
-
-@pytest.mark.random_targets
-@quiet
-def test_hardening_by_mixtures_adds_a_mixture_of_the_kept_prompts_per_drawn_forget_prompt(sd_pipe, monkeypatch):
-    """`HardenConfig(mixtures=True)`: each round also derives, per drawn forget prompt with at least two protected
-    prompts one word away, a per-token convex mixture of theirs; without such prompts, none."""
-    mixtures = []
-    real = distill_module._derive_mixture
-
-    def record(predict, vertices, goal, harden):
-        mixed = real(predict, vertices, goal, harden)
-        mixtures.append((vertices.float(), mixed))
-        return mixed
-
-    monkeypatch.setattr(distill_module, "_derive_mixture", record)
-    config = du.DistillConfig(**dict(TINY, checkpoint_every=None))
-    harden = du.HardenConfig(rounds=2, prompts=2, iterations=3, samples=2, mixtures=True)
-    kept = ["a photo of a dog", "a photo of a car", "a painting of a cat"]
-    removal = du.erase(sd_pipe, "cat", prompts=["a photo of a cat"], preserve=kept, method="distill", config=config,
-                       harden=harden)  # fmt: skip
-    assert removal.metadata["figures"]["harden_embeddings"] == 2 * 1 + 2 * 1  # per round: one free, one mixture
-    assert len(mixtures) == 2
-    for vertices, mixed in mixtures:
-        assert vertices.shape[0] == 3  # the three kept prompts, each one word away from "a photo of a cat"
-        low, high = vertices.min(0).values, vertices.max(0).values  # a convex mixture stays within them, per entry
-        assert bool(((mixed >= low - 1e-5) & (mixed <= high + 1e-5)).all())
-    plain = du.erase(sd_pipe, "cat", prompts=["a photo of a cat"], method="distill", config=config,
-                     harden=du.HardenConfig(rounds=2, prompts=2, iterations=3, samples=2, mixtures=True))  # fmt: skip
-    assert plain.metadata["figures"]["harden_embeddings"] == 2  # nothing kept one word away: free embeddings only
-
-
 @pytest.mark.random_targets
 @quiet
 def test_bad_hardening_input_raises(sd_pipe):

@@ -139,9 +139,10 @@ def mixture_attack(
     away from it: "the red letter o in serif" and "the red letter q in sans" for "a serif Q") are mixed token by
     token with convex weights (a softmax over the prompts at each position), and the weights are optimised like
     the embedding attack so that the attacked model reproduces the base model's noise predictions for the seed
-    prompt. A removal that keeps every one of these prompts unchanged has to refuse the mixtures in between; one
-    that lets them draw the concept cannot be hardened against the embedding attack without giving up its
-    locality (measured on glyphs, docs/benchmarks/robustness.md).
+    prompt. A removal must keep each of these prompts; whether it also refuses the mixtures in between says how
+    much of the embedding attack's success lies between what it keeps. Measured on glyphs (docs/security.md): the
+    removal of the character K refuses them (12% of images, hardened 0%), that of serif Q does not (88%, hardened
+    75%: mixtures of serif O and sans Q draw it).
 
     Args:
         pipe (`DiffusionPipeline`): The attacked pipeline (Stable Diffusion 1.x / 2.x), removals loaded.

@@ -389,8 +389,8 @@ def _train(
 
     def derive(index: int) -> float:  # one round of the hardening (index == harden.rounds: measured only)
         with accelerator.autocast():
-            return _derive_round(denoiser, wrapped, pipe, family, bank, pairs, protected, pool, harden, adversarial,
-                                 index, seed, device, store=index < harden.rounds)  # fmt: skip
+            return _derive_round(denoiser, wrapped, pipe, family, bank, pairs, pool, harden, adversarial, index,
+                                 seed, device, store=index < harden.rounds)  # fmt: skip
 
     progress = tqdm(desc="distill", initial=start, total=config.steps, disable=not accelerator.is_local_main_process)
     reaches: list[tuple[int, float]] = []
@@ -594,13 +594,11 @@ class _Adversarial:
 
 
 def _derive_round(
-    denoiser, wrapped, pipe, family, bank, pairs, protected, pool, harden: HardenConfig, adversarial: _Adversarial,
-    index: int, seed: int, device, store: bool,
+    denoiser, wrapped, pipe, family, bank, pairs, pool, harden: HardenConfig, adversarial: _Adversarial, index: int,
+    seed: int, device, store: bool,
 ) -> float:  # fmt: skip
     """Round `index`: derives one embedding per drawn forget prompt (`_derive_by_gradient`) on `harden.samples`
-    latents of the forget pool, and with `harden.mixtures` one mixture of the `protected` prompts one word away
-    from it (`_derive_mixture`); adds them to `adversarial` if `store`. Returns the round's leak (of the free
-    embeddings)."""
+    latents of the forget pool; adds them to `adversarial` if `store`. Returns the round's leak."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed * 1_000_003 + 77_777 + index)
     sources = torch.randperm(len(pairs), generator=generator)[: harden.prompts].tolist()
@@ -611,15 +609,13 @@ def _derive_round(
     prompts = [pairs[i][0] for i in sources]
     start = torch.stack([bank.embeds(p) for p in prompts])
     pooled = torch.stack([bank.pooled(p) for p in prompts]).to(device) if family.pooled_layer is not None else None
-    k = harden.samples
+    n, k = len(sources), harden.samples
 
-    def predict(embeds: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
-        """`(m, L, d)` embeddings of the drawn prompts `rows` (default all) -> `(m, k, ...)`, each on every latent."""
-        m = embeds.shape[0]
-        xs = x.repeat(m, *[1] * (x.dim() - 1))
-        extra = None if pooled is None else pooled[rows].repeat_interleave(k, 0)
-        out = family.denoise(pipe, denoiser, xs, t.repeat(m), embeds.to(device).repeat_interleave(k, 0), extra)
-        return out.float().view(m, k, *out.shape[1:])
+    def predict(embeds: torch.Tensor) -> torch.Tensor:  # (n, L, d) -> (n, k, ...): every prompt on every latent
+        xs = x.repeat(n, *[1] * (x.dim() - 1))
+        extra = None if pooled is None else pooled.repeat_interleave(k, 0)
+        out = family.denoise(pipe, denoiser, xs, t.repeat(n), embeds.to(device).repeat_interleave(k, 0), extra)
+        return out.float().view(n, k, *out.shape[1:])
 
     with torch.no_grad(), _student_off(wrapped):
         goal = predict(start)
@@ -628,39 +624,8 @@ def _derive_round(
         adversarial.embeds += list(derived.cpu())
         adversarial.sources += sources
         adversarial.leaks.append(leak)
-        for i, source in enumerate(sources if harden.mixtures else []):
-            kept = one_word_away(prompts[i], protected)
-            if len(kept) >= 2:
-                vertices = torch.stack([bank.embeds(p) for p in kept])
-                one = lambda embeds, i=i: predict(embeds, slice(i, i + 1))  # noqa: E731
-                adversarial.embeds.append(_derive_mixture(one, vertices, goal[i : i + 1], harden).cpu())
-                adversarial.sources.append(source)
     adversarial.seconds += time.perf_counter() - started
     return leak
-
-
-def one_word_away(prompt: str, prompts: Sequence[str]) -> list[str]:
-    """The `prompts` with as many words as `prompt` that differ from it in exactly one ("the red letter o in serif"
-    for "the red letter q in serif"): what a removal keeps closest to a forget prompt."""
-    words = prompt.split()
-    return [p for p in dict.fromkeys(prompts) if len(other := p.split()) == len(words)
-            and sum(a != b for a, b in zip(words, other, strict=True)) == 1]  # fmt: skip
-
-
-def _derive_mixture(
-    predict: Callable[[torch.Tensor], torch.Tensor], vertices: torch.Tensor, goal: torch.Tensor, harden: HardenConfig
-) -> torch.Tensor:
-    """A per-token convex mixture of `vertices` (`(K, L, d)`, prompts the removal keeps) whose prediction under the
-    edit comes close to `goal` (the mixture attack's objective, `attacks.mixture_attack`); `(L, d)` float32."""
-    vertices = vertices.float()
-
-    def mixed(logits: torch.Tensor) -> torch.Tensor:
-        return (logits.softmax(0)[..., None] * vertices).sum(0, keepdim=True)
-
-    logits = descend(torch.zeros(vertices.shape[:2]), lambda v: (predict(mixed(v)) - goal).square().mean(),
-                     harden.iterations, 0.1, scale=1.0, desc="harden (mixture)")  # fmt: skip
-    with torch.no_grad():
-        return mixed(logits)[0]
 
 
 def _derive_by_gradient(

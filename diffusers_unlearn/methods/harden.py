@@ -73,10 +73,6 @@ class HardenConfig:
             vocabulary tokens in front (never the concept's own; seeded, [`prefixed`]) join the forget set, with
             the same tokens in front of its target: what a discrete token search writes. 0: none.
         prefix_tokens (`int`): Tokens of each prefix (the token search attack prepends 5).
-        mixtures (`bool`): Distill only. Each round also derives, for each drawn forget prompt, a per-token convex
-            mixture of the protected prompts one word away from it ("the red letter o in serif" and "the red letter
-            q in sans" for "the red letter q in serif"), by the same objective, and adds it to the forget set: what
-            [`attacks.mixture_attack`] searches. A forget prompt with fewer than two such prompts gets none.
 
     Example:
         ```py
@@ -95,7 +91,6 @@ class HardenConfig:
     phrasings: int = 0
     prefixes: int = 0
     prefix_tokens: int = 5
-    mixtures: bool = False
 
     def __post_init__(self):
         if self.rounds < 1 or self.ridge <= 0 or self.weight <= 0:
