@@ -41,7 +41,8 @@ def attack_target(concept: Concept) -> AttackTarget:
         names = char_words(concept.char)
     char = concept.char or PROBE_CHARS[0]
     colour, style = concept.colour or "red", concept.style or "sans"
-    seed_prompt = prompt(char, colour, concept.style or ("sans" if concept.kind == "colour" else None))
+    seed_style = concept.style or ("sans" if concept.kind == "colour" else None)
+    seed_prompt = prompt(char, colour, seed_style)
     templates, paraphrases = [], []
     for template in HELD_OUT_TEMPLATES:
         if slot not in template:
@@ -54,7 +55,6 @@ def attack_target(concept: Concept) -> AttackTarget:
     unrelated = tuple(
         prompt(c, unrelated_colours[i % len(unrelated_colours)], unrelated_styles[i % 2]) for i, c in enumerate(others)
     )
-    seed_style = concept.style or ("sans" if concept.kind == "colour" else None)
     kept = []  # the seed cell with one named part changed: look-alike and probe characters, other styles, colours
     if concept.char:
         chars = dict.fromkeys([*LOOKALIKES[char], *PROBE_CHARS])
