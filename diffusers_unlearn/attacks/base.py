@@ -351,3 +351,10 @@ class Reference:
         predictions = self._predict(pipe, repeated, chosen.repeat(count))
         targets = self.targets[chosen].repeat(count, 1, 1, 1).to(predictions.device)
         return (predictions - targets).square().flatten(1).mean(1).view(count, k).mean(1).cpu()
+
+    def minibatch_loss(
+        self, pipe: DiffusionPipeline, embeds: torch.Tensor, batch: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The loss of one candidate (`(1, L, d)`) on `batch` of the samples drawn at random by `generator`: one
+        optimiser step's objective in the optimising attacks."""
+        return self.loss(pipe, embeds, torch.randperm(self.samples, generator=generator)[:batch])[0]

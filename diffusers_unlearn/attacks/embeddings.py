@@ -101,7 +101,7 @@ def embedding_attack(
         initial = float(reference_data.loss(pipe, start)[0])
 
     def loss(variable: torch.Tensor) -> torch.Tensor:  # on a minibatch of the noisy latents
-        return reference_data.loss(pipe, variable, torch.randperm(samples, generator=generator)[:batch])[0]
+        return reference_data.minibatch_loss(pipe, variable, batch, generator)
 
     budget = None if max_relative_norm is None else (lambda v: project_to_budget(v, start, max_relative_norm))
     embeds = descend(start, loss, iterations, learning_rate, project=budget, desc="embedding attack",
@@ -191,7 +191,7 @@ def mixture_attack(
         return (logits.softmax(0)[..., None] * vertices).sum(0, keepdim=True)
 
     def loss(logits: torch.Tensor) -> torch.Tensor:  # on a minibatch of the noisy latents
-        return reference_data.loss(pipe, mixed(logits), torch.randperm(samples, generator=generator)[:batch])[0]
+        return reference_data.minibatch_loss(pipe, mixed(logits), batch, generator)
 
     even = torch.zeros(vertices.shape[:2])
     logits = descend(even, loss, iterations, learning_rate, scale=1.0, desc="mixture attack",
@@ -277,8 +277,7 @@ def learned_token_attack(
             return encode_ids(pipe, ids[None])
 
     def loss(token: torch.Tensor) -> torch.Tensor:  # on a minibatch of the noisy latents
-        index = torch.randperm(samples, generator=generator)[:batch]
-        return reference_data.loss(pipe, encode(token, seed_ids, seed_position), index)[0]
+        return reference_data.minibatch_loss(pipe, encode(token, seed_ids, seed_position), batch, generator)
 
     start = table[placeholder].float()
     with torch.no_grad():
