@@ -144,8 +144,8 @@ class DistillConfig:
             evenly by removal, group and prompt: an earlier removal's "red bold V" weighs more when "bold A" is
             made, its "red roman Q" less. 0 (the default): evenly; 1: by overlap only.
         timestep_focus (`float`): The share of the replay's (and the earlier removals' hold's) samples drawn at
-            each sampling step in proportion to how far the removal moves its forget prompts there (the teacher's
-            distance to the goal, measured on the forget trajectories before training); the rest evenly over the
+            each sampling step in proportion to how far that step's change alone moves the images of the forget
+            prompts (`_forget_gap`, on their teacher trajectories before training); the rest evenly over the
             steps. Where a removal acts is where its neighbours are decided: on glyphs, "roman 2" is removed, and
             the other roman characters turn serif, at one sampling step of ten (t = 101), which an even draw
             gives a tenth of the replay. 0 (the default): evenly.
@@ -332,7 +332,7 @@ def distill(
             "replay"
         ]
     if config.timestep_focus and "forget" in pool:  # before any anchoring: the pipeline as loaded is the teacher
-        gap = _forget_gap(pipe, family, bank, pairs, pool["forget"], config.negative_guidance)
+        gap = _forget_gap(pipe, family, bank, pairs, pool["forget"], config)
         even = torch.full_like(gap, 1.0 / len(gap))
         pool["step_weights"] = (1 - config.timestep_focus) * even + config.timestep_focus * gap / gap.sum()
     small = replace(config, latent_pool=8, replay_pool=None)
@@ -774,19 +774,32 @@ def _latent_pool(
 
 
 @torch.no_grad()
-def _forget_gap(pipe, family, bank, pairs, forget_pool: tuple, eta: float, rows: int = 32) -> torch.Tensor:
-    """Per sampling step of the forget trajectories, the teacher's mean squared distance to the forget term's goal
-    (on the first `rows` trajectories): where the removal has to move the model."""
+def _forget_gap(pipe, family, bank, pairs, forget_pool: tuple, config: DistillConfig, rows: int = 16) -> torch.Tensor:
+    """Per sampling step of the forget trajectories, how far the removal moves what they end on: the squared
+    distance between the trajectory's last latent and the one reached when that step alone takes the forget term's
+    goal instead of the teacher's prediction (the first `rows` trajectories). A step whose change a later step
+    undoes, or that comes too late to change anything, weighs little, whatever the distance of the predictions."""
     denoiser = getattr(pipe, family.denoiser)
     size, device = _sample_size(denoiser), denoiser.device
     latents, timesteps, ids = forget_pool
     chosen = ids[:rows].tolist()
+    prompts = [pairs[i][0] for i in chosen]
+
+    def finish(x: torch.Tensor, start: int, prediction: torch.Tensor) -> torch.Tensor:
+        scheduler = family.sampling_scheduler(pipe, config.sampling_steps)  # finds its step from the timestep
+        for step in range(start, latents.shape[1]):
+            t = timesteps[: len(chosen), step].to(device)
+            if step > start:
+                prediction = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device)
+            x = scheduler.step(prediction, t[0], x).prev_sample
+        return x.float()
+
     gaps = []
     for step in range(latents.shape[1]):
-        x, t = latents[:rows, step].to(device, denoiser.dtype), timesteps[:rows, step].to(device)
-        goal = _goal(denoiser, pipe, family, bank, pairs, chosen, x, t, size, device, eta)
-        now = _predict(denoiser, pipe, family, bank, [pairs[i][0] for i in chosen], x, t, size, device)
-        gaps.append((goal.float() - now.float()).square().mean())
+        x, t = latents[: len(chosen), step].to(device, denoiser.dtype), timesteps[: len(chosen), step].to(device)
+        own = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device)
+        goal = _goal(denoiser, pipe, family, bank, pairs, chosen, x, t, size, device, config.negative_guidance)
+        gaps.append((finish(x, step, goal) - finish(x, step, own)).square().mean())
     return torch.stack(gaps).cpu()
 
 
