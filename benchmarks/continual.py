@@ -271,8 +271,7 @@ def distill_options(args, concept=None) -> dict:
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push,
                "earlier_protection": args.distill_earlier_protection,
-               "earlier_overlap": args.distill_earlier_overlap,
-               "timestep_focus": args.distill_timestep_focus}  # fmt: skip
+               "earlier_overlap": args.distill_earlier_overlap}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
@@ -1015,10 +1014,6 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-earlier-overlap", type=float, default=0.0,
         help="distill's earlier_overlap: the share of that group given out by the new removal's overlap (default 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-timestep-focus", type=float, default=0.0,
-        help="distill's timestep_focus: the share of the replay drawn where the removal acts (default 0: evenly)",
     )  # fmt: skip
     parser.add_argument(
         "--distill-modules", nargs="+", default=None,

@@ -143,12 +143,6 @@ class DistillConfig:
             moves, carried to the prompt's tokens by their similarity to the forget prompts' tokens) instead of
             evenly by removal, group and prompt: an earlier removal's "red bold V" weighs more when "bold A" is
             made, its "red roman Q" less. 0 (the default): evenly; 1: by overlap only.
-        timestep_focus (`float`): The share of the replay's (and the earlier removals' hold's) samples drawn at
-            each sampling step in proportion to how far that step's change alone moves the images of the forget
-            prompts (`_forget_gap`, on their teacher trajectories before training); the rest evenly over the
-            steps. Where a removal acts is where its neighbours are decided: on glyphs, "roman 2" is removed, and
-            the other roman characters turn serif, at one sampling step of ten (t = 101), which an even draw
-            gives a tenth of the replay. 0 (the default): evenly.
     """
 
     rank: int = 4
@@ -175,7 +169,6 @@ class DistillConfig:
     max_steps: int | None = None
     earlier_protection: float = 0.0
     earlier_overlap: float = 0.0
-    timestep_focus: float = 0.0
 
     def __post_init__(self):
         sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
@@ -215,10 +208,6 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"earlier_overlap must be in [0, 1] and needs earlier_protection (the group it shares out), got "
                 f"{self.earlier_overlap} with earlier_protection={self.earlier_protection}."
-            )
-        if not 0.0 <= self.timestep_focus <= 1.0:
-            raise InvalidArgumentError(
-                f"timestep_focus must be in [0, 1] (0: steps drawn evenly), got {self.timestep_focus}."
             )
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
@@ -331,10 +320,6 @@ def distill(
         pool["hold"] = _latent_pool(pipe, family, bank, [], held, _group_weights([removals], held), config, seed + 2)[
             "replay"
         ]
-    if config.timestep_focus and "forget" in pool:  # before any anchoring: the pipeline as loaded is the teacher
-        gap = _forget_gap(pipe, family, bank, pairs, pool["forget"], config)
-        even = torch.full_like(gap, 1.0 / len(gap))
-        pool["step_weights"] = (1 - config.timestep_focus) * even + config.timestep_focus * gap / gap.sum()
     small = replace(config, latent_pool=8, replay_pool=None)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, small, seed + 1)
     if config.anchor == "base" and untouched and "replay" in pool:
@@ -774,36 +759,6 @@ def _latent_pool(
 
 
 @torch.no_grad()
-def _forget_gap(pipe, family, bank, pairs, forget_pool: tuple, config: DistillConfig, rows: int = 16) -> torch.Tensor:
-    """Per sampling step of the forget trajectories, how far the removal moves what they end on: the squared
-    distance between the trajectory's last latent and the one reached when that step alone takes the forget term's
-    goal instead of the teacher's prediction (the first `rows` trajectories). A step whose change a later step
-    undoes, or that comes too late to change anything, weighs little, whatever the distance of the predictions."""
-    denoiser = getattr(pipe, family.denoiser)
-    size, device = _sample_size(denoiser), denoiser.device
-    latents, timesteps, ids = forget_pool
-    chosen = ids[:rows].tolist()
-    prompts = [pairs[i][0] for i in chosen]
-
-    def finish(x: torch.Tensor, start: int, prediction: torch.Tensor) -> torch.Tensor:
-        scheduler = family.sampling_scheduler(pipe, config.sampling_steps)  # finds its step from the timestep
-        for step in range(start, latents.shape[1]):
-            t = timesteps[: len(chosen), step].to(device)
-            if step > start:
-                prediction = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device)
-            x = scheduler.step(prediction, t[0], x).prev_sample
-        return x.float()
-
-    gaps = []
-    for step in range(latents.shape[1]):
-        x, t = latents[: len(chosen), step].to(device, denoiser.dtype), timesteps[: len(chosen), step].to(device)
-        own = _predict(denoiser, pipe, family, bank, prompts, x, t, size, device)
-        goal = _goal(denoiser, pipe, family, bank, pairs, chosen, x, t, size, device, config.negative_guidance)
-        gaps.append((finish(x, step, goal) - finish(x, step, own)).square().mean())
-    return torch.stack(gaps).cpu()
-
-
-@torch.no_grad()
 def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, untouched_model) -> dict:
     """Teacher trajectories of each earlier removal's forget prompts (4 per removal) and the untouched model's
     predictions on them: what `_undone` compares the student with."""
@@ -886,10 +841,7 @@ def _batch(pool, pairs, protected, batch_size, generator, accelerator):
         latents, timesteps, ids = pool[kind]
         count = batch_size * accelerator.num_processes
         rows = torch.randint(0, latents.shape[0], (count,), generator=generator)
-        if kind != "forget" and "step_weights" in pool:  # the replay and the hold: where the removal acts
-            cols = torch.multinomial(pool["step_weights"], count, replacement=True, generator=generator)
-        else:
-            cols = torch.randint(0, latents.shape[1], (count,), generator=generator)
+        cols = torch.randint(0, latents.shape[1], (count,), generator=generator)
         mine = slice(batch_size * accelerator.process_index, batch_size * (accelerator.process_index + 1))
         rows, cols = rows[mine], cols[mine]
         out.extend([
