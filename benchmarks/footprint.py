@@ -166,6 +166,20 @@ def write_report(results: dict, args) -> None:
     args.output.write_text("\n".join(lines))
 
 
+def run_and_report(run_benchmark, write, args, script: str) -> None:
+    """Runs a glyphs benchmark on `args.threads` threads, then writes its json (with the seconds and the command
+    that made it) beside `args.output` and its page with `write`."""
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    results = run_benchmark(args)
+    results["seconds"] = time.perf_counter() - started
+    results["command"] = f"python benchmarks/{script} " + shlex.join(sys.argv[1:])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    write(results, args)
+    print(f"done in {results['seconds'] / 60:.1f} min; wrote {args.output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     continual.add_distill_arguments(parser)
@@ -199,15 +213,7 @@ def main() -> None:
         parser.error("--made chain loads the steps before from --chain-dir: pass the folder a continual run saved")
     if not args.steps or not all(1 <= s <= len(continual.GLYPH_SEQUENCE) for s in args.steps):
         parser.error(f"--steps are steps of the glyphs sequence: 1 to {len(continual.GLYPH_SEQUENCE)}")
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    results = run(args)
-    results["seconds"] = time.perf_counter() - started
-    results["command"] = "python benchmarks/footprint.py " + shlex.join(sys.argv[1:])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    write_report(results, args)
-    print(f"done in {results['seconds'] / 60:.1f} min; wrote {args.output}")
+    run_and_report(run, write_report, args, "footprint.py")
 
 
 if __name__ == "__main__":

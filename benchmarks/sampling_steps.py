@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
 import sys
-import time
 from pathlib import Path
 
-import torch
 from diffusers import DDIMScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,15 +146,7 @@ def main() -> None:
         return
     if not 1 <= args.step <= len(continual.GLYPH_SEQUENCE):
         parser.error(f"--step is a step of the glyphs sequence: 1 to {len(continual.GLYPH_SEQUENCE)}")
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    results = run(args)
-    results["seconds"] = time.perf_counter() - started
-    results["command"] = "python benchmarks/sampling_steps.py " + shlex.join(sys.argv[1:])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    write_report(results, args)
-    print(f"done in {results['seconds'] / 60:.1f} min; wrote {args.output}")
+    footprint.run_and_report(run, write_report, args, "sampling_steps.py")
 
 
 if __name__ == "__main__":
