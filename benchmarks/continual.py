@@ -700,7 +700,7 @@ def run_glyphs(args) -> dict:
                     distill = distill_options(args, concept)
                     kwargs = erase_kwargs(
                         concept, method, config, distill, neighbour_styles=args.neighbour_styles,
-                        erase_at=args.identity_at,
+                        erase_at="character" if concept.name in args.character_word else args.identity_at,
                     )  # fmt: skip
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
@@ -1043,6 +1043,14 @@ def main() -> None:
         default="style",
         help="glyphs: erase each identity at its style word or at its character word "
         "(Concept.erase_kwargs(erase_at=...))",
+    )
+    parser.add_argument(
+        "--character-word",
+        nargs="*",
+        default=(),
+        metavar="IDENTITY",
+        help="glyphs: these identities (by name, e.g. 'roman 2') erased at their character word, the others as "
+        "--identity-at says",
     )
     parser.add_argument(
         "--boundaries",
