@@ -1101,6 +1101,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.reuse and args.chain_dir is None:
         parser.error("--reuse loads removals from --chain-dir: pass the folder an earlier run saved them in")
+    identities = [c.name for c in GLYPH_SEQUENCE if c.kind == "identity"]
+    if unknown := [name for name in args.character_word if name not in identities]:
+        parser.error(f"--character-word takes identities of the glyphs sequence ({', '.join(identities)}): {unknown}")
     glyph_world = args.world == "glyphs"
     name = "continual_glyphs" if glyph_world else "continual"
     args.output = args.output or ROOT / "docs" / "benchmarks" / f"{name}.md"
