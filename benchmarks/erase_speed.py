@@ -131,7 +131,7 @@ def sdxl() -> StableDiffusionXLPipeline:
     return StableDiffusionXLPipeline(
         unet=unet.eval(),
         vae=_small_vae(),
-        text_encoder=_text_encoder(768, 12, 12, 3072, projection=768),
+        text_encoder=_text_encoder(768, 12, 12, 3072),  # as SDXL: the pooled embedding is the second encoder's
         text_encoder_2=_text_encoder(1280, 32, 20, 5120, projection=1280),
         tokenizer=_tokenizer(),
         tokenizer_2=_tokenizer(),

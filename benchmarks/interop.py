@@ -16,6 +16,9 @@ readable.
 
     python benchmarks/interop.py                 # writes docs/benchmarks/interop.md
     python benchmarks/interop.py --images 8 --quick   # fewer images, writes nothing
+    python benchmarks/interop.py --device cuda --dtype float16 --quick   # on a GPU (benchmarks/gpu.py runs this)
+
+On another device or dtype the removal is made in float32 on that device and loaded into pipelines of `--dtype`.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def style_lora(unet, seed: int = 0, rank: int = 4, relative: float = 0.05) -> di
     weights = {}
     for name, module in unet.named_modules():
         if name.endswith(("attn1.to_q", "attn1.to_v", "attn2.to_k", "attn2.to_v")):
-            weight = module.weight.detach()
+            weight = module.weight.detach().float().cpu()
             a = torch.randn(rank, weight.shape[1], generator=generator)
             b = torch.randn(weight.shape[0], rank, generator=generator)
             b *= relative * weight.norm() / (b @ a).norm()
@@ -54,22 +57,27 @@ def style_lora(unet, seed: int = 0, rank: int = 4, relative: float = 0.05) -> di
 def effective(module) -> torch.Tensor:
     inner = module.get_base_layer() if hasattr(module, "get_base_layer") else module
     with torch.no_grad():
-        return module(torch.eye(inner.in_features, dtype=inner.weight.dtype)).float().T
+        eye = torch.eye(inner.in_features, dtype=inner.weight.dtype, device=inner.weight.device)
+        return module(eye).float().T.cpu()
 
 
 class Bench:
-    def __init__(self, images: int, steps: int):
-        self.images, self.steps = images, steps
+    def __init__(self, images: int, steps: int, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        self.images, self.steps, self.device, self.dtype = images, steps, device, dtype
         self.scorer = DigitsConceptScorer()
         self.probe = Concept(7).forget_probe()
-        base = digits.load_pipeline()
+        base = digits.load_pipeline(device)
         self.removal = du.erase(base, **Concept(7).erase_kwargs())
         self.style = style_lora(base.unet)
         self.layers = self.removal.layer_names
-        self.base = {layer: base.unet.get_submodule(layer).weight.detach().clone() for layer in self.layers}
+        base = self.pipeline()
+        self.base = {layer: base.unet.get_submodule(layer).weight.detach().float().cpu() for layer in self.layers}
         self.folder = Path(tempfile.mkdtemp()) / "no-seven"
         self.removal.save_pretrained(self.folder)
         self.refused: list[str] = []
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        return digits.load_pipeline(self.device, self.dtype)
 
     def sevens(self, pipe) -> float:
         images = generate_images(
@@ -142,7 +150,8 @@ def scenarios(bench: Bench):
             pipe.unload_unlearning()
             pipe.load_unlearning(bench.removal, mode="fused")
             pipe.save_pretrained(folder)
-            reloaded = StableDiffusionPipeline.from_pretrained(folder)
+            reloaded = StableDiffusionPipeline.from_pretrained(folder, dtype=bench.dtype).to(bench.device)
+            reloaded.set_progress_bar_config(disable=True)
             assert du.UnlearningStack.from_pretrained(Path(folder) / "unlearning").names == [bench.removal.name]
         return reloaded, 1.0, 0.0
 
@@ -163,23 +172,17 @@ def scenarios(bench: Bench):
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=16, help="images per prompt (default 16)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--quick", action="store_true", help="write nothing")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    bench = Bench(args.images, args.steps)
-    base_sevens = bench.sevens(digits.load_pipeline())
+def run(bench: Bench) -> tuple[float, list[tuple]]:
+    """Sevens of the untouched pipeline, and one row per scenario: (bug, operations, sevens, max |W - expected|,
+    `pipe.unlearning`, signals)."""
+    base_sevens = bench.sevens(bench.pipeline())
     rows = []
-    for bug, what, run in scenarios(bench):
-        pipe = digits.load_pipeline()
+    for bug, what, scenario in scenarios(bench):
+        pipe = bench.pipeline()
         bench.refused.clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            outcome = run(pipe)
+            outcome = scenario(pipe)
         if len(outcome) == 3:
             pipe, removal, style = outcome
         else:
@@ -189,8 +192,33 @@ def main() -> None:
         listed = ", ".join(f"{u.name} verified={u.verified}" for u in pipe.unlearning) or "(none)"
         rows.append((bug, what, bench.sevens(pipe), bench.off_by(pipe, removal, style), listed, ", ".join(loud)))
         print(rows[-1], flush=True)
+    return base_sevens, rows
+
+
+def table(rows: list[tuple]) -> list[str]:
+    """The scenarios' rows as a markdown table."""
     lines = [
-        "# Interop on the digits model (issue 13's seven failures, re-run)",
+        "| bug | operations | sevens | max \\|W - expected\\| | `pipe.unlearning` | signals |",
+        "|---|---|---|---|---|---|",
+    ]
+    return lines + [f"| {b} | {w} | {s:.2f} | {o:.1e} | {u} | {x or '-'} |" for b, w, s, o, u, x in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=16, help="images per prompt (default 16)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--device", default="cpu", help="where the pipelines run (default cpu)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--quick", action="store_true", help="write nothing")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    bench = Bench(args.images, args.steps, args.device, getattr(torch, args.dtype))
+    base_sevens, rows = run(bench)
+    where = "" if (args.device, args.dtype) == ("cpu", "float32") else f" ({args.device}, {args.dtype})"
+    lines = [
+        f"# Interop on the digits model (issue 13's seven failures, re-run){where}",
         "",
         "Generated by `python benchmarks/interop.py` (the script's docstring says what is measured). The removal of",
         f'"seven" made by `erase(pipe, **Concept(7).erase_kwargs())`; sevens without any removal: {base_sevens:.2f}',
@@ -198,11 +226,11 @@ def main() -> None:
         "`max |W - expected|`: largest difference of an edited layer's effective weight from the expected one",
         "(base, plus the removal where it must be in effect, plus the style LoRA where diffusers keeps it).",
         "",
-        "| bug | operations | sevens | max \\|W - expected\\| | `pipe.unlearning` | signals |",
-        "|---|---|---|---|---|---|",
+        *table(rows),
+        "",
+        f"Total {time.perf_counter() - started:.0f} s on this machine (2 CPU cores, shared).",
+        "",
     ]
-    lines += [f"| {b} | {w} | {s:.2f} | {o:.1e} | {u} | {x or '-'} |" for b, w, s, o, u, x in rows]
-    lines += ["", f"Total {time.perf_counter() - started:.0f} s on this machine (2 CPU cores, shared).", ""]
     print("\n".join(lines))
     if not args.quick:
         OUT.write_text("\n".join(lines))

@@ -60,7 +60,7 @@ from diffusers_unlearn import peft_inject
 from diffusers_unlearn.adapter import FORMAT_VERSION, content_id
 from diffusers_unlearn.families import STABLE_DIFFUSION
 from diffusers_unlearn.layers import edited_layers
-from diffusers_unlearn.pipeline import base_fingerprint
+from diffusers_unlearn.pipeline import base_fingerprints
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "fixtures" / "tokenizer"
@@ -144,7 +144,7 @@ def synthetic_stack(pipe: StableDiffusionPipeline, size: int, rank: int = 8, see
     }
     width = next(iter(weights.values())).shape[1]
     total = sum(float(w.square().sum()) for w in weights.values()) ** 0.5
-    fingerprint = base_fingerprint(pipe)
+    fingerprints = base_fingerprints(pipe)
     generator = torch.Generator().manual_seed(seed)
     config = dataclasses.asdict(du.ClosedFormConfig(rank=rank))
     adapters = []
@@ -188,7 +188,7 @@ def synthetic_stack(pipe: StableDiffusionPipeline, size: int, rank: int = 8, see
             "family": STABLE_DIFFUSION.name,
             "denoiser": STABLE_DIFFUSION.denoiser,
             "base_model": "sd15-shaped-random",
-            "base_fingerprint": fingerprint,
+            **fingerprints,
             "rank": rank,
             "parents": [],  # independent removals: the check measures every pair
             "figures": {"edit_norm_ratio": max(ratios), "synthetic": True},

@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 
 from .errors import AdapterFormatError, AdapterNameError, AdapterNotFoundError
 from .hub import HubMixin, HubOptions, download, resolve_entries
+from .layers import same_base
 from .manifest import (  # noqa: F401 - sha256_file and atomic_write are re-exported for callers of this module
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -338,7 +339,7 @@ _OPTIONAL = {
     "denoiser": str, "family": str, "concept": (str, type(None)), "aliases": list, "targets": list,
     "protected_neighbors": list, "protected_prompts": list, "preserve": list, "forget_prompts": list,
     "parents": list, "figures": dict, "hyperparameters": dict, "members": list, "adapter_id": str,
-    "preserve_groups": dict,
+    "preserve_groups": dict, "base_fingerprint_bf16": str,
 }  # fmt: skip
 
 
@@ -457,10 +458,13 @@ def read_removals(
             raise AdapterFormatError(
                 f"{MANIFEST_NAME} lists {entry['name']!r} with another adapter_id than its files."
             )
-        recorded = {"base_fingerprint": adapter.base_fingerprint}
-        if index == 0:
-            recorded["base_model"] = adapter.metadata.get("base_model")
-        for key, value in recorded.items():
+        if index > 0 and not same_base(adapter.metadata, adapters[0].metadata):
+            raise AdapterFormatError(
+                f"Removal {adapter.name!r} was made for base weights {adapter.base_fingerprint}, "
+                f"{adapters[0].name!r} for {adapters[0].base_fingerprint}: one chain holds removals of one model."
+            )
+        recorded = {"base_fingerprint": adapter.base_fingerprint, "base_model": adapter.metadata.get("base_model")}
+        for key, value in recorded.items() if index == 0 else ():
             if manifest.get(key) is not None and manifest[key] != value:
                 raise AdapterFormatError(
                     f"Removal {adapter.name!r} records {key} {value!r}; {MANIFEST_NAME} says {manifest[key]!r}. "

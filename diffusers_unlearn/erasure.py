@@ -46,7 +46,7 @@ from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
 from .methods.harden import HardenConfig, harden_solve, prefixed, rephrased
-from .pipeline import base_fingerprint, loaded_adapters, removals_disabled, unlearning
+from .pipeline import base_fingerprints, loaded_adapters, removals_disabled, unlearning
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
 from .targets import Candidate, choose_targets, effect_meter, removal_effect, weakness
 
@@ -442,7 +442,7 @@ def _metadata(
         "family": family.name,
         "denoiser": family.denoiser,
         "base_model": getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path"),
-        "base_fingerprint": base_fingerprint(pipe),
+        **base_fingerprints(pipe),
         "rank": rank,
         "parents": [{"name": a.name, "adapter_id": a.metadata.get("adapter_id")} for a in previous],
         "figures": figures,

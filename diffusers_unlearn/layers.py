@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -60,7 +62,8 @@ def base_linear(module: nn.Module) -> nn.Linear:
 
 
 def current_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the layer applies now, float32: base weight plus every active, unmerged LoRA delta.
+    """The weight the layer applies now, float32 on the CPU (where the closed-form math runs, whatever the pipeline's
+    device): base weight plus every active, unmerged LoRA delta.
 
     Merged (fused) adapters are already inside the base weight, disabled adapters contribute nothing.
     """
@@ -69,18 +72,41 @@ def current_weight(module: nn.Module) -> torch.Tensor:
         for name in module.active_adapters:
             if name in getattr(module, "lora_A", {}) and name not in module.merged_adapters:
                 weight = weight + module.get_delta_weight(name).detach().float()
-    return weight
+    return weight.cpu()
 
 
-def fingerprint(layers: dict[str, nn.Module]) -> str:
-    """A short hash of the base weights of the edited layers (PEFT deltas excluded).
+FINGERPRINT_KEYS: dict[str, torch.dtype] = {
+    "base_fingerprint": torch.float16,
+    "base_fingerprint_bf16": torch.bfloat16,
+}
+"""The fingerprints a removal records, by metadata key, and the precision each hashes the weights at."""
 
-    Weights are hashed after rounding to float16, so the same checkpoint loaded in float32 or float16 gives the
-    same fingerprint, while retrained or fine-tuned weights give another.
+
+def fingerprint(layers: dict[str, nn.Module], dtype: torch.dtype = torch.float16) -> str:
+    """A short hash of the base weights of the edited layers (PEFT deltas excluded), rounded to `dtype`.
+
+    Rounded to float16, the same checkpoint loaded in float32 or float16 gives the same hash; rounded to bfloat16,
+    loaded in float32 or bfloat16. Retrained or fine-tuned weights give another.
     """
     digest = hashlib.sha256()
     for name, module in layers.items():
         weight = base_linear(module).weight.detach()
         digest.update(f"{name}:{tuple(weight.shape)};".encode())
-        digest.update(weight.to("cpu", torch.float16).contiguous().view(torch.int16).numpy().tobytes())
+        digest.update(weight.to("cpu", dtype).contiguous().view(torch.int16).numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:32]
+
+
+def fingerprints(layers: dict[str, nn.Module]) -> dict[str, str]:
+    """Every fingerprint of [`FINGERPRINT_KEYS`]: what a removal records of the weights it was made on."""
+    return {key: fingerprint(layers, dtype) for key, dtype in FINGERPRINT_KEYS.items()}
+
+
+def same_base(recorded: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
+    """Whether two records of base weights (a removal's metadata, a pipeline's [`fingerprints`]) name the same ones.
+
+    They do when a fingerprint both record is equal: float16 matches a float32 or float16 copy of a checkpoint,
+    bfloat16 a bfloat16 copy of a float32 one. (A removal written before the bfloat16 fingerprint has only the
+    first.) A float16 and a bfloat16 copy of a float32 checkpoint round some weights differently and match neither:
+    a removal made on a float32 pipeline records both and loads on either.
+    """
+    return any(recorded.get(key) is not None and recorded.get(key) == found.get(key) for key in FINGERPRINT_KEYS)

@@ -14,6 +14,7 @@ import torch
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id
 from .constraints import moment_factor
 from .errors import InvalidArgumentError
+from .layers import FINGERPRINT_KEYS
 
 
 def merge_removals(
@@ -95,7 +96,7 @@ def merged_metadata(
         "family": first.get("family"),
         "denoiser": first.get("denoiser", "unet"),
         "base_model": first.get("base_model"),
-        "base_fingerprint": adapters[0].base_fingerprint,
+        **{key: first[key] for key in FINGERPRINT_KEYS if key in first},
         "rank": rank,
         "figures": figures,
     }

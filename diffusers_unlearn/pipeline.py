@@ -48,7 +48,7 @@ from .families import family_of
 from .hub import HubKwargs, HubOptions
 from .interference import check_interference
 from .layers import active_adapters as _active_adapters
-from .layers import base_linear, edited_layers, fingerprint
+from .layers import base_linear, edited_layers, fingerprints, same_base
 from .layers import denoiser_of as _denoiser
 from .merge import merge_removals
 from .peft_inject import load_lora_adapter
@@ -107,7 +107,7 @@ class _Entry:
 
 @dataclass
 class _State:
-    base_fingerprint: str
+    base_fingerprints: dict[str, str]
     entries: list[_Entry] = field(default_factory=list)
     # layer -> its weight without our fused removals and without any PEFT-merged adapter: the weight PEFT would leave
     # once every merged adapter is unmerged, minus our fused removals. Kept true when a user's fused LoRA is baked in.
@@ -140,12 +140,13 @@ def loaded_adapters(pipe: DiffusionPipeline) -> list[UnlearningAdapter]:
     return [entry.adapter for entry in state.entries] if state else []
 
 
-def base_fingerprint(pipe: DiffusionPipeline) -> str:
-    """Fingerprint of the pipeline's base weights, as they were before any removal was fused."""
+def base_fingerprints(pipe: DiffusionPipeline) -> dict[str, str]:
+    """Fingerprints of the pipeline's base weights (`layers.fingerprints`), as they were before any removal was
+    fused."""
     state = _state(pipe)
     if state is not None:
-        return state.base_fingerprint
-    return fingerprint(edited_layers(_denoiser(pipe), family_of(pipe)))
+        return dict(state.base_fingerprints)
+    return fingerprints(edited_layers(_denoiser(pipe), family_of(pipe)))
 
 
 def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
@@ -253,7 +254,7 @@ def _from_state_dict(weights: Mapping, pipe: DiffusionPipeline, name: str | None
         "format_version": FORMAT_VERSION,
         "name": name or f"removal-{content_id(tensors)[:8]}",
         "rank": ranks.pop(),
-        "base_fingerprint": base_fingerprint(pipe),
+        **base_fingerprints(pipe),
         "method": "unknown",
         "denoiser": denoiser,
         "concept": None,
@@ -386,14 +387,14 @@ def load_unlearning(
 
     denoiser = _denoiser(pipe)
     state = _state(pipe)
-    expected_fingerprint = base_fingerprint(pipe)
-    _check_compatible(pipe, denoiser, entries, expected_fingerprint)
+    expected = base_fingerprints(pipe)
+    _check_compatible(pipe, denoiser, entries, expected)
     if check:
         _check_interference(pipe, adapters, warn_only=check == "warn")
 
     new_state = state is None
     if new_state:
-        state = _State(base_fingerprint=expected_fingerprint)
+        state = _State(base_fingerprints=expected)
     snapshot = (list(state.entries), {k: v.clone() for k, v in state.originals.items()})
     active_before = _active_adapters(denoiser)
     had_peft = _has_peft(denoiser)
@@ -488,7 +489,7 @@ def unload_unlearning(pipe: DiffusionPipeline, names: str | Sequence[str] | None
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _check_compatible(pipe, denoiser, entries: list[_Entry], expected_fingerprint) -> None:
+def _check_compatible(pipe, denoiser, entries: list[_Entry], expected: dict[str, str]) -> None:
     state = _state(pipe)
     plain = _peft_names(denoiser) | _peft_adapter_names(pipe)
     taken = plain | {entry.name for entry in (state.entries if state else [])}
@@ -501,11 +502,13 @@ def _check_compatible(pipe, denoiser, entries: list[_Entry], expected_fingerprin
                 "or unload the other one first."
             )
         seen.add(name)
-        if adapter.base_fingerprint != expected_fingerprint:
+        if not same_base(adapter.metadata, expected):
             raise BaseModelMismatchError(
                 f"Removal {name!r} was made for base weights {adapter.base_fingerprint} "
                 f"({adapter.metadata.get('base_model') or 'unknown model'}), but this pipeline's are "
-                f"{expected_fingerprint}. Load it on the model it was made for, or erase the concept again here."
+                f"{expected['base_fingerprint']}. Load it on the model it was made for, or erase the concept again "
+                "here. (A float16 and a bfloat16 copy of a float32 checkpoint differ: a removal made on a float32 "
+                "pipeline loads on both.)"
             )
         for layer in adapter.layer_names:
             try:

@@ -32,7 +32,7 @@ from .errors import AdapterNameError, BaseModelMismatchError, ResolveError
 from .families import family_of
 from .hub import HubMixin, HubOptions
 from .interference import InterferenceReport, check_interference
-from .layers import denoiser_of, edited_layers, fingerprint
+from .layers import denoiser_of, edited_layers, fingerprints, same_base
 from .manifest import MANIFEST_NAME, WEIGHTS_NAME, manifest_path
 from .merge import merge_removals, merged, merged_metadata
 
@@ -108,7 +108,7 @@ class UnlearningStack(HubMixin):
             AdapterNameError: The name is already in the stack.
             BaseModelMismatchError: The removal was made for other base weights than the stack's.
         """
-        if self._adapters and adapter.base_fingerprint != self.base_fingerprint:
+        if self._adapters and not same_base(adapter.metadata, self._adapters[0].metadata):
             raise BaseModelMismatchError(
                 f"Removal {adapter.name!r} was made for base weights {adapter.base_fingerprint}; this stack's are "
                 f"{self.base_fingerprint}."
@@ -297,10 +297,11 @@ def _require_base(pipe: DiffusionPipeline, stack: UnlearningStack, action: str) 
         raise ResolveError(
             f"To {action}, pass the base pipeline: unload its removals first (pipe.unload_unlearning())."
         )
-    found = fingerprint(edited_layers(denoiser_of(pipe), family_of(pipe)))
-    if found != stack.base_fingerprint:
+    found = fingerprints(edited_layers(denoiser_of(pipe), family_of(pipe)))
+    if stack.adapters and not same_base(stack.adapters[0].metadata, found):
         raise BaseModelMismatchError(
-            f"The stack was made for base weights {stack.base_fingerprint}; this pipeline's are {found}."
+            f"The stack was made for base weights {stack.base_fingerprint}; this pipeline's are "
+            f"{found['base_fingerprint']}."
         )
 
 

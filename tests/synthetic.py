@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 import diffusers_unlearn as du
-from diffusers_unlearn.pipeline import base_fingerprint
+from diffusers_unlearn.pipeline import base_fingerprints
 
 
 def lora_factors(denoiser, layers: list[str], rank: int, seed: int, relative: float) -> dict[str, torch.Tensor]:
@@ -37,7 +37,7 @@ def synthetic_removal(pipe, concept: str, seed: int = 1, rank: int = 4, relative
         "name": f"no-{concept}",
         "concept": concept,
         "rank": rank,
-        "base_fingerprint": base_fingerprint(pipe),
+        **base_fingerprints(pipe),
         "method": "closed_form",
         "denoiser": "unet",
         "family": "sd",

@@ -536,3 +536,14 @@ def test_min_reach_trains_on_until_the_removal_reaches_its_target(sd_pipe, tmp_p
         du.DistillConfig(min_reach=0.0)
     with pytest.raises(du.errors.InvalidArgumentError, match="max_steps"):
         du.DistillConfig(max_steps=1000)  # a cap without min_reach caps nothing
+
+
+def test_a_device_without_index_is_the_current_one(monkeypatch):
+    """accelerate names the GPU `cuda`, the pipeline's weights say `cuda:0`: one device (distill refused it)."""
+    from diffusers_unlearn.methods.distill import _same_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert _same_device(torch.device("cuda"), torch.device("cuda:0"))
+    assert not _same_device(torch.device("cuda"), torch.device("cuda:1"))
+    assert not _same_device(torch.device("cuda:0"), torch.device("cpu"))
+    assert _same_device(torch.device("cpu"), torch.device("cpu"))

@@ -184,7 +184,7 @@ def mixture_attack(
     started = time.perf_counter()
     reference_data = Reference(reference, target.prompt, samples, settings)
     with torch.no_grad():
-        vertices = torch.cat([encode_ids(pipe, token_ids(pipe, prompt)[None]).float() for prompt in target.kept])
+        vertices = torch.cat([encode_ids(pipe, token_ids(pipe, prompt)[None]).float().cpu() for prompt in target.kept])
     generator = torch.Generator().manual_seed(settings.seed)
 
     def mixed(logits: torch.Tensor) -> torch.Tensor:  # (K, L) logits -> (1, L, d) embeddings

@@ -174,7 +174,7 @@ def token_search_attack(
             loss = reference_data.loss(pipe, encode_ids(pipe, with_adversarial(current[None])))[0]
         (gradient,) = torch.autograd.grad(loss, [one_hot])
         gradient[:, ~allowed] = float("inf")
-        promising = (-gradient).topk(min(top_k, len(allowed_ids)), dim=1).indices  # (tokens, top_k)
+        promising = (-gradient).topk(min(top_k, len(allowed_ids)), dim=1).indices.cpu()  # (tokens, top_k)
         where = torch.randint(tokens, (candidates,), generator=generator)
         which = promising[where, torch.randint(promising.shape[1], (candidates,), generator=generator)]
         trials = current[None].repeat(candidates, 1)

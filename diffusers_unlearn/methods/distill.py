@@ -272,8 +272,7 @@ def distill(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
-    wanted, actual = accelerator.device, denoiser.device
-    if wanted.type != actual.type or (wanted.type != "cpu" and wanted.index != actual.index):
+    if not _same_device(accelerator.device, denoiser.device):
         raise ResolveError(f"Move the pipeline to {accelerator.device} (pipe.to(...)) before distilling.")
     if config.min_reach is not None and effect is None:
         raise InvalidArgumentError("`config.min_reach` needs `effect`, the measure of the removal's target reach.")
@@ -548,6 +547,18 @@ def _remove_adapter(denoiser, active_before: list[str]) -> None:
 def _sample_size(denoiser) -> int | None:
     size = getattr(denoiser.config, "sample_size", None)  # FLUX has none: its latents are sized by the family
     return size if size is None or isinstance(size, int) else size[0]
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one: `cuda` (no index) is the current CUDA device, as torch places tensors there."""
+    if a.type != b.type:
+        return False
+    if a.type == "cpu":
+        return True
+    module = getattr(torch, a.type)
+    return (a.index if a.index is not None else module.current_device()) == (
+        b.index if b.index is not None else module.current_device()
+    )
 
 
 def _predict(model, pipe, family, bank, prompts, latents, timesteps, size, device) -> torch.Tensor:
