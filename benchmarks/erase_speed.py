@@ -230,6 +230,7 @@ def measure(name: str, build, repeats: int) -> dict:
         "encoded": figures[-1]["prompts_encoded"],
         "median_s": statistics.median(f["seconds"] for f in figures),
         "encode_s": statistics.median(f["encode_seconds"] for f in figures),
+        "predict_s": statistics.median(f["predict_seconds"] for f in figures),
         "rank": adapter.rank,
         "size_mb": size,
         "peak_gib": peak_rss_gib(),
@@ -291,7 +292,7 @@ def measure_digits_chain(repeats: int) -> dict:
 
     from diffusers_unlearn import digits
 
-    seconds, prompts, encoded, encode, rank, size = [], [], [], [], 0, 0.0
+    seconds, prompts, encoded, encode, predict, rank, size = [], [], [], [], [], 0, 0.0
     for _ in range(repeats):
         pipe = digits.load_pipeline()
         rss_model = peak_rss_gib()
@@ -305,6 +306,7 @@ def measure_digits_chain(repeats: int) -> dict:
             prompts.append(len(adapter.metadata["forget_prompts"]) + len(adapter.metadata["protected_prompts"]))
             encoded.append(figures["prompts_encoded"])
             encode.append(figures["encode_seconds"])
+            predict.append(figures["predict_seconds"])
             pipe.load_unlearning(adapter, mode="fused")
             rank = max(rank, adapter.rank)
             with tempfile.TemporaryDirectory() as tmp:
@@ -318,6 +320,7 @@ def measure_digits_chain(repeats: int) -> dict:
         "encoded": f"{statistics.median(encoded):.0f}",
         "median_s": statistics.median(seconds),
         "encode_s": statistics.median(encode),
+        "predict_s": statistics.median(predict),
         "rank": rank,
         "size_mb": size,
         "peak_gib": peak_rss_gib(),
@@ -356,35 +359,39 @@ def main() -> None:
         print(row, flush=True)
     kept = _kept_rows(args.output, {r["model"] for r in rows})
     lines = [
-        "# Erase speed (closed form, proxy distance)",
+        "# Erase speed (closed form, proxy distance), on the CPU",
         "",
         f"`python benchmarks/erase_speed.py` on {platform.processor() or platform.machine()}, torch "
         f"{torch.__version__}; CPU threads and the number of removals each median is taken over are in the last "
         "column. One concept (with one alias) in 10 contexts, 3 mapping candidates, 6 neighbours. Random weights "
         "with the real shapes; text encoders of CLIP ViT-L/14 (SD 1.5) and CLIP ViT-L + OpenCLIP ViT-bigG (SDXL; "
-        "UNet held in fp16); SD3 and FLUX.1: see the note below the table.",
+        "UNet held in fp16); SD3 and FLUX.1: see the note below the table. The same removals on a GPU (an H200): "
+        "[gpu.md](gpu.md).",
         "",
         "| model | edited layers | forget + protect prompts (all encoded) | seconds / removal (median) | "
-        "of which text encoding | rank | "
+        "of which text encoding | of which denoiser | rank | "
         "adapter MB (fp16) | peak RSS GiB (model alone) | run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(kept)
     for r in rows:
         kept[r["model"]] = (
             f"| {r['model']} | {r['layers']} | {r['prompts']} ({r['encoded']}) | {r['median_s']:.2f} | "
-            f"{r['encode_s']:.2f} | {r['rank']} | {r['size_mb']:.2f} | {r['peak_gib']:.1f} ({r['model_gib']:.1f}) | "
-            f"{r['setting']} |"
+            f"{r['encode_s']:.2f} | {_seconds(r.get('predict_s'))} | {r['rank']} | {r['size_mb']:.2f} | "
+            f"{r['peak_gib']:.1f} ({r['model_gib']:.1f}) | {r['setting']} |"
         )
         order.append(r["model"])
     lines += [kept[name] for name in dict.fromkeys(order)]
     lines += [
         "",
         "Targets (SD 1.5): <= 5 s and <= 1.5 MB per removal. *All encoded* counts every prompt the removal runs "
-        "through the text encoders (forget, protected, and every mapping candidate, 77 tokens each); their forward "
-        "pass is most of every removal. The rest, the solve (one d x d system, one eigen- and one singular-value "
-        "decomposition shared by all layers, one matrix product per layer), distances and figures, is the "
-        "difference of the two time columns.",
+        "through the text encoders (forget, protected, and every mapping candidate, 77 tokens each). *Of which "
+        "denoiser*: the denoiser's noise predictions, the model-scored check of the mapping targets and the "
+        "removal's effect figures (16 random latents per prompt, cropped to 16 x 16, on 4 of the contexts; "
+        "`targets.py`); on the CPU at SD 1.5's and SDXL's widths this is most of a removal, on a GPU a fraction "
+        "of a second ([gpu.md](gpu.md)). The rest, the solve (one d x d system, one eigen- and one singular-value "
+        "decomposition shared by all layers, one matrix product per layer) and the proxy distances, is the "
+        "difference of the time columns ('-': not recorded by that run).",
         "",
         "SD3 and FLUX.1 rows: what a closed-form removal reads and writes has the real shapes (the edited layers "
         "`context_embedder` and `time_text_embed.text_embedder.linear_1`, the 4096-wide text embedding, 256 / 512 "
@@ -409,15 +416,22 @@ def main() -> None:
     print(f"wrote {args.output}", file=sys.stderr)
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _kept_rows(path: Path, measured: set[str]) -> dict[str, str]:
-    """Rows of the existing table for models not measured in this run (a run of `--only` keeps the others)."""
+    """Rows of the existing table for models not measured in this run (a run of `--only` keeps the others); rows
+    written before the denoiser column get '-' there."""
     if not path.exists():
         return {}
     kept = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and not line.startswith("| model") and cells[0] not in measured:
-            kept[cells[0]] = line if len(cells) >= 9 else line + " 2 threads, median of 2 |"  # before the column
+            if len(cells) == 9:
+                cells.insert(5, "-")
+            kept[cells[0]] = "| " + " | ".join(cells) + " |"
     return kept
 
 

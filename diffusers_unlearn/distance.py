@@ -57,6 +57,7 @@ class PromptBank:
         self.predictions = _BoundedCache(self.max_bytes)  # score distance: (prompt, samples, seed) -> tensor
         self.encoded = 0  # prompts encoded, re-encodings included
         self.encode_seconds = 0.0  # time spent in the text encoders
+        self.predict_seconds = 0.0  # time spent in the denoiser (`noise_predictions`)
 
     def add(self, prompts: Sequence[str]) -> dict[str, Encoded]:
         """Encodes the prompts not held now, in batches (raises if one is too long for the tokenizer).
@@ -260,6 +261,7 @@ def noise_predictions(
     missing = [p for p in wanted if p not in out]
     if not missing:
         return out
+    started, encoding = time.perf_counter(), bank.encode_seconds
     latents, timesteps = _score_inputs(bank, samples, seed, max_side)
     denoiser = getattr(pipe, family.denoiser)
     per_call = max(1, _PREDICTION_BATCH // samples)  # several prompts per denoiser call: one batch of samples each
@@ -280,6 +282,7 @@ def noise_predictions(
             out[prompt] = found.clone()
             if cache:
                 bank.predictions.put((prompt, *key), out[prompt])
+    bank.predict_seconds += time.perf_counter() - started - (bank.encode_seconds - encoding)
     return out
 
 

@@ -336,6 +336,7 @@ def erase(
         **removal_effect(bank, choice, lora, concept),  # targets.py: how far the concept moved
         "seconds": round(time.perf_counter() - started, 3),
         "encode_seconds": round(bank.encode_seconds, 3),
+        "predict_seconds": round(bank.predict_seconds, 3),
         "prompts_encoded": bank.encoded,
     }
 

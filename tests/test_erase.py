@@ -363,3 +363,11 @@ def test_prefixes_teach_the_removal_the_prompt_behind_other_tokens(sd_pipe):
         adapter = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden)
         sizes[prefixes] = adapter.metadata["figures"]["forget_pairs"]
     assert sizes == {0: 1, 4: 5}
+
+
+def test_figures_split_a_removals_time_between_encoders_and_denoiser():
+    """The target check and the effect figures call the denoiser: their time is recorded apart from the encoding."""
+    pipe = make_sd_pipeline()
+    figures = du.erase(pipe, "cat", neighbors=["dog"]).metadata["figures"]
+    assert figures["predict_seconds"] > 0 and figures["encode_seconds"] > 0
+    assert figures["predict_seconds"] + figures["encode_seconds"] <= figures["seconds"]
