@@ -17,6 +17,9 @@ the same script run with `--device cpu`.
 6. **real shapes**: `erase` on SD 1.5- and SDXL-shaped pipelines (random weights, built from config) on the device,
    the model-scored target check and the effect figures included (the CPU rows of erase_speed.md leave them out
    for SD3 / FLUX.1 only).
+7. **the rest of the API**: hardened removals (both methods), distillation on a fused chain (its replay held to the
+   untouched model through `removals_disabled`), a stack's check, joint merge and withdrawal with re-solve, the test
+   suite's tiny SDXL, SD3 and FLUX.1 pipelines (closed form and distill), and the command line's `--device`.
 
     python benchmarks/gpu.py --output docs/benchmarks/gpu.md          # on a GPU machine
     python benchmarks/gpu.py --device cpu --quick --skip shapes,compile  # the same code on a CPU, small
@@ -45,7 +48,7 @@ from diffusers_unlearn.toyworld import concept_scorer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-CHECKS = ("erase", "dtypes", "interop", "attacks", "compile", "shapes")
+CHECKS = ("erase", "dtypes", "interop", "attacks", "compile", "shapes", "api")
 
 
 class Report:
@@ -225,16 +228,98 @@ def check_shapes(args) -> tuple[list[str], list[dict]]:
         runs = [timed(args.device, du.erase, pipe, "cat", **kwargs) for _ in range(repeats)]
         figures = runs[-1][0].metadata["figures"]
         rows.append({"model": name, "build_s": built, "seconds": [s for _, s in runs],
-                     "encode_s": figures["encode_seconds"], "layers": len(runs[-1][0].layer_names),
+                     "encode_s": figures["encode_seconds"], "predict_s": figures.get("predict_seconds"),
+                     "layers": len(runs[-1][0].layer_names),
                      "rank": runs[-1][0].rank})  # fmt: skip
         del pipe
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    lines = ["| model | edited layers | seconds per removal (each run) | of which text encoding (last) | rank |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| model | edited layers | seconds per removal (each run) | of which text encoding (last) | "
+             "of which denoiser (last) | rank |", "|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['model']} | {r['layers']} | {', '.join(f'{s:.2f}' for s in r['seconds'])} | "
-              f"{r['encode_s']:.2f} | {r['rank']} |" for r in rows]  # fmt: skip
+              f"{r['encode_s']:.2f} | {r['predict_s']:.2f} | {r['rank']} |" for r in rows]  # fmt: skip
     return lines, rows
+
+
+def check_api(args) -> tuple[list[str], dict]:
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import conftest  # the test suite's tiny SDXL, SD3 and FLUX.1 pipelines
+
+    from diffusers_unlearn.cli import main as cli
+
+    device, seven, three = args.device, digits.Concept(7), digits.Concept(3)
+    short = du.DistillConfig(steps=100)
+
+    def hardened_closed_form():
+        pipe = digits.load_pipeline(device)
+        pipe.load_unlearning(du.erase(pipe, **seven.erase_kwargs(), harden=True))
+        return f"sevens {sevens(pipe, args.images, args.steps):.2f}"
+
+    def hardened_distill():
+        pipe = digits.load_pipeline(device)
+        pipe.load_unlearning(du.erase(pipe, **seven.erase_kwargs(), method="distill", config=short, harden=True))
+        return f"sevens {sevens(pipe, args.images, args.steps):.2f}"
+
+    def distill_on_a_chain():
+        pipe = digits.load_pipeline(device)
+        pipe.load_unlearning(du.erase(pipe, **seven.erase_kwargs()), mode="fused")
+        config = du.DistillConfig(steps=100, anchor="base", lambda_earlier=1.0)
+        pipe.load_unlearning(du.erase(pipe, **three.erase_kwargs(), method="distill", config=config))
+        return f"sevens {sevens(pipe, args.images, args.steps):.2f}"
+
+    def stack_operations():
+        pipe = digits.load_pipeline(device)
+        first = du.erase(pipe, **seven.erase_kwargs())
+        pipe.load_unlearning(first)
+        stack = du.UnlearningStack([first, du.erase(pipe, **three.erase_kwargs())])
+        base = digits.load_pipeline(device)
+        report = stack.check(base)
+        joint = stack.merge("joint", pipe=base)
+        stack.remove(first.name, pipe=base)
+        base.load_unlearning(joint)
+        shown = sevens(base, args.images, args.steps)
+        return f"check passed {report.passed}; joint merge rank {joint.rank}; sevens {shown:.2f}"
+
+    def tiny(build):
+        def run():
+            pipe = build().to(device)
+            distilled = du.erase(pipe, "cat", neighbors=["dog"], method="distill", config=du.DistillConfig(steps=20),
+                                 name="no-cat-distilled")  # fmt: skip
+            made = [du.erase(pipe, "cat", neighbors=["dog"]), distilled]
+            pipe.load_unlearning(made, mode="fused")
+            return f"verified {[u.verified for u in pipe.unlearning]}"
+
+        return run
+
+    def command_line():
+        with tempfile.TemporaryDirectory() as folder:
+            code = cli(["erase", "--model", "digits", "--concept", "seven", "--device", device, "--dtype", "float16",
+                        "--output", f"{folder}/no-seven"])  # fmt: skip
+            return f"exit code {code}"
+
+    cases = {
+        "erase(harden=True), closed form": hardened_closed_form,
+        "erase(harden=True), distill (100 steps)": hardened_distill,
+        "distill on a fused chain, replay held to the untouched model": distill_on_a_chain,
+        "UnlearningStack: check, merge('joint'), remove with re-solve": stack_operations,
+        "tiny SDXL: closed form and distill, fused": tiny(conftest.make_sdxl_pipeline),
+        "tiny SD3: closed form and distill, fused": tiny(conftest.make_sd3_pipeline),
+        "tiny FLUX.1: closed form and distill, fused": tiny(conftest.make_flux_pipeline),
+        "diffusers-unlearn erase --device --dtype float16": command_line,
+    }
+    figures = {}
+    for name, case in cases.items():
+        try:
+            outcome, seconds = timed(device, case)
+            figures[name] = {"outcome": outcome, "seconds": seconds}
+        except Exception:  # recorded; the next case runs
+            figures[name] = {"error": traceback.format_exc()}
+            print(figures[name]["error"], flush=True)
+    lines = ["| operation | outcome | seconds |", "|---|---|---|"]
+    for name, f in figures.items():
+        outcome = f"failed: {f['error'].strip().splitlines()[-1]}" if "error" in f else f["outcome"]
+        lines.append(f"| {name} | {outcome} | {f.get('seconds', 0):.1f} |")
+    return lines, figures
 
 
 def main() -> None:
@@ -260,8 +345,8 @@ def main() -> None:
         f"{torch.__version__}, {args.images} images per prompt, {args.steps} denoising steps.",
     ]
     report = Report(args.output, header)
-    functions = {"erase": check_erase, "dtypes": check_dtypes, "interop": check_interop,
-                 "compile": check_compile, "attacks": check_attacks, "shapes": check_shapes}  # fmt: skip
+    functions = {"erase": check_erase, "dtypes": check_dtypes, "interop": check_interop, "compile": check_compile,
+                 "attacks": check_attacks, "shapes": check_shapes, "api": check_api}  # fmt: skip
     for check in CHECKS:
         if check in skipped:
             continue

@@ -43,23 +43,29 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]")
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _load_pipeline(model: str):
-    """`digits` is the embedded model; anything else goes to `DiffusionPipeline.from_pretrained` (folder or Hub id)."""
-    if model == "digits":
-        from . import digits
+def _load_pipeline(args):
+    """`args.model` on `args.device` in `args.dtype`: `digits` and `glyphs` are the embedded models; anything else
+    goes to `DiffusionPipeline.from_pretrained` (folder or Hub id)."""
+    import torch
 
-        return digits.load_pipeline()
+    model = args.model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    if model in ("digits", "glyphs"):
+        import importlib
+
+        return importlib.import_module(f".{model}", __package__).load_pipeline(device, dtype)
     folder = Path(model).expanduser()
     if folder.exists():
         if not (folder / "model_index.json").is_file():
             raise UnlearningError(
                 f"{model} holds no diffusers pipeline (no model_index.json): pass the folder that "
-                "`pipe.save_pretrained` wrote, a Hub id, or 'digits' for the embedded model."
+                "`pipe.save_pretrained` wrote, a Hub id, or 'digits' / 'glyphs' for an embedded model."
             )
     elif not _REPO_ID.fullmatch(model) or ".." in model:
         raise UnlearningError(
             f"The folder {model} does not exist (and it is not a Hub id like 'org/name'). Pass a local pipeline "
-            "folder, a Hub id, or 'digits' for the embedded model."
+            "folder, a Hub id, or 'digits' / 'glyphs' for an embedded model."
         )
     from .quiet import TORCHVISION_NOTICE, quiet
 
@@ -67,12 +73,13 @@ def _load_pipeline(model: str):
         from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else model)
+        pipe = DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else model, dtype=dtype)
     except OSError as error:
         raise UnlearningError(
             f"Cannot load the model {model!r}: {error}. Pass a local pipeline folder, a Hub id you can reach, or "
-            "'digits' for the embedded model."
+            "'digits' / 'glyphs' for an embedded model."
         ) from error
+    return pipe.to(device)
 
 
 @contextlib.contextmanager
@@ -167,7 +174,7 @@ def cmd_erase(args) -> dict[str, Any]:
         raise UnlearningError("--min-reach trains a distilled removal further: pass it with --method distill.")
     if args.output:
         _refuse_existing(args.output, args.force)
-    pipe = _load_pipeline(args.model)
+    pipe = _load_pipeline(args)
     base = args.append if args.append and Path(args.append).exists() else args.on
     stack = _stack(base) if base else UnlearningStack()
     if len(stack):
@@ -191,7 +198,7 @@ def cmd_erase(args) -> dict[str, Any]:
 
 def cmd_check(args) -> dict[str, Any]:
     stack = _stack(args.stack)
-    pipe = _load_pipeline(args.model)
+    pipe = _load_pipeline(args)
     report = stack.check(pipe, **{k: v for k, v in vars(args).items() if k.endswith("_threshold") and v is not None})
     if args.plot:
         report.plot(args.plot)
@@ -212,7 +219,7 @@ def cmd_merge(args) -> dict[str, Any]:
     if args.method == "joint" and args.model is None:
         raise UnlearningError("--method joint re-solves on the base model: pass --model.")
     stack = _stack(args.stack)
-    pipe = _load_pipeline(args.model) if args.method == "joint" else None
+    pipe = _load_pipeline(args) if args.method == "joint" else None
     merged = stack.merge(args.method, pipe=pipe, rank=args.rank, name=args.name)
     written = merged.save_pretrained(args.output)
     return {"name": merged.name, "written": str(written), "rank": merged.rank, "figures": merged.metadata["figures"]}
@@ -229,7 +236,7 @@ def cmd_eval(args) -> dict[str, Any]:
     from .digits import Concept, DigitsConceptScorer
 
     concept = Concept(digit=args.digit, colour=args.colour)
-    pipe = _load_pipeline(args.model)
+    pipe = _load_pipeline(args)
     removed = []  # concepts other removals in --removal erase on purpose: not lost retention
     if args.removal:
         source = _source(args.removal)
@@ -336,7 +343,7 @@ def cmd_attack(args) -> dict[str, Any]:
         from .glyphs import Concept
         from .glyphs.attacks import attack_target
     target = attack_target(Concept.parse(args.concept))  # InvalidConceptError: a name the world does not know
-    pipe, reference = _load_pipeline(args.model), _load_pipeline(args.model)
+    pipe, reference = _load_pipeline(args), _load_pipeline(args)
     pipe.load_unlearning(_source(args.removal))
     settings = attacks.AttackSettings(images=args.images, steps=args.steps, seed=args.seed)
     options = {name: {"iterations": args.iterations} for name in ("token_search", "embedding", "learned_token")}
@@ -380,9 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print one JSON object (for scripts) instead of text")
         return sub
 
-    model_help = "a local pipeline folder, a Hub id, or 'digits' (the embedded model)"
+    model_help = "a local pipeline folder, a Hub id, or 'digits' / 'glyphs' (the embedded models)"
+
+    def model_options(sub: argparse.ArgumentParser) -> None:
+        """Where and in which precision the model of `--model` runs."""
+        sub.add_argument(
+            "--device", help="where the model runs, e.g. cuda, cuda:1, cpu (default: cuda if any, else cpu)"
+        )
+        sub.add_argument(
+            "--dtype",
+            choices=("float32", "float16", "bfloat16"),
+            default="float32",
+            help="precision the model is loaded in (removals are solved in float32 either way)",
+        )
+
     erase = command("erase", "make one removal (a diffusers LoRA folder)", cmd_erase)
     erase.add_argument("--model", required=True, help=model_help)
+    model_options(erase)
     erase.add_argument("--concept", required=True, help='what to remove, as prompts name it ("Van Gogh", "seven")')
     erase.add_argument(
         "--alias", action="append", default=[], help="another name of the concept (repeatable; default: none)"
@@ -449,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = command("check", "measure interference between a stack's removals (exit 3 if it fails)", cmd_check)
     check.add_argument("stack", help="a stack folder, its manifest, or one removal folder")
     check.add_argument("--model", required=True, help=model_help)
+    model_options(check)
     check.add_argument(
         "--undo-threshold", type=float, dest="undo_threshold", help="largest share of a removal the others may "
         "take back, summed along the stack (default: 0.05)"
@@ -470,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="concat: the exact sum; svd: compressed to --rank; joint: re-solved at once on the base model",
     )  # fmt: skip
     merge.add_argument("--model", help=model_help + " (needed by --method joint; default: none)")
+    model_options(merge)
     merge.add_argument(
         "--rank", type=int, help="target rank (svd: default the largest member rank; joint: default the smallest "
         "keeping 99.9%% of the edit)"
@@ -480,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = command("eval", "forget / related / general figures on the digits model", cmd_eval)
     evaluation.add_argument("--model", default="digits", help="'digits' (the scorer is the digits classifier)")
+    model_options(evaluation)
     evaluation.add_argument(
         "--removal", help="a removal or stack folder to load first (default: none, the base model)"
     )
@@ -543,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     attack = command("attack", "try to bring an erased concept back; prints each attack's success rate", cmd_attack)
     attack.add_argument("--model", default="digits", help="'digits' or 'glyphs' (their classifiers judge)")
+    model_options(attack)
     attack.add_argument("--removal", required=True, help="a removal or stack folder to load and attack")
     attack.add_argument("--concept", required=True, help='the erased concept ("seven", "red seven"; glyphs "serif Q")')
     attack.add_argument(

@@ -503,12 +503,19 @@ def _check_compatible(pipe, denoiser, entries: list[_Entry], expected: dict[str,
             )
         seen.add(name)
         if not same_base(adapter.metadata, expected):
+            low = denoiser.dtype in (torch.float16, torch.bfloat16)
             raise BaseModelMismatchError(
                 f"Removal {name!r} was made for base weights {adapter.base_fingerprint} "
                 f"({adapter.metadata.get('base_model') or 'unknown model'}), but this pipeline's are "
                 f"{expected['base_fingerprint']}. Load it on the model it was made for, or erase the concept again "
-                "here. (A float16 and a bfloat16 copy of a float32 checkpoint differ: a removal made on a float32 "
-                "pipeline loads on both.)"
+                "here."
+                + (
+                    f" If it is that model: this pipeline runs in {str(denoiser.dtype)[6:]}, and a float16 and a "
+                    "bfloat16 copy of a float32 checkpoint round its weights differently; a removal made on a "
+                    "float32 pipeline loads on both."
+                    if low
+                    else ""
+                )
             )
         for layer in adapter.layer_names:
             try:

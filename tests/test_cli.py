@@ -272,3 +272,19 @@ def test_erase_distill_trains_until_the_reach_asked_for(tmp_path, sd_pipe, capsy
     figures = du.UnlearningAdapter.from_pretrained(made["written"]).metadata["figures"]
     assert figures["steps_trained"] == 12
     assert [done for done, _ in figures["reach_trace"]] == list(range(4, 13))  # a measure after each step
+
+
+def test_glyphs_and_a_dtype_from_the_command_line(tmp_path, capsys, monkeypatch):
+    """`--model glyphs` is the embedded glyphs model (it was refused as a missing folder); `--dtype bfloat16` loads
+    the model in bfloat16, and the removal made there loads on the float32 model."""
+    made = as_json(cli_here(capsys, monkeypatch, "erase", "--model", "glyphs", "--concept", "Q", "--dtype", "bfloat16",
+                            "--device", "cpu", "--output", "no-q", "--json", cwd=tmp_path))  # fmt: skip
+    assert made["rank"] >= 1
+    from diffusers_unlearn import glyphs
+
+    pipe = glyphs.load_pipeline()
+    pipe.load_unlearning(tmp_path / "no-q")
+    assert [u.verified for u in pipe.unlearning] == [True]
+    argv = ["attack", "--model", "glyphs", "--removal", "no-q", "--concept", "Q", "--attack", "direct"]
+    attacked = as_json(cli_here(capsys, monkeypatch, *argv, "--images", "1", "--steps", "2", "--json", cwd=tmp_path))
+    assert set(attacked["asr"]) == {"direct"}
