@@ -458,18 +458,19 @@ def read_removals(
             raise AdapterFormatError(
                 f"{MANIFEST_NAME} lists {entry['name']!r} with another adapter_id than its files."
             )
-        if index > 0 and not same_base(adapter.metadata, adapters[0].metadata):
+        if index == 0:  # the manifest records the first removal's base; the others match it, at some precision
+            for key in ("base_fingerprint", "base_model"):
+                value = adapter.metadata.get(key)
+                if manifest.get(key) is not None and manifest[key] != value:
+                    raise AdapterFormatError(
+                        f"Removal {adapter.name!r} records {key} {value!r}; {MANIFEST_NAME} says {manifest[key]!r}. "
+                        "Refusing to load the removals: the manifest and the files disagree."
+                    )
+        elif not same_base(adapter.metadata, adapters[0].metadata):
             raise AdapterFormatError(
                 f"Removal {adapter.name!r} was made for base weights {adapter.base_fingerprint}, "
                 f"{adapters[0].name!r} for {adapters[0].base_fingerprint}: one chain holds removals of one model."
             )
-        recorded = {"base_fingerprint": adapter.base_fingerprint, "base_model": adapter.metadata.get("base_model")}
-        for key, value in recorded.items() if index == 0 else ():
-            if manifest.get(key) is not None and manifest[key] != value:
-                raise AdapterFormatError(
-                    f"Removal {adapter.name!r} records {key} {value!r}; {MANIFEST_NAME} says {manifest[key]!r}. "
-                    "Refusing to load the removals: the manifest and the files disagree."
-                )
         adapters.append(adapter)
     check_parents(adapters, held, warn_missing=not alone)
     return adapters
