@@ -210,13 +210,15 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def measure(name: str, build, repeats: int) -> dict:
+def measure(name: str, build, repeats: int, distance_samples: int | None = None) -> dict:
     torch.manual_seed(0)
     started = time.perf_counter()
     pipe = build()
     built = time.perf_counter() - started
     rss_model = peak_rss_gib()
     kwargs = dict(aliases=["pikachu"], mapping_candidates=CANDIDATES, neighbors=NEIGHBORS)
+    if distance_samples is not None:
+        kwargs["distance_samples"] = distance_samples
     runs = [du.erase(pipe, "cat", **kwargs) for _ in range(repeats)]
     adapter = runs[-1]
     figures = [run.metadata["figures"] for run in runs]
@@ -335,6 +337,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["sd15", "sdxl", "sd3", "flux", "digits"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--distance-samples", type=int, help="erase's distance_samples (the target check's latents; default: erase's)"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "erase_speed.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -353,7 +358,12 @@ def main() -> None:
             row = measure_digits_chain(args.repeats)
             row["setting"] = f"{args.threads} thread(s), median of {25 * args.repeats} removals{row['note']}"
         else:
-            row = (measure_solve if key in ("sd3", "flux") else measure)(name, build, args.repeats)
+            if key in ("sd3", "flux"):
+                row = measure_solve(name, build, args.repeats)
+            else:
+                if args.distance_samples is not None:
+                    name = f"{name}, distance_samples={args.distance_samples}"
+                row = measure(name, build, args.repeats, args.distance_samples)
             row["setting"] = f"{args.threads} thread(s), median of {args.repeats}"
         rows.append(row)
         print(row, flush=True)
