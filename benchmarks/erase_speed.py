@@ -383,15 +383,13 @@ def main() -> None:
         "adapter MB (fp16) | peak RSS GiB (model alone) | run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = list(kept)
     for r in rows:
         kept[r["model"]] = (
             f"| {r['model']} | {r['layers']} | {r['prompts']} ({r['encoded']}) | {r['median_s']:.2f} | "
             f"{r['encode_s']:.2f} | {_seconds(r.get('predict_s'))} | {r['rank']} | {r['size_mb']:.2f} | "
             f"{r['peak_gib']:.1f} ({r['model_gib']:.1f}) | {r['setting']} |"
         )
-        order.append(r["model"])
-    lines += [kept[name] for name in dict.fromkeys(order)]
+    lines += [kept[name] for name in dict.fromkeys([*ROW_ORDER, *kept]) if name in kept]
     lines += [
         "",
         "Targets (SD 1.5): <= 5 s and <= 1.5 MB per removal. *All encoded* counts every prompt the removal runs "
@@ -399,7 +397,9 @@ def main() -> None:
         "denoiser*: the denoiser's noise predictions, the model-scored check of the mapping targets and the "
         "removal's effect figures (16 random latents per prompt, cropped to 16 x 16, on 4 of the contexts; "
         "`targets.py`); on the CPU at SD 1.5's and SDXL's widths this is most of a removal, on a GPU a fraction "
-        "of a second ([gpu.md](gpu.md)). The rest, the solve (one d x d system, one eigen- and one singular-value "
+        "of a second ([gpu.md](gpu.md)); `erase(..., distance_samples=4)` checks on 4 latents instead of 16 "
+        "(the row so marked, `--distance-samples 4`), about 4 times cheaper and noisier. The rest, the solve (one "
+        "d x d system, one eigen- and one singular-value "
         "decomposition shared by all layers, one matrix product per layer) and the proxy distances, is the "
         "difference of the time columns ('-': not recorded by that run).",
         "",
@@ -424,6 +424,13 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}", file=sys.stderr)
+
+
+ROW_ORDER = (
+    "SD 1.5-shaped", "SD 1.5-shaped, distance_samples=4", "SDXL-shaped", "SD3-shaped (medium; scaled: see below)",
+    "FLUX.1-shaped (dev; scaled: see below)", "digits model (embedded), its 25-removal chain",
+)  # fmt: skip
+"""The table's rows in this order, whatever order runs measured them; other rows after them."""
 
 
 def _seconds(value: float | None) -> str:
