@@ -257,13 +257,16 @@ def distill_options(args, concept=None) -> dict:
     """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0; for a glyphs
     identity ("serif Q"), `--distill-identity-eta` in place of `--distill-eta` (for a coloured one, "red bold R",
     `--distill-coloured-identity-eta` if given), `--distill-identity-lambda-replay` in place of `--lambda-replay`
-    and `--distill-identity-min-reach` in place of `--distill-min-reach`."""
+    and `--distill-identity-min-reach` in place of `--distill-min-reach` (for a character, "B",
+    `--distill-character-min-reach`)."""
     eta, replay, reach = args.distill_eta, args.lambda_replay, args.distill_min_reach
     if getattr(concept, "kind", None) == "identity":
         coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
         eta = next((v for v in (coloured, args.distill_identity_eta) if v is not None), eta)
         replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
         reach = reach if args.distill_identity_min_reach is None else args.distill_identity_min_reach
+    if getattr(concept, "kind", None) == "character" and args.distill_character_min_reach is not None:
+        reach = args.distill_character_min_reach
     given = {
         "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": eta, "base_share": args.distill_base_share,
         "min_reach": reach, "max_steps": args.distill_max_steps,
@@ -1005,6 +1008,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-identity-min-reach", type=float, default=None,
         help="glyphs: distill's min_reach for the character-in-style removals (default: --distill-min-reach)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-character-min-reach", type=float, default=None,
+        help="glyphs: distill's min_reach for the removals of a character (\"B\") (default: --distill-min-reach)",
     )  # fmt: skip
     parser.add_argument("--distill-max-steps", type=int, default=None, help="distill's max_steps (with min_reach)")
     parser.add_argument(
