@@ -43,11 +43,13 @@ import diffusers_unlearn as du
 from diffusers_unlearn import digits, glyphs
 from diffusers_unlearn.attacks import ATTACKS, AttackSettings, run_attacks
 from diffusers_unlearn.digits.attacks import attack_target
-from diffusers_unlearn.evaluation import evaluate, generate_images
+from diffusers_unlearn.evaluation import evaluate
 from diffusers_unlearn.toyworld import concept_scorer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import interop  # noqa: E402 - beside this script
+
 CHECKS = ("erase", "dtypes", "interop", "attacks", "compile", "shapes", "api")
 
 
@@ -78,13 +80,6 @@ def timed(device: str, work, *args, **kwargs):
     result = work(*args, **kwargs)
     synchronize(device)
     return result, time.perf_counter() - started
-
-
-def sevens(pipe, images: int, steps: int) -> float:
-    probe = digits.Concept(7).forget_probe()
-    shown = generate_images(pipe, list(probe.prompts), images_per_prompt=images, num_inference_steps=steps,
-                            progress=False)  # fmt: skip
-    return float(digits.DigitsConceptScorer().shows(shown, [{"digit": 7}] * len(shown)).mean())
 
 
 def check_erase(args) -> tuple[list[str], list[dict]]:
@@ -149,9 +144,9 @@ def check_dtypes(args) -> tuple[list[str], list[dict]]:
                 warnings.simplefilter("always")
                 pipe.load_unlearning(made[maker], mode=mode)
                 row["verified"] = [u.verified for u in pipe.unlearning]
-                row["sevens"] = sevens(pipe, args.images, args.steps)
+                row["sevens"] = interop.sevens(pipe, args.images, args.steps)
                 pipe.unload_unlearning()
-                row["sevens_unloaded"] = sevens(pipe, args.images, args.steps)
+                row["sevens_unloaded"] = interop.sevens(pipe, args.images, args.steps)
             loud = {w.category.__name__ for w in caught if issubclass(w.category, du.UnlearningWarning)}
             row["signals"] = sorted(loud)
         except du.UnlearningError as error:  # a refusal is recorded as what happened
@@ -167,8 +162,6 @@ def check_dtypes(args) -> tuple[list[str], list[dict]]:
 
 
 def check_interop(args) -> tuple[list[str], list]:
-    import interop
-
     bench = interop.Bench(args.images, args.steps, args.device, torch.float16)
     base_sevens, rows = interop.run(bench)
     lines = [f"Sevens without the removal: {base_sevens:.2f}.", "", *interop.table(rows)]
@@ -178,10 +171,10 @@ def check_interop(args) -> tuple[list[str], list]:
 def check_compile(args) -> tuple[list[str], dict]:
     pipe = digits.load_pipeline(args.device, torch.float16)
     pipe.load_unlearning(du.erase(digits.load_pipeline(args.device), **digits.Concept(7).erase_kwargs()))
-    plain, plain_seconds = timed(args.device, sevens, pipe, args.images, args.steps)
+    plain, plain_seconds = timed(args.device, interop.sevens, pipe, args.images, args.steps)
     pipe.unet = torch.compile(pipe.unet)
-    compiled, first = timed(args.device, sevens, pipe, args.images, args.steps)
-    again, second = timed(args.device, sevens, pipe, args.images, args.steps)
+    compiled, first = timed(args.device, interop.sevens, pipe, args.images, args.steps)
+    again, second = timed(args.device, interop.sevens, pipe, args.images, args.steps)
     figures = {"sevens_eager": plain, "sevens_compiled": compiled, "sevens_compiled_again": again,
                "eager_s": plain_seconds, "compiled_first_s": first, "compiled_second_s": second,
                "verified": [u.verified for u in pipe.unlearning]}  # fmt: skip
@@ -253,19 +246,19 @@ def check_api(args) -> tuple[list[str], dict]:
     def hardened_closed_form():
         pipe = digits.load_pipeline(device)
         pipe.load_unlearning(du.erase(pipe, **seven.erase_kwargs(), harden=True))
-        return f"sevens {sevens(pipe, args.images, args.steps):.2f}"
+        return f"sevens {interop.sevens(pipe, args.images, args.steps):.2f}"
 
     def hardened_distill():
         pipe = digits.load_pipeline(device)
         pipe.load_unlearning(du.erase(pipe, **seven.erase_kwargs(), method="distill", config=short, harden=True))
-        return f"sevens {sevens(pipe, args.images, args.steps):.2f}"
+        return f"sevens {interop.sevens(pipe, args.images, args.steps):.2f}"
 
     def distill_on_a_chain():
         pipe = digits.load_pipeline(device)
         pipe.load_unlearning(du.erase(pipe, **seven.erase_kwargs()), mode="fused")
         config = du.DistillConfig(steps=100, anchor="base", lambda_earlier=1.0)
         pipe.load_unlearning(du.erase(pipe, **three.erase_kwargs(), method="distill", config=config))
-        return f"sevens {sevens(pipe, args.images, args.steps):.2f}"
+        return f"sevens {interop.sevens(pipe, args.images, args.steps):.2f}"
 
     def stack_operations():
         pipe = digits.load_pipeline(device)
@@ -277,7 +270,7 @@ def check_api(args) -> tuple[list[str], dict]:
         joint = stack.merge("joint", pipe=base)
         stack.remove(first.name, pipe=base)
         base.load_unlearning(joint)
-        shown = sevens(base, args.images, args.steps)
+        shown = interop.sevens(base, args.images, args.steps)
         return f"check passed {report.passed}; joint merge rank {joint.rank}; sevens {shown:.2f}"
 
     def tiny(build):

@@ -24,6 +24,7 @@ On another device or dtype the removal is made in float32 on that device and loa
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 import warnings
@@ -61,10 +62,23 @@ def effective(module) -> torch.Tensor:
         return module(eye).float().T.cpu()
 
 
+@functools.cache
+def _scorer() -> DigitsConceptScorer:
+    return DigitsConceptScorer()
+
+
+def sevens(pipe, images: int, steps: int) -> float:
+    """The share of the forget probe's images (`Concept(7).forget_probe()`) the digits scorer reads as a 7."""
+    probe = Concept(7).forget_probe()
+    shown = generate_images(
+        pipe, list(probe.prompts), images_per_prompt=images, num_inference_steps=steps, progress=False
+    )
+    return float(_scorer().shows(shown, [{"digit": 7}] * len(shown)).mean())
+
+
 class Bench:
     def __init__(self, images: int, steps: int, device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.images, self.steps, self.device, self.dtype = images, steps, device, dtype
-        self.scorer = DigitsConceptScorer()
         self.probe = Concept(7).forget_probe()
         base = digits.load_pipeline(device)
         self.removal = du.erase(base, **Concept(7).erase_kwargs())
@@ -80,11 +94,7 @@ class Bench:
         return digits.load_pipeline(self.device, self.dtype)
 
     def sevens(self, pipe) -> float:
-        images = generate_images(
-            pipe, list(self.probe.prompts), images_per_prompt=self.images, num_inference_steps=self.steps,
-            progress=False,
-        )  # fmt: skip
-        return float(self.scorer.shows(images, [{"digit": 7}] * len(images)).mean())
+        return sevens(pipe, self.images, self.steps)
 
     def off_by(self, pipe, removal: float, style: float) -> float:
         unet = getattr(pipe.unet, "_orig_mod", pipe.unet)

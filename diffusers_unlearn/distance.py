@@ -184,7 +184,7 @@ def _tensors(value) -> list[torch.Tensor]:
 
 
 def projection_gram(weights: Sequence[torch.Tensor], seed: int = 0) -> torch.Tensor:
-    """`sum_l W_l^T W_l` over the edited layers, float64 on the CPU, `(d, d)`.
+    """`sum_l W_l^T W_l` over the edited layers, float64, `(d, d)`.
 
     Exact up to 65,536 output rows in all (SD 1.5 has ~50k); beyond that (SDXL) an unbiased estimate from
     16,384 rows drawn uniformly, which is ample to rank distances.
@@ -194,14 +194,14 @@ def projection_gram(weights: Sequence[torch.Tensor], seed: int = 0) -> torch.Ten
     gram = torch.zeros(d, d, dtype=torch.float64)
     if total_rows <= _EXACT_GRAM_MAX_ROWS:
         for w in weights:
-            w = w.double().cpu()
+            w = w.double()
             gram += w.T @ w
         return gram
     generator = torch.Generator().manual_seed(seed)
     keep = _SAMPLED_GRAM_ROWS / total_rows
     for w in weights:
         rows = torch.rand(w.shape[0], generator=generator) < keep
-        sample = w.cpu()[rows].double()
+        sample = w[rows].double()
         gram += sample.T @ sample / keep
     return gram
 
