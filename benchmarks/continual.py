@@ -276,6 +276,8 @@ def distill_options(args, concept=None) -> dict:
                "earlier_protection": args.distill_earlier_protection,
                "earlier_overlap": args.distill_earlier_overlap}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
+    if args.distill_earlier_anchor != "chain":
+        nonzero["earlier_anchor"] = args.distill_earlier_anchor
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
         **{k: v for k, v in given.items() if v is not None}, **{k: v for k, v in nonzero.items() if v},
@@ -704,6 +706,7 @@ def run_glyphs(args) -> dict:
                     kwargs = erase_kwargs(
                         concept, method, config, distill, neighbour_styles=args.neighbour_styles,
                         erase_at="character" if concept.name in args.character_word else args.identity_at,
+                        character_target=args.character_target, others_held=args.others_held,
                     )  # fmt: skip
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
@@ -987,6 +990,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         "--distill-earlier-push", type=float, default=0.0,
         help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it)",
     )  # fmt: skip
+    parser.add_argument(
+        "--distill-earlier-anchor", choices=("chain", "own"), default="chain",
+        help="distill's earlier_anchor: the hold's teacher, the chain as loaded or each removal's own chain",
+    )  # fmt: skip
     parser.add_argument("--distill-eta", type=float, default=None, help="distill's negative_guidance")
     parser.add_argument(
         "--distill-identity-eta", type=float, default=None,
@@ -1058,6 +1065,19 @@ def main() -> None:
         metavar="IDENTITY",
         help="glyphs: these identities (by name, e.g. 'roman 2') erased at their character word, the others as "
         "--identity-at says",
+    )
+    parser.add_argument(
+        "--character-target",
+        choices=("category", "character"),
+        default="category",
+        help="glyphs: map each character's removal to its kind's word or to another character of its kind "
+        "(Concept.erase_kwargs(character_target=...))",
+    )
+    parser.add_argument(
+        "--others-held",
+        action="store_true",
+        help="glyphs: a style or colour also holds its forget prompts in the other styles or colours "
+        "(Concept.erase_kwargs(others_held=True))",
     )
     parser.add_argument(
         "--boundaries",

@@ -43,8 +43,16 @@ LOST_AS_KEYS = ("related_lost_as", "related_gained_from", "general_lost_as", "ge
 LOST = 0.5  # a cell counts as lost when it shows in this share fewer of its images than untouched
 
 
-VARIANTS = {"recipe": {}, "neighbour styles": {"neighbour_styles": True}, "character word": {"erase_at": "character"}}
-"""An identity's variants: `Concept.erase_kwargs` options."""
+VARIANTS = {
+    "recipe": {}, "neighbour styles": {"neighbour_styles": True}, "character word": {"erase_at": "character"},
+    "character target": {"character_target": "character"}, "others held": {"others_held": True},
+}  # fmt: skip
+"""A removal's variants: `Concept.erase_kwargs` options."""
+VARIANT_KINDS = {
+    "neighbour styles": ("identity",), "character word": ("identity",), "character target": ("character",),
+    "others held": ("style", "colour"),
+}  # fmt: skip
+"""The kinds of concept each variant changes."""
 
 
 def erase_step(concept, step: int, args, seed: int, variant: str, chain: Path | None):
@@ -98,7 +106,7 @@ def run(args) -> dict:
     for step in args.steps:
         concept = continual.GLYPH_SEQUENCE[step - 1]
         _, related, general = probes[step]
-        variants = ["recipe", *(args.variants if concept.kind == "identity" else [])]
+        variants = ["recipe", *(v for v in args.variants if concept.kind in VARIANT_KINDS[v])]
         for made, variant, seed in itertools.product(wheres, variants, args.seeds):
             pipe, adapter, seconds = erase_step(concept, step, args, seed, variant, chain if made != "alone" else None)
             result = evaluate(pipe, scorer, forget=[concept.forget_probe()], related=related, general=general, **call)
@@ -190,8 +198,10 @@ def main() -> None:
         nargs="+",
         choices=[v for v in VARIANTS if v != "recipe"],
         default=[],
-        help="also, for an identity, these variants of its erase_kwargs(): 'neighbour styles' (its contrast prompts "
-        "in its neighbouring styles held as a group of their own), 'character word' (erased at its character word)",
+        help="also these variants of erase_kwargs(), for the kinds they change: an identity's 'neighbour styles' (its "
+        "contrast prompts in its neighbouring styles held as a group of their own) and 'character word' (erased at "
+        "its character word); a character's 'character target' (mapped to another character, not its kind's "
+        "word); a style's or colour's 'others held' (its forget prompts in the other values held)",
     )
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--sampling-steps", type=int, default=10, help="DDIM steps per image")

@@ -318,10 +318,11 @@ def erase(
             untouched = {p for prompts in every for p in prompts if not erased_earlier(p)}
         # with min_reach: the predictions before, measured now; the effect of the LoRA as it trains, later
         effect = effect_meter(bank, choice, concept) if config.min_reach is not None else None
+        owner = earlier_owners(previous, earlier) if config.earlier_anchor == "own" else None
         result = distill(
             pipe, family, bank, pairs, replayed, config, earlier=earlier, earlier_protected=kept_earlier,
-            untouched=untouched, untouched_model=lambda: removals_disabled(pipe), harden=harden, effect=effect,
-            seed=seed,
+            untouched=untouched, untouched_model=lambda: removals_disabled(pipe), earlier_owner=owner,
+            chain_at=lambda n: removals_disabled(pipe, keep_first=n), harden=harden, effect=effect, seed=seed,
         )  # fmt: skip
         lora, figures, edit_rank = result.lora, result.figures, config.rank
         if "earlier_undone" in figures:  # by the earlier removal's id, as `parents` names it
@@ -393,6 +394,20 @@ def erase(
             "report it). Reload them before generating: `pipe.unload_unlearning()`, then `pipe.load_unlearning(...)`."
         )
     return adapter
+
+
+def earlier_owners(previous: Sequence[UnlearningAdapter], earlier: Sequence[Sequence[str]]) -> dict[str, int]:
+    """Per earlier forget prompt, the index of the last removal that erased it, unless a removal after that one
+    names its concept in the prompt ("the red letter k" after "red" was removed): the chain right after the owner
+    teaches it with `DistillConfig(earlier_anchor="own")`, and that chain still drew the later concept there."""
+    words = [[n for n in (a.metadata.get("concept"), *a.metadata.get("aliases", [])) if n] for a in previous]
+    patterns = [names_pattern(w) if w else None for w in words]
+    owner = {p: j for j, prompts in enumerate(earlier) for p in prompts}  # the last one wins
+    return {
+        p: j
+        for p, j in owner.items()
+        if not any(pattern is None or pattern.search(p) for pattern in patterns[j + 1 :])
+    }
 
 
 def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> list[str]:

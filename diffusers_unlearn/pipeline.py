@@ -166,23 +166,30 @@ def unlearning(pipe: DiffusionPipeline) -> tuple[LoadedUnlearning, ...]:
 
 
 @contextmanager
-def removals_disabled(pipe: DiffusionPipeline) -> Iterator[None]:
+def removals_disabled(pipe: DiffusionPipeline, keep_first: int = 0) -> Iterator[None]:
     """Within the block the denoiser computes as if none of our removals were loaded (the untouched model, a user's
-    own LoRAs kept); on exit every weight and scaling is exactly as before, also on error.
+    own LoRAs kept), or only the first `keep_first` of them (the chain as it was when the next one was made); on
+    exit every weight and scaling is exactly as before, also on error.
 
     Fused removals (and removals PEFT merged into a weight) are subtracted from a copy-backed weight; the others get
-    a zero scaling. Distillation's replay held to the untouched model reads its teacher this way.
+    a zero scaling. Distillation's replay held to the untouched model reads its teacher this way, and its hold of an
+    earlier removal held to that removal's own chain (`DistillConfig(earlier_anchor="own")`).
 
     Example:
         ```py
         >>> with removals_disabled(pipe):
         ...     untouched = pipe("a red seven").images  # as before any removal
+        >>> with removals_disabled(pipe, keep_first=1):
+        ...     first_only = pipe("a red seven").images  # as right after the first removal was loaded
         ```
     """
     state = _state(pipe)
-    if state is None or not state.entries:
+    if keep_first < 0:
+        raise InvalidArgumentError(f"keep_first counts removals kept in effect: it must be >= 0, got {keep_first}.")
+    if state is None or len(state.entries) <= keep_first:
         yield
         return
+    disabled = state.entries[keep_first:]
     denoiser = _denoiser(pipe)
     saved: dict[str, torch.Tensor] = {}
     scalings: list[tuple[BaseTunerLayer, str, float]] = []
@@ -195,9 +202,9 @@ def removals_disabled(pipe: DiffusionPipeline) -> Iterator[None]:
 
     try:
         with torch.no_grad():
-            for layer, delta in _fused_deltas(state).items():
+            for layer, delta in _fused_deltas(state, disabled).items():
                 subtract(layer, delta)
-            for entry in state.peft_entries():
+            for entry in (entry for entry in disabled if not entry.fused):
                 for layer in entry.adapter.layer_names:
                     module = denoiser.get_submodule(layer)
                     if not isinstance(module, BaseTunerLayer) or entry.name not in module.lora_A:
@@ -702,9 +709,10 @@ def _bake_merges(denoiser, state: _State, names: Sequence[str] | None = None) ->
                     original = state.originals[layer]
 
 
-def _fused_deltas(state: _State) -> dict[str, torch.Tensor]:
+def _fused_deltas(state: _State, entries: list[_Entry] | None = None) -> dict[str, torch.Tensor]:
+    """Per layer, the summed change of the fused removals among `entries` (default: all loaded)."""
     total: dict[str, torch.Tensor] = {}
-    for entry in state.entries:
+    for entry in state.entries if entries is None else entries:
         if entry.fused:
             for layer in entry.adapter.layer_names:
                 delta = entry.adapter.delta(layer)

@@ -7,6 +7,7 @@ import sys
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -379,6 +380,56 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
             du.DistillConfig(**bad)
     with pytest.raises(du.InvalidArgumentError, match="base_share"):
         du.DistillConfig(base_share=1.5)
+
+
+@pytest.mark.long
+def test_earlier_anchor_own_gives_back_what_a_later_removal_took():
+    """`DistillConfig(earlier_anchor="own")`: the hold of an earlier removal's forget prompts is taught by the chain
+    as it was right after that removal (`removals_disabled(pipe, keep_first=n)`), so a new removal gives back what a
+    removal between them took; held to the chain as loaded (the default), it keeps the loss."""
+    pipe = make_sd_pipeline()
+    prompts = ["a photo of cat", "a photo of dog"]
+    untouched = noise_predictions(pipe, prompts)
+    first = du.erase(pipe, "cat", config=du.ClosedFormConfig(lambda_protect=0.0))
+    pipe.load_unlearning(first, mode="fused")
+    after_first = noise_predictions(pipe, prompts)
+    fast = dict(FAST, steps=60, batch_size=8, learning_rate=5e-3, lambda_replay=20.0, anchor="base")
+    careless = du.erase(pipe, "tree", neighbors=["dog", "cat"], method="distill", config=du.DistillConfig(**fast))
+    pipe.load_unlearning(careless, mode="fused")
+    with removals_disabled(pipe, keep_first=1):  # the chain as it was when "tree" was made
+        assert torch.allclose(noise_predictions(pipe, prompts), after_first, atol=1e-5)
+    effect = after_first[0] - untouched[0]
+
+    def along(predictions):  # 0: where the first removal left "cat", -1: the untouched model
+        return float(((predictions[0] - after_first[0]) * effect).sum() / effect.square().sum())
+
+    taken = along(noise_predictions(pipe, prompts))
+    assert taken < -0.15  # the premise: "tree", pulling its replay to the untouched model, took some back (-0.26)
+    now, undone = {}, {}
+    for anchor in ("chain", "own"):
+        config = du.DistillConfig(**fast, lambda_earlier=10.0, earlier_anchor=anchor)
+        third = du.erase(pipe, "bird", neighbors=["dog"], method="distill", config=config)
+        undone[anchor] = third.metadata["figures"]["earlier_undone"][first.metadata["adapter_id"]]
+        pipe.load_unlearning(third)
+        now[anchor] = along(noise_predictions(pipe, prompts))
+        pipe.unload_unlearning(third.name)
+    # measured: held to the chain -0.29 (the loss kept), to its own chain -0.07 (most of it given back)
+    assert now["chain"] < taken + 0.1 and now["own"] > taken + 0.12 and now["own"] > now["chain"] + 0.12
+    assert undone["own"] < 0 < undone["chain"]  # its own measure: taken back further vs given back (0.11 / -0.07)
+    with pytest.raises(du.InvalidArgumentError, match="earlier_anchor"):
+        du.DistillConfig(earlier_anchor="own")  # no hold to teach
+    with pytest.raises(du.InvalidArgumentError, match="keep_first"), removals_disabled(pipe, keep_first=-1):
+        pass
+
+
+def test_earlier_owners_leave_a_later_concept_to_the_chain():
+    """The owner of an earlier forget prompt is the last removal that erased it; a prompt that names a later
+    removal's concept stays with the chain as loaded (its owner's chain still drew that concept there)."""
+    concepts = [("k", ["kay"]), ("red", []), ("q", [])]
+    previous = [SimpleNamespace(metadata={"concept": c, "aliases": a}) for c, a in concepts]  # all it reads
+    earlier = [["the letter k", "the red letter k", "the letter k and q"], ["a red circle", "a red q"], ["a q"]]
+    owners = {"the letter k": 0, "a red circle": 1, "a q": 2}
+    assert erasure.earlier_owners(previous, earlier) == owners
 
 
 def test_removals_loaded_as_adapters_teach_and_stay_in_effect():

@@ -214,6 +214,50 @@ def test_an_identity_can_be_erased_at_its_character_word():
         roman_2.erase_kwargs(erase_at="colour")
 
 
+def test_a_character_can_be_mapped_to_another_character_the_model_never_draws_as_it(pipe, scorer):
+    """ "B" with `character_target="character"`: mapped to the other letters but those that look like it or that
+    it looks like (8, R, 3; E), where the kind's word ("the red letter letter") is drawn as a B in some images;
+    other kinds are unchanged, and an unknown target is refused."""
+    b = Concept("B")
+    assert b.erase_kwargs()["category"] == "letter" and "mapping_candidates" not in b.erase_kwargs()
+    kwargs = b.erase_kwargs(character_target="character")
+    assert kwargs["map_to_context"] is False and "category" not in kwargs
+    assert {"a", "n", "k"} <= set(kwargs["mapping_candidates"])
+    assert not {"b", "r", "e", "8", "3"} & set(kwargs["mapping_candidates"])  # look-alikes, and no digit
+    assert Concept("7").erase_kwargs(character_target="character")["mapping_candidates"][:2] == ["0", "3"]  # 2: Z, 7
+
+    def b_drawn(text):  # in how many of 16 images the untouched model draws a B for this prompt
+        generators = [torch.Generator().manual_seed(i) for i in range(16)]
+        images = pipe([text] * 16, generator=generators, num_inference_steps=10, output_type="np").images
+        return scorer.predict(images)["char"].count("B")
+
+    # the premise (measured: 2 and 2 of 16), and another letter of the candidates: none
+    assert b_drawn("the red letter letter") + b_drawn("the red letter") >= 2
+    assert b_drawn("the red letter n") == 0
+    for other in (Concept("Q", "serif"), Concept(style="serif"), Concept(colour="red")):
+        assert other.erase_kwargs(character_target="character") == other.erase_kwargs()
+    with pytest.raises(InvalidArgumentError, match="character_target"):
+        b.erase_kwargs(character_target="digit")
+
+
+def test_a_style_or_colour_can_hold_its_forget_prompts_in_the_other_values():
+    """ "italic" with `others_held=True`: each forget prompt in every other style, none asking for italic, as a
+    preserve group of its own; a colour the same in the other colours; nothing for the other kinds."""
+    italic = Concept(style="italic")
+    held = italic.other_value_prompts()
+    forget = italic.forget_prompts()
+    assert len(held) == len(forget) * (len(glyphs.STYLES) - 1)  # each forget prompt, once per other style
+    assert not any(italic.mentioned_in(p) for p in held)
+    in_sans = [f" {p}".replace(" sans", " italic").strip() for p in held if " sans" in f" {p}"]
+    assert len(in_sans) == len(forget) and set(in_sans) == set(forget)
+    assert italic.erase_kwargs(others_held=True)["preserve"]["other values"] == held
+    assert "other values" not in italic.erase_kwargs()["preserve"]
+    purple = Concept(colour="purple")
+    assert purple.other_value_prompts() and not any(purple.mentioned_in(p) for p in purple.other_value_prompts())
+    for other in (Concept("Q"), Concept("Q", "serif")):
+        assert other.other_value_prompts() == [] and other.erase_kwargs(others_held=True) == other.erase_kwargs()
+
+
 def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():
     """A broad sample of other cells, in training phrasings other than the probes' canonical one."""
     for concept in (Concept("Q"), Concept(style="serif"), Concept(colour="red"), Concept("Q", "serif")):

@@ -181,6 +181,24 @@ class Concept:
                 prompts += [fill(template, char, other, filled, background) for other in COLOURS if other != colour]
         return list(dict.fromkeys(prompts))
 
+    def other_value_prompts(self) -> list[str]:
+        """For a style (a colour), its forget prompts in each other style (colour): "the red letter a in sans" beside
+        "the red letter a in italic". Empty for other kinds.
+
+        A style's forget prompts ask for the probe characters in it; the model draws some of them alike in other
+        styles (italic A and sans A), and a removal that holds only the characters without a style takes those with
+        it (measured: "italic" alone loses blue, cyan and pink sans A).
+        """
+        if self.kind not in ("style", "colour"):
+            return []
+        values = [v for v in (STYLES if self.kind == "style" else COLOURS) if v not in (self.style, self.colour)]
+        prompts = []
+        for template, char, colour, style, background in self._forget_slots(48):
+            for other in values:
+                slots = (other, style) if self.kind == "colour" else (colour, other)
+                prompts.append(fill(template, char, *slots, background))
+        return list(dict.fromkeys(prompts))
+
     def neighbour_style_prompts(self) -> list[str]:
         """For an identity, its contrast prompts in its neighbouring styles (`STYLE_NEIGHBOURS`): for "roman 2",
         "the pink 0 in serif" and "the pink 0 in italic" beside "the pink 0 in roman". Empty for other kinds.
@@ -252,7 +270,10 @@ class Concept:
                 slots.append(filled)
         return slots if len(slots) <= limit else sorted(rng.sample(slots, limit), key=slots.index)
 
-    def erase_kwargs(self, background: int = 200, neighbour_styles: bool = False, erase_at: str = "style") -> dict:
+    def erase_kwargs(
+        self, background: int = 200, neighbour_styles: bool = False, erase_at: str = "style",
+        character_target: str = "category", others_held: bool = False,
+    ) -> dict:  # fmt: skip
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
         The erased word is the character, the style word or the colour word, with its synonyms as aliases; the
@@ -275,6 +296,15 @@ class Concept:
         and a chain of them held the bars for no step (docs/benchmarks/continual_analysis.md, session 31): the
         style word stays the default. Other kinds are erased at their own word either way.
 
+        A character ("B") is mapped to its kind's word ("the red letter b" to "the red letter letter"), or with
+        `character_target="character"` to another character of its kind that neither looks like it nor is looked
+        like by it ("the red letter n"). The model draws the kind's word as some character, sometimes this one:
+        "the red letter letter" shows B in 2 of 16 images and E in 6, so a removal mapped there keeps drawing B in
+        a share of its images however far it trains (docs/benchmarks/continual_analysis.md, session 36).
+
+        `others_held=True`: a style (a colour) also holds its forget prompts in every other style (colour) as a group
+        of their own (`other_value_prompts()`), as an identity holds its contrast prompts.
+
         Example:
 
         ```py
@@ -285,6 +315,10 @@ class Concept:
         """
         if erase_at not in ("style", "character"):
             raise InvalidArgumentError(f"erase_at must be 'style' or 'character', got {erase_at!r}.")
+        if character_target not in ("category", "character"):
+            raise InvalidArgumentError(
+                f"character_target must be 'category' or 'character', got {character_target!r}."
+            )
         name = "no-" + self.name.replace(" ", "-")
         background = self.background_prompts(background)
         if self.kind in ("style", "colour"):
@@ -303,6 +337,7 @@ class Concept:
                 "preserve": {
                     "lookalikes": self.lookalike_prompts(),
                     "others": list(dict.fromkeys([*preserve, *background])),
+                    **({"other values": self.other_value_prompts()} if others_held else {}),
                 },
                 "name": name,
             }
@@ -346,11 +381,17 @@ class Concept:
                 "name": name,
             }
         words = char_words(self.char)
+        if character_target == "character":  # another character of its kind, far from it in both directions
+            alike = {*LOOKALIKES[self.char], *(c for c, looks in LOOKALIKES.items() if self.char in looks)}
+            others = [c for c in CHARACTERS if c != self.char and c not in alike and kind_of(c) == kind_of(self.char)]
+            target = {"mapping_candidates": [char_words(c)[0] for c in others], "map_to_context": False}
+        else:
+            target = {"category": kind_of(self.char)}
         return {
             "concept": words[0],
             "aliases": list(words[1:]),
             "prompts": self.forget_prompts(),
-            "category": kind_of(self.char),
+            **target,
             "neighbors": [w for c in CHARACTERS if c != self.char for w in char_words(c)[:1]],
             # the look-alikes in a group of their own: among every other character (the neighbours) they weigh
             # little, and "W" alone kept a quarter of its related cells (M and V; continual_analysis.md, session 20)

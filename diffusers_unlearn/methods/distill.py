@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -138,6 +138,12 @@ class DistillConfig:
             keep theirs too. Without it, a later removal holds only its own neighbours, and an earlier removal's
             look-alikes ("red oblique 7" beside "italic 7") drift with the chain. Measured: glyphs 7 steps at the
             bars with 2 (from 5), digits 8 (from 17; docs/benchmarks/continual_analysis.md). 0 (the default): off.
+        earlier_anchor (`str`): With `lambda_earlier`, the teacher of the earlier removals' forget prompts in their
+            hold: `"chain"` (the default) the pipeline as loaded, so that what each later removal took back stays
+            taken back; `"own"` the chain as it was right after that removal was made (the later removals
+            disabled), so that the hold gives back what the later ones took and its target cannot drift along
+            the chain. A prompt a later removal's concept names stays held to the chain as loaded (the later
+            request wins).
         earlier_overlap (`float`): With `earlier_protection`, the share of that group's weight given out by how
             far this removal's change reaches each prompt (`edit_overlap`: the forget prompts' text-embedding
             moves, carried to the prompt's tokens by their similarity to the forget prompts' tokens) instead of
@@ -169,6 +175,7 @@ class DistillConfig:
     max_steps: int | None = None
     earlier_protection: float = 0.0
     earlier_overlap: float = 0.0
+    earlier_anchor: Literal["chain", "own"] = "chain"
 
     def __post_init__(self):
         sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
@@ -202,6 +209,12 @@ class DistillConfig:
             )
         if self.anchor not in ("chain", "base"):
             raise InvalidArgumentError(f"anchor must be 'chain' or 'base', got {self.anchor!r}.")
+        own_unheld = self.earlier_anchor == "own" and self.lambda_earlier is None
+        if self.earlier_anchor not in ("chain", "own") or own_unheld:
+            raise InvalidArgumentError(
+                f"earlier_anchor must be 'chain' or 'own', and 'own' needs lambda_earlier (the hold it teaches), got "
+                f"{self.earlier_anchor!r} with lambda_earlier={self.lambda_earlier}."
+            )
         if self.earlier_protection < 0:
             raise InvalidArgumentError(f"earlier_protection must be >= 0 (0: off), got {self.earlier_protection}.")
         if not 0.0 <= self.earlier_overlap <= 1.0 or (self.earlier_overlap and not self.earlier_protection):
@@ -234,6 +247,8 @@ def distill(
     earlier_protected: Sequence[Sequence[Sequence[str]]] = (),
     untouched: Collection[str] = (),
     untouched_model: Callable[[], AbstractContextManager] | None = None,
+    earlier_owner: Mapping[str, int] | None = None,
+    chain_at: Callable[[int], AbstractContextManager] | None = None,
     harden: HardenConfig | None = None,
     effect: Callable[[], dict] | None = None,
     seed: int = 0,
@@ -258,6 +273,10 @@ def distill(
             model without any removal (the others keep the pipeline as loaded).
         untouched_model (`Callable`, *optional*): Returns a context within which the pipeline computes as the model
             without any removal; required with `untouched`.
+        earlier_owner (`Mapping[str, int]`, *optional*): With `config.earlier_anchor == "own"`, per held prompt the
+            index of the earlier removal whose chain teaches it (the prompts left out: the chain as loaded).
+        chain_at (`Callable`, *optional*): Given `n`, returns a context within which the pipeline computes with its
+            first `n` removals only; required with `earlier_owner`.
         harden ([`HardenConfig`], *optional*): Adversarial training: the embeddings that still bring the concept
             back are derived in `rounds` rounds and added to the forget set (see the module's docstring).
         effect (`Callable`, *optional*): The removal's figures as the denoiser computes now, the new adapter
@@ -328,6 +347,10 @@ def distill(
             )
         with untouched_model():
             _anchor_to_base(pipe, family, bank, pool, replayed, set(untouched))
+    if held and config.earlier_anchor == "own" and earlier_owner:
+        if chain_at is None:
+            raise InvalidArgumentError("`earlier_owner` needs `chain_at`, the context of the chain's first removals.")
+        pool["hold_own"] = _own_chain(pipe, family, bank, pool["hold"], held, earlier_owner, chain_at)
     if held and config.earlier_push:
         if untouched_model is None:
             raise InvalidArgumentError("`earlier_push` needs `untouched_model`, the context of the untouched model.")
@@ -440,6 +463,9 @@ def _train(
                 loss = unlearn_loss + config.lambda_replay * replay_scale * replay_loss + config.lambda_l2 * l2
                 if held:  # the earlier removals' forget prompts, held to the chain
                     chain = taught.pop(0)
+                    if batch[12] is not None:  # earlier_anchor="own": those of a removal to its own chain
+                        own, on_own = batch[12].to(chain), batch[13]
+                        chain = torch.where(on_own.view(-1, *[1] * (chain.dim() - 1)), own, chain)
                     if config.earlier_push:  # past the chain, away from the untouched model
                         chain = chain + config.earlier_push * (chain - batch[11].to(chain))
                     error = (hold[0].float() - chain.float()).square().flatten(1).mean(1)
@@ -828,6 +854,20 @@ def _anchor_to_base(pipe, family, bank, pool: dict, protected: list[str], untouc
 
 
 @torch.no_grad()
+def _own_chain(pipe, family, bank, entry: tuple, held: list[str], owner: Mapping[str, int], chain_at) -> tuple:
+    """The hold pool's predictions with each row's prompt taught by its owner's chain (`chain_at(owner + 1)`: the
+    chain right after that removal), and which rows have an owner (the others keep the chain as loaded)."""
+    latents, timesteps, ids = entry
+    row_owner = torch.tensor([owner.get(held[i], -1) for i in ids.tolist()])
+    out = torch.zeros(latents.shape)  # the rows without an owner are never read
+    for j in sorted(set(row_owner.tolist()) - {-1}):
+        rows = (row_owner == j).nonzero().flatten()
+        with chain_at(j + 1):
+            out[rows] = _predictions(pipe, family, bank, (latents[rows], timesteps[rows], ids[rows]), held)
+    return out, row_owner >= 0
+
+
+@torch.no_grad()
 def _predictions(pipe, family, bank, entry: tuple, prompts: list[str]) -> torch.Tensor:
     """The model's predictions as it computes now on a pool entry's latents `(n, steps, ...)`, float on the CPU."""
     latents, timesteps, ids = entry
@@ -871,8 +911,13 @@ def _batch(pool, pairs, protected, batch_size, generator, accelerator):
         out += [None, None]
     if "hold" in pool:
         rows, cols = draw("hold")
-        if "hold_untouched" in pool:
-            out.append(pool["hold_untouched"][rows, cols].to(accelerator.device))
+        untouched = pool.get("hold_untouched")
+        out.append(None if untouched is None else untouched[rows, cols].to(accelerator.device))
+        if "hold_own" in pool:
+            predictions, on_own = pool["hold_own"]
+            out += [predictions[rows, cols].to(accelerator.device), on_own[rows].to(accelerator.device)]
+        else:
+            out += [None, None]
     return out
 
 
