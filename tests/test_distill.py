@@ -383,6 +383,7 @@ def test_base_anchor_undoes_the_chains_drift_and_keeps_its_removals(monkeypatch)
 
 
 @pytest.mark.long
+@pytest.mark.filterwarnings("ignore::diffusers_unlearn.UnlearningWarning")  # weak and undone on purpose
 def test_earlier_anchor_own_gives_back_what_a_later_removal_took():
     """`DistillConfig(earlier_anchor="own")`: the hold of an earlier removal's forget prompts is taught by the chain
     as it was right after that removal (`removals_disabled(pipe, keep_first=n)`), so a new removal gives back what a

@@ -299,7 +299,7 @@ class Concept:
         A character ("B") is mapped to its kind's word ("the red letter b" to "the red letter letter"), or with
         `character_target="character"` to another character of its kind that neither looks like it nor is looked
         like by it ("the red letter n"). The model draws the kind's word as some character, sometimes this one:
-        "the red letter letter" shows B in 2 of 16 images and E in 6, so a removal mapped there keeps drawing B in
+        "the red letter letter" shows B in 2 of 16 images and E in 5-6, so a removal mapped there keeps drawing B in
         a share of its images however far it trains (docs/benchmarks/continual_analysis.md, session 36).
 
         `others_held=True`: a style (a colour) also holds its forget prompts in every other style (colour) as a group
