@@ -27,6 +27,7 @@ from .constraints import (
     embedding_probes,
     erased_by,
     hold_removed,
+    names_of,
     names_pattern,
     preserve_groups,
     solve,
@@ -240,8 +241,8 @@ def erase(
     erased = {p for a in previous for p in a.metadata.get("forget_prompts", [])}  # what earlier removals took out
     # a removal that protects its own word in other contexts ("blue three" keeps "a red three") did not remove it
     removed = {
-        n.lower() for a in previous for n in [a.metadata.get("concept"), *a.metadata.get("aliases", [])]
-        if n and not any(names_pattern([n]).search(p) for p in a.metadata.get("protected_prompts", []))
+        n.lower() for a in previous for n in names_of(a)
+        if not any(names_pattern([n]).search(p) for p in a.metadata.get("protected_prompts", []))
     }  # fmt: skip
     if anchor is not None:
         candidates = [Candidate(anchor, fixed=True)]
@@ -400,8 +401,7 @@ def earlier_owners(previous: Sequence[UnlearningAdapter], earlier: Sequence[Sequ
     """Per earlier forget prompt, the index of the last removal that erased it, unless a removal after that one
     names its concept in the prompt ("the red letter k" after "red" was removed): the chain right after the owner
     teaches it with `DistillConfig(earlier_anchor="own")`, and that chain still drew the later concept there."""
-    words = [[n for n in (a.metadata.get("concept"), *a.metadata.get("aliases", [])) if n] for a in previous]
-    patterns = [names_pattern(w) if w else None for w in words]
+    patterns = [names_pattern(names) if (names := names_of(a)) else None for a in previous]
     owner = {p: j for j, prompts in enumerate(earlier) for p in prompts}  # the last one wins
     return {
         p: j

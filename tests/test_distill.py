@@ -427,7 +427,7 @@ def test_earlier_owners_leave_a_later_concept_to_the_chain():
     """The owner of an earlier forget prompt is the last removal that erased it; a prompt that names a later
     removal's concept stays with the chain as loaded (its owner's chain still drew that concept there)."""
     concepts = [("k", ["kay"]), ("red", []), ("q", [])]
-    previous = [SimpleNamespace(metadata={"concept": c, "aliases": a}) for c, a in concepts]  # all it reads
+    previous = [SimpleNamespace(concept=c, metadata={"concept": c, "aliases": a}) for c, a in concepts]  # all it reads
     earlier = [["the letter k", "the red letter k", "the letter k and q"], ["a red circle", "a red q"], ["a q"]]
     owners = {"the letter k": 0, "a red circle": 1, "a q": 2}
     assert erasure.earlier_owners(previous, earlier) == owners
