@@ -258,8 +258,10 @@ def distill_options(args, concept=None) -> dict:
     identity ("serif Q"), `--distill-identity-eta` in place of `--distill-eta` (for a coloured one, "red bold R",
     `--distill-coloured-identity-eta` if given), `--distill-identity-lambda-replay` in place of `--lambda-replay`
     and `--distill-identity-min-reach` in place of `--distill-min-reach` (for a character, "B",
-    `--distill-character-min-reach`)."""
+    `--distill-character-min-reach`; for a style, `--distill-style-eta` in place of `--distill-eta`)."""
     eta, replay, reach = args.distill_eta, args.lambda_replay, args.distill_min_reach
+    if getattr(concept, "kind", None) == "style" and args.distill_style_eta is not None:
+        eta = args.distill_style_eta
     if getattr(concept, "kind", None) == "identity":
         coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
         eta = next((v for v in (coloured, args.distill_identity_eta) if v is not None), eta)
@@ -1002,6 +1004,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-coloured-identity-eta", type=float, default=None,
         help="glyphs: the same for those in a colour too, 'red bold R' (default: --distill-identity-eta)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-style-eta", type=float, default=None,
+        help="glyphs: distill's negative_guidance for the style removals (default: --distill-eta)",
     )  # fmt: skip
     parser.add_argument(
         "--distill-identity-lambda-replay", type=float, default=None,
