@@ -1082,7 +1082,7 @@ def main() -> None:
     parser.add_argument(
         "--others-held",
         action="store_true",
-        help="glyphs: a style or colour also holds its forget prompts in the other styles or colours "
+        help="glyphs: a style, colour or identity also holds its forget prompts in the other styles or colours "
         "(Concept.erase_kwargs(others_held=True))",
     )
     parser.add_argument(

@@ -50,7 +50,7 @@ VARIANTS = {
 """A removal's variants: `Concept.erase_kwargs` options."""
 VARIANT_KINDS = {
     "neighbour styles": ("identity",), "character word": ("identity",), "character target": ("character",),
-    "others held": ("style", "colour"),
+    "others held": ("style", "colour", "identity"),
 }  # fmt: skip
 """The kinds of concept each variant changes."""
 
@@ -201,7 +201,8 @@ def main() -> None:
         help="also these variants of erase_kwargs(), for the kinds they change: an identity's 'neighbour styles' (its "
         "contrast prompts in its neighbouring styles held as a group of their own) and 'character word' (erased at "
         "its character word); a character's 'character target' (mapped to another character, not its kind's "
-        "word); a style's or colour's 'others held' (its forget prompts in the other values held)",
+        "word); a style's, colour's or identity's 'others held' (its forget prompts in the other styles or colours "
+        "held)",
     )
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--sampling-steps", type=int, default=10, help="DDIM steps per image")

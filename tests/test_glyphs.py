@@ -240,9 +240,10 @@ def test_a_character_can_be_mapped_to_another_character_the_model_never_draws_as
         b.erase_kwargs(character_target="digit")
 
 
-def test_a_style_or_colour_can_hold_its_forget_prompts_in_the_other_values():
+def test_a_style_colour_or_identity_can_hold_its_forget_prompts_in_the_other_values():
     """ "italic" with `others_held=True`: each forget prompt in every other style, none asking for italic, as a
-    preserve group of its own; a colour the same in the other colours; nothing for the other kinds."""
+    preserve group of its own; a colour the same in the other colours, an identity in the other styles; nothing for a
+    character."""
     italic = Concept(style="italic")
     held = italic.other_value_prompts()
     forget = italic.forget_prompts()
@@ -254,8 +255,13 @@ def test_a_style_or_colour_can_hold_its_forget_prompts_in_the_other_values():
     assert "other values" not in italic.erase_kwargs()["preserve"]
     purple = Concept(colour="purple")
     assert purple.other_value_prompts() and not any(purple.mentioned_in(p) for p in purple.other_value_prompts())
-    for other in (Concept("Q"), Concept("Q", "serif")):
-        assert other.other_value_prompts() == [] and other.erase_kwargs(others_held=True) == other.erase_kwargs()
+    bold_s = Concept("S", "bold")  # an identity: its forget prompts in every other style, the character kept
+    held = bold_s.other_value_prompts()
+    assert len(held) == len(bold_s.forget_prompts()) * (len(glyphs.STYLES) - 1)
+    assert not any(bold_s.mentioned_in(p) for p in held) and all(Concept("S").mentioned_in(p) for p in held)
+    assert bold_s.erase_kwargs(others_held=True)["preserve"]["other values"] == held
+    assert Concept("Q").other_value_prompts() == []
+    assert Concept("Q").erase_kwargs(others_held=True) == Concept("Q").erase_kwargs()
 
 
 def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():

@@ -183,15 +183,18 @@ class Concept:
 
     def other_value_prompts(self) -> list[str]:
         """For a style (a colour), its forget prompts in each other style (colour): "the red letter a in sans" beside
-        "the red letter a in italic". Empty for other kinds.
+        "the red letter a in italic"; for an identity, its forget prompts in each other style ("the s in sans"
+        beside "the s in bold"). Empty for a character.
 
         A style's forget prompts ask for the probe characters in it; the model draws some of them alike in other
         styles (italic A and sans A), and a removal that holds only the characters without a style takes those with
-        it (measured: "italic" alone loses blue, cyan and pink sans A).
+        it (measured: "italic" alone loses blue, cyan and pink sans A). An identity holds its character in the other
+        styles in one canonical phrasing only; in its forget prompts' phrasings "bold S" kept one more related cell on
+        a chain of 15 removals (docs/benchmarks/continual_analysis.md, session 37).
         """
-        if self.kind not in ("style", "colour"):
+        if self.kind == "character":
             return []
-        values = [v for v in (STYLES if self.kind == "style" else COLOURS) if v not in (self.style, self.colour)]
+        values = [v for v in (COLOURS if self.kind == "colour" else STYLES) if v not in (self.style, self.colour)]
         prompts = []
         for template, char, colour, style, background in self._forget_slots(48):
             for other in values:
@@ -302,8 +305,8 @@ class Concept:
         "the red letter letter" shows B in 2 of 16 images and E in 5-6, so a removal mapped there keeps drawing B in
         a share of its images however far it trains (docs/benchmarks/continual_analysis.md, session 36).
 
-        `others_held=True`: a style (a colour) also holds its forget prompts in every other style (colour) as a group
-        of their own (`other_value_prompts()`), as an identity holds its contrast prompts.
+        `others_held=True`: a style, a colour or an identity also holds its forget prompts in every other style
+        (colour) as a group of their own (`other_value_prompts()`), as an identity holds its contrast prompts.
 
         Example:
 
@@ -377,6 +380,7 @@ class Concept:
                         )
                     ),
                     **({"neighbour styles": self.neighbour_style_prompts()} if neighbour_styles else {}),
+                    **({"other values": self.other_value_prompts()} if others_held else {}),
                 },
                 "name": name,
             }
