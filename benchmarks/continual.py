@@ -260,14 +260,15 @@ def distill_options(args, concept=None) -> dict:
     and `--distill-identity-min-reach` in place of `--distill-min-reach` (for a character, "B",
     `--distill-character-min-reach`; for a style, `--distill-style-eta` in place of `--distill-eta`)."""
     eta, replay, reach = args.distill_eta, args.lambda_replay, args.distill_min_reach
-    if getattr(concept, "kind", None) == "style" and args.distill_style_eta is not None:
+    kind = getattr(concept, "kind", None)
+    if kind == "style" and args.distill_style_eta is not None:
         eta = args.distill_style_eta
-    if getattr(concept, "kind", None) == "identity":
+    if kind == "identity":
         coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
         eta = next((v for v in (coloured, args.distill_identity_eta) if v is not None), eta)
         replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
         reach = reach if args.distill_identity_min_reach is None else args.distill_identity_min_reach
-    if getattr(concept, "kind", None) == "character" and args.distill_character_min_reach is not None:
+    if kind == "character" and args.distill_character_min_reach is not None:
         reach = args.distill_character_min_reach
     given = {
         "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": eta, "base_share": args.distill_base_share,
