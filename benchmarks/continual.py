@@ -254,22 +254,24 @@ def closed_form_config(args) -> du.ClosedFormConfig:
 
 
 def distill_options(args, concept=None) -> dict:
-    """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0; for a glyphs
-    identity ("serif Q"), `--distill-identity-eta` in place of `--distill-eta` (for a coloured one, "red bold R",
-    `--distill-coloured-identity-eta` if given), `--distill-identity-lambda-replay` in place of `--lambda-replay`
-    and `--distill-identity-min-reach` in place of `--distill-min-reach` (for a character, "B",
-    `--distill-character-min-reach`; for a style, `--distill-style-eta` in place of `--distill-eta`)."""
+    """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0. For a glyphs
+    concept, the kind's own flag where given, in place of the general one: `--distill-{style,identity,character}-eta`
+    for `--distill-eta` (for a coloured identity, "red bold R", `--distill-coloured-identity-eta` first),
+    `--distill-{style,identity}-lambda-replay` for `--lambda-replay` and `--distill-{identity,character}-min-reach`
+    for `--distill-min-reach`."""
     eta, replay, reach = args.distill_eta, args.lambda_replay, args.distill_min_reach
     kind = getattr(concept, "kind", None)
-    if kind == "style" and args.distill_style_eta is not None:
-        eta = args.distill_style_eta
+    if kind == "style":
+        eta = eta if args.distill_style_eta is None else args.distill_style_eta
+        replay = replay if args.distill_style_lambda_replay is None else args.distill_style_lambda_replay
     if kind == "identity":
         coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
         eta = next((v for v in (coloured, args.distill_identity_eta) if v is not None), eta)
         replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
         reach = reach if args.distill_identity_min_reach is None else args.distill_identity_min_reach
-    if kind == "character" and args.distill_character_min_reach is not None:
-        reach = args.distill_character_min_reach
+    if kind == "character":
+        eta = eta if args.distill_character_eta is None else args.distill_character_eta
+        reach = reach if args.distill_character_min_reach is None else args.distill_character_min_reach
     given = {
         "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": eta, "base_share": args.distill_base_share,
         "min_reach": reach, "max_steps": args.distill_max_steps,
@@ -1007,8 +1009,16 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         help="glyphs: the same for those in a colour too, 'red bold R' (default: --distill-identity-eta)",
     )  # fmt: skip
     parser.add_argument(
+        "--distill-character-eta", type=float, default=None,
+        help="glyphs: distill's negative_guidance for the character removals (default: --distill-eta)",
+    )  # fmt: skip
+    parser.add_argument(
         "--distill-style-eta", type=float, default=None,
         help="glyphs: distill's negative_guidance for the style removals (default: --distill-eta)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-style-lambda-replay", type=float, default=None,
+        help="glyphs: distill's lambda_replay for the style removals (default: --lambda-replay)",
     )  # fmt: skip
     parser.add_argument(
         "--distill-identity-lambda-replay", type=float, default=None,

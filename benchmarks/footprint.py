@@ -55,13 +55,31 @@ VARIANT_KINDS = {
 """The kinds of concept each variant changes."""
 
 
+def variant_options(variant: str) -> dict:
+    """`erase_kwargs` options of a variant, or of variants joined by " + " ("character word + others held")."""
+    return {k: v for part in variant.split(" + ") for k, v in VARIANTS[part].items()}
+
+
+def variant_changes(variant: str, kind: str) -> bool:
+    """Whether a variant (every part of a joined one) changes a concept of this kind."""
+    return all(kind in VARIANT_KINDS[part] for part in variant.split(" + "))
+
+
+def parse_variant(text: str) -> str:
+    """A `--variants` entry: a variant's name, or names joined by " + "."""
+    parts = [part.strip() for part in text.split("+")]
+    if unknown := [part for part in parts if part not in VARIANT_KINDS]:
+        raise argparse.ArgumentTypeError(f"{unknown} are not variants: use {', '.join(VARIANT_KINDS)}")
+    return " + ".join(parts)
+
+
 def erase_step(concept, step: int, args, seed: int, variant: str, chain: Path | None):
     """Erases the step's concept on the untouched model, or on the removals `chain` holds for the steps before."""
     pipe = glyphs.load_pipeline(path=args.model)
     for earlier in range(1, step if chain else 1):
         pipe.load_unlearning(du.UnlearningAdapter.from_pretrained(chain / f"step-{earlier:02d}"), mode="fused")
     distill = continual.distill_options(args, concept)
-    kwargs = continual.erase_kwargs(concept, METHOD, du.ClosedFormConfig(), distill, **VARIANTS[variant])
+    kwargs = continual.erase_kwargs(concept, METHOD, du.ClosedFormConfig(), distill, **variant_options(variant))
     started = time.perf_counter()
     adapter = du.erase(pipe, seed=seed, **kwargs)
     seconds = time.perf_counter() - started
@@ -106,7 +124,7 @@ def run(args) -> dict:
     for step in args.steps:
         concept = continual.GLYPH_SEQUENCE[step - 1]
         _, related, general = probes[step]
-        variants = ["recipe", *(v for v in args.variants if concept.kind in VARIANT_KINDS[v])]
+        variants = ["recipe", *(v for v in args.variants if variant_changes(v, concept.kind))]
         for made, variant, seed in itertools.product(wheres, variants, args.seeds):
             pipe, adapter, seconds = erase_step(concept, step, args, seed, variant, chain if made != "alone" else None)
             result = evaluate(pipe, scorer, forget=[concept.forget_probe()], related=related, general=general, **call)
@@ -196,13 +214,13 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        choices=[v for v in VARIANTS if v != "recipe"],
+        type=parse_variant,
         default=[],
         help="also these variants of erase_kwargs(), for the kinds they change: an identity's 'neighbour styles' (its "
         "contrast prompts in its neighbouring styles held as a group of their own) and 'character word' (erased at "
         "its character word); a character's 'character target' (mapped to another character, not its kind's "
         "word); a style's, colour's or identity's 'others held' (its forget prompts in the other styles or colours "
-        "held)",
+        "held); or several joined by '+' ('character word + others held')",
     )
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--sampling-steps", type=int, default=10, help="DDIM steps per image")

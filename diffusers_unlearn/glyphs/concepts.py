@@ -297,7 +297,10 @@ class Concept:
         serif); at the character word, images of other characters drawn as another character. Measured, the
         character word kept roman 2 and italic 7 at the bars alone but cost four other identities general cells,
         and a chain of them held the bars for no step (docs/benchmarks/continual_analysis.md, session 31): the
-        style word stays the default. Other kinds are erased at their own word either way.
+        style word stays the default. Mapped to its target without the push past it
+        (`DistillConfig(negative_guidance=0)`), every identity measured at its character word is removed alone and
+        keeps its cells (at its style word it is not removed), and a chain keeps its related cells longer but lets
+        its removals back sooner (session 38). Other kinds are erased at their own word either way.
 
         A character ("B") is mapped to its kind's word ("the red letter b" to "the red letter letter"), or with
         `character_target="character"` to another character of its kind that neither looks like it nor is looked
