@@ -253,25 +253,31 @@ def closed_form_config(args) -> du.ClosedFormConfig:
     )  # fmt: skip
 
 
+KIND_FLAGS = {
+    "identity": ("eta", "lambda-replay", "min-reach"),
+    "character": ("eta", "min-reach"),
+    "style": ("eta", "lambda-replay"),
+}
+"""Glyphs: the fields each kind of concept may set with a flag of its own, `--distill-{kind}-{field}`."""
+GENERAL_FLAGS = {
+    "eta": ("--distill-eta", "negative_guidance"), "lambda-replay": ("--lambda-replay", "lambda_replay"),
+    "min-reach": ("--distill-min-reach", "min_reach"),
+}  # fmt: skip
+"""Each of those fields: the general flag it stands in for, and its `DistillConfig` field."""
+
+
 def distill_options(args, concept=None) -> dict:
     """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0. For a glyphs
-    concept, the kind's own flag where given, in place of the general one: `--distill-{style,identity,character}-eta`
-    for `--distill-eta` (for a coloured identity, "red bold R", `--distill-coloured-identity-eta` first),
-    `--distill-{style,identity}-lambda-replay` for `--lambda-replay` and `--distill-{identity,character}-min-reach`
-    for `--distill-min-reach`."""
-    eta, replay, reach = args.distill_eta, args.lambda_replay, args.distill_min_reach
+    concept, the kind's own flag (`KIND_FLAGS`) where given, in place of the general one; for a coloured identity,
+    "red bold R", `--distill-coloured-identity-eta` before `--distill-identity-eta`."""
     kind = getattr(concept, "kind", None)
-    if kind == "style":
-        eta = eta if args.distill_style_eta is None else args.distill_style_eta
-        replay = replay if args.distill_style_lambda_replay is None else args.distill_style_lambda_replay
-    if kind == "identity":
-        coloured = args.distill_coloured_identity_eta if concept.colour is not None else None
-        eta = next((v for v in (coloured, args.distill_identity_eta) if v is not None), eta)
-        replay = replay if args.distill_identity_lambda_replay is None else args.distill_identity_lambda_replay
-        reach = reach if args.distill_identity_min_reach is None else args.distill_identity_min_reach
-    if kind == "character":
-        eta = eta if args.distill_character_eta is None else args.distill_character_eta
-        reach = reach if args.distill_character_min_reach is None else args.distill_character_min_reach
+    value = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for field, (flag, _) in GENERAL_FLAGS.items()}
+    for field in KIND_FLAGS.get(kind, ()):
+        if (own := getattr(args, f"distill_{kind}_{field}".replace("-", "_"))) is not None:
+            value[field] = own
+    if kind == "identity" and concept.colour is not None and args.distill_coloured_identity_eta is not None:
+        value["eta"] = args.distill_coloured_identity_eta
+    eta, replay, reach = value["eta"], value["lambda-replay"], value["min-reach"]
     given = {
         "lambda_earlier": args.distill_lambda_earlier, "negative_guidance": eta, "base_share": args.distill_base_share,
         "min_reach": reach, "max_steps": args.distill_max_steps,
@@ -1000,42 +1006,23 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         help="distill's earlier_anchor: the hold's teacher, the chain as loaded or each removal's own chain",
     )  # fmt: skip
     parser.add_argument("--distill-eta", type=float, default=None, help="distill's negative_guidance")
-    parser.add_argument(
-        "--distill-identity-eta", type=float, default=None,
-        help="glyphs: distill's negative_guidance for the character-in-style removals (default: --distill-eta)",
-    )  # fmt: skip
+    removals = {"identity": 'character-in-style removals ("serif Q")', "character": 'removals of a character ("B")',
+                "style": 'style removals ("italic")'}  # fmt: skip
+    for kind, fields in KIND_FLAGS.items():
+        for field in fields:
+            general, config_field = GENERAL_FLAGS[field]
+            parser.add_argument(
+                f"--distill-{kind}-{field}", type=float, default=None,
+                help=f"glyphs: distill's {config_field} for the {removals[kind]} (default: {general})",
+            )  # fmt: skip
     parser.add_argument(
         "--distill-coloured-identity-eta", type=float, default=None,
         help="glyphs: the same for those in a colour too, 'red bold R' (default: --distill-identity-eta)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-character-eta", type=float, default=None,
-        help="glyphs: distill's negative_guidance for the character removals (default: --distill-eta)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-style-eta", type=float, default=None,
-        help="glyphs: distill's negative_guidance for the style removals (default: --distill-eta)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-style-lambda-replay", type=float, default=None,
-        help="glyphs: distill's lambda_replay for the style removals (default: --lambda-replay)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-identity-lambda-replay", type=float, default=None,
-        help="glyphs: distill's lambda_replay for the character-in-style removals (default: --lambda-replay)",
     )  # fmt: skip
     parser.add_argument("--distill-base-share", type=float, default=None, help="distill's base_share")
     parser.add_argument(
         "--distill-min-reach", type=float, default=None,
         help="distill's min_reach: train each removal past --distill-steps until its target reach passes this",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-identity-min-reach", type=float, default=None,
-        help="glyphs: distill's min_reach for the character-in-style removals (default: --distill-min-reach)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-character-min-reach", type=float, default=None,
-        help="glyphs: distill's min_reach for the removals of a character (\"B\") (default: --distill-min-reach)",
     )  # fmt: skip
     parser.add_argument("--distill-max-steps", type=int, default=None, help="distill's max_steps (with min_reach)")
     parser.add_argument(
