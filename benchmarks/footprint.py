@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -43,33 +44,39 @@ LOST_AS_KEYS = ("related_lost_as", "related_gained_from", "general_lost_as", "ge
 LOST = 0.5  # a cell counts as lost when it shows in this share fewer of its images than untouched
 
 
+class Variant(NamedTuple):
+    """A removal's variant: `Concept.erase_kwargs` options, and the kinds of concept they change."""
+
+    options: dict
+    kinds: tuple[str, ...]
+
+
+RECIPE = "recipe"  # the sequence's own options, run for every step
 VARIANTS = {
-    "recipe": {}, "neighbour styles": {"neighbour_styles": True}, "character word": {"erase_at": "character"},
-    "character target": {"character_target": "character"}, "others held": {"others_held": True},
-}  # fmt: skip
-"""A removal's variants: `Concept.erase_kwargs` options."""
-VARIANT_KINDS = {
-    "neighbour styles": ("identity",), "character word": ("identity",), "character target": ("character",),
-    "others held": ("style", "colour", "identity"),
-}  # fmt: skip
-"""The kinds of concept each variant changes."""
+    "neighbour styles": Variant({"neighbour_styles": True}, ("identity",)),
+    "character word": Variant({"erase_at": "character"}, ("identity",)),
+    "character target": Variant({"character_target": "character"}, ("character",)),
+    "others held": Variant({"others_held": True}, ("style", "colour", "identity")),
+}
 
 
 def variant_options(variant: str) -> dict:
     """`erase_kwargs` options of a variant, or of variants joined by " + " ("character word + others held")."""
-    return {k: v for part in variant.split(" + ") for k, v in VARIANTS[part].items()}
+    if variant == RECIPE:
+        return {}
+    return {k: v for part in variant.split(" + ") for k, v in VARIANTS[part].options.items()}
 
 
 def variant_changes(variant: str, kind: str) -> bool:
     """Whether a variant (every part of a joined one) changes a concept of this kind."""
-    return all(kind in VARIANT_KINDS[part] for part in variant.split(" + "))
+    return all(kind in VARIANTS[part].kinds for part in variant.split(" + "))
 
 
 def parse_variant(text: str) -> str:
     """A `--variants` entry: a variant's name, or names joined by " + "."""
     parts = [part.strip() for part in text.split("+")]
-    if unknown := [part for part in parts if part not in VARIANT_KINDS]:
-        raise argparse.ArgumentTypeError(f"{unknown} are not variants: use {', '.join(VARIANT_KINDS)}")
+    if unknown := [part for part in parts if part not in VARIANTS]:
+        raise argparse.ArgumentTypeError(f"{unknown} are not variants: use {', '.join(VARIANTS)}")
     return " + ".join(parts)
 
 
@@ -103,7 +110,7 @@ def continual_rows(steps: set[int], label_end: str) -> list[dict]:
         lost = lost_cells({c: v[0] for c, v in row["cells"].items()}, {c: v[1] for c, v in row["cells"].items()})
         figures = {k: row.get(k) for k in ("related", "general", "related_paired", "general_paired")}
         rows.append({"step": row["step"], "concept": row["concept"], "made": "on the chain (continual run)",
-                     "variant": "recipe", "seed": 0, "seconds": row["erase_seconds"],
+                     "variant": RECIPE, "seed": 0, "seconds": row["erase_seconds"],
                      "shown": row["per_concept_shown"][row["concept"]], **figures, "lost": lost,
                      **{k: row[k] for k in LOST_AS_KEYS if k in row}})  # fmt: skip
     return rows
@@ -124,7 +131,7 @@ def run(args) -> dict:
     for step in args.steps:
         concept = continual.GLYPH_SEQUENCE[step - 1]
         _, related, general = probes[step]
-        variants = ["recipe", *(v for v in args.variants if variant_changes(v, concept.kind))]
+        variants = [RECIPE, *(v for v in args.variants if variant_changes(v, concept.kind))]
         for made, variant, seed in itertools.product(wheres, variants, args.seeds):
             pipe, adapter, seconds = erase_step(concept, step, args, seed, variant, chain if made != "alone" else None)
             result = evaluate(pipe, scorer, forget=[concept.forget_probe()], related=related, general=general, **call)
@@ -153,7 +160,7 @@ def write_report(results: dict, args) -> None:
     settings = results["settings"]
     rows = [*results["rows"], *continual_rows({r["step"] for r in results["rows"]}, settings["chain_row"])]
     order = {"alone": 0, "on the chain": 1, "on the chain (continual run)": 2}
-    rows.sort(key=lambda r: (r["step"], order[r["made"]], r["variant"] != "recipe", r["variant"], r["seed"]))
+    rows.sort(key=lambda r: (r["step"], order[r["made"]], r["variant"] != RECIPE, r["variant"], r["seed"]))
     lines = [
         "# What a removal costs by itself, and what it costs on the chain (glyphs)",
         "",
