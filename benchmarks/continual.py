@@ -721,6 +721,8 @@ def run_glyphs(args) -> dict:
                     )  # fmt: skip
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
+                    if args.compose_targets:
+                        kwargs["compose_targets"] = True
                     adapter = du.erase(bare or pipe, **kwargs)
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
@@ -1082,6 +1084,12 @@ def main() -> None:
         action="store_true",
         help="glyphs: a style, colour or identity also holds its forget prompts in the other styles or colours "
         "(Concept.erase_kwargs(others_held=True))",
+    )
+    parser.add_argument(
+        "--compose-targets",
+        action="store_true",
+        help="glyphs: a forget prompt that asks for an earlier removal's concept too is mapped to a target carrying "
+        "that removal's change (erase(..., compose_targets=True))",
     )
     parser.add_argument(
         "--boundaries",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -367,9 +368,78 @@ def targets_by_prompt(adapter: UnlearningAdapter) -> dict[str, str]:
 
 
 def _pairs(adapter: UnlearningAdapter) -> Iterator[tuple[str, str]]:
+    composed = adapter.metadata.get("composed_targets", {})
     for record in adapter.metadata.get("targets", []):
         for name in names_of(adapter):
-            yield Context(record["context"]).fill(name), record["target"]
+            prompt = Context(record["context"]).fill(name)
+            yield prompt, composed.get(prompt, record["target"])
+
+
+def composed_targets(
+    pairs: Sequence[tuple[str, str]], names: Sequence[str], previous: Sequence[UnlearningAdapter]
+) -> dict[str, str]:
+    """The targets of a removal's forget pairs that must also carry an earlier removal's change.
+
+    A forget prompt can ask for an earlier removal's concept too: "the digit 7 in italic", erasing the style
+    italic after "italic 7" was erased at its character word (drawn as "the digit 4 in italic"). Its own target,
+    "the digit 7 in roman", satisfies both requests, but training toward it can bring the 7 back: a removal that
+    only partly takes draws the chain's italic with the target's 7, which is italic 7 again (glyphs). Where
+    the target still names the earlier concept, it takes the earlier removal's replacement too, "the digit 4 in
+    roman", so the later removal changes only what it removes. Redacted removals name nothing and are skipped; a
+    composed target that names this concept or that an earlier removal erased is not used.
+
+    Args:
+        pairs (`Sequence[tuple[str, str]]`): The removal's `(forget prompt, target)` pairs.
+        names (`Sequence[str]`): The concept this removal erases and its aliases.
+        previous (`Sequence[UnlearningAdapter]`): The removals loaded before it, oldest first.
+
+    Returns:
+        `dict[str, str]`: The forget prompts whose target changes, with their new target.
+
+    Example:
+        ```py
+        >>> composed_targets([("the digit 7 in italic", "the digit 7 in roman")], ["italic"], previous)
+        {'the digit 7 in italic': 'the digit 4 in roman'}
+        ```
+    """
+    own = names_pattern(names)
+    erased = erased_by(previous)
+    composed: dict[str, str] = {}
+    for adapter in previous:
+        earlier = names_of(adapter)
+        if not earlier:
+            continue
+        records = adapter.metadata.get("targets", [])
+        asks = asks_for_concept(
+            earlier, [Context(r["context"]) for r in records], adapter.metadata.get("protected_prompts", [])
+        )
+        mentions = names_pattern(earlier)
+        for prompt, target in pairs:
+            target = composed.get(prompt, target)
+            if not (asks(prompt) and mentions.search(target)):
+                continue
+            word = _replacement(records, earlier, prompt)
+            new = Context(mentions.sub("{}", target)).fill(word) if word is not None else target
+            if new != target and not own.search(new) and not erased(new):
+                composed[prompt] = new
+    return composed
+
+
+def _replacement(records: Sequence[Mapping], names: Sequence[str], prompt: str) -> str | None:
+    """What an earlier removal put in its concept's place where `prompt` names it: the word of the target of the
+    context found in the prompt, else the word most of its targets use."""
+    words: dict[str, str] = {}  # filled context -> replacement word
+    for record in records:
+        before, _, after = Context(record["context"]).fill("\0").partition("\0")
+        pattern = re.escape(before.strip()) + r"\s*(.*?)\s*" + re.escape(after.strip())
+        if match := re.fullmatch(pattern, record["target"]):
+            for name in names:
+                words[Context(record["context"]).fill(name)] = match.group(1)
+    found = [(len(filled), word) for filled, word in words.items() if filled.lower() in prompt.lower()]
+    if found:  # the longest context the prompt holds
+        return max(found)[1]
+    counts = Counter(words.values())
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from .constraints import (
     Constraints,
     asks_for_concept,
     chain_map,
+    composed_targets,
     concept_hash_of,
     earlier_protected,
     earlier_protected_groups,
@@ -80,6 +81,7 @@ def erase(
     distance_samples: int = 16,
     config: ClosedFormConfig | DistillConfig | None = None,
     harden: HardenConfig | bool = False,
+    compose_targets: bool = False,
     redact: bool = False,
     name: str | None = None,
     seed: int = 0,
@@ -138,6 +140,12 @@ def erase(
             rounds after the solve, in closed form (a few solves more). Distill: adversarial training, embeddings
             derived by gradient steps during training (the derivations and one more forward pass per step). See
             docs/erasing.md#hardened-removals and docs/benchmarks/robustness.md.
+        compose_targets (`bool`): Where a forget prompt also asks for an earlier removal's concept ("the digit 7
+            in italic", erasing italic after "italic 7" was mapped to "italic 4"), map it to a target carrying
+            that removal's change too ("the digit 4 in roman", not "the digit 7 in roman"), so that this removal
+            changes only what it removes; recorded in `metadata["composed_targets"]`. Off by default: measured
+            on one glyphs chain, it kept italic 7 out at the italic step, and did not lengthen the chain
+            (docs/method.md#a-target-keeps-what-earlier-removals-changed-compose_targetstrue).
         redact (`bool`): Keep the concept, aliases and forget prompts out of the saved files (a salted hash
             identifies the concept instead).
         name (`str`, *optional*): Adapter name; default `"no-<concept>"`.
@@ -267,6 +275,10 @@ def erase(
     protected = {p for prompts in groups.values() for p in prompts}
     # 4. the edit, on top of every removal already loaded.
     pairs = [(prompt, targets[context]) for context in contexts for prompt in forget_prompts[context]]
+    # where a forget prompt asks for an earlier removal's concept too, its target carries that removal's change
+    composed = composed_targets(pairs, names, previous) if compose_targets else {}
+    pairs = [(prompt, composed.get(prompt, target)) for prompt, target in pairs]
+    bank.add(list(composed.values()))
     if harden is not None and (harden.phrasings or harden.prefixes):
         # other word orders of the forget prompts (what a paraphrase tries), then random tokens in front of them
         # (what a discrete token search tries); the forget prompts are in the bank already
@@ -345,7 +357,7 @@ def erase(
 
     metadata = _metadata(
         pipe, family, concept, names, redact, name, method, config, edit_rank, choice, neighbor_ranking,
-        groups, previous, figures, distance, forget_prompts,
+        groups, previous, figures, distance, forget_prompts, composed,
     )  # fmt: skip
     if harden is not None:
         metadata["hyperparameters"]["harden"] = dataclasses.asdict(harden)
@@ -432,7 +444,7 @@ def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> 
 
 def _metadata(
     pipe, family, concept, names, redact, name, method, config, rank, choice, neighbor_ranking,
-    groups, previous, figures, distance, forget_prompts,
+    groups, previous, figures, distance, forget_prompts, composed,
 ) -> dict:  # fmt: skip
     salt = secrets.token_hex(8)
     concept_hash = concept_hash_of(salt, concept)
@@ -450,6 +462,7 @@ def _metadata(
         "aliases": [] if redact else names[1:],
         "forget_prompts": [] if redact else [p for ps in forget_prompts.values() for p in ps],
         "targets": choice.records,
+        **({"composed_targets": composed} if composed and not redact else {}),
         "target_candidates": [c.record() for c in choice.candidates],
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,

@@ -13,9 +13,11 @@ from diffusers_unlearn.adapter import UnlearningAdapter
 from diffusers_unlearn.constraints import (
     Constraints,
     chain_map,
+    composed_targets,
     earlier_protected,
     earlier_protected_groups,
     erased_by,
+    forget_pairs,
     hold_removed,
 )
 from diffusers_unlearn.families import family_of
@@ -162,6 +164,66 @@ def test_erased_by_finds_prompts_that_ask_for_an_earlier_combination():
     assert erased_by([serif_q, global_k])("blue k in bold") and not erased_by([global_k])("serif q")
     redacted = UnlearningAdapter(lora_weights={}, metadata={"forget_prompts": ["a red seven"]}, probes={})
     assert erased_by([redacted])("a red seven") and not erased_by([redacted])("a blue seven")
+
+
+def italic_seven(**metadata) -> UnlearningAdapter:
+    """An earlier removal of "italic 7" made at its character word: the 7 drawn as a 4, in italic."""
+    return UnlearningAdapter(
+        lora_weights={},
+        metadata={
+            "concept": "7",
+            "targets": [{"context": "italic {}", "target": "italic 4"},
+                        {"context": "the digit {} in italic", "target": "the digit 4 in italic"}],
+            "protected_prompts": ["roman 7", "italic 3"],
+            "forget_prompts": ["italic 7", "the digit 7 in italic"],
+            **metadata,
+        },
+        probes={},
+    )  # fmt: skip
+
+
+def test_compose_targets_keeps_an_earlier_removals_change_in_a_later_target():
+    """Erasing the style italic after "italic 7": a target that still draws the 7 takes the earlier 4 (the later
+    removal changes only the style); prompts the earlier removal did not erase keep their targets."""
+    pairs = [
+        ("the digit 7 in italic", "the digit 7 in roman"),
+        ("yellow italic 7", "yellow roman 7"),  # not one of its forget prompts, but asks for italic 7
+        ("italic g", "roman g"),
+    ]
+    composed = composed_targets(pairs, ["italic"], [italic_seven()])
+    assert composed == {"the digit 7 in italic": "the digit 4 in roman", "yellow italic 7": "yellow roman 4"}
+    # not used: a replacement that names this removal's concept, a target an earlier removal erased, or a
+    # redacted earlier removal (it names nothing)
+    assert (
+        composed_targets(
+            pairs, ["italic"], [italic_seven(targets=[{"context": "italic {}", "target": "italic italic"}])]
+        )
+        == {}
+    )
+    roman_four = UnlearningAdapter(lora_weights={}, metadata={"forget_prompts": ["yellow roman 4"]}, probes={})
+    assert composed_targets(pairs, ["italic"], [italic_seven(), roman_four]) == {
+        "the digit 7 in italic": "the digit 4 in roman"
+    }
+    redacted = UnlearningAdapter(lora_weights={}, metadata={"forget_prompts": ["italic 7"]}, probes={})
+    assert composed_targets(pairs, ["italic"], [redacted]) == {}
+
+
+def test_erase_maps_a_prompt_both_removals_ask_for_to_a_target_with_both_changes(sd_pipe, tmp_path):
+    """A combination ("red cat", drawn as a red dog) then its colour ("red"): "a red cat" is mapped to "a green
+    dog", not "a green cat", and the removal's provenance and re-solve pairs say so."""
+    first = du.erase(
+        sd_pipe, "cat", templates=["a red {}", "a photo of a red {}"], mapping_candidates=["dog"],
+        map_to_context=False, preserve=["a blue cat"],
+    )  # fmt: skip
+    sd_pipe.load_unlearning(first)
+    kwargs = {"templates": ["a {} cat", "a {} bird"], "mapping_candidates": ["green"], "map_to_context": False}
+    assert "composed_targets" not in du.erase(sd_pipe, "red", **kwargs).metadata  # off by default
+    second = du.erase(sd_pipe, "red", compose_targets=True, **kwargs)
+    assert [t["target"] for t in second.metadata["targets"]] == ["a green cat", "a green bird"]
+    assert second.metadata["composed_targets"] == {"a red cat": "a green dog"}
+    assert dict(forget_pairs(second)) == {"a red cat": "a green dog", "a red bird": "a green bird"}
+    second.save_pretrained(tmp_path)
+    assert dict(forget_pairs(UnlearningAdapter.from_pretrained(tmp_path))) == dict(forget_pairs(second))
 
 
 def test_config_checks_the_new_fields():
