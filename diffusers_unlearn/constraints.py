@@ -385,8 +385,11 @@ def composed_targets(
     "the digit 7 in roman", satisfies both requests, but training toward it can bring the 7 back: a removal that
     only partly takes draws the chain's italic with the target's 7, which is italic 7 again (glyphs). Where
     the target still names the earlier concept, it takes the earlier removal's replacement too, "the digit 4 in
-    roman", so the later removal changes only what it removes. Redacted removals name nothing and are skipped; a
-    composed target that names this concept or that an earlier removal erased is not used.
+    roman", so the later removal changes only what it removes. Only earlier combinations count (a removal that keeps
+    its own name in other contexts, as "italic 7" keeps "roman 7"): composing with a removal of a whole style or
+    colour ("typewriter &" to "roman %" when erasing "&") cost 5 points of general retention on a glyphs chain.
+    Redacted removals name nothing and are skipped; a composed target that names this concept or that an earlier
+    removal erased is not used.
 
     Args:
         pairs (`Sequence[tuple[str, str]]`): The removal's `(forget prompt, target)` pairs.
@@ -406,14 +409,12 @@ def composed_targets(
     erased = erased_by(previous)
     composed: dict[str, str] = {}
     for adapter in previous:
-        earlier = names_of(adapter)
-        if not earlier:
-            continue
+        earlier, protected = names_of(adapter), adapter.metadata.get("protected_prompts", [])
+        mentions = names_pattern(earlier) if earlier else None
+        if mentions is None or not any(mentions.search(p) for p in protected):
+            continue  # redacted, or erased everywhere: the chain already draws every prompt naming it without it
         records = adapter.metadata.get("targets", [])
-        asks = asks_for_concept(
-            earlier, [Context(r["context"]) for r in records], adapter.metadata.get("protected_prompts", [])
-        )
-        mentions = names_pattern(earlier)
+        asks = asks_for_concept(earlier, [Context(r["context"]) for r in records], protected)
         for prompt, target in pairs:
             target = composed.get(prompt, target)
             if not (asks(prompt) and mentions.search(target)):

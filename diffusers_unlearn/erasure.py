@@ -140,11 +140,11 @@ def erase(
             rounds after the solve, in closed form (a few solves more). Distill: adversarial training, embeddings
             derived by gradient steps during training (the derivations and one more forward pass per step). See
             docs/erasing.md#hardened-removals and docs/benchmarks/robustness.md.
-        compose_targets (`bool`): Where a forget prompt also asks for an earlier removal's concept ("the digit 7
-            in italic", erasing italic after "italic 7" was mapped to "italic 4"), map it to a target carrying
-            that removal's change too ("the digit 4 in roman", not "the digit 7 in roman"), so that this removal
-            changes only what it removes; recorded in `metadata["composed_targets"]`. Off by default: measured
-            on one glyphs chain, it kept italic 7 out at the italic step, and did not lengthen the chain
+        compose_targets (`bool`): Where a forget prompt also asks for an earlier combination's concept ("the
+            digit 7 in italic", erasing italic after "italic 7" was mapped to "italic 4"), map it to a target
+            carrying that removal's change too ("the digit 4 in roman", not "the digit 7 in roman"), so that this
+            removal changes only what it removes; recorded in `metadata["composed_targets"]`. Off by default:
+            measured on the glyphs chain, it kept italic 7 out and did not lengthen the chain
             (docs/method.md#a-target-keeps-what-earlier-removals-changed-compose_targetstrue).
         redact (`bool`): Keep the concept, aliases and forget prompts out of the saved files (a salted hash
             identifies the concept instead).

@@ -184,7 +184,8 @@ def italic_seven(**metadata) -> UnlearningAdapter:
 
 def test_compose_targets_keeps_an_earlier_removals_change_in_a_later_target():
     """Erasing the style italic after "italic 7": a target that still draws the 7 takes the earlier 4 (the later
-    removal changes only the style); prompts the earlier removal did not erase keep their targets."""
+    removal changes only the style); prompts the earlier removal did not erase keep their targets, and so do
+    prompts of an earlier removal of a whole style."""
     pairs = [
         ("the digit 7 in italic", "the digit 7 in roman"),
         ("yellow italic 7", "yellow roman 7"),  # not one of its forget prompts, but asks for italic 7
@@ -206,6 +207,14 @@ def test_compose_targets_keeps_an_earlier_removals_change_in_a_later_target():
     }
     redacted = UnlearningAdapter(lora_weights={}, metadata={"forget_prompts": ["italic 7"]}, probes={})
     assert composed_targets(pairs, ["italic"], [redacted]) == {}
+    # an earlier removal of a whole style: "italic 7" erased later, at its character word, keeps its own target
+    italic = UnlearningAdapter(
+        lora_weights={},
+        metadata={"concept": "italic", "targets": [{"context": "{} 7", "target": "roman 7"}],
+                  "protected_prompts": ["roman 7", "bold 7"], "forget_prompts": ["italic 7"]},
+        probes={},
+    )  # fmt: skip
+    assert composed_targets([("italic 7", "italic 4")], ["7"], [italic]) == {}
 
 
 def test_erase_maps_a_prompt_both_removals_ask_for_to_a_target_with_both_changes(sd_pipe, tmp_path):
