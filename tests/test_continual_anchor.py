@@ -189,10 +189,15 @@ def test_compose_targets_keeps_an_earlier_removals_change_in_a_later_target():
     pairs = [
         ("the digit 7 in italic", "the digit 7 in roman"),
         ("yellow italic 7", "yellow roman 7"),  # not one of its forget prompts, but asks for italic 7
+        ("the 7, italic", "the 7, roman"),  # in none of its contexts: the replacement most of its targets use
         ("italic g", "roman g"),
     ]
     composed = composed_targets(pairs, ["italic"], [italic_seven()])
-    assert composed == {"the digit 7 in italic": "the digit 4 in roman", "yellow italic 7": "yellow roman 4"}
+    assert composed == {
+        "the digit 7 in italic": "the digit 4 in roman",
+        "yellow italic 7": "yellow roman 4",
+        "the 7, italic": "the 4, roman",
+    }
     # not used: a replacement that names this removal's concept, a target an earlier removal erased, or a
     # redacted earlier removal (it names nothing)
     assert (
@@ -203,7 +208,8 @@ def test_compose_targets_keeps_an_earlier_removals_change_in_a_later_target():
     )
     roman_four = UnlearningAdapter(lora_weights={}, metadata={"forget_prompts": ["yellow roman 4"]}, probes={})
     assert composed_targets(pairs, ["italic"], [italic_seven(), roman_four]) == {
-        "the digit 7 in italic": "the digit 4 in roman"
+        "the digit 7 in italic": "the digit 4 in roman",
+        "the 7, italic": "the 4, roman",
     }
     redacted = UnlearningAdapter(lora_weights={}, metadata={"forget_prompts": ["italic 7"]}, probes={})
     assert composed_targets(pairs, ["italic"], [redacted]) == {}
