@@ -721,9 +721,7 @@ def run_glyphs(args) -> dict:
                     )  # fmt: skip
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
-                    if args.compose_targets:
-                        kwargs["compose_targets"] = True
-                    adapter = du.erase(bare or pipe, **kwargs)
+                    adapter = du.erase(bare or pipe, **kwargs, compose_targets=args.compose_targets)
             except du.UnlearningError as error:  # reported in the table, the chain goes on without this removal
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: erase failed: {error}", flush=True)
                 rows.append({"step": step, "concept": concept.name, "error": str(error)})
@@ -1088,8 +1086,8 @@ def main() -> None:
     parser.add_argument(
         "--compose-targets",
         action="store_true",
-        help="glyphs: a forget prompt that asks for an earlier removal's concept too is mapped to a target carrying "
-        "that removal's change (erase(..., compose_targets=True))",
+        help="glyphs: a forget prompt that asks for an earlier combination's concept too is mapped to a target "
+        "carrying that removal's change (erase(..., compose_targets=True))",
     )
     parser.add_argument(
         "--boundaries",
