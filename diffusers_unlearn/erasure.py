@@ -143,9 +143,10 @@ def erase(
         compose_targets (`bool`): Where a forget prompt also asks for an earlier combination's concept ("the
             digit 7 in italic", erasing italic after "italic 7" was mapped to "italic 4"), map it to a target
             carrying that removal's change too ("the digit 4 in roman", not "the digit 7 in roman"), so that this
-            removal changes only what it removes; recorded in `metadata["composed_targets"]`. Off by default:
-            measured on the glyphs chain, it kept italic 7 out and did not lengthen the chain
-            (docs/method.md#a-target-keeps-what-earlier-removals-changed-compose_targetstrue).
+            removal changes only what it removes; recorded in `metadata["composed_targets"]`. Measured on the
+            glyphs chain: it keeps italic 7 out, and with the earlier removals' hold pushed the chain holds one
+            step more (docs/method.md#a-target-keeps-what-earlier-removals-changed-compose_targetstrue). Off by
+            default: not yet measured on digits.
         redact (`bool`): Keep the concept, aliases and forget prompts out of the saved files (a salted hash
             identifies the concept instead).
         name (`str`, *optional*): Adapter name; default `"no-<concept>"`.
