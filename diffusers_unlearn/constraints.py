@@ -415,31 +415,37 @@ def composed_targets(
             continue  # redacted, or erased everywhere: the chain already draws every prompt naming it without it
         records = adapter.metadata.get("targets", [])
         asks = asks_for_concept(earlier, [Context(r["context"]) for r in records], protected)
+        replacements = _replacements(records, earlier)
         for prompt, target in pairs:
             target = composed.get(prompt, target)
             if not (asks(prompt) and mentions.search(target)):
                 continue
-            word = _replacement(records, earlier, prompt)
+            word = _replacement(replacements, prompt)
             new = Context(mentions.sub("{}", target)).fill(word) if word is not None else target
             if new != target and not own.search(new) and not erased(new):
                 composed[prompt] = new
     return composed
 
 
-def _replacement(records: Sequence[Mapping], names: Sequence[str], prompt: str) -> str | None:
-    """What an earlier removal put in its concept's place where `prompt` names it: the word of the target of the
-    context found in the prompt, else the word most of its targets use."""
-    words: dict[str, str] = {}  # filled context -> replacement word
+def _replacements(records: Sequence[Mapping], names: Sequence[str]) -> dict[str, str]:
+    """What an earlier removal put in its concept's place, by the forget prompt of each of its contexts."""
+    words: dict[str, str] = {}
     for record in records:
         before, _, after = Context(record["context"]).fill("\0").partition("\0")
         pattern = re.escape(before.strip()) + r"\s*(.*?)\s*" + re.escape(after.strip())
         if match := re.fullmatch(pattern, record["target"]):
             for name in names:
                 words[Context(record["context"]).fill(name)] = match.group(1)
-    found = [(len(filled), word) for filled, word in words.items() if filled.lower() in prompt.lower()]
-    if found:  # the longest context the prompt holds
+    return words
+
+
+def _replacement(replacements: Mapping[str, str], prompt: str) -> str | None:
+    """The replacement where `prompt` names the concept: that of the longest of its forget prompts the prompt
+    holds, else the one most of its contexts use."""
+    found = [(len(filled), word) for filled, word in replacements.items() if filled.lower() in prompt.lower()]
+    if found:
         return max(found)[1]
-    counts = Counter(words.values())
+    counts = Counter(replacements.values())
     return counts.most_common(1)[0][0] if counts else None
 
 
