@@ -289,6 +289,8 @@ def distill_options(args, concept=None) -> dict:
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     if args.distill_earlier_anchor != "chain":
         nonzero["earlier_anchor"] = args.distill_earlier_anchor
+    if args.distill_earlier_push_scope != "all":
+        nonzero["earlier_push_scope"] = args.distill_earlier_push_scope
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
         **{k: v for k, v in given.items() if v is not None}, **{k: v for k, v in nonzero.items() if v},
@@ -1002,6 +1004,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         help="distill's earlier_push: hold the earlier removals this share of their effect past the chain (0: at it)",
     )  # fmt: skip
     parser.add_argument(
+        "--distill-earlier-push-scope", choices=("all", "combinations"), default="all",
+        help="distill's earlier_push_scope: push every earlier removal, or only the combinations",
+    )  # fmt: skip
+    parser.add_argument(
         "--distill-earlier-anchor", choices=("chain", "own"), default="chain",
         help="distill's earlier_anchor: the hold's teacher, the chain as loaded or each removal's own chain",
     )  # fmt: skip
@@ -1085,9 +1091,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--compose-targets",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="glyphs: a forget prompt that asks for an earlier combination's concept too is mapped to a target "
-        "carrying that removal's change (erase(..., compose_targets=True))",
+        "carrying that removal's change (erase(..., compose_targets=True), the default; rows before session 40: "
+        "--no-compose-targets)",
     )
     parser.add_argument(
         "--boundaries",

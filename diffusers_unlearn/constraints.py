@@ -346,6 +346,14 @@ def names_of(adapter: UnlearningAdapter) -> list[str]:
     return [] if adapter.concept is None else [adapter.concept, *adapter.metadata.get("aliases", [])]
 
 
+def is_combination(adapter: UnlearningAdapter) -> bool:
+    """Whether a removal erased a combination, not its word: it protects its own name in other contexts ("blue
+    nine" keeps "a yellow nine", "italic 7" keeps "the digit 7 in roman"). A redacted removal names nothing: no."""
+    names = names_of(adapter)
+    protected = adapter.metadata.get("protected_prompts", [])
+    return bool(names) and any(names_pattern(names).search(p) for p in protected)
+
+
 def forget_pairs(adapter: UnlearningAdapter) -> list[tuple[str, str]]:
     """`(forget prompt, target)` pairs of a removal, rebuilt from its metadata.
 
@@ -409,12 +417,11 @@ def composed_targets(
     erased = erased_by(previous)
     composed: dict[str, str] = {}
     for adapter in previous:
-        earlier, protected = names_of(adapter), adapter.metadata.get("protected_prompts", [])
-        mentions = names_pattern(earlier) if earlier else None
-        if mentions is None or not any(mentions.search(p) for p in protected):
+        if not is_combination(adapter):
             continue  # redacted, or erased everywhere: the chain already draws every prompt naming it without it
-        records = adapter.metadata.get("targets", [])
-        asks = asks_for_concept(earlier, [Context(r["context"]) for r in records], protected)
+        earlier, records = names_of(adapter), adapter.metadata.get("targets", [])
+        mentions, contexts = names_pattern(earlier), [Context(r["context"]) for r in records]
+        asks = asks_for_concept(earlier, contexts, adapter.metadata["protected_prompts"])
         replacements = _replacements(records, earlier)
         for prompt, target in pairs:
             target = composed.get(prompt, target)

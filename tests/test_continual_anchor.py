@@ -232,8 +232,8 @@ def test_erase_maps_a_prompt_both_removals_ask_for_to_a_target_with_both_changes
     )  # fmt: skip
     sd_pipe.load_unlearning(first)
     kwargs = {"templates": ["a {} cat", "a {} bird"], "mapping_candidates": ["green"], "map_to_context": False}
-    assert "composed_targets" not in du.erase(sd_pipe, "red", **kwargs).metadata  # off by default
-    second = du.erase(sd_pipe, "red", compose_targets=True, **kwargs)
+    assert "composed_targets" not in du.erase(sd_pipe, "red", compose_targets=False, **kwargs).metadata
+    second = du.erase(sd_pipe, "red", **kwargs)  # on by default
     assert [t["target"] for t in second.metadata["targets"]] == ["a green cat", "a green bird"]
     assert second.metadata["composed_targets"] == {"a red cat": "a green dog"}
     assert dict(forget_pairs(second)) == {"a red cat": "a green dog", "a red bird": "a green bird"}

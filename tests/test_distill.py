@@ -599,3 +599,30 @@ def test_a_device_without_index_is_the_current_one(monkeypatch):
     assert not _same_device(torch.device("cuda"), torch.device("cuda:1"))
     assert not _same_device(torch.device("cuda:0"), torch.device("cpu"))
     assert _same_device(torch.device("cpu"), torch.device("cpu"))
+
+
+@pytest.mark.filterwarnings("ignore::diffusers_unlearn.UnlearningWarning")  # weak on purpose: a few steps
+def test_earlier_push_scope_combinations_pushes_only_the_earlier_combinations():
+    """`earlier_push_scope="combinations"`: the push moves the hold of the earlier removals that keep their own
+    name elsewhere ("red cat" keeps "a blue cat"), not of a whole-word removal ("dog"): with only the latter
+    loaded it trains as without a push; with both, unlike the push on all of them."""
+    pipe = make_sd_pipeline()
+    for concept, kwargs in (("dog", {}), ("cat", {"templates": ["a red {}"], "preserve": ["a blue cat"]})):
+        pipe.load_unlearning(du.erase(pipe, concept, config=du.ClosedFormConfig(lambda_protect=0.0), **kwargs))
+    fast = dict(FAST, steps=6, lambda_earlier=10.0, anchor="base")
+
+    def trained(push=0.0, scope="all"):
+        config = du.DistillConfig(**fast, earlier_push=push, earlier_push_scope=scope)
+        return du.erase(pipe, "tree", neighbors=["bird"], method="distill", config=config).lora_weights
+
+    scoped, every, unpushed = trained(0.5, "combinations"), trained(0.5), trained()
+    assert not same(scoped, unpushed) and not same(scoped, every) and not same(every, unpushed)
+    pipe.unload_unlearning("no-cat")  # the combination gone: nothing left to push
+    assert same(trained(0.5, "combinations"), trained()) and not same(trained(0.5), trained())
+    with pytest.raises(du.InvalidArgumentError, match="earlier_push_scope"):
+        du.DistillConfig(lambda_earlier=10.0, earlier_push=0.1, earlier_push_scope="styles")
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """The same LoRA weights, bit for bit."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -118,6 +118,11 @@ class DistillConfig:
             their removal's effect past the chain, away from the untouched model (`chain + push * (chain -
             untouched)`): each removal on top takes back a few percent of the earlier ones whatever their hold
             (`earlier_undone`), and the push aims to give it back. 0 (the default): held to the chain.
+        earlier_push_scope (`str`): Which earlier removals `earlier_push` moves: `"all"` (the default) or
+            `"combinations"`, those that keep their own name in other contexts ("serif E" keeps "the letter e in
+            sans"; `constraints.is_combination`): a few prompts each, which drift back one image at a time, where
+            pushing a whole style or colour moves hundreds of prompts and the cells beside them
+            (docs/benchmarks/continual_analysis.md).
         base_share (`float`): With `anchor="base"`, how far the teacher of the untouched prompts moves from the
             chain toward the untouched model: 1 (the default) the untouched model, 0 the chain. Pulling a protected
             prompt back to the untouched model also takes back part of the earlier removals whose side effects it
@@ -170,6 +175,7 @@ class DistillConfig:
     anchor: Literal["chain", "base"] = "chain"
     lambda_earlier: float | None = None
     earlier_push: float = 0.0
+    earlier_push_scope: Literal["all", "combinations"] = "all"
     base_share: float = 1.0
     min_reach: float | None = None
     max_steps: int | None = None
@@ -197,6 +203,10 @@ class DistillConfig:
             raise InvalidArgumentError(
                 f"earlier_push must be >= 0 and needs lambda_earlier (the hold it moves), got {self.earlier_push} "
                 f"with lambda_earlier={self.lambda_earlier}."
+            )
+        if self.earlier_push_scope not in ("all", "combinations"):
+            raise InvalidArgumentError(
+                f'earlier_push_scope must be "all" or "combinations", got {self.earlier_push_scope!r}.'
             )
         if not 0.0 <= self.base_share <= 1.0:
             raise InvalidArgumentError(f"base_share must be in [0, 1] (1: the untouched model), got {self.base_share}")
@@ -248,6 +258,7 @@ def distill(
     untouched: Collection[str] = (),
     untouched_model: Callable[[], AbstractContextManager] | None = None,
     earlier_owner: Mapping[str, int] | None = None,
+    earlier_combination: Sequence[bool] = (),
     chain_at: Callable[[int], AbstractContextManager] | None = None,
     harden: HardenConfig | None = None,
     effect: Callable[[], dict] | None = None,
@@ -275,6 +286,8 @@ def distill(
             without any removal; required with `untouched`.
         earlier_owner (`Mapping[str, int]`, *optional*): With `config.earlier_anchor == "own"`, per held prompt the
             index of the earlier removal whose chain teaches it (the prompts left out: the chain as loaded).
+        earlier_combination (`Sequence[bool]`): With `config.earlier_push_scope == "combinations"`, per earlier
+            removal whether it erased a combination (the push moves only those removals' prompts).
         chain_at (`Callable`, *optional*): Given `n`, returns a context within which the pipeline computes with its
             first `n` removals only; required with `earlier_owner`.
         harden ([`HardenConfig`], *optional*): Adversarial training: the embeddings that still bring the concept
@@ -351,9 +364,18 @@ def distill(
         if chain_at is None:
             raise InvalidArgumentError("`earlier_owner` needs `chain_at`, the context of the chain's first removals.")
         pool["hold_own"] = _own_chain(pipe, family, bank, pool["hold"], held, earlier_owner, chain_at)
+    push = torch.full((len(held),), config.earlier_push)  # per held prompt: how far past the chain it is held
     if held and config.earlier_push:
         if untouched_model is None:
             raise InvalidArgumentError("`earlier_push` needs `untouched_model`, the context of the untouched model.")
+        if config.earlier_push_scope == "combinations":  # a prompt of a combination and of a style: pushed
+            if len(earlier_combination) != len(earlier):
+                raise InvalidArgumentError(
+                    f'earlier_push_scope="combinations" needs `earlier_combination`, one flag per earlier removal: '
+                    f"got {len(earlier_combination)} for {len(earlier)}."
+                )
+            pushed = {p for prompts, flag in zip(earlier, earlier_combination, strict=True) if flag for p in prompts}
+            push *= torch.tensor([p in pushed for p in held], dtype=push.dtype)
         with untouched_model():
             pool["hold_untouched"] = _predictions(pipe, family, bank, pool["hold"], held)
     probe = None  # last: its prompts join the bank after the training pool's, which stays as it was without it
@@ -372,14 +394,14 @@ def distill(
     try:
         _activate(denoiser, [*active_before, _ADAPTER])  # the teacher is the pipeline as loaded
         return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
-                      config, harden, seed, probe, effect, replay_scale)  # fmt: skip
+                      config, harden, seed, probe, effect, replay_scale, push)  # fmt: skip
     finally:
         _remove_adapter(denoiser, active_before)
 
 
 def _train(
     accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed,
-    probe, effect, replay_scale,
+    probe, effect, replay_scale, push,
 ) -> DistillResult:  # fmt: skip
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -467,7 +489,8 @@ def _train(
                         own, on_own = batch[12].to(chain), batch[13]
                         chain = torch.where(on_own.view(-1, *[1] * (chain.dim() - 1)), own, chain)
                     if config.earlier_push:  # past the chain, away from the untouched model
-                        chain = chain + config.earlier_push * (chain - batch[11].to(chain))
+                        share = push[hold_ids].to(chain).view(-1, *[1] * (chain.dim() - 1))
+                        chain = chain + share * (chain - batch[11].to(chain))
                     error = (hold[0].float() - chain.float()).square().flatten(1).mean(1)
                     factor = hold_factor[hold_ids].to(error)
                     loss = loss + config.lambda_earlier * (error * factor).mean()
