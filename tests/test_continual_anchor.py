@@ -19,6 +19,7 @@ from diffusers_unlearn.constraints import (
     erased_by,
     forget_pairs,
     hold_removed,
+    is_combination,
 )
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.layers import current_weight, edited_layers
@@ -221,6 +222,14 @@ def test_compose_targets_keeps_an_earlier_removals_change_in_a_later_target():
         probes={},
     )  # fmt: skip
     assert composed_targets([("italic 7", "italic 4")], ["7"], [italic]) == {}
+
+
+def test_is_combination_reads_whether_a_removal_kept_its_name_elsewhere():
+    whole_style = UnlearningAdapter(
+        lora_weights={}, metadata={"concept": "italic", "protected_prompts": ["roman 7"]}, probes={}
+    )
+    redacted = UnlearningAdapter(lora_weights={}, metadata={"protected_prompts": ["roman 7"]}, probes={})
+    assert is_combination(italic_seven()) and not is_combination(whole_style) and not is_combination(redacted)
 
 
 def test_erase_maps_a_prompt_both_removals_ask_for_to_a_target_with_both_changes(sd_pipe, tmp_path):
