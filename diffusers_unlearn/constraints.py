@@ -419,10 +419,8 @@ def composed_targets(
     for adapter in previous:
         if not is_combination(adapter):
             continue  # redacted, or erased everywhere: the chain already draws every prompt naming it without it
-        earlier, records = names_of(adapter), adapter.metadata.get("targets", [])
-        mentions, contexts = names_pattern(earlier), [Context(r["context"]) for r in records]
-        asks = asks_for_concept(earlier, contexts, adapter.metadata["protected_prompts"])
-        replacements = _replacements(records, earlier)
+        earlier, asks = names_of(adapter), asks_for_removal(adapter)
+        mentions, replacements = names_pattern(earlier), _replacements(adapter.metadata.get("targets", []), earlier)
         for prompt, target in pairs:
             target = composed.get(prompt, target)
             if not (asks(prompt) and mentions.search(target)):
@@ -595,16 +593,14 @@ def erased_by(previous: Sequence[UnlearningAdapter]) -> Callable[[str], bool]:
         ```
     """
     forgotten = {p for a in previous for p in a.metadata.get("forget_prompts", [])}
-    asks = [
-        asks_for_concept(
-            names_of(a),
-            [Context(record["context"]) for record in a.metadata.get("targets", [])],
-            a.metadata.get("protected_prompts", []),
-        )
-        for a in previous
-        if names_of(a)  # a redacted removal names nothing: its forget prompts only
-    ]
+    asks = [asks_for_removal(a) for a in previous if names_of(a)]  # a redacted removal: its forget prompts only
     return lambda prompt: prompt in forgotten or any(ask(prompt) for ask in asks)
+
+
+def asks_for_removal(adapter: UnlearningAdapter) -> Callable[[str], bool]:
+    """`asks_for_concept` for a loaded removal, from its metadata (its names, contexts and protected prompts)."""
+    contexts = [Context(record["context"]) for record in adapter.metadata.get("targets", [])]
+    return asks_for_concept(names_of(adapter), contexts, adapter.metadata.get("protected_prompts", []))
 
 
 def _words(prompt: str) -> list[str]:
