@@ -266,10 +266,12 @@ GENERAL_FLAGS = {
 """Each of those fields: the general flag it stands in for, and its `DistillConfig` field."""
 
 
-def distill_options(args, concept=None) -> dict:
+def distill_options(args, concept=None, step: int | None = None) -> dict:
     """The `DistillConfig` fields the command line sets: those given (`None`: unset), and those not 0. For a glyphs
     concept, the kind's own flag (`KIND_FLAGS`) where given, in place of the general one; for a coloured identity,
-    "red bold R", `--distill-coloured-identity-eta` before `--distill-identity-eta`."""
+    "red bold R", `--distill-coloured-identity-eta` before `--distill-identity-eta`. The repair
+    (`--distill-repair-steps`) on every removal, or with `--distill-repair-every K` on the removals of steps K, 2K,
+    ..."""
     kind = getattr(concept, "kind", None)
     value = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for field, (flag, _) in GENERAL_FLAGS.items()}
     for field in KIND_FLAGS.get(kind, ()):
@@ -291,6 +293,10 @@ def distill_options(args, concept=None) -> dict:
         nonzero["earlier_anchor"] = args.distill_earlier_anchor
     if args.distill_earlier_push_scope != "all":
         nonzero["earlier_push_scope"] = args.distill_earlier_push_scope
+    every = args.distill_repair_every
+    if args.distill_repair_steps and (every == 1 or (step is not None and step % every == 0)):
+        nonzero["repair_steps"] = args.distill_repair_steps
+        given["repair_push"] = args.distill_repair_push
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
         **{k: v for k, v in given.items() if v is not None}, **{k: v for k, v in nonzero.items() if v},
@@ -715,7 +721,7 @@ def run_glyphs(args) -> dict:
                 if saved is not None and step <= args.reuse:  # made by an earlier run with the same options
                     adapter = du.UnlearningAdapter.from_pretrained(saved)
                 else:
-                    distill = distill_options(args, concept)
+                    distill = distill_options(args, concept, step)
                     kwargs = erase_kwargs(
                         concept, method, config, distill, neighbour_styles=args.neighbour_styles,
                         erase_at="character" if concept.name in args.character_word else args.identity_at,
@@ -1038,6 +1044,15 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-earlier-overlap", type=float, default=0.0,
         help="distill's earlier_overlap: the share of that group given out by the new removal's overlap (default 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-repair-steps", type=int, default=0,
+        help="distill's repair_steps: a second LoRA pulls what the removals protected back to the untouched model",
+    )  # fmt: skip
+    parser.add_argument("--distill-repair-push", type=float, default=None, help="distill's repair_push")
+    parser.add_argument(
+        "--distill-repair-every", type=int, default=1,
+        help="the repair on the removals of every K-th step only (default: on every removal)",
     )  # fmt: skip
     parser.add_argument(
         "--distill-modules", nargs="+", default=None,

@@ -32,6 +32,7 @@ from .constraints import (
     names_of,
     names_pattern,
     preserve_groups,
+    protect_groups,
     solve,
     targets_by_prompt,
 )
@@ -325,10 +326,19 @@ def erase(
                 for removal in earlier_protected_groups(previous, names, groups, forget_prompts)
             ]
         untouched: set[str] = set()
+        erased_earlier = erased_by(previous)
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
-            erased_earlier = erased_by(previous)
             every = [*groups.values(), *(group for removal in kept_earlier for group in removal)]
             untouched = {p for prompts in every for p in prompts if not erased_earlier(p)}
+        repair = []  # with repair_steps: what every removal protected, less what any of them erased
+        if config.repair_steps:
+            every = [*groups.values(), *(group for a in previous for group in protect_groups(a).values())]
+            held_back = {p for prompts in forget_prompts.values() for p in prompts} | drawn_as_it
+            repair = [
+                kept
+                for prompts in every
+                if (kept := [p for p in prompts if p not in held_back and not asks(p) and not erased_earlier(p)])
+            ]
         # with min_reach: the predictions before, measured now; the effect of the LoRA as it trains, later
         effect = effect_meter(bank, choice, concept) if config.min_reach is not None else None
         owner = earlier_owners(previous, earlier) if config.earlier_anchor == "own" else None
@@ -336,9 +346,11 @@ def erase(
             pipe, family, bank, pairs, replayed, config, earlier=earlier, earlier_protected=kept_earlier,
             untouched=untouched, untouched_model=lambda: removals_disabled(pipe), earlier_owner=owner,
             earlier_combination=[is_combination(a) for a in previous],
-            chain_at=lambda n: removals_disabled(pipe, keep_first=n), harden=harden, effect=effect, seed=seed,
+            chain_at=lambda n: removals_disabled(pipe, keep_first=n), harden=harden, effect=effect, repair=repair,
+            seed=seed,
         )  # fmt: skip
-        lora, figures, edit_rank = result.lora, result.figures, config.rank
+        lora, figures = result.lora, result.figures
+        edit_rank = config.rank * (2 if config.repair_steps else 1)  # the repair's rows follow the removal's
         if "earlier_undone" in figures:  # by the earlier removal's id, as `parents` names it
             figures["earlier_undone"] = {  # a removal with no measurable effect on its probes is left out
                 a.metadata.get("adapter_id") or a.name: v

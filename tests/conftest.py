@@ -278,9 +278,10 @@ def _target_check_on_random_models(request, monkeypatch):
         monkeypatch.setattr("diffusers_unlearn.targets.MIN_SEPARATION", 0.0)
 
 
-def noise_predictions(pipe, prompts, seed=7) -> torch.Tensor:
+def noise_predictions(pipe, prompts, seed=7, latents_from=None) -> torch.Tensor:
     """The UNet's predictions for `prompts` on latents the untouched model generates (its own DDIM trajectories
-    from other seeds than training, at timesteps below 600), shared by all prompts."""
+    from other seeds than training, at timesteps below 600), shared by all prompts; with `latents_from`, on that
+    pipeline's trajectories (what a chain draws for them)."""
     from diffusers_unlearn import DistillConfig
     from diffusers_unlearn.distance import PromptBank
     from diffusers_unlearn.families import family_of
@@ -289,7 +290,9 @@ def noise_predictions(pipe, prompts, seed=7) -> torch.Tensor:
     bank = PromptBank(pipe, family_of(pipe))
     config = DistillConfig(latent_pool=8, sampling_steps=5)
     weights = torch.ones(len(prompts), dtype=torch.float64)
-    pool = _latent_pool(pipe, family_of(pipe), bank, [], prompts, weights, config, seed)
+    drawer = latents_from or pipe
+    pool = _latent_pool(drawer, family_of(drawer), PromptBank(drawer, family_of(drawer)), [], prompts, weights, config,
+                        seed)  # fmt: skip
     latents, timesteps, _ = pool["replay"]
     latents, timesteps = latents.flatten(0, 1), timesteps.flatten()
     out = []

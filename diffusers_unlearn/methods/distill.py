@@ -68,6 +68,7 @@ if TYPE_CHECKING:  # harden.py's closed-form loop imports constraints, which imp
     from .harden import HardenConfig
 
 _ADAPTER = "diffusers_unlearn_distill"  # the student's adapter name while it trains
+_REPAIR = "diffusers_unlearn_repair"  # the repair's, trained after it (`DistillConfig.repair_steps`)
 _CHECKPOINT = "distill_checkpoint.safetensors"
 _UNMEASURABLE = 1e-3  # `earlier_undone`: an earlier removal's effect on its probes below this share of the
 # predictions (their norm) has no share to take back
@@ -154,6 +155,17 @@ class DistillConfig:
             moves, carried to the prompt's tokens by their similarity to the forget prompts' tokens) instead of
             evenly by removal, group and prompt: an earlier removal's "red bold V" weighs more when "bold A" is
             made, its "red roman Q" less. 0 (the default): evenly; 1: by overlap only.
+        repair_steps (`int`): After training, train a second LoRA of the same rank on top of the chain with this
+            removal, for this many steps, and fold it into the removal (its rank doubles): every prompt that a
+            loaded removal or this one protected (`repair`, passed by `erase`) is pulled all the way back to the
+            untouched model, and every removal's forget prompts are held to the chain `repair_push` past it. Each
+            removal's own replay shares its capacity with its forget term, so the drift of the cells beside the
+            removals adds up along a chain; the repair spends a LoRA on that drift alone. Measured on glyphs
+            (docs/benchmarks/continual_analysis.md, session 41). Needs `lambda_earlier` (the hold). 0 (the
+            default): off.
+        repair_push (`float`): With `repair_steps`, how far past the chain the repair holds every removal's forget
+            prompts (as `earlier_push`, for every removal: pulling the cells back to the untouched model otherwise
+            lets whole styles and colours back).
     """
 
     rank: int = 4
@@ -182,6 +194,8 @@ class DistillConfig:
     earlier_protection: float = 0.0
     earlier_overlap: float = 0.0
     earlier_anchor: Literal["chain", "own"] = "chain"
+    repair_steps: int = 0
+    repair_push: float = 0.1
 
     def __post_init__(self):
         sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
@@ -232,6 +246,12 @@ class DistillConfig:
                 f"earlier_overlap must be in [0, 1] and needs earlier_protection (the group it shares out), got "
                 f"{self.earlier_overlap} with earlier_protection={self.earlier_protection}."
             )
+        if self.repair_steps < 0 or self.repair_push < 0 or (self.repair_steps and self.lambda_earlier is None):
+            raise InvalidArgumentError(
+                f"repair_steps and repair_push must be >= 0, and a repair needs lambda_earlier (the hold of the "
+                f"removals' forget prompts), got repair_steps={self.repair_steps}, repair_push={self.repair_push} "
+                f"with lambda_earlier={self.lambda_earlier}."
+            )
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -262,9 +282,11 @@ def distill(
     chain_at: Callable[[int], AbstractContextManager] | None = None,
     harden: HardenConfig | None = None,
     effect: Callable[[], dict] | None = None,
+    repair: Sequence[Sequence[str]] = (),
     seed: int = 0,
 ) -> DistillResult:
-    """Trains the removal's LoRA; the pipeline is left exactly as it was.
+    """Trains the removal's LoRA (with `config.repair_steps`, its repair folded in); the pipeline is left exactly
+    as it was.
 
     Args:
         pipe (`DiffusionPipeline`): The teacher (its loaded removals stay active and frozen).
@@ -294,6 +316,9 @@ def distill(
             back are derived in `rounds` rounds and added to the forget set (see the module's docstring).
         effect (`Callable`, *optional*): The removal's figures as the denoiser computes now, the new adapter
             active (`targets.effect_meter`); its `"target_reach"` decides when to stop with `config.min_reach`.
+        repair (`Sequence[Sequence[str]]`): With `config.repair_steps`, the groups of prompts the repair pulls back
+            to the untouched model (every loaded removal's protected prompts and this one's, less what a removal
+            erased), each drawn as often as the others; requires `untouched_model`.
         seed (`int`): Seed of the latent pool, of every batch and of the hardening's draws.
     """
     from accelerate import Accelerator
@@ -381,6 +406,15 @@ def distill(
     probe = None  # last: its prompts join the bank after the training pool's, which stays as it was without it
     if any(earlier) and untouched_model is not None:  # how far training undoes each earlier removal
         probe = _undo_probe(pipe, family, bank, earlier, config, seed + 3, untouched_model)
+    mended = None
+    if config.repair_steps:
+        if untouched_model is None or not any(repair):
+            raise InvalidArgumentError(
+                "`config.repair_steps` needs `repair`, the prompts to pull back, and `untouched_model`, the context "
+                "of the untouched model."
+            )
+        every_forget = [*removals, list(dict.fromkeys(f for f, _ in pairs))]
+        mended = _repair_pool(pipe, family, bank, every_forget, repair, config, seed + 5, untouched_model)
 
     from peft import LoraConfig
 
@@ -391,28 +425,69 @@ def distill(
             LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=layers, init_lora_weights=True),
             adapter_name=_ADAPTER,
         )
+    added = [_ADAPTER]
     try:
         _activate(denoiser, [*active_before, _ADAPTER])  # the teacher is the pipeline as loaded
-        return _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
-                      config, harden, seed, probe, effect, replay_scale, push)  # fmt: skip
+        result = _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
+                        config, harden, seed, probe, effect, replay_scale, push)  # fmt: skip
+        if mended is not None:  # the repair: a second LoRA on top of the chain with this removal, folded into it
+            started = time.perf_counter()
+            added.append(_REPAIR)
+            fixed = _repair(accelerator, pipe, family, denoiser, bank, layers, active_before, mended, config, seed + 5)
+            result.lora = {  # rank 2r: the removal's rows, then the repair's (lora_alpha == rank keeps B @ A exact)
+                key: torch.cat([value, fixed.lora[key]], dim=0 if key.endswith("lora_A.weight") else 1)
+                for key, value in result.lora.items()
+            }
+            result.figures |= {
+                "repair_steps": config.repair_steps,
+                "repair_loss_first": fixed.losses[0],
+                "repair_loss_last": fixed.losses[-1],
+                "repair_seconds": round(time.perf_counter() - started, 3),
+            }
+        return result
     finally:
-        _remove_adapter(denoiser, active_before)
+        _remove_adapter(denoiser, active_before, added)
+
+
+def _repair(accelerator, pipe, family, denoiser, bank, layers, active_before, mended, config, seed) -> DistillResult:
+    """Trains the repair (`DistillConfig.repair_steps`) as a second adapter on top of the chain and the new removal
+    (active and frozen: the teacher), on `_repair_pool`'s pool: the pulled prompts to the untouched model, every
+    removal's forget prompts held `repair_push` past the chain, in the hold and as their own forget goal."""
+    from peft import LoraConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        denoiser.add_adapter(
+            LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=layers, init_lora_weights=True),
+            adapter_name=_REPAIR,
+        )
+    _activate(denoiser, [*active_before, _ADAPTER, _REPAIR])
+    pool, pulled, held = mended
+    settings = replace(
+        config, steps=config.repair_steps, min_reach=None, max_steps=None, negative_guidance=0.0, anchor="base",
+        base_share=1.0, earlier_anchor="chain", earlier_push=config.repair_push, earlier_push_scope="all",
+        checkpoint_dir=None,
+    )  # fmt: skip
+    push = torch.full((len(held),), config.repair_push)
+    return _train(accelerator, pipe, family, denoiser, bank, [(p, p) for p in held], pulled, held, pool, None, layers,
+                  settings, None, seed, None, None, 1.0, push, name=_REPAIR)  # fmt: skip
 
 
 def _train(
     accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed,
-    probe, effect, replay_scale, push,
+    probe, effect, replay_scale, push, name: str = _ADAPTER,
 ) -> DistillResult:  # fmt: skip
+    """Trains adapter `name` (the others active stay frozen: the teacher); without `held_out`, no figures."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    wrapped = {name: denoiser.get_submodule(name) for name in layers}
+    wrapped = {layer: denoiser.get_submodule(layer) for layer in layers}
     params = []
     for module in denoiser.modules():  # exactly the new adapter's weights train
         for parameter in module.parameters(recurse=False):
             parameter.requires_grad_(False)
     for module in wrapped.values():
         assert isinstance(module, BaseTunerLayer)
-        for parameter in (module.lora_A[_ADAPTER].weight, module.lora_B[_ADAPTER].weight):
+        for parameter in (module.lora_A[name].weight, module.lora_B[name].weight):
             parameter.requires_grad_(True)
             params.append(parameter)
     raw_optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -464,7 +539,7 @@ def _train(
                 teacher_calls = [([pairs[i][1] for i in forget_ids], forget_latents, forget_t)]
                 teacher_calls += [forget] if eta else []
                 teacher_calls += [replayed, *holds]
-                with torch.no_grad(), _student_off(wrapped):
+                with torch.no_grad(), _student_off(wrapped, name):
                     taught = _predict_many(denoiser, pipe, family, bank, teacher_calls, size, device)
                 goal = _past_target(taught.pop(0), taught.pop(0) if eta else None, eta)
                 keep = taught.pop(0)
@@ -506,9 +581,11 @@ def _train(
     if config.checkpoint_dir and len(losses) % config.checkpoint_every:
         save(len(losses))  # where training stopped
 
-    figures = _figures(
-        denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device, config.negative_guidance
-    )
+    figures = {}
+    if held_out is not None:
+        figures = _figures(
+            denoiser, wrapped, pipe, family, bank, pairs, protected, held_out, size, device, config.negative_guidance
+        )
     figures["loss_first"], figures["loss_last"] = losses[0], losses[-1]
     figures["steps_trained"] = len(losses)
     if reaches:
@@ -527,9 +604,10 @@ def _train(
             "harden_seconds": round(adversarial.seconds, 3),
         }
     lora = {}
-    for name, module in wrapped.items():
-        lora[f"{family.denoiser}.{name}.lora_A.weight"] = module.lora_A[_ADAPTER].weight.detach().float().cpu().clone()
-        lora[f"{family.denoiser}.{name}.lora_B.weight"] = module.lora_B[_ADAPTER].weight.detach().float().cpu().clone()
+    for layer, module in wrapped.items():
+        for part in ("lora_A", "lora_B"):
+            weight = getattr(module, part)[name].weight
+            lora[f"{family.denoiser}.{layer}.{part}.weight"] = weight.detach().float().cpu().clone()
     accelerator.free_memory()
     return DistillResult(lora=lora, losses=losses, figures=figures)
 
@@ -563,15 +641,15 @@ def _schedule(
 
 
 @contextmanager
-def _student_off(wrapped: dict) -> Iterator[None]:
-    """The teacher: the same forward pass with the new adapter contributing nothing."""
+def _student_off(wrapped: dict, name: str = _ADAPTER) -> Iterator[None]:
+    """The teacher: the same forward pass with the adapter in training contributing nothing."""
     for module in wrapped.values():
-        module.scaling[_ADAPTER] = 0.0
+        module.scaling[name] = 0.0
     try:
         yield
     finally:
         for module in wrapped.values():
-            module.scaling[_ADAPTER] = 1.0
+            module.scaling[name] = 1.0
 
 
 def _activate(denoiser, names: list[str]) -> None:
@@ -583,9 +661,9 @@ def _activate(denoiser, names: list[str]) -> None:
             module.set_adapter(names, inference_mode=True)
 
 
-def _remove_adapter(denoiser, active_before: list[str]) -> None:
-    """Deletes the student; the adapters active before it was added are active again, exactly those."""
-    denoiser.delete_adapters([_ADAPTER])  # never merged: diffusers' own deletion is all it needs
+def _remove_adapter(denoiser, active_before: list[str], added: list[str]) -> None:
+    """Deletes the students; the adapters active before they were added are active again, exactly those."""
+    denoiser.delete_adapters(added)  # never merged: diffusers' own deletion is all it needs
     if not getattr(denoiser, "peft_config", None):
         denoiser.unload_lora()  # the PEFT wrappers go too once no adapter is left
     if active_before:
@@ -816,6 +894,35 @@ def _latent_pool(
             latents = scheduler.step(prediction, t, latents).prev_sample
         pool[kind] = (torch.stack(kept_latents, 1), torch.stack(kept_t, 1), ids)  # (n, steps kept, ...)
     return pool
+
+
+def _repair_pool(
+    pipe, family, bank, every_forget: list[list[str]], groups: Sequence[Sequence[str]], config: DistillConfig,
+    seed: int, untouched_model,
+) -> tuple[dict, list[str], list[str]]:  # fmt: skip
+    """The repair's pool, drawn before the removal trains: the prompts to pull back (4 x the replay trajectories,
+    shared evenly by group) with the untouched model's predictions, every removal's forget prompts (their own
+    trajectories, and a hold as large, shared evenly by removal, with the untouched predictions its push moves
+    away from).
+    Returns the pool, the pulled prompts and the held ones (which are also its forget prompts, held there too)."""
+    groups = [list(dict.fromkeys(group)) for group in groups if group]
+    prompts = list(dict.fromkeys(p for group in groups for p in group))
+    removals = [prompts for prompts in every_forget if prompts]
+    held = list(dict.fromkeys(p for prompts in removals for p in prompts))
+    count = 4 * (config.replay_pool or config.latent_pool)
+    wider = replace(config, replay_pool=count)
+    pool = _latent_pool(pipe, family, bank, [(f, f) for f in held], prompts, _group_weights(groups, prompts), wider,
+                        seed)  # fmt: skip
+    pool["hold"] = _latent_pool(pipe, family, bank, [], held, _group_weights([removals], held), wider, seed + 1)[
+        "replay"
+    ]
+    with untouched_model():
+        pool["replay_base"] = (
+            _predictions(pipe, family, bank, pool["replay"], prompts),
+            torch.ones(count, dtype=bool),
+        )
+        pool["hold_untouched"] = _predictions(pipe, family, bank, pool["hold"], held)
+    return pool, prompts, held
 
 
 @torch.no_grad()
