@@ -161,9 +161,9 @@ class DistillConfig:
             untouched model, and every removal's forget prompts are held to the chain `repair_push` past it. Each
             removal's own replay shares its capacity with its forget term, so the drift of the cells beside the
             removals adds up along a chain; the repair spends a LoRA on that drift alone. Measured on glyphs, 400
-            steps on every removal from step 22: 30 steps at the bars instead of 22, at about a fifth more time per
-            removal (docs/benchmarks/continual_analysis.md, session 41). Needs `lambda_earlier` (the hold). 0 (the
-            default): off.
+            steps on every removal from step 22: 30 steps at the bars instead of 22, at a sixth to a quarter more
+            time per removal (docs/benchmarks/continual_analysis.md, session 41). Needs `lambda_earlier` (the
+            hold). 0 (the default): off.
         repair_push (`float`): With `repair_steps`, how far past the chain the repair holds every removal's forget
             prompts (as `earlier_push`, for every removal: pulling the cells back to the untouched model otherwise
             lets whole styles and colours back).
