@@ -417,15 +417,8 @@ def distill(
         every_forget = [*removals, list(dict.fromkeys(f for f, _ in pairs))]
         mended = _repair_pool(pipe, family, bank, every_forget, repair, config, seed + 5, untouched_model)
 
-    from peft import LoraConfig
-
     active_before = active_adapters(denoiser)  # the removals (and a user's LoRAs) loaded as adapters
-    with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial adapter, hence the same run
-        torch.manual_seed(seed)
-        denoiser.add_adapter(
-            LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=layers, init_lora_weights=True),
-            adapter_name=_ADAPTER,
-        )
+    _add_adapter(denoiser, _ADAPTER, layers, config.rank, seed)
     added = [_ADAPTER]
     try:
         _activate(denoiser, [*active_before, _ADAPTER])  # the teacher is the pipeline as loaded
@@ -454,22 +447,14 @@ def _repair(accelerator, pipe, family, denoiser, bank, layers, active_before, me
     """Trains the repair (`DistillConfig.repair_steps`) as a second adapter on top of the chain and the new removal
     (active and frozen: the teacher), on `_repair_pool`'s pool: the pulled prompts to the untouched model, every
     removal's forget prompts held `repair_push` past the chain, in the hold and as their own forget goal."""
-    from peft import LoraConfig
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        denoiser.add_adapter(
-            LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=layers, init_lora_weights=True),
-            adapter_name=_REPAIR,
-        )
+    _add_adapter(denoiser, _REPAIR, layers, config.rank, seed)
     _activate(denoiser, [*active_before, _ADAPTER, _REPAIR])
     pool, pulled, held = mended
     settings = replace(
         config, steps=config.repair_steps, min_reach=None, max_steps=None, negative_guidance=0.0, anchor="base",
-        base_share=1.0, earlier_anchor="chain", earlier_push=config.repair_push, earlier_push_scope="all",
-        checkpoint_dir=None,
+        base_share=1.0, earlier_anchor="chain", checkpoint_dir=None,
     )  # fmt: skip
-    push = torch.full((len(held),), config.repair_push)
+    push = torch.full((len(held),), config.repair_push)  # every removal's, whole styles and colours too
     return _train(accelerator, pipe, family, denoiser, bank, [(p, p) for p in held], pulled, held, pool, None, layers,
                   settings, None, seed, None, None, 1.0, push, name=_REPAIR)  # fmt: skip
 
@@ -564,7 +549,7 @@ def _train(
                     if batch[12] is not None:  # earlier_anchor="own": those of a removal to its own chain
                         own, on_own = batch[12].to(chain), batch[13]
                         chain = torch.where(on_own.view(-1, *[1] * (chain.dim() - 1)), own, chain)
-                    if config.earlier_push:  # past the chain, away from the untouched model
+                    if batch[11] is not None:  # a push: past the chain, away from the untouched model
                         share = push[hold_ids].to(chain).view(-1, *[1] * (chain.dim() - 1))
                         chain = chain + share * (chain - batch[11].to(chain))
                     error = (hold[0].float() - chain.float()).square().flatten(1).mean(1)
@@ -639,6 +624,16 @@ def _schedule(
         total = min(total + increment, cap)
         progress.total = total
         progress.refresh()
+
+
+def _add_adapter(denoiser, name: str, layers: list[str], rank: int, seed: int) -> None:
+    """Adds a LoRA adapter of `rank` on `layers`; the same seed gives the same initial adapter, hence the same run."""
+    from peft import LoraConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=layers, init_lora_weights=True)
+        denoiser.add_adapter(config, adapter_name=name)
 
 
 @contextmanager
