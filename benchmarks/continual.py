@@ -726,6 +726,7 @@ def run_glyphs(args) -> dict:
                         concept, method, config, distill, neighbour_styles=args.neighbour_styles,
                         erase_at="character" if concept.name in args.character_word else args.identity_at,
                         character_target=args.character_target, others_held=args.others_held,
+                        style_targets=args.style_targets,
                     )  # fmt: skip
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
@@ -1103,6 +1104,13 @@ def main() -> None:
         action="store_true",
         help="glyphs: a style, colour or identity also holds its forget prompts in the other styles or colours "
         "(Concept.erase_kwargs(others_held=True))",
+    )
+    parser.add_argument(
+        "--style-targets",
+        choices=("any", "distant"),
+        default="any",
+        help="glyphs: map a style to any other style or the context without one, or only to the styles that are not "
+        "its neighbours (Concept.erase_kwargs(style_targets=...))",
     )
     parser.add_argument(
         "--compose-targets",

@@ -264,6 +264,24 @@ def test_a_style_colour_or_identity_can_hold_its_forget_prompts_in_the_other_val
     assert Concept("Q").erase_kwargs(others_held=True) == Concept("Q").erase_kwargs()
 
 
+def test_a_style_can_be_mapped_only_to_the_styles_that_are_not_its_neighbours():
+    """`style_targets="distant"`: "heavy" is mapped to no neighbouring style (bold, serif) and not to the context
+    without a style; the default keeps both; colours, identities and characters are unchanged; a bad value is
+    refused."""
+    heavy = Concept(style="heavy")
+    anywhere, distant = heavy.erase_kwargs(), heavy.erase_kwargs(style_targets="distant")
+    assert {"bold", "serif"} <= set(anywhere["mapping_candidates"]) and "map_to_context" not in anywhere
+    assert set(distant["mapping_candidates"]) == set(glyphs.STYLES) - {"heavy", "bold", "serif"}
+    assert distant["map_to_context"] is False
+    assert {k: v for k, v in distant.items() if k not in ("mapping_candidates", "map_to_context")} == {
+        k: v for k, v in anywhere.items() if k != "mapping_candidates"
+    }
+    for other in (Concept(colour="purple"), Concept("S", "bold"), Concept("Q")):
+        assert other.erase_kwargs(style_targets="distant") == other.erase_kwargs()
+    with pytest.raises(InvalidArgumentError, match="style_targets"):
+        heavy.erase_kwargs(style_targets="near")
+
+
 def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():
     """A broad sample of other cells, in training phrasings other than the probes' canonical one."""
     for concept in (Concept("Q"), Concept(style="serif"), Concept(colour="red"), Concept("Q", "serif")):

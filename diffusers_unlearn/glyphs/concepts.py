@@ -275,7 +275,7 @@ class Concept:
 
     def erase_kwargs(
         self, background: int = 200, neighbour_styles: bool = False, erase_at: str = "style",
-        character_target: str = "category", others_held: bool = False,
+        character_target: str = "category", others_held: bool = False, style_targets: str = "any",
     ) -> dict:  # fmt: skip
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
@@ -311,6 +311,13 @@ class Concept:
         `others_held=True`: a style, a colour or an identity also holds its forget prompts in every other style
         (colour) as a group of their own (`other_value_prompts()`), as an identity holds its contrast prompts.
 
+        `style_targets="distant"` maps a style, as an identity, only to the styles that are not its neighbours: not
+        to them ("heavy" to "bold" or "serif") nor to the context without a style. Measured late in the glyphs chain
+        (docs/benchmarks/continual_analysis.md, session 42): heavy, mapped mostly to serif, bold and no style, reached
+        0.47 of the way to its targets in 600 steps and was still drawn in 7 of 16 images; mapped to sans, oblique
+        and roman it was drawn in 1 of 32, with the same retention. The default (`"any"`) keeps every other style
+        and the emptied context as candidates, as the earlier chains were made.
+
         Example:
 
         ```py
@@ -321,6 +328,8 @@ class Concept:
         """
         if erase_at not in ("style", "character"):
             raise InvalidArgumentError(f"erase_at must be 'style' or 'character', got {erase_at!r}.")
+        if style_targets not in ("any", "distant"):
+            raise InvalidArgumentError(f"style_targets must be 'any' or 'distant', got {style_targets!r}.")
         if character_target not in ("category", "character"):
             raise InvalidArgumentError(
                 f"character_target must be 'category' or 'character', got {character_target!r}."
@@ -331,6 +340,7 @@ class Concept:
             synonyms = STYLE_SYNONYMS if self.kind == "style" else COLOUR_SYNONYMS
             word = self.style if self.kind == "style" else self.colour
             others = [w for key, words in synonyms.items() if key != word for w in words]
+            distant = self.kind == "style" and style_targets == "distant"
             preserve = [prompt(c) for c in PROBE_CHARS] + [f"the {kind_of(c)} {char_words(c)[0]}" for c in "BX5"]
             return {
                 "concept": word,
@@ -338,7 +348,10 @@ class Concept:
                 "prompts": self.forget_prompts(),
                 # the emptied context is drawn in a default style / colour, which may be this one (sans, red):
                 # the other styles / colours are targets the model draws as something else
-                "mapping_candidates": [key for key in synonyms if key != word],
+                "mapping_candidates": [
+                    key for key in synonyms if key != word and not (distant and key in STYLE_NEIGHBOURS[word])
+                ],
+                **({"map_to_context": False} if distant else {}),
                 "neighbors": others,
                 "preserve": {
                     "lookalikes": self.lookalike_prompts(),

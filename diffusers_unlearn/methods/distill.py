@@ -166,7 +166,9 @@ class DistillConfig:
             hold). 0 (the default): off.
         repair_push (`float`): With `repair_steps`, how far past the chain the repair holds every removal's forget
             prompts (as `earlier_push`, for every removal: pulling the cells back to the untouched model otherwise
-            lets whole styles and colours back).
+            lets whole styles and colours back). Measured from the chain as it is, the push compounds when every
+            removal repairs: on the glyphs chain purple's prompts, pushed at each of 29 steps, ended drawn as a
+            purple roman T from step 40 (session 42). Check a long repaired chain's removals with images.
     """
 
     rank: int = 4
