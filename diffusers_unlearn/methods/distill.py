@@ -915,10 +915,7 @@ def _repair_pool(
         "replay"
     ]
     with untouched_model():
-        pool["replay_base"] = (
-            _predictions(pipe, family, bank, pool["replay"], prompts),
-            torch.ones(count, dtype=bool),
-        )
+        _anchor_to_base(pipe, family, bank, pool, prompts, set(prompts))  # every pulled row to the untouched model
         pool["hold_untouched"] = _predictions(pipe, family, bank, pool["hold"], held)
     return pool, prompts, held
 
