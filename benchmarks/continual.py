@@ -297,6 +297,8 @@ def distill_options(args, concept=None, step: int | None = None) -> dict:
     if args.distill_repair_steps and (every == 1 or (step is not None and step % every == 0)):
         nonzero["repair_steps"] = args.distill_repair_steps
         given["repair_push"] = args.distill_repair_push
+        if args.distill_repair_anchor != "chain":
+            nonzero["repair_anchor"] = args.distill_repair_anchor
     return {
         "steps": args.distill_steps, "lambda_replay": replay, **modules,
         **{k: v for k, v in given.items() if v is not None}, **{k: v for k, v in nonzero.items() if v},
@@ -864,12 +866,13 @@ def write_glyph_report(results: dict, args) -> None:
     for method, all_rows in results["methods"].items():
         rows = [r for r in all_rows if "removal_rate" in r]
         timed = [r["erase_seconds"] for r in all_rows if "erase_seconds" in r]
+        run = max((r["step"] for r in all_rows), default=0)  # a row stitched from runs keeps the measured steps
         if not rows:
-            lines.append(f"| {method} | {len(all_rows)} | 0 | n/a | n/a | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {method} | {run} | 0 | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
         last = rows[-1]
         lines.append(
-            f"| {method} | {len(all_rows)} | {_glyph_steps_at_bars(rows)} | {_pct(last['removal_rate'])} | "
+            f"| {method} | {run} | {_glyph_steps_at_bars(rows)} | {_pct(last['removal_rate'])} | "
             f"{_pct(last['paraphrase_removal_rate'])} | {100 * max(r['worst_excess'] for r in rows):+.1f} pts | "
             f"{_pct(last['related'])} / {_pct(min(r['related'] for r in rows))} | "
             f"{_pct(last['general'])} / {_pct(min(r['general'] for r in rows))} | "
@@ -1051,6 +1054,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         help="distill's repair_steps: a second LoRA pulls what the removals protected back to the untouched model",
     )  # fmt: skip
     parser.add_argument("--distill-repair-push", type=float, default=None, help="distill's repair_push")
+    parser.add_argument(
+        "--distill-repair-anchor", choices=("chain", "own"), default="chain",
+        help="distill's repair_anchor: the repair's push from the chain as loaded or from each removal's own chain",
+    )  # fmt: skip
     parser.add_argument(
         "--distill-repair-every", type=int, default=1,
         help="the repair on the removals of every K-th step only (default: on every removal)",

@@ -341,7 +341,8 @@ def erase(
             ]
         # with min_reach: the predictions before, measured now; the effect of the LoRA as it trains, later
         effect = effect_meter(bank, choice, concept) if config.min_reach is not None else None
-        owner = earlier_owners(previous, earlier) if config.earlier_anchor == "own" else None
+        owned = config.earlier_anchor == "own" or config.repair_anchor == "own"
+        owner = earlier_owners(previous, earlier) if owned else None
         result = distill(
             pipe, family, bank, pairs, replayed, config, earlier=earlier, earlier_protected=kept_earlier,
             untouched=untouched, untouched_model=lambda: removals_disabled(pipe), earlier_owner=owner,

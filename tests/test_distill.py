@@ -423,6 +423,45 @@ def test_earlier_anchor_own_gives_back_what_a_later_removal_took():
         pass
 
 
+@pytest.mark.long
+@pytest.mark.filterwarnings("ignore::diffusers_unlearn.UnlearningWarning")  # weak on purpose: a few steps
+def test_repair_anchor_own_pushes_from_each_removals_own_edit_so_the_push_cannot_compound():
+    """`DistillConfig(repair_anchor="own")`: the repair holds an earlier removal's forget prompts `repair_push` past
+    the chain that removal was made on, wherever later repairs moved them; from the chain as loaded (the default)
+    each repair pushes past the last one's push (session 42: purple's prompts, 5x their own edit at step 50)."""
+    pipe = make_sd_pipeline()
+    first = du.erase(pipe, "cat", config=du.ClosedFormConfig())
+    held = first.metadata["forget_prompts"][:4]
+    untouched = noise_predictions(pipe, held)
+    pipe.load_unlearning(first, mode="fused")
+    own = noise_predictions(pipe, held)
+    effect = own - untouched
+
+    def along() -> float:  # 0: where the first removal put its prompts, 1: one more of its edit past it
+        moved = (noise_predictions(pipe, held) - own) * effect
+        return float(moved.flatten(1).sum(1).div(effect.flatten(1).square().sum(1)).mean())
+
+    fast = dict(FAST, steps=30, batch_size=8, learning_rate=1e-2, lambda_earlier=10.0, repair_steps=100)
+    pushed = du.erase(
+        pipe, "tree", neighbors=["dog"], method="distill", config=du.DistillConfig(**fast, repair_push=3.0)
+    )
+    pipe.load_unlearning(pushed)
+    before = along()
+    assert before > 1.0  # the premise: a repair pushed the first removal's prompts past its own edit (measured 1.48)
+    now = {}
+    for anchor in ("chain", "own"):
+        config = du.DistillConfig(**fast, repair_push=0.5, repair_anchor=anchor)
+        third = du.erase(pipe, "bird", neighbors=["dog"], method="distill", config=config)
+        pipe.load_unlearning(third)
+        now[anchor] = along()
+        pipe.unload_unlearning(third.name)
+    # from the chain, a push of 0.5 goes past the last push again (the target: 1.48 + 0.5 x 2.48); from its own
+    # edit it aims at 0.5 and comes back toward it (measured: chain 2.08, own 0.72)
+    assert now["chain"] > before + 0.3 and now["own"] < before - 0.5
+    with pytest.raises(du.InvalidArgumentError, match="repair_anchor"):
+        du.DistillConfig(lambda_earlier=10.0, repair_anchor="own")  # no repair to anchor
+
+
 def test_earlier_owners_leave_a_later_concept_to_the_chain():
     """The owner of an earlier forget prompt is the last removal that erased it; a prompt that names a later
     removal's concept stays with the chain as loaded (its owner's chain still drew that concept there)."""

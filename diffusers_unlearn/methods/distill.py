@@ -168,7 +168,16 @@ class DistillConfig:
             prompts (as `earlier_push`, for every removal: pulling the cells back to the untouched model otherwise
             lets whole styles and colours back). Measured from the chain as it is, the push compounds when every
             removal repairs: on the glyphs chain purple's prompts, pushed at each of 29 steps, ended drawn as a
-            purple roman T from step 40 (session 42). Check a long repaired chain's removals with images.
+            purple roman T from step 40 (session 42); `repair_anchor="own"` measures it from each removal's own
+            chain instead.
+        repair_anchor (`str`): With `repair_steps`, where the repair's hold of an earlier removal's forget prompts
+            starts: `"chain"` (the default) the pipeline as loaded, so that each repair pushes `repair_push` past
+            the last one's push; `"own"` the chain as it was right after that removal was made (as
+            `earlier_anchor="own"` holds it), so that the target is its own edit `repair_push` past, the same at
+            every later step: the push cannot compound. A prompt that names a later removal's concept stays with
+            the chain as loaded; the new removal's prompts are its own edit already. Measured on the glyphs chain
+            from step 26: general retention 97.9% at step 50 (72.9% from the chain) and purple removed throughout
+            (docs/benchmarks/continual_analysis.md, session 43). Costs one more pass over the hold's trajectories.
     """
 
     rank: int = 4
@@ -199,6 +208,7 @@ class DistillConfig:
     earlier_anchor: Literal["chain", "own"] = "chain"
     repair_steps: int = 0
     repair_push: float = 0.1
+    repair_anchor: Literal["chain", "own"] = "chain"
 
     def __post_init__(self):
         sizes = [self.rank, self.steps, self.batch_size, self.latent_pool]
@@ -255,6 +265,11 @@ class DistillConfig:
                 f"removals' forget prompts), got repair_steps={self.repair_steps}, repair_push={self.repair_push} "
                 f"with lambda_earlier={self.lambda_earlier}."
             )
+        if self.repair_anchor not in ("chain", "own") or (self.repair_anchor == "own" and not self.repair_steps):
+            raise InvalidArgumentError(
+                f"repair_anchor must be 'chain' or 'own', and 'own' needs repair_steps (the repair it anchors), got "
+                f"{self.repair_anchor!r} with repair_steps={self.repair_steps}."
+            )
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
 
@@ -309,8 +324,9 @@ def distill(
             model without any removal (the others keep the pipeline as loaded).
         untouched_model (`Callable`, *optional*): Returns a context within which the pipeline computes as the model
             without any removal; required with `untouched`.
-        earlier_owner (`Mapping[str, int]`, *optional*): With `config.earlier_anchor == "own"`, per held prompt the
-            index of the earlier removal whose chain teaches it (the prompts left out: the chain as loaded).
+        earlier_owner (`Mapping[str, int]`, *optional*): With `config.earlier_anchor == "own"` or
+            `config.repair_anchor == "own"`, per held prompt the index of the earlier removal whose chain teaches it
+            (the prompts left out: the chain as loaded).
         earlier_combination (`Sequence[bool]`): With `config.earlier_push_scope == "combinations"`, per earlier
             removal whether it erased a combination (the push moves only those removals' prompts).
         chain_at (`Callable`, *optional*): Given `n`, returns a context within which the pipeline computes with its
@@ -416,8 +432,14 @@ def distill(
                 "`config.repair_steps` needs `repair`, the prompts to pull back, and `untouched_model`, the context "
                 "of the untouched model."
             )
+        if config.repair_anchor == "own" and removals and (earlier_owner is None or chain_at is None):
+            raise InvalidArgumentError(
+                '`config.repair_anchor="own"` needs `earlier_owner` and `chain_at`: the chain of each removal.'
+            )
         every_forget = [*removals, list(dict.fromkeys(f for f, _ in pairs))]
-        mended = _repair_pool(pipe, family, bank, every_forget, repair, config, seed + 5, untouched_model)
+        owner = earlier_owner if config.repair_anchor == "own" else None
+        mended = _repair_pool(pipe, family, bank, every_forget, repair, config, seed + 5, untouched_model, owner,
+                              chain_at)  # fmt: skip
 
     active_before = active_adapters(denoiser)  # the removals (and a user's LoRAs) loaded as adapters
     _add_adapter(denoiser, _ADAPTER, layers, config.rank, seed)
@@ -448,7 +470,8 @@ def distill(
 def _repair(accelerator, pipe, family, denoiser, bank, layers, active_before, mended, config, seed) -> DistillResult:
     """Trains the repair (`DistillConfig.repair_steps`) as a second adapter on top of the chain and the new removal
     (active and frozen: the teacher), on `_repair_pool`'s pool: the pulled prompts to the untouched model, every
-    removal's forget prompts held `repair_push` past the chain, in the hold and as their own forget goal."""
+    removal's forget prompts held `repair_push` past the chain (with `repair_anchor="own"`, past each one's own
+    chain) in the hold, and to the chain as their own forget goal (weight 1 beside the hold's `lambda_earlier`)."""
     _add_adapter(denoiser, _REPAIR, layers, config.rank, seed)
     _activate(denoiser, [*active_before, _ADAPTER, _REPAIR])
     pool, pulled, held = mended
@@ -896,12 +919,12 @@ def _latent_pool(
 
 def _repair_pool(
     pipe, family, bank, every_forget: list[list[str]], groups: Sequence[Sequence[str]], config: DistillConfig,
-    seed: int, untouched_model,
+    seed: int, untouched_model, owner: Mapping[str, int] | None = None, chain_at=None,
 ) -> tuple[dict, list[str], list[str]]:  # fmt: skip
     """The repair's pool, drawn before the removal trains: the prompts to pull back (4 x the replay trajectories,
     shared evenly by group) with the untouched model's predictions, every removal's forget prompts (their own
     trajectories, and a hold as large, shared evenly by removal, with the untouched predictions its push moves
-    away from).
+    away from; with `owner`, each earlier removal's rows also with the predictions of its own chain).
     Returns the pool, the pulled prompts and the held ones (which are also its forget prompts, held there too)."""
     groups = [list(dict.fromkeys(group)) for group in groups if group]
     prompts = list(dict.fromkeys(p for group in groups for p in group))
@@ -917,6 +940,8 @@ def _repair_pool(
     with untouched_model():
         _anchor_to_base(pipe, family, bank, pool, prompts, set(prompts))  # every pulled row to the untouched model
         pool["hold_untouched"] = _predictions(pipe, family, bank, pool["hold"], held)
+    if owner:
+        pool["hold_own"] = _own_chain(pipe, family, bank, pool["hold"], held, owner, chain_at)
     return pool, prompts, held
 
 
