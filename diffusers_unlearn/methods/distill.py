@@ -395,8 +395,7 @@ def distill(
     drawn = _drawn(rows, _kept_steps(pipe, family, config), config, seed, accelerator.num_processes)
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed, needed=drawn)
     if held:
-        weights_held = _group_weights([removals], held)
-        pool["hold"] = _latent_pool(pipe, family, bank, [], held, weights_held, config, seed + 2,
+        pool["hold"] = _latent_pool(pipe, family, bank, [], held, _group_weights([removals], held), config, seed + 2,
                                     needed={"replay": drawn["hold"]})["replay"]  # fmt: skip
     small = replace(config, latent_pool=8, replay_pool=None)
     held_out = _latent_pool(pipe, family, bank, pairs, replayed, weights, small, seed + 1)
@@ -410,7 +409,8 @@ def distill(
     if held and config.earlier_anchor == "own" and earlier_owner:
         if chain_at is None:
             raise InvalidArgumentError("`earlier_owner` needs `chain_at`, the context of the chain's first removals.")
-        pool["hold_own"] = _own_chain(pipe, family, bank, pool["hold"], held, earlier_owner, chain_at, drawn["hold"])
+        pool["hold_own"], pool["hold_on_own"] = _own_chain(pipe, family, bank, pool["hold"], held, earlier_owner,
+                                                           chain_at, drawn["hold"])  # fmt: skip
     push = torch.full((len(held),), config.earlier_push)  # per held prompt: how far past the chain it is held
     if held and config.earlier_push:
         if untouched_model is None:
@@ -543,31 +543,37 @@ def _train(
                 hold_factor[i] = max(float(hold_factor[i]), min(20.0, worst / 0.02))
         for micro in range(config.gradient_accumulation_steps):
             generator = _batch_generator(seed, step, micro)
-            batch = _batch(pool, pairs, protected, config.batch_size, generator, accelerator)
+            batch = _batch(pool, config.batch_size, generator, accelerator)
             with accelerator.accumulate(model), accelerator.autocast():
-                forget_latents, forget_t, forget_ids, replay_latents, replay_t, replay_ids = batch[:6]
-                base_keep, on_base = batch[6:8]
+                forget_latents, forget_t, forget_ids = batch["forget"]
                 forget = ([pairs[i][0] for i in forget_ids], forget_latents, forget_t)
-                replayed = ([protected[i] for i in replay_ids], replay_latents, replay_t)
-                hold_ids = batch[10] if held else []
-                holds = [([held[i] for i in hold_ids], batch[8], batch[9])] if held else []  # none, or one call
+                replayed = _call(protected, *batch["replay"])
+                holds = [_call(held, *batch["hold"])] if held else []  # none, or one call
                 eta = config.negative_guidance
                 # the teacher's predictions in one call, the student's in another (a few large batches cost
-                # less than many small ones): the target (and the concept, for eta), the protected prompts,
-                # the earlier removals' forget prompts
-                teacher_calls = [([pairs[i][1] for i in forget_ids], forget_latents, forget_t)]
-                teacher_calls += [forget] if eta else []
-                teacher_calls += [replayed, *holds]
+                # less than many small ones): the target (and the concept, for eta), the protected prompts, the
+                # earlier removals' forget prompts; the last two only on the rows whose teacher is read (not those
+                # held all the way to the untouched model, nor those to their own chain)
+                anchored = batch.get("replay_on_base") if config.base_share == 1.0 else None
+                calls = {
+                    "target": ([pairs[i][1] for i in forget_ids], forget_latents, forget_t),
+                    **({"concept": forget} if eta else {}),
+                    "replay": _rows(replayed, anchored),
+                    **({"hold": _rows(holds[0], batch.get("hold_on_own"))} if held else {}),
+                }
+                calls = {key: call for key, call in calls.items() if call[0]}
                 with torch.no_grad(), _student_off(wrapped, name):
-                    taught = _predict_many(denoiser, pipe, family, bank, teacher_calls, size, device)
-                goal = _past_target(taught.pop(0), taught.pop(0) if eta else None, eta)
-                keep = taught.pop(0)
-                if base_keep is not None:  # anchor="base": the untouched model's predictions, from the pool; the
-                    # teacher of those prompts, `base_share` of the way from the chain to them
-                    toward = keep + config.base_share * (base_keep.to(keep) - keep)
-                    keep = torch.where(on_base.view(-1, *[1] * (keep.dim() - 1)), toward, keep)
+                    predicted = _predict_many(denoiser, pipe, family, bank, list(calls.values()), size, device)
+                taught = dict(zip(calls, predicted, strict=True))
+                goal = _past_target(taught["target"], taught.get("concept"), eta)
                 student, replay, *hold = _predict_many(model, pipe, family, bank, [forget, replayed, *holds], size,
                                                        device)  # fmt: skip
+                keep = _fill(taught.get("replay"), anchored, replay)
+                if "replay_base" in batch:  # anchor="base": the untouched model's predictions, from the pool; the
+                    # teacher of those prompts, `base_share` of the way from the chain to them
+                    base_keep, on_base = batch["replay_base"].to(replay), _rowwise(batch["replay_on_base"], replay)
+                    toward = base_keep if anchored is not None else keep + config.base_share * (base_keep - keep)
+                    keep = torch.where(on_base, toward, keep)
                 unlearn_loss = (student.float() - goal.float()).square().mean()
                 if adversarial.sources:  # hardening: the derived embeddings, held to their forget prompts' goals
                     unlearn_loss = unlearn_loss + harden.weight * _adversarial_loss(
@@ -578,13 +584,14 @@ def _train(
                 l2 = sum(p.float().square().sum() for p in params)
                 loss = unlearn_loss + config.lambda_replay * replay_scale * replay_loss + config.lambda_l2 * l2
                 if held:  # the earlier removals' forget prompts, held to the chain
-                    chain = taught.pop(0)
-                    if batch[12] is not None:  # earlier_anchor="own": those of a removal to its own chain
-                        own, on_own = batch[12].to(chain), batch[13]
-                        chain = torch.where(on_own.view(-1, *[1] * (chain.dim() - 1)), own, chain)
-                    if batch[11] is not None:  # a push: past the chain, away from the untouched model
+                    hold_ids = batch["hold"][2]
+                    chain = _fill(taught.get("hold"), batch.get("hold_on_own"), hold[0])
+                    if "hold_own" in batch:  # earlier_anchor="own": those of a removal to its own chain
+                        own, on_own = batch["hold_own"].to(chain), _rowwise(batch["hold_on_own"], chain)
+                        chain = torch.where(on_own, own, chain)
+                    if "hold_untouched" in batch:  # a push: past the chain, away from the untouched model
                         share = push[hold_ids].to(chain).view(-1, *[1] * (chain.dim() - 1))
-                        chain = chain + share * (chain - batch[11].to(chain))
+                        chain = chain + share * (chain - batch["hold_untouched"].to(chain))
                     error = (hold[0].float() - chain.float()).square().flatten(1).mean(1)
                     factor = hold_factor[hold_ids].to(error)
                     loss = loss + config.lambda_earlier * (error * factor).mean()
@@ -924,11 +931,11 @@ def _latent_pool(
         # per trajectory, the last kept step drawn (-1: none); the trajectories still followed
         last = torch.full((count,), steps_kept - 1) if mask is None else _last_drawn(mask)
         rows = (last >= 0).nonzero().flatten()
-        latents, kept = latents[rows], 0
+        shape, latents, kept = (count, *latents.shape[1:]), latents[rows], 0
         kept_latents, kept_t = [], []
         for t in scheduler.timesteps:
             if int(t) < config.max_timestep:
-                slab = torch.zeros(count, *latents.shape[1:])
+                slab = torch.zeros(shape)
                 slab[rows] = latents.float().cpu()
                 kept_latents.append(slab)
                 kept_t.append(t.expand(count).cpu())
@@ -975,7 +982,8 @@ def _repair_pool(
         _anchor_to_base(pipe, family, bank, pool, prompts, set(prompts), drawn["replay"])
         pool["hold_untouched"] = _predictions(pipe, family, bank, pool["hold"], held, drawn["hold"])
     if owner:
-        pool["hold_own"] = _own_chain(pipe, family, bank, pool["hold"], held, owner, chain_at, drawn["hold"])
+        pool["hold_own"], pool["hold_on_own"] = _own_chain(pipe, family, bank, pool["hold"], held, owner, chain_at,
+                                                           drawn["hold"])  # fmt: skip
     return pool, prompts, held
 
 
@@ -995,7 +1003,7 @@ def _undo_probe(pipe, family, bank, earlier, config: DistillConfig, seed: int, u
         _anchor_to_base(pipe, family, bank, pool, prompts, set())
     latents, timesteps, _ = pool["replay"]
     return {"latents": latents, "timesteps": timesteps, "prompts": prompts, "owner": torch.tensor(owner),
-            "base": pool["replay_base"][0], "earlier": [set(r) for r in earlier]}  # fmt: skip
+            "base": pool["replay_base"], "earlier": [set(r) for r in earlier]}  # fmt: skip
 
 
 @torch.no_grad()
@@ -1036,8 +1044,8 @@ def _anchor_to_base(
     """Adds to the replay pool the predictions of the model as it computes now (within the caller's untouched
     model) on its latents (the `needed` entries), and which rows are held to them (whose prompt is in
     `untouched`)."""
-    on_base = torch.tensor([protected[i] in untouched for i in pool["replay"][2].tolist()])
-    pool["replay_base"] = (_predictions(pipe, family, bank, pool["replay"], protected, needed), on_base)
+    pool["replay_on_base"] = torch.tensor([protected[i] in untouched for i in pool["replay"][2].tolist()])
+    pool["replay_base"] = _predictions(pipe, family, bank, pool["replay"], protected, needed)
 
 
 @torch.no_grad()
@@ -1113,42 +1121,52 @@ def _kept_steps(pipe, family, config: DistillConfig) -> int:
     return sum(int(t) < config.max_timestep for t in scheduler.timesteps)
 
 
-def _batch(pool, pairs, protected, batch_size, generator, accelerator):
-    """One batch per process: forget and replay samples drawn from the pool, different on each process; then the
-    replay samples' untouched predictions and which of them are held to those (`None, None` unless anchored);
-    then, with a pool of earlier removals' prompts held on their own, samples of those (and their untouched
-    predictions, with `earlier_push`)."""
-    out = []
-
-    def draw(kind):
+def _batch(pool: dict, batch_size: int, generator: torch.Generator, accelerator) -> dict:
+    """One batch per process, drawn from the pool (different on each process): for each kind the pool has, in
+    `_drawn`'s order ("forget", "replay", "hold"), its samples `(latents, timesteps, ids)` under the kind's name,
+    and each other entry of the pool named after the kind (`"replay_base"`, `"hold_on_own"`, ...) at those samples
+    (per entry `(n, steps, ...)` or per trajectory `(n,)`)."""
+    batch = {}
+    mine = slice(batch_size * accelerator.process_index, batch_size * (accelerator.process_index + 1))
+    for kind in ("forget", "replay", "hold"):
+        if kind not in pool:
+            continue
         latents, timesteps, ids = pool[kind]
-        rows, cols = _draw(latents.shape, batch_size * accelerator.num_processes, generator)
-        mine = slice(batch_size * accelerator.process_index, batch_size * (accelerator.process_index + 1))
-        rows, cols = rows[mine], cols[mine]
-        out.extend([
-            latents[rows, cols].to(accelerator.device),
-            timesteps[rows, cols].to(accelerator.device),
-            ids[rows].tolist(),
-        ])  # fmt: skip
-        return rows, cols
+        rows, cols = (index[mine] for index in _draw(latents.shape, batch_size * accelerator.num_processes, generator))
+        batch[kind] = (latents[rows, cols].to(accelerator.device), timesteps[rows, cols].to(accelerator.device),
+                       ids[rows].tolist())  # fmt: skip
+        for key, value in pool.items():
+            if key.startswith(kind + "_"):
+                batch[key] = (value[rows] if value.dim() == 1 else value[rows, cols]).to(accelerator.device)
+    return batch
 
-    draw("forget")
-    rows, cols = draw("replay")
-    if "replay_base" in pool:
-        predictions, on_base = pool["replay_base"]
-        out += [predictions[rows, cols].to(accelerator.device), on_base[rows].to(accelerator.device)]
-    else:
-        out += [None, None]
-    if "hold" in pool:
-        rows, cols = draw("hold")
-        untouched = pool.get("hold_untouched")
-        out.append(None if untouched is None else untouched[rows, cols].to(accelerator.device))
-        if "hold_own" in pool:
-            predictions, on_own = pool["hold_own"]
-            out += [predictions[rows, cols].to(accelerator.device), on_own[rows].to(accelerator.device)]
-        else:
-            out += [None, None]
+
+def _call(prompts: list[str], latents: torch.Tensor, timesteps: torch.Tensor, ids: list[int]) -> tuple:
+    """A `_predict_many` call of a batch's samples of one kind."""
+    return [prompts[i] for i in ids], latents, timesteps
+
+
+def _rows(call: tuple, skipped: torch.Tensor | None) -> tuple:
+    """The call's samples but the `skipped` ones (those whose teacher prediction is not read)."""
+    if skipped is None:
+        return call
+    keep = (~skipped).nonzero().flatten()
+    return [call[0][i] for i in keep.tolist()], call[1][keep], call[2][keep]
+
+
+def _fill(predicted: torch.Tensor | None, skipped: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The teacher's predictions of `_rows(call, skipped)` in the call's rows, zeros where skipped (never read)."""
+    if skipped is None:
+        return predicted
+    out = torch.zeros_like(like)
+    if predicted is not None:
+        out[(~skipped).nonzero().flatten()] = predicted.to(out)
     return out
+
+
+def _rowwise(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample flags `(n,)` shaped to broadcast over predictions like `like`."""
+    return flags.view(-1, *[1] * (like.dim() - 1))
 
 
 @torch.no_grad()
