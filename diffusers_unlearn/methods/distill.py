@@ -590,7 +590,7 @@ def _train(
                         own, on_own = batch["hold_own"].to(chain), _rowwise(batch["hold_on_own"], chain)
                         chain = torch.where(on_own, own, chain)
                     if "hold_untouched" in batch:  # a push: past the chain, away from the untouched model
-                        share = push[hold_ids].to(chain).view(-1, *[1] * (chain.dim() - 1))
+                        share = _rowwise(push[hold_ids].to(chain), chain)
                         chain = chain + share * (chain - batch["hold_untouched"].to(chain))
                     error = (hold[0].float() - chain.float()).square().flatten(1).mean(1)
                     factor = hold_factor[hold_ids].to(error)
@@ -926,7 +926,7 @@ def _latent_pool(
         scheduler = family.sampling_scheduler(pipe, config.sampling_steps)
         latents = family.random_latents(pipe, count, generator)
         latents = (latents * getattr(scheduler, "init_noise_sigma", 1.0)).to(device, denoiser.dtype)  # flow: 1
-        steps_kept = sum(int(t) < config.max_timestep for t in scheduler.timesteps)
+        steps_kept = _kept_steps(pipe, family, config)
         mask = needed.get(kind) if needed else None
         # per trajectory, the last kept step drawn (-1: none); the trajectories still followed
         last = torch.full((count,), steps_kept - 1) if mask is None else _last_drawn(mask)
