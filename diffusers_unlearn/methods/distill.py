@@ -390,8 +390,8 @@ def distill(
         (len(replay_groups) + config.earlier_protection) / len(replay_groups) if kept and replay_groups else 1.0
     )
     bank.add([p for pair in pairs for p in pair])  # replayed prompts are encoded as the pool draws them
-    count = config.replay_pool or config.latent_pool
-    rows = {"forget": config.latent_pool, "replay": count * bool(replayed), "hold": count * bool(held)}
+    count = _pool_size(config, "replay")  # the hold is a replay pool of its own
+    rows = {"forget": _pool_size(config, "forget"), "replay": count * bool(replayed), "hold": count * bool(held)}
     drawn = _drawn(rows, _kept_steps(pipe, family, config), config, seed, accelerator.num_processes)
     pool = _latent_pool(pipe, family, bank, pairs, replayed, weights, config, seed, needed=drawn)
     if held:
@@ -914,7 +914,7 @@ def _latent_pool(
     for kind, prompts in (("forget", [f for f, _ in pairs]), ("replay", protected)):
         if not prompts:
             continue
-        count = config.latent_pool if kind == "forget" else config.replay_pool or config.latent_pool
+        count = _pool_size(config, kind)
         if kind == "replay":
             ids = replay_ids
             if ids is None:
@@ -950,6 +950,11 @@ def _latent_pool(
     return pool
 
 
+def _pool_size(config: DistillConfig, kind: str) -> int:
+    """Trajectories in a pool of `kind`: `latent_pool` for the forget prompts, `replay_pool` (if set) otherwise."""
+    return config.latent_pool if kind == "forget" else config.replay_pool or config.latent_pool
+
+
 def _last_drawn(mask: torch.Tensor) -> torch.Tensor:
     """Per row of a `(rows, steps)` mask, the last step set, -1 where none is."""
     steps = torch.arange(mask.shape[1]).expand_as(mask)
@@ -970,9 +975,9 @@ def _repair_pool(
     prompts = list(dict.fromkeys(p for group in groups for p in group))
     removals = [prompts for prompts in every_forget if prompts]
     held = list(dict.fromkeys(p for prompts in removals for p in prompts))
-    count = 4 * (config.replay_pool or config.latent_pool)
+    count = 4 * _pool_size(config, "replay")
     wider = replace(config, replay_pool=count)
-    rows = {"forget": config.latent_pool, "replay": count, "hold": count}
+    rows = {"forget": _pool_size(wider, "forget"), "replay": count, "hold": count}
     drawn = _drawn(rows, _kept_steps(pipe, family, config), _repair_settings(config), seed, processes)
     pool = _latent_pool(pipe, family, bank, [(f, f) for f in held], prompts, _group_weights(groups, prompts), wider,
                         seed, needed=drawn)  # fmt: skip
