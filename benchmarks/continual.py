@@ -38,6 +38,7 @@ on `glyphs.HELD_OUT_TEMPLATES`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -690,6 +691,21 @@ def glyph_probes_at(removed: list, general_sample: list):
     return forget, [cell_probe(cell) for cell in related], [cell_probe(cell) for cell in general]
 
 
+def evaluate_glyphs(pipe, scorer, call: dict, forget_images: int | None, forget=(), **cells) -> EvaluationResult:
+    """`evaluate` with the removed concepts at `forget_images` images per prompt (None: as the cells). A removal's
+    bar is 10 points over its chance, and 8 images per prompt do not read it: image j of every prompt comes from seed
+    j, so a colour's four probe prompts give 8 draws, not 32: on one chain purple, drawn in 10-12% of 384 images
+    (96 seeds), reads 0-25% on disjoint sets of 8 seeds, 25% on seeds 0-7 (continual_analysis.md, session 45)."""
+    if not forget_images or forget_images == call["images_per_prompt"]:
+        return evaluate(pipe, scorer, forget=forget, **cells, **call)
+    result = evaluate(pipe, scorer, **cells, **call)
+    removed = evaluate(pipe, scorer, forget=forget, **{**call, "images_per_prompt": forget_images})
+    result.forget = removed.forget
+    result.shown.update(removed.shown)
+    result.misread.update(removed.misread)
+    return result
+
+
 def run_glyphs(args) -> dict:
     from diffusers_unlearn import glyphs
 
@@ -697,13 +713,14 @@ def run_glyphs(args) -> dict:
     config = closed_form_config(args)
     call = {"images_per_prompt": args.images, "num_inference_steps": args.steps, "progress": False,
             "guidance_scale": glyphs.GUIDANCE_SCALE}  # fmt: skip
+    measure = functools.partial(evaluate_glyphs, scorer=scorer, call=call, forget_images=args.forget_images)
     sequence = list(GLYPH_SEQUENCE[: args.removals])
     general_sample = glyph_concepts.general_cells(args.general_cells)
     forget, related, general = glyph_probes_at(sequence, general_sample)
     every_cell = {cell for c in sequence for cell in c.related()} | set(general_sample)
     cells = [glyph_concepts.cell_probe(cell) for cell in sorted(every_cell)]
     untouched_pipe = glyphs.load_pipeline(path=args.model)  # the interference check reads the untouched weights
-    untouched = evaluate(untouched_pipe, scorer, forget=forget, general=cells, **call)
+    untouched = measure(untouched_pipe, forget=forget, general=cells)
     base_cells = untouched.general
     results = {"world": "glyphs", "untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {},
                "settings": {k: getattr(args, k) for k in SETTINGS},
@@ -742,14 +759,17 @@ def run_glyphs(args) -> dict:
                 adapter.save_pretrained(saved)
             made.append(adapter)
             pipe.load_unlearning(adapter, mode="fused")
-            if (step % args.eval_every and step != len(sequence)) or step < args.reuse:
+            if (step % args.eval_every and step != len(sequence)) or (step < args.reuse and not args.measure_loaded):
                 rows.append({"step": step, "concept": concept.name, "erase_seconds": seconds, **_made(adapter)})
                 _save_partial(results, args)
                 continue
             removed = sequence[:step]
             forget, related, general = glyph_probes_at(removed, general_sample)
-            result = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
+            result = measure(pipe, forget=forget, related=related, general=general)
             shown = {c.name: result.forget[c.name] for c in removed}
+            # the same read on the cells' images per prompt only (image j from seed j: the first of each prompt)
+            first = {c.name: float(result.shown[c.name].reshape(-1, n)[:, : args.images].mean()) for c in removed
+                     for n in [result.shown[c.name].size // len(c.forget_probe().prompts)]}  # fmt: skip
             row = {
                 "step": step,
                 "concept": concept.name,
@@ -758,6 +778,7 @@ def run_glyphs(args) -> dict:
                 "paraphrase_removal_rate": 1 - sum(result.forget[c.name + HELD_OUT] for c in removed) / len(removed),
                 "chance": sum(c.chance for c in removed) / len(removed),
                 "untouched_shown": sum(untouched.forget[c.name] for c in removed) / len(removed),
+                "forget_images": args.forget_images or args.images,
                 "worst_excess": max(shown[c.name] - c.chance for c in removed),
                 "related": relative(result.related, base_cells),
                 "general": relative(result.general, base_cells),
@@ -770,6 +791,8 @@ def run_glyphs(args) -> dict:
                 # gained ones showed untouched: a kind lost more than gained is what the step costs
                 **lost_figures(untouched, result, related, general),
                 "per_concept_shown": shown,
+                "worst_excess_at_cell_images": max(first[c.name] - c.chance for c in removed),
+                "per_concept_shown_at_cell_images": first,
                 "check": _check(untouched_pipe, made),
                 # per cell, shown now and by the untouched model: which cells a step costs
                 "cells": {
@@ -1074,6 +1097,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="6 removals, 4 images per prompt")
     parser.add_argument("--removals", type=int, default=None, help="default: the whole sequence (25 / 50)")
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
+    parser.add_argument(
+        "--forget-images", type=int, default=None,
+        help="glyphs: images per prompt of the removed concepts' probes (default: --images); a removal's bar, 10 "
+        "points over chance, needs more than a cell's figure (evaluate_glyphs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--measure-loaded", action="store_true",
+        help="glyphs, with --reuse: measure the loaded steps too (every --eval-every): a chain an earlier run made, "
+        "measured again",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--methods", nargs="+", default=None, choices=sorted({*METHODS, *GLYPH_METHODS, REFERENCE}))
     parser.add_argument("--eval-every", type=int, default=1, help="measure every N steps (and the last)")
