@@ -432,6 +432,28 @@ def composed_targets(
     return composed
 
 
+def mapped_here(previous: Sequence[UnlearningAdapter], names: Sequence[str]) -> set[str]:
+    """The concepts and aliases (lower-case) of the loaded removals that put one of `names` in their concept's place
+    in some context: "cyan roman +" drawn as "the cyan $ in roman" maps "+" to "$". Mapped back ("roman $" to
+    "+"), the two removals swap: the earlier one's hold keeps drawing its prompts as this concept while the new one
+    trains this concept toward them, and on the glyphs chain such removals stalled short of their targets.
+
+    Example:
+        ```py
+        >>> mapped_here(loaded_adapters(pipe), ["$"])  # after "cyan roman +" -> "the cyan $ in roman"
+        {'+'}
+        ```
+    """
+    lowered = {n.lower() for n in names}
+    swapped: set[str] = set()
+    for adapter in previous:
+        earlier = names_of(adapter)
+        replaced_by = _replacements(adapter.metadata.get("targets", []), earlier).values()
+        if any(word.lower() in lowered for word in replaced_by):
+            swapped |= {n.lower() for n in earlier}
+    return swapped
+
+
 def _replacements(records: Sequence[Mapping], names: Sequence[str]) -> dict[str, str]:
     """What an earlier removal put in its concept's place, by the forget prompt of each of its contexts."""
     words: dict[str, str] = {}

@@ -29,6 +29,7 @@ from .constraints import (
     erased_by,
     hold_removed,
     is_combination,
+    mapped_here,
     names_of,
     names_pattern,
     preserve_groups,
@@ -261,7 +262,7 @@ def erase(
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(
         bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
-        removed=removed, erased=erased,
+        removed=removed, erased=erased, mapped_here=mapped_here(previous, names),
         samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets

@@ -14,6 +14,11 @@ generic word "digit" was never in a training caption, and "a green digit" is dra
 
 A concept a loaded removal erased is no target either (after "seven" -> "four", "seven" is drawn as a four); a
 removal that protects its own word in other contexts ("blue three" keeps "a red three") did not erase the word.
+Nor is a concept that a loaded removal maps to this one in some context (after "cyan roman +" -> "the cyan $ in
+roman", "+" is no target of "roman $"): mapped back, the two removals would swap, the earlier one's hold drawing
+its prompts as this concept while the new one trains this concept toward them (on the glyphs chain "roman $"
+mapped to "+" stalled at 0.56-0.69 of the way and stayed in 56% of its images; mapped to "#", removed;
+docs/benchmarks/continual_analysis.md, sessions 43 and 45).
 
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
@@ -124,6 +129,7 @@ def choose_targets(
     *,
     removed: Collection[str] = (),
     erased: Collection[str] = (),
+    mapped_here: Collection[str] = (),
     samples: int = 16,
     seed: int = 0,
 ) -> TargetChoice:
@@ -141,6 +147,8 @@ def choose_targets(
         erased (`Collection[str]`): Forget prompts of the loaded removals. A neighbour erased in a checked context
             is not "another concept" of rule 2: the model now draws it as its removal's target, which may be the
             very candidate checked ("a yellow eight, bold" after "yellow eight" -> "a yellow", for "a yellow, bold").
+        mapped_here (`Collection[str]`): Concepts and aliases, lower-case, of the loaded removals that map some of
+            their prompts to this concept (`constraints.mapped_here`): not targets, mapped back the two would swap.
         samples (`int`), seed (`int`): Samples of the check's score distances.
 
     Raises:
@@ -149,6 +157,8 @@ def choose_targets(
     for candidate in candidates:
         if candidate.label.lower() in removed:
             candidate.rejected = "removed earlier: a loaded removal maps it elsewhere"
+        elif candidate.label.lower() in mapped_here:
+            candidate.rejected = "a loaded removal maps it to this concept: mapped back, the two would swap"
     neighbors = [n for n in neighbors if n.lower() not in removed]
     _reject_untrained(bank, candidates, [*names, *neighbors])
     step = max(1, len(contexts) / CHECK_CONTEXTS)

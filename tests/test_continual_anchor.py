@@ -271,6 +271,23 @@ def test_a_combination_removal_leaves_its_word_a_target():
     assert "removed earlier" in rejected({"templates": ["a red {}", "{}"]})
 
 
+def test_a_concept_an_earlier_removal_maps_to_this_one_is_no_target():
+    """After "red cat" -> "a red dog", "dog" is not mapped back to "cat" (the two removals would swap); after
+    "red cat" -> "a red bird" it may be."""
+
+    def dog_after(cat_target):
+        pipe = make_sd_pipeline()
+        first = du.erase(pipe, "cat", templates=["a red {}"], mapping_candidates=[cat_target], map_to_context=False,
+                         neighbors=["rabbit"], preserve=["a blue cat"])  # fmt: skip
+        pipe.load_unlearning(first, mode="fused")
+        second = du.erase(pipe, "dog", templates=["a green {}", "a red {}"], mapping_candidates=["cat", "horse"],
+                          map_to_context=False, neighbors=["rabbit"])  # fmt: skip
+        return {c["candidate"]: c["rejected"] for c in second.metadata["target_candidates"]}
+
+    assert "would swap" in dog_after("dog")["cat"]
+    assert dog_after("bird")["cat"] is None
+
+
 def test_a_neighbour_erased_in_the_context_is_no_reference_for_the_target_check():
     """Rule 2 compares a candidate with the nearest *other* concept; one a loaded removal erased in that context is
     drawn as that removal's target now, which may be the candidate itself."""
