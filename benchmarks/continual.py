@@ -691,19 +691,31 @@ def glyph_probes_at(removed: list, general_sample: list):
     return forget, [cell_probe(cell) for cell in related], [cell_probe(cell) for cell in general]
 
 
-def evaluate_glyphs(pipe, scorer, call: dict, forget_images: int | None, forget=(), **cells) -> EvaluationResult:
+def evaluate_glyphs(
+    pipe, scorer, call: dict, forget_images: int | None, forget=(), **cells
+) -> tuple[EvaluationResult, dict[str, float]]:
     """`evaluate` with the removed concepts at `forget_images` images per prompt (None: as the cells). A removal's
     bar is 10 points over its chance, and 8 images per prompt do not read it: image j of every prompt comes from seed
     j, so a colour's four probe prompts give 8 draws, not 32: on one chain purple, drawn in 10-12% of 384 images
-    (96 seeds), reads 0-25% on disjoint sets of 8 seeds, 25% on seeds 0-7 (continual_analysis.md, session 45)."""
+    (96 seeds), reads 0-25% on disjoint sets of 8 seeds, 25% on seeds 0-7 (continual_analysis.md, session 45).
+    Returns the result and each removed concept's figure on the cells' images per prompt (the first of each
+    prompt's), to compare the two reads."""
     if not forget_images or forget_images == call["images_per_prompt"]:
-        return evaluate(pipe, scorer, forget=forget, **cells, **call)
+        result = evaluate(pipe, scorer, forget=forget, **cells, **call)
+        return result, dict(result.forget)
     result = evaluate(pipe, scorer, **cells, **call)
     removed = evaluate(pipe, scorer, forget=forget, **{**call, "images_per_prompt": forget_images})
     result.forget = removed.forget
-    result.shown.update(removed.shown)
-    result.misread.update(removed.misread)
-    return result
+    for probe in forget:  # a cell of the same name ("red serif O") keeps its own images, as in one evaluation
+        result.shown.setdefault(probe.concept, removed.shown[probe.concept])
+        if probe.concept in removed.misread:
+            result.misread.setdefault(probe.concept, removed.misread[probe.concept])
+    first = {
+        probe.concept: float(shown.reshape(len(probe.prompts), -1)[:, : call["images_per_prompt"]].mean())
+        for probe in forget
+        for shown in [removed.shown[probe.concept]]
+    }
+    return result, first
 
 
 def run_glyphs(args) -> dict:
@@ -720,7 +732,7 @@ def run_glyphs(args) -> dict:
     every_cell = {cell for c in sequence for cell in c.related()} | set(general_sample)
     cells = [glyph_concepts.cell_probe(cell) for cell in sorted(every_cell)]
     untouched_pipe = glyphs.load_pipeline(path=args.model)  # the interference check reads the untouched weights
-    untouched = measure(untouched_pipe, forget=forget, general=cells)
+    untouched, _ = measure(untouched_pipe, forget=forget, general=cells)
     base_cells = untouched.general
     results = {"world": "glyphs", "untouched": {"forget": untouched.forget, "cells": base_cells}, "methods": {},
                "settings": {k: getattr(args, k) for k in SETTINGS},
@@ -765,11 +777,8 @@ def run_glyphs(args) -> dict:
                 continue
             removed = sequence[:step]
             forget, related, general = glyph_probes_at(removed, general_sample)
-            result = measure(pipe, forget=forget, related=related, general=general)
+            result, first = measure(pipe, forget=forget, related=related, general=general)
             shown = {c.name: result.forget[c.name] for c in removed}
-            # the same read on the cells' images per prompt only (image j from seed j: the first of each prompt)
-            first = {c.name: float(result.shown[c.name].reshape(-1, n)[:, : args.images].mean()) for c in removed
-                     for n in [result.shown[c.name].size // len(c.forget_probe().prompts)]}  # fmt: skip
             row = {
                 "step": step,
                 "concept": concept.name,
@@ -792,7 +801,7 @@ def run_glyphs(args) -> dict:
                 **lost_figures(untouched, result, related, general),
                 "per_concept_shown": shown,
                 "worst_excess_at_cell_images": max(first[c.name] - c.chance for c in removed),
-                "per_concept_shown_at_cell_images": first,
+                "per_concept_shown_at_cell_images": {c.name: first[c.name] for c in removed},
                 "check": _check(untouched_pipe, made),
                 # per cell, shown now and by the untouched model: which cells a step costs
                 "cells": {
