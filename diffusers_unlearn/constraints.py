@@ -436,7 +436,8 @@ def mapped_here(previous: Sequence[UnlearningAdapter], names: Sequence[str]) -> 
     """The concepts and aliases (lower-case) of the loaded removals that put one of `names` in their concept's place
     in some context: "cyan roman +" drawn as "the cyan $ in roman" maps "+" to "$". Mapped back ("roman $" to
     "+"), the two removals swap: the earlier one's hold keeps drawing its prompts as this concept while the new one
-    trains this concept toward them, and on the glyphs chain such removals stalled short of their targets.
+    trains this concept toward them: on the glyphs chain "roman $", mapped to "+" after "cyan roman +" -> "$",
+    stalled short of its targets (docs/benchmarks/continual_analysis.md, sessions 43 and 45).
 
     Example:
         ```py
