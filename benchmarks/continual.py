@@ -757,7 +757,7 @@ def run_glyphs(args) -> dict:
                         concept, method, config, distill, neighbour_styles=args.neighbour_styles,
                         erase_at="character" if concept.name in args.character_word else args.identity_at,
                         character_target=args.character_target, others_held=args.others_held,
-                        style_targets=args.style_targets,
+                        style_targets=args.style_targets, colour_targets=args.colour_targets,
                     )  # fmt: skip
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
@@ -1160,6 +1160,13 @@ def main() -> None:
         default="any",
         help="glyphs: map a style to any other style or the context without one, or only to the styles that are not "
         "its neighbours (Concept.erase_kwargs(style_targets=...))",
+    )
+    parser.add_argument(
+        "--colour-targets",
+        choices=("any", "distant"),
+        default="any",
+        help="glyphs: the same for a colour: any other colour or the context without one, or only the colours that "
+        "are not its neighbours (Concept.erase_kwargs(colour_targets=...))",
     )
     parser.add_argument(
         "--compose-targets",

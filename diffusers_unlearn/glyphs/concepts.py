@@ -276,6 +276,7 @@ class Concept:
     def erase_kwargs(
         self, background: int = 200, neighbour_styles: bool = False, erase_at: str = "style",
         character_target: str = "category", others_held: bool = False, style_targets: str = "any",
+        colour_targets: str = "any",
     ) -> dict:  # fmt: skip
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
@@ -318,6 +319,11 @@ class Concept:
         oblique and roman, in 3%, with the same retention. The default (`"any"`) keeps every other style
         and the emptied context as candidates, as the earlier chains were made.
 
+        `colour_targets="distant"` does the same for a colour (`COLOUR_NEIGHBOURS`): "purple" is mapped to neither
+        blue nor pink, nor to the context without a colour. Measured on the glyphs chain
+        (docs/benchmarks/continual_analysis.md, session 46): purple mapped to pink and blue reached 1.18 of the way to
+        its targets and was still drawn in 45% of its images at its own step.
+
         Example:
 
         ```py
@@ -330,6 +336,8 @@ class Concept:
             raise InvalidArgumentError(f"erase_at must be 'style' or 'character', got {erase_at!r}.")
         if style_targets not in ("any", "distant"):
             raise InvalidArgumentError(f"style_targets must be 'any' or 'distant', got {style_targets!r}.")
+        if colour_targets not in ("any", "distant"):
+            raise InvalidArgumentError(f"colour_targets must be 'any' or 'distant', got {colour_targets!r}.")
         if character_target not in ("category", "character"):
             raise InvalidArgumentError(
                 f"character_target must be 'category' or 'character', got {character_target!r}."
@@ -340,7 +348,8 @@ class Concept:
             synonyms = STYLE_SYNONYMS if self.kind == "style" else COLOUR_SYNONYMS
             word = self.style if self.kind == "style" else self.colour
             others = [w for key, words in synonyms.items() if key != word for w in words]
-            distant = self.kind == "style" and style_targets == "distant"
+            neighbours = (STYLE_NEIGHBOURS if self.kind == "style" else COLOUR_NEIGHBOURS)[word]
+            distant = (style_targets if self.kind == "style" else colour_targets) == "distant"
             preserve = [prompt(c) for c in PROBE_CHARS] + [f"the {kind_of(c)} {char_words(c)[0]}" for c in "BX5"]
             return {
                 "concept": word,
@@ -348,9 +357,7 @@ class Concept:
                 "prompts": self.forget_prompts(),
                 # the emptied context is drawn in a default style / colour, which may be this one (sans, red):
                 # the other styles / colours are targets the model draws as something else
-                "mapping_candidates": [
-                    key for key in synonyms if key != word and not (distant and key in STYLE_NEIGHBOURS[word])
-                ],
+                "mapping_candidates": [key for key in synonyms if key != word and not (distant and key in neighbours)],
                 **({"map_to_context": False} if distant else {}),
                 "neighbors": others,
                 "preserve": {
