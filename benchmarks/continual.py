@@ -1163,10 +1163,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--colour-targets",
-        choices=("any", "distant"),
+        choices=("any", "context"),
         default="any",
-        help="glyphs: the same for a colour: any other colour or the context without one, or only the colours that "
-        "are not its neighbours (Concept.erase_kwargs(colour_targets=...))",
+        help="glyphs: map a colour to any other colour or the context without one, or only to that context, the "
+        "target check off (Concept.erase_kwargs(colour_targets=...))",
     )
     parser.add_argument(
         "--compose-targets",

@@ -82,6 +82,7 @@ def erase(
     method: Literal["closed_form", "distill"] = "closed_form",
     distance: DistanceKind | None = None,
     distance_samples: int = 16,
+    min_separation: float | None = None,
     config: ClosedFormConfig | DistillConfig | None = None,
     harden: HardenConfig | bool = False,
     compose_targets: bool = True,
@@ -133,6 +134,12 @@ def erase(
             timestep pairs; the default for `"distill"`).
         distance_samples (`int`): Random latents of the score distance and of the target check. The check's
             denoiser calls are most of a removal of a large model on a CPU: 4 makes them 4x cheaper, and noisier.
+        min_separation (`float`, *optional*): How far from the concept a candidate's noise predictions must be, as
+            a share of their distance to the nearest other concept, for it to be a target (default
+            `targets.MIN_SEPARATION`, 0.9); 0 turns that check off. The check compares mean predictions: a
+            context the model draws in a spread of values ("the letter a", in any of eight colours) sits amid
+            them, nearest the most central one, though it draws that one no more than the others (glyphs:
+            "purple" at 0.8, in at most 6 of 48 images).
         config ([`ClosedFormConfig`] or [`DistillConfig`], *optional*): The method's settings (solve weights;
             training steps, target modules, accelerate options, checkpoints), and the one place to set the LoRA
             rank: `ClosedFormConfig(rank=4)` (default: the smallest keeping 99% of the edit, at most 12) or
@@ -193,6 +200,8 @@ def erase(
     if harden is not None and not isinstance(harden, HardenConfig):
         raise InvalidTypeError(f"harden= takes True or a HardenConfig, got {type(harden).__name__}.")
     preserved = preserve_groups(preserve)
+    if min_separation is not None and not 0 <= min_separation <= 1:
+        raise InvalidArgumentError(f"min_separation must be in [0, 1] (0: no check), got {min_separation}.")
     if not map_to_context and anchor is None and not mapping_candidates and not category:
         raise InvalidArgumentError(
             "map_to_context=False leaves no mapping target: pass `mapping_candidates` (or `category`), or drop it."
@@ -262,7 +271,7 @@ def erase(
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(
         bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
-        removed=removed, erased=erased, mapped_here=mapped_here(previous, names),
+        removed=removed, erased=erased, mapped_here=mapped_here(previous, names), min_separation=min_separation,
         samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets

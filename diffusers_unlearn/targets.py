@@ -130,6 +130,7 @@ def choose_targets(
     removed: Collection[str] = (),
     erased: Collection[str] = (),
     mapped_here: Collection[str] = (),
+    min_separation: float | None = None,
     samples: int = 16,
     seed: int = 0,
 ) -> TargetChoice:
@@ -149,11 +150,13 @@ def choose_targets(
             very candidate checked ("a yellow eight, bold" after "yellow eight" -> "a yellow", for "a yellow, bold").
         mapped_here (`Collection[str]`): Concepts and aliases, lower-case, of the loaded removals that map some of
             their prompts to this concept (`constraints.mapped_here`): not targets, mapped back the two would swap.
+        min_separation (`float`, *optional*): Rule 2's threshold (default `MIN_SEPARATION`; 0: rule 2 off).
         samples (`int`), seed (`int`): Samples of the check's score distances.
 
     Raises:
         InvalidConceptError: Every candidate of some context was rejected.
     """
+    threshold = MIN_SEPARATION if min_separation is None else min_separation
     for candidate in candidates:
         if candidate.label.lower() in removed:
             candidate.rejected = "removed earlier: a loaded removal maps it elsewhere"
@@ -190,10 +193,10 @@ def choose_targets(
         to_concept = min(total(name) for name in names)  # an alias counts as the concept
         to_other = min(total(n) for n in near)
         candidate.separation = round(min(to_concept / max(to_other, 1e-12), 1e3), 3)
-        if candidate.separation < MIN_SEPARATION:
+        if candidate.separation < threshold:
             candidate.rejected = (
                 f"drawn as the concept: {candidate.separation:.2f}x as far from it as from the nearest other "
-                f"concept, below {MIN_SEPARATION}"
+                f"concept, below {threshold}"
             )
         if candidate.rejected:
             logger.info("Mapping candidate %r rejected: %s", candidate.label, candidate.rejected)

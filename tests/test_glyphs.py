@@ -282,21 +282,22 @@ def test_a_style_can_be_mapped_only_to_the_styles_that_are_not_its_neighbours():
         heavy.erase_kwargs(style_targets="near")
 
 
-def test_a_colour_can_be_mapped_only_to_the_colours_that_are_not_its_neighbours():
-    """`colour_targets="distant"`: "purple" is mapped to neither blue nor pink, nor to the context without a colour;
-    the default keeps them; styles, identities and characters are unchanged; a bad value is refused."""
+def test_a_colour_can_be_mapped_only_to_the_context_without_a_colour():
+    """`colour_targets="context"`: "purple" has no other colour as a candidate, only the context without a colour,
+    with the target check off; the default keeps the other colours; other kinds are unchanged; a bad value is
+    refused."""
     purple = Concept(colour="purple")
-    anywhere, distant = purple.erase_kwargs(), purple.erase_kwargs(colour_targets="distant")
-    assert {"blue", "pink"} <= set(anywhere["mapping_candidates"]) and "map_to_context" not in anywhere
-    assert set(distant["mapping_candidates"]) == set(glyphs.COLOURS) - {"purple", "blue", "pink"}
-    assert distant["map_to_context"] is False
-    assert {k: v for k, v in distant.items() if k not in ("mapping_candidates", "map_to_context")} == {
+    anywhere, context = purple.erase_kwargs(), purple.erase_kwargs(colour_targets="context")
+    assert {"blue", "pink"} <= set(anywhere["mapping_candidates"]) and "min_separation" not in anywhere
+    assert context["mapping_candidates"] == [] and context["min_separation"] == 0.0
+    assert context.get("map_to_context", True) is True
+    assert {k: v for k, v in context.items() if k not in ("mapping_candidates", "min_separation")} == {
         k: v for k, v in anywhere.items() if k != "mapping_candidates"
     }
     for other in (Concept(style="heavy"), Concept("S", "bold"), Concept("R", "bold", "red"), Concept("Q")):
-        assert other.erase_kwargs(colour_targets="distant") == other.erase_kwargs()
+        assert other.erase_kwargs(colour_targets="context") == other.erase_kwargs()
     with pytest.raises(InvalidArgumentError, match="colour_targets"):
-        purple.erase_kwargs(colour_targets="near")
+        purple.erase_kwargs(colour_targets="distant")
 
 
 def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():

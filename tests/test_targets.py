@@ -13,7 +13,7 @@ from conftest import make_sd_pipeline
 
 import diffusers_unlearn as du
 from diffusers_unlearn import targets
-from diffusers_unlearn.errors import InvalidConceptError, WeakRemovalWarning
+from diffusers_unlearn.errors import InvalidArgumentError, InvalidConceptError, WeakRemovalWarning
 
 TEMPLATES = ["a photo of a {}", "a painting of a {}", "a drawing of a {}", "a {} on a hill"]
 NEIGHBORS = ["dog", "tiger", "horse"]
@@ -62,14 +62,15 @@ def test_a_candidate_drawn_as_the_concept_or_untrained_is_never_chosen(pipe):
 
 
 def test_without_the_rules_the_twin_would_be_chosen(pipe, monkeypatch):
-    """The rejection is what keeps the twin out: it is the nearest candidate by the removal's own distance."""
-    monkeypatch.setattr(targets, "MIN_SEPARATION", 0.0)
+    """The rejection is what keeps the twin out: it is the nearest candidate by the removal's own distance
+    (`erase(min_separation=0)` turns the check off)."""
     monkeypatch.setattr(targets, "UNTRAINED_NORM_RATIO", 0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         adapter = du.erase(
-            pipe, "cat", templates=TEMPLATES, mapping_candidates=["car", "rabbit", "bird"], neighbors=NEIGHBORS
-        )
+            pipe, "cat", templates=TEMPLATES, mapping_candidates=["car", "rabbit", "bird"], neighbors=NEIGHBORS,
+            min_separation=0.0,
+        )  # fmt: skip
     chosen = [record["target"] for record in adapter.metadata["targets"]]
     assert all("car" in t for t in chosen), chosen
     # ... and the removal then barely moves the concept: erase says so, loudly, with our own warning
@@ -80,6 +81,11 @@ def test_without_the_rules_the_twin_would_be_chosen(pipe, monkeypatch):
     report = du.UnlearningStack([adapter]).check(pipe)
     assert adapter.name in report.weak and not report.passed
     assert any("barely moved its own concept" in line for line in report.failures()), report.failures()
+
+
+def test_min_separation_out_of_range_is_refused(pipe):
+    with pytest.raises(InvalidArgumentError, match="min_separation"):
+        du.erase(pipe, "cat", templates=TEMPLATES, mapping_candidates=["rabbit"], min_separation=1.5)
 
 
 def test_a_removal_that_moves_the_concept_reports_its_shift(pipe):
