@@ -271,8 +271,8 @@ def erase(
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     choice = choose_targets(
         bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
-        removed=removed, erased=erased, mapped_here=mapped_here(previous, names), min_separation=min_separation,
-        samples=distance_samples, seed=seed,
+        removed=removed, erased=erased, mapped_here=mapped_here(previous, names, contexts),
+        min_separation=min_separation, samples=distance_samples, seed=seed,
     )  # fmt: skip
     targets = choice.targets
     # Three groups (or more: one per `preserve` group), each weighing the same in the objective whatever its size:
