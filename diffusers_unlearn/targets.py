@@ -18,7 +18,9 @@ Nor is a concept that a loaded removal maps to this one in some context (after "
 roman", "+" is no target of "roman $"): mapped back, the two removals would swap, the earlier one's hold drawing
 its prompts as this concept while the new one trains this concept toward them (on the glyphs chain "roman $"
 mapped to "+" stalled at 0.56-0.69 of the way and stayed in 56% of its images; mapped to "#", removed;
-docs/benchmarks/continual_analysis.md, sessions 43 and 45).
+docs/benchmarks/continual_analysis.md, sessions 43 and 45). Only an earlier removal whose contexts share with this
+one's a word that all of them hold counts ("roman" in "cyan roman +" and "roman $"; not "serif #", after which
+"roman $" mapped to "#" is removed: session 46).
 
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
