@@ -432,32 +432,31 @@ def composed_targets(
     return composed
 
 
-def mapped_here(
-    previous: Sequence[UnlearningAdapter], names: Sequence[str], contexts: Sequence[Context] | None = None
-) -> set[str]:
+def mapped_here(previous: Sequence[UnlearningAdapter], names: Sequence[str], contexts: Sequence[Context]) -> set[str]:
     """The concepts and aliases (lower-case) of the loaded removals that put one of `names` in their concept's place
     in some context: "cyan roman +" drawn as "the cyan $ in roman" maps "+" to "$". Mapped back ("roman $" to
     "+"), the two removals swap: the earlier one's hold keeps drawing its prompts as this concept while the new one
     trains this concept toward them: on the glyphs chain "roman $", mapped to "+" after "cyan roman +" -> "$",
     stalled short of its targets (docs/benchmarks/continual_analysis.md, sessions 43 and 45).
 
-    With `contexts` (the new removal's), only a removal whose contexts share a word with them that every context of
-    both holds counts ("roman" for "cyan roman +" and "roman $"): "roman $" mapped to "#" after "serif #" -> "the
+    Only a removal whose contexts share a word with the new removal's `contexts` that every context of both holds
+    counts ("roman" for "cyan roman +" and "roman $"): "roman $" mapped to "#" after "serif #" -> "the
     serif $" was removed (0 of 128 images) where mapped to "+" it stayed in 41%, and counting every removal left
     "roman $" and "blue sans G" no target at all (session 46).
 
     Example:
         ```py
-        >>> mapped_here(loaded_adapters(pipe), ["$"])  # after "cyan roman +" -> "the cyan $ in roman"
+        >>> # after "cyan roman +" -> "the cyan $ in roman"
+        >>> mapped_here(loaded_adapters(pipe), ["$"], [Context("the {} in roman")])
         {'+'}
         ```
     """
     lowered = {n.lower() for n in names}
-    mine = None if contexts is None else _shared_words([c.template for c in contexts])
+    mine = _shared_words([c.template for c in contexts])
     swapped: set[str] = set()
     for adapter in previous:
         records = adapter.metadata.get("targets", [])
-        if mine is not None and not mine & _shared_words([r["context"] for r in records]):
+        if not mine & _shared_words([r["context"] for r in records]):
             continue
         earlier = names_of(adapter)
         replaced_by = _replacements(records, earlier).values()

@@ -361,11 +361,9 @@ class Concept:
                 "prompts": self.forget_prompts(),
                 # the emptied context is drawn in a default style / colour, which may be this one (sans, red):
                 # the other styles / colours are targets the model draws as something else
-                "mapping_candidates": [
-                    key
-                    for key in synonyms
-                    if key != word and not to_context and not (distant and key in STYLE_NEIGHBOURS[word])
-                ],
+                "mapping_candidates": []
+                if to_context
+                else [key for key in synonyms if key != word and not (distant and key in STYLE_NEIGHBOURS[word])],
                 **({"map_to_context": False} if distant else {}),
                 **({"min_separation": 0.0} if to_context else {}),
                 "neighbors": others,
