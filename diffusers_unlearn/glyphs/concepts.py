@@ -326,7 +326,9 @@ class Concept:
         the glyphs chain (docs/benchmarks/continual_analysis.md, session 46): mapped to other colours (pink and
         blue, or only the colours that are not its neighbours), purple reached 1.1-1.3 of the way to its targets
         and was still drawn in 39-52% of its images, its canonical prompt ("the purple letter g") the least
-        changed; mapped to the context, in 5-9%.
+        changed; mapped to the context, in 5-9%. Orange mapped to the context is not removed (session 47:
+        reach 0.50, 55-68% of its images) where mapped to its neighbour yellow it is; every candidate with
+        `erase(min_separation=0.85)` removed both.
 
         Example:
 
