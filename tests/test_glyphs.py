@@ -300,6 +300,20 @@ def test_a_colour_can_be_mapped_only_to_the_context_without_a_colour():
         purple.erase_kwargs(colour_targets="distant")
 
 
+def test_a_colour_sets_its_own_target_check_threshold():
+    """`colour_separation` reaches `erase(min_separation=...)` for a colour, with every candidate or with the
+    context only (where it replaces the check's 0); other kinds ignore it; a threshold outside [0, 1] is refused."""
+    purple = Concept(colour="purple")
+    checked = purple.erase_kwargs(colour_separation=0.85)
+    assert checked["min_separation"] == 0.85
+    assert {k: v for k, v in checked.items() if k != "min_separation"} == purple.erase_kwargs()
+    assert purple.erase_kwargs(colour_targets="context", colour_separation=0.5)["min_separation"] == 0.5
+    for other in (Concept(style="heavy"), Concept("S", "bold"), Concept("R", "bold", "red"), Concept("Q")):
+        assert other.erase_kwargs(colour_separation=0.85) == other.erase_kwargs()
+    with pytest.raises(InvalidArgumentError, match="colour_separation"):
+        purple.erase_kwargs(colour_separation=1.5)
+
+
 def test_background_protection_is_ordinary_prompts_that_never_ask_for_the_concept():
     """A broad sample of other cells, in training phrasings other than the probes' canonical one."""
     for concept in (Concept("Q"), Concept(style="serif"), Concept(colour="red"), Concept("Q", "serif")):

@@ -276,7 +276,7 @@ class Concept:
     def erase_kwargs(
         self, background: int = 200, neighbour_styles: bool = False, erase_at: str = "style",
         character_target: str = "category", others_held: bool = False, style_targets: str = "any",
-        colour_targets: str = "any",
+        colour_targets: str = "any", colour_separation: float | None = None,
     ) -> dict:  # fmt: skip
         """Arguments of `diffusers_unlearn.erase` for this concept on the glyphs model.
 
@@ -328,7 +328,11 @@ class Concept:
         and was still drawn in 39-52% of its images, its canonical prompt ("the purple letter g") the least
         changed; mapped to the context, in 5-9%. Orange mapped to the context is not removed (session 47:
         reach 0.50, 55-68% of its images) where mapped to its neighbour yellow it is; every candidate with
-        `erase(min_separation=0.85)` removed both.
+        the target check at 0.85 removed both.
+
+        `colour_separation` sets that check's threshold for a colour (`erase(min_separation=...)`; `None`: erase's
+        default, 0 with `colour_targets="context"`): how far from the colour a candidate's noise predictions must
+        be, as a share of its distance to the nearest other colour. Other kinds ignore it.
 
         Example:
 
@@ -344,6 +348,8 @@ class Concept:
             raise InvalidArgumentError(f"style_targets must be 'any' or 'distant', got {style_targets!r}.")
         if colour_targets not in ("any", "context"):
             raise InvalidArgumentError(f"colour_targets must be 'any' or 'context', got {colour_targets!r}.")
+        if colour_separation is not None and not 0 <= colour_separation <= 1:
+            raise InvalidArgumentError(f"colour_separation must be in [0, 1], got {colour_separation}.")
         if character_target not in ("category", "character"):
             raise InvalidArgumentError(
                 f"character_target must be 'category' or 'character', got {character_target!r}."
@@ -356,6 +362,9 @@ class Concept:
             others = [w for key, words in synonyms.items() if key != word for w in words]
             distant = self.kind == "style" and style_targets == "distant"
             to_context = self.kind == "colour" and colour_targets == "context"
+            separation = colour_separation if self.kind == "colour" and colour_separation is not None else None
+            if separation is None and to_context:
+                separation = 0.0
             preserve = [prompt(c) for c in PROBE_CHARS] + [f"the {kind_of(c)} {char_words(c)[0]}" for c in "BX5"]
             return {
                 "concept": word,
@@ -367,7 +376,7 @@ class Concept:
                 if to_context
                 else [key for key in synonyms if key != word and not (distant and key in STYLE_NEIGHBOURS[word])],
                 **({"map_to_context": False} if distant else {}),
-                **({"min_separation": 0.0} if to_context else {}),
+                **({"min_separation": separation} if separation is not None else {}),
                 "neighbors": others,
                 "preserve": {
                     "lookalikes": self.lookalike_prompts(),
