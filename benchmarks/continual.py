@@ -1194,10 +1194,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--style-targets",
-        choices=("any", "distant"),
+        choices=("any", "distant", "far"),
         default="any",
-        help="glyphs: map a style to any other style or the context without one, or only to the styles that are not "
-        "its neighbours (Concept.erase_kwargs(style_targets=...))",
+        help="glyphs: map a style to any other style or the context without one, only to the styles that are not "
+        "its neighbours, or (far) not its neighbours' neighbours either (Concept.erase_kwargs(style_targets=...))",
     )
     parser.add_argument(
         "--colour-targets",

@@ -10,7 +10,7 @@ from diffusers_unlearn import glyphs
 from diffusers_unlearn.errors import InvalidArgumentError
 from diffusers_unlearn.evaluation import AttributeConceptScorer, ConceptScorer
 from diffusers_unlearn.glyphs import GlyphsConceptScorer
-from diffusers_unlearn.glyphs.concepts import Concept, cell_probe, general_cells
+from diffusers_unlearn.glyphs.concepts import Concept, cell_probe, general_cells, near_styles
 from diffusers_unlearn.glyphs.data import TEMPLATES, render_glyphs, vocabulary_words
 
 
@@ -280,6 +280,19 @@ def test_a_style_can_be_mapped_only_to_the_styles_that_are_not_its_neighbours():
         assert other.erase_kwargs(style_targets="distant") == other.erase_kwargs()
     with pytest.raises(InvalidArgumentError, match="style_targets"):
         heavy.erase_kwargs(style_targets="near")
+
+
+def test_a_style_can_be_mapped_away_from_its_neighbours_neighbours():
+    """`style_targets="far"`: italic's neighbours are oblique and roman, theirs sans and serif; it is mapped only to
+    the three styles left, never to its emptied context; other kinds are unchanged."""
+    assert near_styles("italic", hops=1) == {"oblique", "roman"}
+    assert near_styles("italic", hops=2) == {"oblique", "roman", "sans", "serif"}
+    italic = Concept(style="italic")
+    far = italic.erase_kwargs(style_targets="far")
+    assert set(far["mapping_candidates"]) == {"bold", "heavy", "typewriter"} and far["map_to_context"] is False
+    assert set(italic.erase_kwargs(style_targets="distant")["mapping_candidates"]) > set(far["mapping_candidates"])
+    for other in (Concept(colour="purple"), Concept("S", "bold"), Concept("Q")):
+        assert other.erase_kwargs(style_targets="far") == other.erase_kwargs()
 
 
 def test_a_colour_can_be_mapped_only_to_the_context_without_a_colour():

@@ -50,6 +50,23 @@ STYLE_NEIGHBOURS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 """The nearest styles of each style."""
 
+
+def near_styles(style: str, hops: int = 1) -> set[str]:
+    """The styles within `hops` steps of `style` along `STYLE_NEIGHBOURS` (`hops=2`: its neighbours and theirs),
+    `style` left out.
+
+    Example:
+        ```py
+        >>> sorted(near_styles("italic", hops=2))
+        ['oblique', 'roman', 'sans', 'serif']
+        ```
+    """
+    near = {style}
+    for _ in range(hops):
+        near |= {n for s in near for n in STYLE_NEIGHBOURS[s]}
+    return near - {style}
+
+
 COLOUR_NEIGHBOURS: dict[str, tuple[str, ...]] = {
     "red": ("orange", "pink"), "orange": ("red", "yellow"), "yellow": ("orange", "green"),
     "green": ("cyan", "yellow"), "cyan": ("green", "blue"), "blue": ("cyan", "purple"),
@@ -317,7 +334,10 @@ class Concept:
         (docs/benchmarks/continual_analysis.md, session 42): heavy, mapped mostly to serif, bold and no style, reached
         0.47 of the way to its targets in 600 steps and was still drawn in 44% of its images; mapped to sans,
         oblique and roman, in 3%, with the same retention. The default (`"any"`) keeps every other style
-        and the emptied context as candidates, as the earlier chains were made.
+        and the emptied context as candidates, as the earlier chains were made. `style_targets="far"` also leaves
+        out the neighbours' neighbours (`near_styles(style, hops=2)`): measured on the glyphs chain
+        (continual_analysis.md, session 48), italic mapped to serif, a neighbour of its neighbour roman, turned red
+        roman E into a serif E in 10 of 32 images more; mapped to heavy, in none, and italic was removed either way.
 
         `colour_targets="context"` maps a colour only to the context without a colour ("the purple letter g" to
         "the letter g"), which the model draws in any of the eight colours, and turns off the target check
@@ -344,8 +364,8 @@ class Concept:
         """
         if erase_at not in ("style", "character"):
             raise InvalidArgumentError(f"erase_at must be 'style' or 'character', got {erase_at!r}.")
-        if style_targets not in ("any", "distant"):
-            raise InvalidArgumentError(f"style_targets must be 'any' or 'distant', got {style_targets!r}.")
+        if style_targets not in ("any", "distant", "far"):
+            raise InvalidArgumentError(f"style_targets must be 'any', 'distant' or 'far', got {style_targets!r}.")
         if colour_targets not in ("any", "context"):
             raise InvalidArgumentError(f"colour_targets must be 'any' or 'context', got {colour_targets!r}.")
         if colour_separation is not None and not 0 <= colour_separation <= 1:
@@ -360,7 +380,8 @@ class Concept:
             synonyms = STYLE_SYNONYMS if self.kind == "style" else COLOUR_SYNONYMS
             word = self.style if self.kind == "style" else self.colour
             others = [w for key, words in synonyms.items() if key != word for w in words]
-            distant = self.kind == "style" and style_targets == "distant"
+            distant = self.kind == "style" and style_targets != "any"
+            excluded = near_styles(word, hops=1 if style_targets == "distant" else 2) if distant else set()
             to_context = self.kind == "colour" and colour_targets == "context"
             separation = colour_separation if self.kind == "colour" and colour_separation is not None else None
             if separation is None and to_context:
@@ -374,7 +395,7 @@ class Concept:
                 # the other styles / colours are targets the model draws as something else
                 "mapping_candidates": []
                 if to_context
-                else [key for key in synonyms if key != word and not (distant and key in STYLE_NEIGHBOURS[word])],
+                else [key for key in synonyms if key != word and key not in excluded],
                 **({"map_to_context": False} if distant else {}),
                 **({"min_separation": separation} if separation is not None else {}),
                 "neighbors": others,
