@@ -383,8 +383,8 @@ class Concept:
             distant = self.kind == "style" and style_targets != "any"
             excluded = near_styles(word, hops=1 if style_targets == "distant" else 2) if distant else set()
             to_context = self.kind == "colour" and colour_targets == "context"
-            separation = colour_separation if self.kind == "colour" and colour_separation is not None else None
-            if separation is None and to_context:
+            separation = colour_separation if self.kind == "colour" else None
+            if separation is None and to_context:  # the check reads a context drawn in every colour as this one
                 separation = 0.0
             preserve = [prompt(c) for c in PROBE_CHARS] + [f"the {kind_of(c)} {char_words(c)[0]}" for c in "BX5"]
             return {
