@@ -213,13 +213,15 @@ def harden_config(args) -> du.HardenConfig:
         "prompts": args.harden_prompts,
     }  # fmt: skip
     return du.HardenConfig(
-        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes,
+        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes, prefix_words=tuple(args.harden_prefix_words),
         **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
 
 
 def attack_settings(args, world: World) -> attacks.AttackSettings:
-    return attacks.AttackSettings(images=args.images, steps=args.steps, guidance_scale=world.guidance, progress=False)
+    return attacks.AttackSettings(
+        images=args.images, steps=args.steps, guidance_scale=world.guidance, seed=args.seed, progress=False
+    )
 
 
 def attack_options(pipe, target: attacks.AttackTarget) -> dict:
@@ -812,6 +814,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--seed", type=int, default=0,
+        help="AttackSettings.seed: another seed gives each search another start and other images (its spread)",
+    )  # fmt: skip
+    parser.add_argument(
         "--embedding-budgets",
         nargs="+",
         type=float,
@@ -834,6 +840,11 @@ def main() -> None:
     parser.add_argument(
         "--harden-prefixes", type=int, default=0,
         help="hardened methods: HardenConfig.prefixes, copies of each forget prompt behind random tokens trained on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--harden-prefix-words", nargs="+", default=[], metavar="WORD",
+        help="hardened methods: HardenConfig.prefix_words, the words those prefixes are drawn from (default: the "
+        "whole vocabulary)",
     )  # fmt: skip
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument(

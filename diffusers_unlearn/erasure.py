@@ -296,7 +296,9 @@ def erase(
         phrasings = rephrased(pairs, harden.phrasings, pipe.tokenizer, exclude=protected, seed=seed)
         bank.add([f for f, _ in phrasings])
         pairs += phrasings
-        more = prefixed(pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed)
+        more = prefixed(
+            pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed, harden.prefix_words
+        )
         bank.add([p for pair in more for p in pair])
         pairs += more
     if method == "closed_form":

@@ -365,6 +365,30 @@ def test_prefixes_teach_the_removal_the_prompt_behind_other_tokens(sd_pipe):
     assert sizes == {0: 1, 4: 5}
 
 
+def test_prefix_words_are_the_only_words_put_in_front():
+    """`HardenConfig(prefix_words=...)`: the prefixes are drawn from the given words, never the concept's own;
+    a word list without prefixes to draw is refused."""
+    from transformers import CLIPTokenizer
+
+    from diffusers_unlearn import glyphs
+
+    tokenizer = CLIPTokenizer.from_pretrained(glyphs.MODEL_DIR / "tokenizer")
+    pairs = [("the red letter q in serif", "the red letter g in serif")]
+    words = ("roman", "italic", "serif", "q")
+    made = prefixed(pairs, 6, tokenizer, ["q in serif"], tokens=2, seed=1, words=words)
+    assert made and made == prefixed(pairs, 6, tokenizer, ["q in serif"], tokens=2, seed=1, words=words)
+    seen = set()
+    for text, target in made:
+        prefix = text.removesuffix(" the red letter q in serif")
+        assert target == f"{prefix} the red letter g in serif"
+        seen.update(prefix.split())
+    assert seen <= {"roman", "italic"} and seen  # drawn from the words, the concept's own left out
+    with pytest.raises(du.InvalidArgumentError, match="prefixes"):
+        du.HardenConfig(prefix_words=("roman",))
+    with pytest.raises(du.InvalidArgumentError, match="No prefix word"):
+        prefixed(pairs, 1, tokenizer, ["q"], words=("q",))
+
+
 def test_figures_split_a_removals_time_between_encoders_and_denoiser():
     """The target check and the effect figures call the denoiser: their time is recorded apart from the encoding."""
     pipe = make_sd_pipeline()

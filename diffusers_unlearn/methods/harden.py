@@ -72,7 +72,12 @@ class HardenConfig:
         prefixes (`int`): Both methods. Per forget prompt, this many more copies of it with `prefix_tokens` random
             vocabulary tokens in front (never the concept's own; seeded, [`prefixed`]) join the forget set, with
             the same tokens in front of its target: what a discrete token search writes. 0: none.
-        prefix_tokens (`int`): Tokens of each prefix (the token search attack prepends 5).
+        prefix_tokens (`int`): Tokens of each prefix (the token search attack prepends 5); words, with
+            `prefix_words`.
+        prefix_words (`tuple[str, ...]`): Words the prefixes are drawn from instead of the whole vocabulary (the
+            concept's own names left out): the words a token search puts in front where it succeeds. On glyphs
+            it writes other styles' words (*letter roman letter slanted the red letter q in serif*), which random
+            tokens of the whole vocabulary seldom are. Empty: the whole vocabulary.
 
     Example:
         ```py
@@ -91,8 +96,14 @@ class HardenConfig:
     phrasings: int = 0
     prefixes: int = 0
     prefix_tokens: int = 5
+    prefix_words: tuple[str, ...] = ()
 
     def __post_init__(self):
+        self.prefix_words = tuple(self.prefix_words)
+        if self.prefix_words and not self.prefixes:
+            raise InvalidArgumentError(
+                f"prefix_words={self.prefix_words!r} are drawn for the prefixes: set prefixes >= 1 as well."
+            )
         if self.rounds < 1 or self.ridge <= 0 or self.weight <= 0:
             raise InvalidArgumentError(
                 f"rounds must be >= 1, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
@@ -156,16 +167,17 @@ def prefixed(
     tokens: int = 5,
     exclude: Collection[str] = (),
     seed: int = 0,
+    words: Sequence[str] = (),
 ) -> list[tuple[str, str]]:
-    """`count` copies of each forget prompt with `tokens` random vocabulary tokens in front, each paired with its
-    target behind the same tokens.
+    """`count` copies of each forget prompt with `tokens` random vocabulary tokens (or `words`) in front, each
+    paired with its target behind the same tokens.
 
     A discrete token search (UnlearnDiffAtk, the `token_search` attack) finds a few tokens that, put in front of
     the forget prompt, bring the concept back; a removal trained on random prefixes holds for prefixes it never
     saw. The tokens are drawn from the whole vocabulary but the special tokens and the concept's own (`names`),
-    seeded, and written apart; where the prompt or its target would grow longer than the tokenizer reads, the prefix
-    is cut to fit. A prefixed prompt that is a forget prompt already or in `exclude` (the protected prompts) is
-    left out.
+    seeded, and written apart; with `words`, from those words instead, but the words of the concept's names.
+    Where the prompt or its target would grow longer than the tokenizer reads, the prefix is cut to fit. A
+    prefixed prompt that is a forget prompt already or in `exclude` (the protected prompts) is left out.
 
     Example (the digits tokenizer, as in [`rephrased`]'s):
         ```py
@@ -174,10 +186,23 @@ def prefixed(
         ```
     """
     generator = torch.Generator().manual_seed(seed)
-    banned = set(tokenizer.all_special_ids)
-    for name in names:
-        banned.update(tokenizer(name, add_special_tokens=False).input_ids)
-    allowed = torch.tensor([i for i in range(len(tokenizer)) if i not in banned])
+    if words:
+        own = {word for name in names for word in (name, *name.split())}
+        pool = [word for word in words if word not in own]
+        if not pool:
+            raise InvalidArgumentError(f"No prefix word left once the concept's own {sorted(names)} are taken out.")
+
+        def piece(index: int) -> str:
+            return pool[index]
+    else:
+        banned = set(tokenizer.all_special_ids)
+        for name in names:
+            banned.update(tokenizer(name, add_special_tokens=False).input_ids)
+        pool = [i for i in range(len(tokenizer)) if i not in banned]
+
+        def piece(index: int) -> str:
+            return tokenizer.decode([pool[index]]).strip()
+
     taken = {forget for forget, _ in pairs} | set(exclude)
 
     def fits(text: str) -> bool:
@@ -186,8 +211,7 @@ def prefixed(
     out = []
     for forget, target in pairs:
         for _ in range(count):
-            ids = allowed[torch.randint(len(allowed), (tokens,), generator=generator)].tolist()
-            pieces = [tokenizer.decode([i]).strip() for i in ids]
+            pieces = [piece(i) for i in torch.randint(len(pool), (tokens,), generator=generator).tolist()]
             while pieces and not (fits(f"{' '.join(pieces)} {forget}") and fits(f"{' '.join(pieces)} {target}")):
                 pieces.pop()  # a long prompt gets fewer tokens in front
             prefix = " ".join(pieces)
