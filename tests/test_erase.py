@@ -385,6 +385,8 @@ def test_prefix_words_are_the_only_words_put_in_front():
     assert seen <= {"roman", "italic"} and seen  # drawn from the words, the concept's own left out
     with pytest.raises(du.InvalidArgumentError, match="prefixes"):
         du.HardenConfig(prefix_words=("roman",))
+    with pytest.raises(du.InvalidArgumentError, match="list of words"):
+        du.HardenConfig(prefixes=1, prefix_words="roman")
     with pytest.raises(du.InvalidArgumentError, match="No prefix word"):
         prefixed(pairs, 1, tokenizer, ["q"], words=("q",))
 

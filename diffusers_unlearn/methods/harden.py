@@ -99,6 +99,8 @@ class HardenConfig:
     prefix_words: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if isinstance(self.prefix_words, str):
+            raise InvalidArgumentError(f"prefix_words takes a list of words, got the string {self.prefix_words!r}.")
         self.prefix_words = tuple(self.prefix_words)
         if self.prefix_words and not self.prefixes:
             raise InvalidArgumentError(
