@@ -673,6 +673,9 @@ GLYPH_METHODS = (
     "naive stacking",
 )
 HELD_OUT = " (held-out)"
+GLYPH_PREFIX_WORDS = (*(w for words in glyph_data.STYLE_SYNONYMS.values() for w in words), "letter", "digit", "in")
+"""`--harden-prefixes`: the words put in front of each forget prompt (a concept's own left out): the styles' words,
+which the token search writes in front of serif Q to bring it back (docs/benchmarks/robustness.md, session 49)."""
 
 
 def paraphrase_probe(concept: glyph_concepts.Concept) -> ConceptProbe:
@@ -764,6 +767,10 @@ def run_glyphs(args) -> dict:
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
                     kwargs["compose_targets"] = args.compose_targets
+                    if args.harden_prefixes:
+                        kwargs["harden"] = du.HardenConfig(
+                            rounds=args.harden_rounds, prefixes=args.harden_prefixes, prefix_words=GLYPH_PREFIX_WORDS
+                        )
                     adapter = du.erase(bare or pipe, **kwargs)
                     if args.remake_pushed is not None and bare is None:
                         adapter, push_check = remake_if_kept(pipe, adapter, concept, kwargs, args, scorer, call)
@@ -1220,6 +1227,20 @@ def main() -> None:
         metavar="ETA",
         help="glyphs: a distilled removal whose own images (--remake-images a prompt, the removal fused on the "
         "chain) still show its concept more than --remake-over over chance is made again with negative_guidance=ETA",
+    )
+    parser.add_argument(
+        "--harden-prefixes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="glyphs: harden every removal: HardenConfig(prefixes=K, prefix_words=GLYPH_PREFIX_WORDS), K copies of "
+        "each forget prompt behind style words trained on, and held by the later removals",
+    )
+    parser.add_argument(
+        "--harden-rounds",
+        type=int,
+        default=3,
+        help="glyphs, with --harden-prefixes: HardenConfig.rounds, rounds of derived embeddings (0: prefixes only)",
     )
     parser.add_argument("--remake-images", type=int, default=16, help="glyphs: images per prompt of the push check")
     parser.add_argument(

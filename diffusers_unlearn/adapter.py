@@ -338,8 +338,8 @@ _REQUIRED = {"name": str, "rank": int, "base_fingerprint": str, "method": str}
 _OPTIONAL = {
     "denoiser": str, "family": str, "concept": (str, type(None)), "aliases": list, "targets": list,
     "protected_neighbors": list, "protected_prompts": list, "preserve": list, "forget_prompts": list,
-    "parents": list, "figures": dict, "hyperparameters": dict, "members": list, "adapter_id": str,
-    "preserve_groups": dict, "base_fingerprint_bf16": str, "composed_targets": dict,
+    "hardened_prompts": list, "parents": list, "figures": dict, "hyperparameters": dict, "members": list,
+    "adapter_id": str, "preserve_groups": dict, "base_fingerprint_bf16": str, "composed_targets": dict,
 }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from diffusers_unlearn import attacks, digits
 from diffusers_unlearn.digits import DigitsConceptScorer
 from diffusers_unlearn.digits.attacks import attack_target
 from diffusers_unlearn.digits.concepts import Concept
+from diffusers_unlearn.evaluation import ConceptProbe, evaluate
 from diffusers_unlearn.methods import distill as distill_module
 
 SETTINGS = attacks.AttackSettings(images=4, steps=8, progress=False)
@@ -81,7 +82,8 @@ def test_a_hardened_run_resumes_to_the_same_adapter(sd_pipe, tmp_path, monkeypat
 @quiet
 def test_bad_hardening_input_raises(sd_pipe):
     for bad in (
-        dict(rounds=0),
+        dict(rounds=-1),
+        dict(rounds=0),  # nothing to harden with
         dict(prompts=0),
         dict(iterations=0),
         dict(samples=0),
@@ -94,3 +96,54 @@ def test_bad_hardening_input_raises(sd_pipe):
         du.erase(sd_pipe, "cat", method="distill", harden="yes")
     with pytest.raises(du.InvalidArgumentError, match="more than 3 training steps"):
         du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**dict(TINY, steps=3)), harden=True)
+
+
+@pytest.mark.random_targets
+@quiet
+def test_later_distilled_removals_hold_an_earlier_removals_hardened_prompts(sd_pipe, monkeypatch):
+    """A hardened removal saves the forget prompts its hardening added (`hardened_prompts`, none when redacted); a
+    later distilled removal replays them with the plain ones, so that it does not wear the hardening away. With
+    `rounds=0` the hardening is these prompts alone: no embedding derived."""
+    from diffusers_unlearn import erasure
+
+    harden = du.HardenConfig(rounds=0, prefixes=2, prefix_words=("big", "small", "old"))
+    first = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden)
+    hardened = first.metadata["hardened_prompts"]
+    assert first.metadata["figures"]["forget_pairs"] == 3 and "harden_rounds" not in first.metadata["figures"]
+    assert len(hardened) == 2 and all(p.endswith(" a photo of cat") and p != "a photo of cat" for p in hardened)
+    redacted = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden, redact=True)
+    assert redacted.metadata["hardened_prompts"] == [] and redacted.metadata["forget_prompts"] == []
+
+    replayed = []
+    real = erasure.distill
+    monkeypatch.setattr(
+        erasure, "distill", lambda *a, earlier, **k: replayed.append(earlier) or real(*a, **k, earlier=earlier)
+    )
+    sd_pipe.load_unlearning(first)
+    du.erase(
+        sd_pipe,
+        "bird",
+        templates=["a photo of {}"],
+        neighbors=["fish"],
+        method="distill",
+        config=du.DistillConfig(**TINY),
+    )
+    assert replayed == [[[*first.metadata["forget_prompts"], *hardened]]]  # one earlier removal, both kinds of prompt
+
+
+def test_a_hardened_combination_is_still_erased():
+    """Prefixed copies of the forget prompts are averaged apart from the forget prompts (`plain_pairs`): drawn in
+    with them, two prefixes a prompt left the forget prompts a third of the forget term, and this removal of the
+    digits combination "blue three" drew it in every image (measured; plain, and now: in none)."""
+    torch.manual_seed(0)
+    concept = Concept(3, "blue")
+    pipe = digits.load_pipeline()
+    harden = du.HardenConfig(rounds=0, prefixes=2, prefix_words=("thin", "bold", "a", "the", "in"))
+    config = du.DistillConfig(**DIGITS)
+    kwargs = concept.erase_kwargs() | {"method": "distill", "distance": "proxy", "config": config, "harden": harden}
+    removal = du.erase(pipe, **kwargs)
+    assert removal.metadata["figures"]["forget_pairs"] == 3 * len(removal.metadata["forget_prompts"])
+    pipe.load_unlearning(removal)
+    conjunction = ConceptProbe("blue three", concept.forget_probe().prompts, {"digit": 3, "colour": "blue"})
+    shown = evaluate(pipe, DigitsConceptScorer(), forget=[conjunction], images_per_prompt=4, progress=False)
+    assert shown.forget["blue three"] <= 0.25  # measured 0%

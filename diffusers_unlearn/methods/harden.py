@@ -52,6 +52,8 @@ class HardenConfig:
         rounds (`int`): Both methods. Closed form: rounds of derive-and-erase after the plain solve (one `d x d`
             solve each). Distill: rounds of derive-and-add during training, at evenly spaced steps (with 500
             steps and 3 rounds: at steps 125, 250 and 375), plus one derivation after training that only measures.
+            0: no embeddings derived, only the `phrasings` and `prefixes` prompts trained on (the cost of a plain
+            removal with a larger forget set).
         ridge (`float`): Closed form only. RECE's regulariser of the derived embedding, relative to the mean
             eigenvalue of `M^T Gram M`. Smaller finds embeddings that reproduce the concept more exactly, of any
             size.
@@ -106,9 +108,13 @@ class HardenConfig:
             raise InvalidArgumentError(
                 f"prefix_words={self.prefix_words!r} are drawn for the prefixes: set prefixes >= 1 as well."
             )
-        if self.rounds < 1 or self.ridge <= 0 or self.weight <= 0:
+        if self.rounds < 0 or self.ridge <= 0 or self.weight <= 0:
             raise InvalidArgumentError(
-                f"rounds must be >= 1, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
+                f"rounds must be >= 0, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
+            )
+        if not (self.rounds or self.phrasings or self.prefixes):
+            raise InvalidArgumentError(
+                "rounds=0 derives no embeddings: give phrasings or prefixes to harden with, or rounds >= 1."
             )
         if self.phrasings < 0 or self.prefixes < 0 or self.prefix_tokens < 1:
             raise InvalidArgumentError(
