@@ -288,7 +288,8 @@ def distill_options(args, concept=None, step: int | None = None) -> dict:
     nonzero = {"rank": args.distill_rank, "latent_pool": args.distill_latent_pool,
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push,
                "earlier_protection": args.distill_earlier_protection,
-               "earlier_overlap": args.distill_earlier_overlap}  # fmt: skip
+               "earlier_overlap": args.distill_earlier_overlap,
+               "earlier_hardened": args.distill_earlier_hardened}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     if args.distill_earlier_anchor != "chain":
         nonzero["earlier_anchor"] = args.distill_earlier_anchor
@@ -1127,6 +1128,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
         help="distill's earlier_overlap: the share of that group given out by the new removal's overlap (default 0)",
     )  # fmt: skip
     parser.add_argument(
+        "--distill-earlier-hardened", action="store_true",
+        help="distill's earlier_hardened: hold the earlier removals' hardened prompts too (with --harden-prefixes)",
+    )  # fmt: skip
+    parser.add_argument(
         "--distill-repair-steps", type=int, default=0,
         help="distill's repair_steps: a second LoRA pulls what the removals protected back to the untouched model",
     )  # fmt: skip
@@ -1234,7 +1239,7 @@ def main() -> None:
         default=0,
         metavar="K",
         help="glyphs: harden every removal: HardenConfig(prefixes=K, prefix_words=GLYPH_PREFIX_WORDS), K copies of "
-        "each forget prompt behind style words trained on, and held by the later removals",
+        "each forget prompt behind style words trained on",
     )
     parser.add_argument(
         "--harden-rounds",

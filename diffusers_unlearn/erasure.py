@@ -331,7 +331,10 @@ def erase(
         # "bold yellow nine"); the later request wins
         asks = asks_for_concept(names, contexts, protected)
         drawn_as_it = {p for a in previous for p, target in targets_by_prompt(a).items() if asks(target)}
-        earlier = [[p for p in replayed_forget_prompts(a) if not asks(p) and p not in drawn_as_it] for a in previous]
+        earlier = [
+            [p for p in replayed_forget_prompts(a, config.earlier_hardened) if not asks(p) and p not in drawn_as_it]
+            for a in previous
+        ]
         replayed = [kept for prompts in groups.values() if (kept := [p for p in prompts if p not in drawn_as_it])]
         kept_earlier = []  # what the earlier removals protected, by removal and group, with earlier_protection
         if previous and config.earlier_protection > 0:
@@ -471,12 +474,14 @@ def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> 
     return [words[i] for i in top]
 
 
-def replayed_forget_prompts(adapter: UnlearningAdapter) -> list[str]:
-    """What a later distilled removal holds removed for an earlier one: its forget prompts and those its hardening
-    added (`hardened_prompts`: other word orders, words in front). Without the latter, later removals replay only the
-    plain prompts and wear the hardening away (glyphs, session 49: the token search found serif Q again in 12-25% of
-    images after 9 plain removals on a hardened one, 0% after the hardened removal alone)."""
-    return [*adapter.metadata.get("forget_prompts", []), *adapter.metadata.get("hardened_prompts", [])]
+def replayed_forget_prompts(adapter: UnlearningAdapter, hardened: bool = False) -> list[str]:
+    """What a later distilled removal holds removed for an earlier one: its forget prompts, and with `hardened`
+    (`DistillConfig.earlier_hardened`) those its hardening added (`hardened_prompts`: other word orders, words in
+    front)."""
+    return [
+        *adapter.metadata.get("forget_prompts", []),
+        *(adapter.metadata.get("hardened_prompts", []) if hardened else []),
+    ]
 
 
 def _metadata(

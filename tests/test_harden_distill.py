@@ -102,8 +102,8 @@ def test_bad_hardening_input_raises(sd_pipe):
 @quiet
 def test_later_distilled_removals_hold_an_earlier_removals_hardened_prompts(sd_pipe, monkeypatch):
     """A hardened removal saves the forget prompts its hardening added (`hardened_prompts`, none when redacted); a
-    later distilled removal replays them with the plain ones, so that it does not wear the hardening away. With
-    `rounds=0` the hardening is these prompts alone: no embedding derived."""
+    later distilled removal holds them with the plain ones with `DistillConfig(earlier_hardened=True)`, so that it
+    does not wear the hardening away. With `rounds=0` the hardening is these prompts alone: no embedding derived."""
     from diffusers_unlearn import erasure
 
     harden = du.HardenConfig(rounds=0, prefixes=2, prefix_words=("big", "small", "old"))
@@ -120,15 +120,11 @@ def test_later_distilled_removals_hold_an_earlier_removals_hardened_prompts(sd_p
         erasure, "distill", lambda *a, earlier, **k: replayed.append(earlier) or real(*a, **k, earlier=earlier)
     )
     sd_pipe.load_unlearning(first)
-    du.erase(
-        sd_pipe,
-        "bird",
-        templates=["a photo of {}"],
-        neighbors=["fish"],
-        method="distill",
-        config=du.DistillConfig(**TINY),
-    )
-    assert replayed == [[[*first.metadata["forget_prompts"], *hardened]]]  # one earlier removal, both kinds of prompt
+    for held in (False, True):
+        config = du.DistillConfig(**TINY, earlier_hardened=held)
+        du.erase(sd_pipe, "bird", templates=["a photo of {}"], neighbors=["fish"], method="distill", config=config)
+    plain = first.metadata["forget_prompts"]
+    assert replayed == [[plain], [[*plain, *hardened]]]  # one earlier removal: its forget prompts, then both kinds
 
 
 def test_a_hardened_combination_is_still_erased():

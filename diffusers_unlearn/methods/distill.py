@@ -150,6 +150,12 @@ class DistillConfig:
             disabled), so that the hold gives back what the later ones took and its target cannot drift along
             the chain. A prompt a later removal's concept names stays held to the chain as loaded (the later
             request wins).
+        earlier_hardened (`bool`): Hold an earlier hardened removal's phrasings and prefixed prompts
+            (`metadata["hardened_prompts"]`) with its forget prompts, so that later removals do not wear its
+            hardening away. On glyphs, the token search brought serif Q back in 12-25% of images after nine plain
+            removals on a hardened one, in none after ten hardened removals that held them; on digits, holding the
+            660 prefixed prompts of "seven" left the next removal, "blue three", drawn in 28-44% of its images
+            (9% without): off by default (docs/benchmarks/robustness.md).
         earlier_overlap (`float`): With `earlier_protection`, the share of that group's weight given out by how
             far this removal's change reaches each prompt (`edit_overlap`: the forget prompts' text-embedding
             moves, carried to the prompt's tokens by their similarity to the forget prompts' tokens) instead of
@@ -206,6 +212,7 @@ class DistillConfig:
     earlier_protection: float = 0.0
     earlier_overlap: float = 0.0
     earlier_anchor: Literal["chain", "own"] = "chain"
+    earlier_hardened: bool = False
     repair_steps: int = 0
     repair_push: float = 0.1
     repair_anchor: Literal["chain", "own"] = "chain"
