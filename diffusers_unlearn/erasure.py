@@ -290,7 +290,7 @@ def erase(
     composed = composed_targets(pairs, names, previous) if compose_targets else {}
     pairs = [(prompt, composed.get(prompt, target)) for prompt, target in pairs]
     bank.add(list(composed.values()))
-    hardened: list[str] = []  # the forget prompts a hardening adds: later distilled removals hold them removed too
+    hardened: list[str] = []  # the forget prompts a hardening adds (saved: later removals may hold them too)
     plain_pairs = len(pairs)
     if harden is not None and (harden.phrasings or harden.prefixes):
         # other word orders of the forget prompts (what a paraphrase tries), then random tokens in front of them
