@@ -4,6 +4,8 @@ Random tiny models have degenerate text embeddings, so these tests check the mec
 protection working, stacking), not image-level quality: that is measured on the digits model.
 """
 
+import warnings
+
 import pytest
 import torch
 from conftest import generate, make_sd_pipeline, make_sdxl_pipeline, noise_predictions
@@ -360,7 +362,11 @@ def test_prefixes_teach_the_removal_the_prompt_behind_other_tokens(sd_pipe):
     sizes = {}
     for prefixes in (0, 4):  # every forget pair gets its prefixed copies (here one pair: "a photo of cat")
         harden = du.HardenConfig(rounds=1, prefixes=prefixes, prefix_tokens=3)
-        adapter = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            adapter = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden)
+        said = [str(w.message) for w in caught if issubclass(w.category, du.WeakRemovalWarning)]
+        assert any("hardened with phrasings or prefixes in closed form" in m for m in said) == bool(prefixes)
         sizes[prefixes] = adapter.metadata["figures"]["forget_pairs"]
     assert sizes == {0: 1, 4: 5}
 
