@@ -46,6 +46,7 @@ import shlex
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -768,10 +769,8 @@ def run_glyphs(args) -> dict:
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
                     kwargs["compose_targets"] = args.compose_targets
-                    if args.harden_prefixes:
-                        kwargs["harden"] = du.HardenConfig(
-                            rounds=args.harden_rounds, prefixes=args.harden_prefixes, prefix_words=GLYPH_PREFIX_WORDS
-                        )
+                    if hardening_asked(args):
+                        kwargs["harden"] = harden_config(args, GLYPH_PREFIX_WORDS if args.world == "glyphs" else ())
                     adapter = du.erase(bare or pipe, **kwargs)
                     if args.remake_pushed is not None and bare is None:
                         adapter, push_check = remake_if_kept(pipe, adapter, concept, kwargs, args, scorer, call)
@@ -1069,6 +1068,48 @@ def _plot_glyphs(results: dict, path: Path) -> None:
     _save_with_legend(figure, axes, path)
 
 
+def add_harden_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `--harden-*` options, the `HardenConfig` fields that `harden_config` reads: shared with `robustness.py`,
+    where they set its hardened methods' hardening; here, given, they harden every removal of the chain."""
+    parser.add_argument("--harden-rounds", type=int, default=None, help="HardenConfig.rounds (0: prompts only)")
+    parser.add_argument("--harden-iterations", type=int, default=None, help="HardenConfig.iterations")
+    parser.add_argument("--harden-weight", type=float, default=None, help="HardenConfig.weight")
+    parser.add_argument("--harden-prompts", type=int, default=None, help="HardenConfig.prompts")
+    parser.add_argument(
+        "--harden-phrasings", type=int, default=0,
+        help="HardenConfig.phrasings, other word orders of each forget prompt trained on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--harden-prefixes", type=int, default=0, metavar="K",
+        help="HardenConfig.prefixes, K copies of each forget prompt behind random words trained on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--harden-prefix-words", nargs="+", default=[], metavar="WORD",
+        help="HardenConfig.prefix_words, the words of those prefixes (default: continual.py on glyphs "
+        "GLYPH_PREFIX_WORDS, otherwise the whole vocabulary)",
+    )  # fmt: skip
+
+
+def hardening_asked(args) -> bool:
+    """Whether any `--harden-*` option is given: `continual.py` then hardens every removal."""
+    given = (args.harden_rounds, args.harden_iterations, args.harden_weight, args.harden_prompts)
+    return any(value is not None for value in given) or bool(args.harden_phrasings or args.harden_prefixes)
+
+
+def harden_config(args, prefix_words: Sequence[str] = ()) -> du.HardenConfig:
+    """`HardenConfig`'s defaults with the fields the `--harden-*` options set; `prefix_words` unless
+    `--harden-prefix-words` names others (and only with `--harden-prefixes`)."""
+    given = {
+        "rounds": args.harden_rounds, "iterations": args.harden_iterations, "weight": args.harden_weight,
+        "prompts": args.harden_prompts,
+    }  # fmt: skip
+    words = tuple(args.harden_prefix_words) or (tuple(prefix_words) if args.harden_prefixes else ())
+    return du.HardenConfig(
+        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes, prefix_words=words,
+        **{k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
+
+
 def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     """The `--distill-*` options (and `--lambda-replay`) that `distill_options` reads: shared with
     `robustness.py`, so that a chain it attacks is made with the options of a continual run."""
@@ -1129,7 +1170,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--distill-earlier-hardened", action="store_true",
-        help="distill's earlier_hardened: hold the earlier removals' hardened prompts too (with --harden-prefixes)",
+        help="distill's earlier_hardened: hold the earlier removals' hardened prompts too (with --harden-*)",
     )  # fmt: skip
     parser.add_argument(
         "--distill-repair-steps", type=int, default=0,
@@ -1233,20 +1274,6 @@ def main() -> None:
         help="glyphs: a distilled removal whose own images (--remake-images a prompt, the removal fused on the "
         "chain) still show its concept more than --remake-over over chance is made again with negative_guidance=ETA",
     )
-    parser.add_argument(
-        "--harden-prefixes",
-        type=int,
-        default=0,
-        metavar="K",
-        help="glyphs: harden every removal: HardenConfig(prefixes=K, prefix_words=GLYPH_PREFIX_WORDS), K copies of "
-        "each forget prompt behind style words trained on",
-    )
-    parser.add_argument(
-        "--harden-rounds",
-        type=int,
-        default=3,
-        help="glyphs, with --harden-prefixes: HardenConfig.rounds, rounds of derived embeddings (0: prefixes only)",
-    )
     parser.add_argument("--remake-images", type=int, default=16, help="glyphs: images per prompt of the push check")
     parser.add_argument(
         "--remake-over", type=float, default=0.05, help="glyphs: the push check's excess over chance that remakes"
@@ -1276,6 +1303,7 @@ def main() -> None:
         help="digits: erase a combination at its digit word, or at its stroke / colour word (`Concept.erase_kwargs`)",
     )
     add_distill_arguments(parser)
+    add_harden_arguments(parser)
     parser.add_argument(
         "--repair-undone", type=float, default=0.0,
         help="distill: re-make an earlier removal on top once the later ones took back this share of it (0: never)",

@@ -30,9 +30,10 @@ baselines `coarse target` and `no local protection`.
 made (a chain saved by `continual.py --chain-dir` with the same options, linked or copied there, is attacked without
 being made again), the others are made and saved. The `--distill-*` options are the continual benchmark's
 (`continual.add_distill_arguments`, read by `continual.distill_options`); those given win over a held chain's own, so
-a held chain is made with the options of a continual run. The chain `continual.py --methods "distill, base anchor"
---chain-dir` saves is the `distill, held` chain of the same options when they include `HELD`'s (`--distill-modules
-attn2.to_q attn2.to_k attn2.to_v attn2.to_out.0 ff.net.2 --distill-lambda-earlier 10 --distill-base-share 0.5`):
+a held chain is made with the options of a continual run. The `--harden-*` options (`continual.add_harden_arguments`)
+set the hardened methods' `HardenConfig`. The chain `continual.py --methods "distill, base anchor" --chain-dir` saves
+is the `distill, held` chain of the same options when they include `HELD`'s (`--distill-modules attn2.to_q attn2.to_k
+attn2.to_v attn2.to_out.0 ff.net.2 --distill-lambda-earlier 10 --distill-base-share 0.5`):
 link its `distill--base-anchor` folder as `DIR/distill--held`.
 
 `--embedding-budgets` runs, instead of the whole suite, the embedding attack with each per-token budget
@@ -206,18 +207,6 @@ def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | 
     return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill)
 
 
-def harden_config(args) -> du.HardenConfig:
-    """The hardened methods' `HardenConfig`: its defaults, and the fields the command line sets."""
-    given = {
-        "rounds": args.harden_rounds, "iterations": args.harden_iterations, "weight": args.harden_weight,
-        "prompts": args.harden_prompts,
-    }  # fmt: skip
-    return du.HardenConfig(
-        phrasings=args.harden_phrasings, prefixes=args.harden_prefixes, prefix_words=tuple(args.harden_prefix_words),
-        **{k: v for k, v in given.items() if v is not None},
-    )  # fmt: skip
-
-
 def attack_settings(args, world: World) -> attacks.AttackSettings:
     return attacks.AttackSettings(
         images=args.images, steps=args.steps, guidance_scale=world.guidance, seed=args.seed, progress=False
@@ -247,7 +236,8 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             loaded += 1
         else:
             try:
-                kwargs = erase_kwargs(concept, method, continual.distill_options(args, concept), harden_config(args))
+                distill, harden = continual.distill_options(args, concept), continual.harden_config(args)
+                kwargs = erase_kwargs(concept, method, distill, harden)
                 adapter = du.erase(pipe, **kwargs)
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
                 skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
@@ -332,7 +322,7 @@ def _settings(args, world: World) -> dict:
         "guidance_scale": world.guidance,
         "distill_steps": args.distill_steps,
         **{k: v for k, v in vars(args).items() if k.startswith("distill_") and v not in (None, 0, [])},  # those given
-        **({"harden": changed} if (changed := _changed(harden_config(args), du.HardenConfig())) else {}),
+        **({"harden": changed} if (changed := _changed(continual.harden_config(args), du.HardenConfig())) else {}),
         "general_cells": args.general_cells,
     }
 
@@ -827,25 +817,7 @@ def main() -> None:
     parser.add_argument("--world", choices=WORLDS, default="digits")
     parser.add_argument("--concept", default=None, help="glyphs: the attacked concept (default: the first removal)")
     continual.add_distill_arguments(parser)  # the continual benchmark's options, so its chains can be attacked
-    parser.add_argument("--harden-rounds", type=int, default=None, help="hardened methods: HardenConfig.rounds")
-    parser.add_argument(
-        "--harden-iterations", type=int, default=None, help="hardened methods: HardenConfig.iterations"
-    )  # fmt: skip
-    parser.add_argument("--harden-weight", type=float, default=None, help="hardened methods: HardenConfig.weight")
-    parser.add_argument("--harden-prompts", type=int, default=None, help="hardened methods: HardenConfig.prompts")
-    parser.add_argument(
-        "--harden-phrasings", type=int, default=0,
-        help="hardened methods: HardenConfig.phrasings, other word orders of each forget prompt trained on",
-    )  # fmt: skip
-    parser.add_argument(
-        "--harden-prefixes", type=int, default=0,
-        help="hardened methods: HardenConfig.prefixes, copies of each forget prompt behind random tokens trained on",
-    )  # fmt: skip
-    parser.add_argument(
-        "--harden-prefix-words", nargs="+", default=[], metavar="WORD",
-        help="hardened methods: HardenConfig.prefix_words, the words those prefixes are drawn from (default: the "
-        "whole vocabulary)",
-    )  # fmt: skip
+    continual.add_harden_arguments(parser)  # the hardened methods' HardenConfig
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
     parser.add_argument(
         "--chain-dir", type=Path, default=None,
