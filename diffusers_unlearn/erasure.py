@@ -299,8 +299,9 @@ def erase(
         bank.add([f for f, _ in phrasings])
         pairs += phrasings
         more = prefixed(
-            pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed, harden.prefix_words
-        )
+            pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed, harden.prefix_words,
+            avoid=erased_by(previous) if previous else None,  # no prefix that reopens an earlier removal
+        )  # fmt: skip
         bank.add([p for pair in more for p in pair])
         pairs += more
         hardened = [prompt for prompt, _ in phrasings + more]

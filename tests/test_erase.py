@@ -11,7 +11,7 @@ import torch
 from conftest import generate, make_sd_pipeline, make_sdxl_pipeline, noise_predictions
 
 import diffusers_unlearn as du
-from diffusers_unlearn import erasure
+from diffusers_unlearn import digits, erasure
 from diffusers_unlearn.constraints import protect_groups
 from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.families import family_of
@@ -395,6 +395,32 @@ def test_prefix_words_are_the_only_words_put_in_front():
         du.HardenConfig(prefixes=1, prefix_words="roman")
     with pytest.raises(du.InvalidArgumentError, match="No prefix word"):
         prefixed(pairs, 1, tokenizer, ["q"], words=("q",))
+
+
+def test_prefixes_never_reopen_an_earlier_removal():
+    """A prefix that makes a hardened removal's prompt or target ask for an earlier removal's concept is drawn
+    again: erasing "red" after "blue three", "blue thin a red three" -> "blue thin a green three" would teach the
+    chain to draw blue threes (the hardened digits chains drew blue three again in half its images)."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(digits.MODEL_DIR / "tokenizer")
+    pairs = [("a red three", "a green three"), ("the number three in red", "the number three in yellow")]
+    words, asks = ("blue", "yellow", "thin", "a"), lambda prompt: {"blue", "three"} <= set(prompt.split())
+    free = prefixed(pairs, 8, tokenizer, ["red"], tokens=2, seed=0, words=words)
+    kept = prefixed(pairs, 8, tokenizer, ["red"], tokens=2, seed=0, words=words, avoid=asks)
+    assert any(asks(text) for text, _ in free)  # blue drawn in front of a three, without `avoid`
+    assert not any(asks(text) or asks(target) for text, target in kept) and len(kept) >= len(free) - 2
+
+    pipe = make_sd_pipeline()
+    harden = du.HardenConfig(rounds=0, prefixes=4, prefix_words=("cat", "big", "small"))
+    dog = {"templates": ["a photo of {}"], "neighbors": ["bird"], "harden": harden}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", du.WeakRemovalWarning)  # the closed form hardened with prefixes
+        alone = du.erase(pipe, "dog", **dog).metadata["hardened_prompts"]
+        pipe.load_unlearning(du.erase(pipe, "cat", templates=["a photo of {}"], neighbors=["bird"]))
+        after_cat = du.erase(pipe, "dog", **dog).metadata["hardened_prompts"]
+    assert any("cat" in p.split() for p in alone) and after_cat  # "cat" drawn, until "cat" is erased
+    assert not any("cat" in p.split() for p in after_cat)
 
 
 def test_figures_split_a_removals_time_between_encoders_and_denoiser():

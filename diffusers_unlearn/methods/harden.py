@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +72,9 @@ class HardenConfig:
             phrasings, distill): on glyphs the paraphrase attack's ASR 10% -> 2%; on digits, where it was already
             1%, the embedding attack's 12% -> 88%.
         prefixes (`int`): Both methods. Per forget prompt, this many more copies of it with `prefix_tokens` random
-            vocabulary tokens in front (never the concept's own; seeded, [`prefixed`]) join the forget set, with
-            the same tokens in front of its target: what a discrete token search writes. 0: none.
+            vocabulary tokens in front (never the concept's own, nor a prefix that asks for an earlier removal's
+            concept; seeded, [`prefixed`]) join the forget set, with the same tokens in front of its target: what a
+            discrete token search writes. 0: none.
         prefix_tokens (`int`): Tokens of each prefix (the token search attack prepends 5); words, with
             `prefix_words`.
         prefix_words (`tuple[str, ...]`): Words the prefixes are drawn from instead of the whole vocabulary (the
@@ -176,6 +177,7 @@ def prefixed(
     exclude: Collection[str] = (),
     seed: int = 0,
     words: Sequence[str] = (),
+    avoid: Callable[[str], bool] | None = None,
 ) -> list[tuple[str, str]]:
     """`count` copies of each forget prompt with `tokens` random vocabulary tokens (or `words`) in front, each
     paired with its target behind the same tokens.
@@ -185,7 +187,10 @@ def prefixed(
     saw. The tokens are drawn from the whole vocabulary but the special tokens and the concept's own (`names`),
     seeded, and written apart; with `words`, from those words instead, but the words of the concept's names.
     Where the prompt or its target would grow longer than the tokenizer reads, the prefix is cut to fit. A
-    prefixed prompt that is a forget prompt already or in `exclude` (the protected prompts) is left out.
+    prefixed prompt that is a forget prompt already or in `exclude` (the protected prompts) is left out. With
+    `avoid` (`erased_by` the earlier removals), a prefix that makes the prompt or its target ask for an earlier
+    removal's concept is drawn again (up to 8 times): "blue thin a red three" -> "blue thin a green three", erasing
+    "red" after "blue three", would train the chain to draw blue threes again.
 
     Example (the digits tokenizer, as in [`rephrased`]'s):
         ```py
@@ -216,13 +221,24 @@ def prefixed(
     def fits(text: str) -> bool:
         return len(tokenizer(text, verbose=False).input_ids) <= tokenizer.model_max_length
 
+    def draw(forget: str, target: str) -> str:
+        pieces = [piece(i) for i in torch.randint(len(pool), (tokens,), generator=generator).tolist()]
+        while pieces and not (fits(f"{' '.join(pieces)} {forget}") and fits(f"{' '.join(pieces)} {target}")):
+            pieces.pop()  # a long prompt gets fewer tokens in front
+        return " ".join(pieces)
+
+    def reopens(prefix: str, forget: str, target: str) -> bool:
+        return avoid is not None and (avoid(f"{prefix} {forget}") or avoid(f"{prefix} {target}"))
+
     out = []
     for forget, target in pairs:
         for _ in range(count):
-            pieces = [piece(i) for i in torch.randint(len(pool), (tokens,), generator=generator).tolist()]
-            while pieces and not (fits(f"{' '.join(pieces)} {forget}") and fits(f"{' '.join(pieces)} {target}")):
-                pieces.pop()  # a long prompt gets fewer tokens in front
-            prefix = " ".join(pieces)
+            for _ in range(9):  # a prefix that asks for an earlier removal's concept is drawn again, 8 times at most
+                prefix = draw(forget, target)
+                if not reopens(prefix, forget, target):
+                    break
+            else:
+                continue
             text = f"{prefix} {forget}"
             if prefix and text not in taken:
                 taken.add(text)
