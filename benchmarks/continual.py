@@ -28,6 +28,8 @@ prompts and seeds. Writes docs/benchmarks/continual.md and continual.png.
     python benchmarks/continual.py --methods distill --chain-dir runs --output /tmp/a.md   # keep every removal
     python benchmarks/continual.py --methods distill --chain-dir runs --reuse 11 --removals 14 --output /tmp/b.md
         # the first 11 removals loaded from runs/, steps 12-14 made again (with other options: a variant from there)
+    python benchmarks/continual.py --methods distill --harden-prefixes 2 --harden-rounds 0 --output /tmp/c.md
+        # every removal hardened: HardenConfig from the --harden-* options (on glyphs the prefixes are style words)
 
 On digits, a combination ("bold yellow nine") is measured on its digit (the historical column) and, in the
 conjunction column, as shown only if digit, colour and stroke all are. On glyphs every concept is measured by
@@ -311,13 +313,14 @@ def distill_options(args, concept=None, step: int | None = None) -> dict:
 def erase_step(
     pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False,
     erase_at: str = "digit", distill: dict | None = None, name: str | None = None, background: int = 0,
+    harden: du.HardenConfig | None = None,
 ):  # fmt: skip
     """One removal; when every mapping target is refused, the user's recourse the error names: the same request
     with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
     `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
     if any."""
     kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at, background=background)
-    kwargs |= {"name": name} if name else {}
+    kwargs |= ({"name": name} if name else {}) | ({"harden": harden} if harden else {})
     gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
     fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
@@ -351,6 +354,7 @@ def run(args) -> dict:
     print(f"untouched: forget {untouched.forget_accuracy:.3f}, cells {untouched.general_retention:.3f}", flush=True)
 
     untouched_pipe = digits.load_pipeline()  # the interference check reads the untouched weights
+    harden = harden_config(args) if hardening_asked(args) else None  # on every removal
     for method in args.methods:
         pipe = digits.load_pipeline()
         bare = digits.load_pipeline() if method in ("naive stacking", "joint merge") else None
@@ -368,14 +372,14 @@ def run(args) -> dict:
                 elif args.target_fallback:
                     adapter, fallback = erase_step(
                         bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits,
-                        args.combination_at, distill_options(args), background=args.background,
+                        args.combination_at, distill_options(args), background=args.background, harden=harden,
                     )  # fmt: skip
                 else:
                     kwargs = erase_kwargs(
                         concept, method, config, distill_options(args), erase_at=args.combination_at,
                         background=args.background,
                     )  # fmt: skip
-                    adapter = du.erase(bare or pipe, **kwargs)
+                    adapter = du.erase(bare or pipe, **kwargs, **({"harden": harden} if harden else {}))
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
                 adapter = None
@@ -770,7 +774,7 @@ def run_glyphs(args) -> dict:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
                     kwargs["compose_targets"] = args.compose_targets
                     if hardening_asked(args):
-                        kwargs["harden"] = harden_config(args, GLYPH_PREFIX_WORDS if args.world == "glyphs" else ())
+                        kwargs["harden"] = harden_config(args, GLYPH_PREFIX_WORDS)
                     adapter = du.erase(bare or pipe, **kwargs)
                     if args.remake_pushed is not None and bare is None:
                         adapter, push_check = remake_if_kept(pipe, adapter, concept, kwargs, args, scorer, call)
