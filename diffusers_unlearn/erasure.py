@@ -290,6 +290,7 @@ def erase(
     composed = composed_targets(pairs, names, previous) if compose_targets else {}
     pairs = [(prompt, composed.get(prompt, target)) for prompt, target in pairs]
     bank.add(list(composed.values()))
+    erased_earlier = erased_by(previous)  # asks for what a loaded removal erased
     hardened: list[str] = []  # the forget prompts a hardening adds (saved: later removals may hold them too)
     plain_pairs = len(pairs)
     if harden is not None and (harden.phrasings or harden.prefixes):
@@ -300,7 +301,7 @@ def erase(
         pairs += phrasings
         more = prefixed(
             pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed, harden.prefix_words,
-            avoid=erased_by(previous) if previous else None,  # no prefix that reopens an earlier removal
+            avoid=erased_earlier,  # no prefix that reopens an earlier removal
         )  # fmt: skip
         bank.add([p for pair in more for p in pair])
         pairs += more
@@ -344,7 +345,6 @@ def erase(
                 for removal in earlier_protected_groups(previous, names, groups, forget_prompts)
             ]
         untouched: set[str] = set()
-        erased_earlier = erased_by(previous)
         if config.anchor == "base":  # held to the untouched model: what no earlier removal erased
             every = [*groups.values(), *(group for removal in kept_earlier for group in removal)]
             untouched = {p for prompts in every for p in prompts if not erased_earlier(p)}
