@@ -83,6 +83,8 @@ def test_token_search_returns_a_typable_prompt(world):
     assert len(result.details["token_ids"]) == 5
     assert not set(result.details["token_ids"]) & {base.tokenizer.convert_tokens_to_ids("seven</w>")}
     assert "seven" in result.details["prompt"]
+    with pytest.raises(du.InvalidArgumentError, match="no room"):
+        attacks.token_search_attack(base, target, scorer, reference=base, tokens=base.tokenizer.model_max_length)
 
 
 def test_revival_restores_the_pipeline(world):

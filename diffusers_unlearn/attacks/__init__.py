@@ -58,7 +58,7 @@ from .embeddings import (
     mixture_attack,
     project_to_budget,
 )
-from .prompts import paraphrase_attack, paraphrases_of, token_search_attack
+from .prompts import FoundPrefix, paraphrase_attack, paraphrases_of, search_prefix, token_search_attack
 from .revival import revival_attack
 
 ATTACKS: tuple[str, ...] = ("direct", "paraphrase", "token_search", "embedding", "mixture", "learned_token", "revival")
@@ -145,6 +145,7 @@ __all__ = [
     "AttackResult",
     "AttackSettings",
     "AttackTarget",
+    "FoundPrefix",
     "InverseEmbedding",
     "Reference",
     "Scorer",
@@ -161,5 +162,6 @@ __all__ = [
     "resolve_scorer",
     "revival_attack",
     "run_attacks",
+    "search_prefix",
     "token_search_attack",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
@@ -96,12 +98,10 @@ def token_search_attack(
 ) -> AttackResult:
     """Discrete prompt search within the tokenizer's vocabulary, guided by the base model (UnlearnDiffAtk-style).
 
-    `tokens` adversarial tokens are prepended to the seed prompt and searched so that the attacked model's noise
-    predictions on images of the concept match the base model's (see [`Reference`]). Each iteration takes the
-    gradient of that loss with respect to a one-hot relaxation of the adversarial tokens, keeps the `top_k`
-    most promising tokens per position, evaluates `candidates` single-token swaps drawn from them, and keeps the
-    best if it lowers the loss (greedy coordinate gradient). The result is a real token sequence: a prompt an
-    attacker who cannot touch the weights could type.
+    `tokens` adversarial tokens are prepended to the seed prompt and searched ([`search_prefix`], greedy
+    coordinate gradient) so that the attacked model's noise predictions on images of the concept match the base
+    model's (see [`Reference`]). The result is a real token sequence: a prompt an attacker who cannot touch the
+    weights could type.
 
     Args:
         pipe (`DiffusionPipeline`): The attacked pipeline (Stable Diffusion 1.x / 2.x), removals loaded.
@@ -129,38 +129,98 @@ def token_search_attack(
     scorer = resolve_scorer(scorer)
     started = time.perf_counter()
     tokenizer = pipe.tokenizer
-    base_ids = token_ids(pipe, target.prompt)
     prompt_length = len(word_ids(pipe, target.prompt))
-    if prompt_length + tokens + 2 > tokenizer.model_max_length:
+    banned = [i for name in target.names for i in word_ids(pipe, name)] if not allow_concept_tokens else []
+    reference_data = Reference(reference, target.prompt, samples, settings)
+    found = search_prefix(
+        pipe, target.prompt, reference_data, tokens=tokens, iterations=iterations, candidates=candidates,
+        top_k=top_k, banned=banned, seed=settings.seed, progress=settings.progress,
+    )  # fmt: skip
+    with torch.no_grad():
+        embeds = encode_ids(pipe, found.ids[None]).float()
+    images = generate_embeds(pipe, embeds, settings)
+    text = tokenizer.decode(found.ids[1 : 1 + tokens + prompt_length])
+    details = {"prompt": text, "token_ids": found.prefix.tolist(), "loss": found.trace[-1], "loss_trace": found.trace}
+    return result_of("token_search", [text], images, scorer, target.check, started, details)
+
+
+@dataclass
+class FoundPrefix:
+    """What [`search_prefix`] found: the prefix's token ids, the whole prompt's padded ids and the loss trace."""
+
+    prefix: torch.Tensor
+    ids: torch.Tensor
+    trace: list[float]
+
+    def text(self, tokenizer) -> str:
+        """The prefix as words, written apart (a token that ends a word is decoded without its end mark)."""
+        return " ".join(tokenizer.decode([i]).strip() for i in self.prefix.tolist())
+
+
+def search_prefix(
+    pipe: DiffusionPipeline,
+    prompt: str,
+    reference: Reference,
+    *,
+    tokens: int = 5,
+    iterations: int = 40,
+    candidates: int = 64,
+    top_k: int = 16,
+    banned: Sequence[int] = (),
+    seed: int = 0,
+    progress: bool = False,
+) -> FoundPrefix:
+    """The greedy coordinate gradient search of [`token_search_attack`]: `tokens` vocabulary tokens in front of
+    `prompt` that bring `pipe`'s noise predictions closest to `reference`'s.
+
+    Each iteration takes the gradient of the loss with respect to a one-hot relaxation of the prefix, keeps the
+    `top_k` most promising tokens per position, evaluates `candidates` single-token swaps drawn from them and keeps
+    the best if it lowers the loss. The special tokens and `banned` are never drawn. Used by the attack, and by
+    `HardenConfig(searches=...)`, which trains a removal against what the search finds.
+
+    Returns:
+        [`FoundPrefix`]: the prefix, the prompt's padded ids with it in front, and the loss after each iteration.
+
+    Raises:
+        InvalidArgumentError: The prompt leaves no room for `tokens` more tokens.
+
+    Example:
+        ```py
+        >>> from diffusers_unlearn.attacks import AttackSettings, Reference
+        >>> reference = Reference(base_pipe, "a red seven", samples=8, settings=AttackSettings())
+        >>> found = search_prefix(pipe, "a red seven", reference, tokens=3, iterations=10)
+        >>> found.text(pipe.tokenizer), found.trace[-1]
+        ```
+    """
+    tokenizer = pipe.tokenizer
+    if len(word_ids(pipe, prompt)) + tokens + 2 > tokenizer.model_max_length:
         raise InvalidArgumentError(
-            f"{target.prompt!r} leaves no room for {tokens} adversarial tokens in {tokenizer.model_max_length}: "
-            "pass fewer `tokens` or a shorter seed prompt."
+            f"{prompt!r} leaves no room for {tokens} adversarial tokens in {tokenizer.model_max_length}: "
+            "pass fewer `tokens` or a shorter prompt."
         )
+    base_ids = token_ids(pipe, prompt)
     table = pipe.text_encoder.get_input_embeddings().weight.detach()
     allowed = torch.ones(table.shape[0], dtype=torch.bool)
     allowed[list(tokenizer.all_special_ids)] = False
     allowed[[tokenizer.bos_token_id, tokenizer.eos_token_id]] = False
     if tokenizer.pad_token_id is not None:
         allowed[tokenizer.pad_token_id] = False
-    if not allow_concept_tokens:
-        allowed[[i for name in target.names for i in word_ids(pipe, name)]] = False
+    allowed[list(banned)] = False
     allowed_ids = allowed.nonzero().flatten()
-    generator = torch.Generator().manual_seed(settings.seed)
-    reference_data = Reference(reference, target.prompt, samples, settings)
-
+    generator = torch.Generator().manual_seed(seed)
     positions = torch.arange(1, 1 + tokens)
 
-    def with_adversarial(adversarial: torch.Tensor) -> torch.Tensor:  # (C, tokens) -> (C, L) ids
+    def with_prefix(prefixes: torch.Tensor) -> torch.Tensor:  # (C, tokens) -> (C, L) ids
         ids = torch.cat([base_ids[:1], torch.zeros(tokens, dtype=torch.long), base_ids[1:-tokens]])
-        ids = ids[None].repeat(adversarial.shape[0], 1)
-        ids[:, positions] = adversarial
+        ids = ids[None].repeat(prefixes.shape[0], 1)
+        ids[:, positions] = prefixes
         return ids
 
     current = allowed_ids[torch.randint(len(allowed_ids), (tokens,), generator=generator)]
     with torch.no_grad():
-        best_loss = float(reference_data.loss(pipe, encode_ids(pipe, with_adversarial(current[None])))[0])
+        best_loss = float(reference.loss(pipe, encode_ids(pipe, with_prefix(current[None])))[0])
     trace = [best_loss]
-    for _ in tqdm(range(iterations), desc="token search", disable=not settings.progress, leave=False):
+    for _ in tqdm(range(iterations), desc="token search", disable=not progress, leave=False):
         one_hot = torch.zeros(tokens, table.shape[0], dtype=table.dtype, device=table.device)
         one_hot[torch.arange(tokens), current] = 1.0
         one_hot.requires_grad_(True)
@@ -171,7 +231,7 @@ def token_search_attack(
             return output
 
         with input_embeddings(pipe, relaxed):
-            loss = reference_data.loss(pipe, encode_ids(pipe, with_adversarial(current[None])))[0]
+            loss = reference.loss(pipe, encode_ids(pipe, with_prefix(current[None])))[0]
         (gradient,) = torch.autograd.grad(loss, [one_hot])
         gradient[:, ~allowed] = float("inf")
         promising = (-gradient).topk(min(top_k, len(allowed_ids)), dim=1).indices.cpu()  # (tokens, top_k)
@@ -182,7 +242,7 @@ def token_search_attack(
         with torch.no_grad():
             losses = torch.cat(
                 [
-                    reference_data.loss(pipe, encode_ids(pipe, with_adversarial(trials[i : i + 16])))
+                    reference.loss(pipe, encode_ids(pipe, with_prefix(trials[i : i + 16])))
                     for i in range(0, candidates, 16)
                 ]
             )
@@ -190,11 +250,4 @@ def token_search_attack(
         if float(losses[index]) < best_loss:
             best_loss, current = float(losses[index]), trials[index].clone()
         trace.append(best_loss)
-
-    ids = with_adversarial(current[None])
-    with torch.no_grad():
-        embeds = encode_ids(pipe, ids).float()
-    images = generate_embeds(pipe, embeds, settings)
-    text = tokenizer.decode(ids[0, 1 : 1 + tokens + prompt_length])
-    details = {"prompt": text, "token_ids": current.tolist(), "loss": trace[-1], "loss_trace": trace}
-    return result_of("token_search", [text], images, scorer, target.check, started, details)
+    return FoundPrefix(prefix=current, ids=with_prefix(current[None])[0], trace=trace)
