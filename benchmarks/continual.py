@@ -1092,20 +1092,12 @@ def add_harden_arguments(parser: argparse.ArgumentParser) -> None:
         help="HardenConfig.prefix_words, the words of those prefixes (default: continual.py on glyphs "
         "GLYPH_PREFIX_WORDS, otherwise the whole vocabulary)",
     )  # fmt: skip
-    parser.add_argument(
-        "--harden-searches", type=int, default=0, metavar="K",
-        help="HardenConfig.searches, K token searches against the chain for earlier removals' prompts trained on",
-    )  # fmt: skip
-    parser.add_argument("--harden-search-iterations", type=int, default=None, help="HardenConfig.search_iterations")
 
 
 def hardening_asked(args) -> bool:
     """Whether any `--harden-*` option is given: `continual.py` then hardens every removal."""
-    given = (args.harden_rounds, args.harden_iterations, args.harden_weight, args.harden_prompts,
-             args.harden_search_iterations)  # fmt: skip
-    return any(value is not None for value in given) or bool(
-        args.harden_phrasings or args.harden_prefixes or args.harden_searches
-    )
+    given = (args.harden_rounds, args.harden_iterations, args.harden_weight, args.harden_prompts)
+    return any(value is not None for value in given) or bool(args.harden_phrasings or args.harden_prefixes)
 
 
 def harden_config(args, prefix_words: Sequence[str] = ()) -> du.HardenConfig:
@@ -1113,12 +1105,12 @@ def harden_config(args, prefix_words: Sequence[str] = ()) -> du.HardenConfig:
     `--harden-prefix-words` names others (and only with `--harden-prefixes`)."""
     given = {
         "rounds": args.harden_rounds, "iterations": args.harden_iterations, "weight": args.harden_weight,
-        "prompts": args.harden_prompts, "search_iterations": args.harden_search_iterations,
+        "prompts": args.harden_prompts,
     }  # fmt: skip
     words = tuple(args.harden_prefix_words) or (tuple(prefix_words) if args.harden_prefixes else ())
     return du.HardenConfig(
         phrasings=args.harden_phrasings, prefixes=args.harden_prefixes, prefix_words=words,
-        searches=args.harden_searches, **{k: v for k, v in given.items() if v is not None},
+        **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
 
 

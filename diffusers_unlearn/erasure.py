@@ -50,7 +50,7 @@ from .families import family_of
 from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
-from .methods.harden import HardenConfig, harden_solve, prefixed, rephrased, searched
+from .methods.harden import HardenConfig, harden_solve, prefixed, rephrased
 from .pipeline import base_fingerprints, loaded_adapters, removals_disabled, unlearning
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
 from .targets import Candidate, choose_targets, effect_meter, removal_effect, weakness
@@ -306,17 +306,6 @@ def erase(
         bank.add([p for pair in more for p in pair])
         pairs += more
         hardened = [prompt for prompt, _ in phrasings + more]
-    pair_groups = [plain_pairs] if hardened else []
-    if harden is not None and harden.searches and previous:  # what a token search finds of the earlier removals
-        pair_groups.append(len(pairs))
-        found = searched(
-            pipe, [list(targets_by_prompt(a).items()) for a in previous], [names_of(a) for a in previous],
-            harden.searches, lambda: removals_disabled(pipe), harden.prefix_tokens, harden.search_iterations,
-            seed=seed,
-        )  # fmt: skip
-        bank.add([p for pair in found for p in pair])
-        pairs += found
-        hardened += [prompt for prompt, _ in found]
     derive = harden if harden is not None and harden.rounds else None  # rounds=0: the prompts above only
     if method == "closed_form":
         solve_kwargs = {
@@ -377,7 +366,7 @@ def erase(
             untouched=untouched, untouched_model=lambda: removals_disabled(pipe), earlier_owner=owner,
             earlier_combination=[is_combination(a) for a in previous],
             chain_at=lambda n: removals_disabled(pipe, keep_first=n), harden=derive, effect=effect, repair=repair,
-            pair_groups=pair_groups, seed=seed,
+            plain_pairs=plain_pairs if hardened else None, seed=seed,
         )  # fmt: skip
         lora, figures = result.lora, result.figures
         edit_rank = config.rank * (2 if config.repair_steps else 1)  # the repair's rows follow the removal's

@@ -143,33 +143,3 @@ def test_a_hardened_combination_is_still_erased():
     conjunction = ConceptProbe("blue three", concept.forget_probe().prompts, {"digit": 3, "colour": "blue"})
     shown = evaluate(pipe, DigitsConceptScorer(), forget=[conjunction], images_per_prompt=4, progress=False)
     assert shown.forget["blue three"] <= 0.25  # measured 0%
-
-
-@pytest.mark.random_targets
-@quiet
-def test_searches_train_on_what_a_token_search_finds_of_earlier_removals(sd_pipe, monkeypatch):
-    """`HardenConfig(searches=k)`: k token searches against the chain, each for a forget prompt of an earlier
-    removal, join the forget set with that removal's target behind the same prefix, as a group of their own in the
-    forget term; with no removal loaded there is nothing to search."""
-    from diffusers_unlearn import erasure
-
-    harden = du.HardenConfig(rounds=0, searches=2, search_iterations=2, prefix_tokens=2)
-    first = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"], harden=harden)
-    assert first.metadata["hardened_prompts"] == [] and first.metadata["figures"]["forget_pairs"] == 1
-    calls = []
-    real = erasure.distill
-    monkeypatch.setattr(erasure, "distill", lambda *a, **k: calls.append((a[3], k["pair_groups"])) or real(*a, **k))
-    sd_pipe.load_unlearning(first)
-    config = du.DistillConfig(**TINY)
-    second = du.erase(sd_pipe, "bird", templates=["a photo of {}"], neighbors=["fish"], method="distill",
-                      config=config, harden=harden)  # fmt: skip
-    (pairs, groups), cat = calls[0], sd_pipe.tokenizer("cat", add_special_tokens=False).input_ids
-    assert groups == [1] and len(pairs) == 3 and pairs[0] == ("a photo of bird", pairs[0][1])
-    (target,) = first.metadata["targets"]
-    for prompt, goal in pairs[1:]:  # the prefix found, in front of the earlier prompt and of its target
-        prefix = prompt.removesuffix(" a photo of cat")
-        assert prefix != prompt and goal == f"{prefix} {target['target']}"
-        assert not set(sd_pipe.tokenizer(prefix, add_special_tokens=False).input_ids) & set(cat)
-    assert second.metadata["hardened_prompts"] == [p for p, _ in pairs[1:]]
-    with pytest.raises(du.InvalidArgumentError, match="searches"):
-        du.HardenConfig(searches=-1)

@@ -175,8 +175,20 @@ def search_prefix(
 
     Each iteration takes the gradient of the loss with respect to a one-hot relaxation of the prefix, keeps the
     `top_k` most promising tokens per position, evaluates `candidates` single-token swaps drawn from them and keeps
-    the best if it lowers the loss. The special tokens and `banned` are never drawn. Used by the attack, and by
-    `HardenConfig(searches=...)`, which trains a removal against what the search finds.
+    the best if it lowers the loss. The special tokens and `banned` are never drawn. Without images or a
+    scorer: what the search finds, to inspect or to train against.
+
+    Args:
+        pipe (`DiffusionPipeline`): The searched pipeline (Stable Diffusion 1.x / 2.x), removals loaded.
+        prompt (`str`): The prompt the prefix goes in front of.
+        reference ([`Reference`]): The base model's noise predictions the search brings `pipe`'s close to.
+        tokens (`int`): Tokens of the prefix.
+        iterations (`int`): Search iterations (each: one gradient, `candidates` loss evaluations).
+        candidates (`int`): Swaps evaluated per iteration.
+        top_k (`int`): Tokens kept per position from the gradient.
+        banned (`Sequence[int]`): Token ids never drawn (the concept's own, for the attack).
+        seed (`int`): Seed of the first prefix and of the swaps.
+        progress (`bool`): Show a progress bar.
 
     Returns:
         [`FoundPrefix`]: the prefix, the prompt's padded ids with it in front, and the loss after each iteration.

@@ -308,7 +308,7 @@ def distill(
     harden: HardenConfig | None = None,
     effect: Callable[[], dict] | None = None,
     repair: Sequence[Sequence[str]] = (),
-    pair_groups: Sequence[int] = (),
+    plain_pairs: int | None = None,
     seed: int = 0,
 ) -> DistillResult:
     """Trains the removal's LoRA (with `config.repair_steps`, its repair folded in); the pipeline is left exactly
@@ -346,11 +346,11 @@ def distill(
         repair (`Sequence[Sequence[str]]`): With `config.repair_steps`, the groups of prompts the repair pulls back
             to the untouched model (every loaded removal's protected prompts and this one's, less what a removal
             erased), each drawn as often as the others; requires `untouched_model`.
-        pair_groups (`Sequence[int]`): Where groups of `pairs` after the first start: the forget prompts, then a
-            hardening's phrasings and prefixed prompts (`HardenConfig.phrasings`, `prefixes`), then its searched
-            prompts (`searches`). Each group is averaged apart in the forget term, so that the forget prompts keep
-            their share however many prompts the hardening adds (drawn in with the rest, a third with `prefixes=2`,
-            a digits combination was still drawn in 81-94% of its images after 500 steps). Default: one group.
+        plain_pairs (`int`, *optional*): The first `plain_pairs` of `pairs` are the forget prompts, the others a
+            hardening's phrasings and prefixed prompts (`HardenConfig.phrasings`, `prefixes`): the two are
+            averaged apart in the forget term, so that the forget prompts keep half of it however many prompts
+            the hardening adds (drawn in with the rest, a third with `prefixes=2`, a digits combination was still
+            drawn in 81-94% of its images after 500 steps). Default: all of them are forget prompts.
         seed (`int`): Seed of the latent pool, of every batch and of the hardening's draws.
     """
     from accelerate import Accelerator
@@ -463,7 +463,7 @@ def distill(
     try:
         _activate(denoiser, [*active_before, _ADAPTER])  # the teacher is the pipeline as loaded
         result = _train(accelerator, pipe, family, denoiser, bank, pairs, replayed, held, pool, held_out, layers,
-                        config, harden, seed, probe, effect, replay_scale, push, pair_groups)  # fmt: skip
+                        config, harden, seed, probe, effect, replay_scale, push, plain_pairs)  # fmt: skip
         if mended is not None:  # the repair: a second LoRA on top of the chain with this removal, folded into it
             started = time.perf_counter()
             added.append(_REPAIR)
@@ -507,7 +507,7 @@ def _repair(accelerator, pipe, family, denoiser, bank, layers, active_before, me
 
 def _train(
     accelerator, pipe, family, denoiser, bank, pairs, protected, held, pool, held_out, layers, config, harden, seed,
-    probe, effect, replay_scale, push, pair_groups: Sequence[int] = (), name: str = _ADAPTER,
+    probe, effect, replay_scale, push, plain_pairs: int | None = None, name: str = _ADAPTER,
 ) -> DistillResult:  # fmt: skip
     """Trains adapter `name` (the others active stay frozen: the teacher); without `held_out`, no figures."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -587,7 +587,7 @@ def _train(
                     base_keep, on_base = batch["replay_base"].to(replay), _rowwise(batch["replay_on_base"], replay)
                     toward = base_keep if anchored is not None else keep + config.base_share * (base_keep - keep)
                     keep = torch.where(on_base, toward, keep)
-                unlearn_loss = _forget_loss(student, goal, forget_ids, pair_groups)
+                unlearn_loss = _forget_loss(student, goal, forget_ids, plain_pairs)
                 if adversarial.sources:  # hardening: the derived embeddings, held to their forget prompts' goals
                     unlearn_loss = unlearn_loss + harden.weight * _adversarial_loss(
                         model, denoiser, wrapped, pipe, family, bank, pairs, adversarial, forget_latents, forget_t,
@@ -1109,14 +1109,14 @@ def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
 
 
-def _forget_loss(student: torch.Tensor, goal: torch.Tensor, ids: list[int], groups: Sequence[int]) -> torch.Tensor:
-    """The forget term: the student's squared distance to the goal; with `groups` (`distill(pair_groups=...)`),
-    the sum over the groups of pairs in the batch of each one's mean."""
-    if not groups:
+def _forget_loss(student: torch.Tensor, goal: torch.Tensor, ids: list[int], plain_pairs: int | None) -> torch.Tensor:
+    """The forget term: the student's squared distance to the goal; with `plain_pairs`, the mean over the forget
+    prompts' samples plus the mean over the hardening's (`distill(plain_pairs=...)`)."""
+    if plain_pairs is None:
         return (student.float() - goal.float()).square().mean()
     error = (student.float() - goal.float()).square().flatten(1).mean(1)
-    group = torch.bucketize(torch.tensor(ids), torch.tensor(list(groups)), right=True).to(error.device)
-    return sum((error[group == g].mean() for g in group.unique()), error.new_zeros(()))
+    hardened = torch.tensor([i >= plain_pairs for i in ids], device=error.device)
+    return sum((error[rows].mean() for rows in (~hardened, hardened) if rows.any()), error.new_zeros(()))
 
 
 def _draw(shape: torch.Size, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

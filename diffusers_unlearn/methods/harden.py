@@ -31,12 +31,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
-from tqdm.auto import tqdm
 
 from ..constraints import Constraints, Solution, solve
 from ..distance import PromptBank
@@ -83,13 +81,6 @@ class HardenConfig:
             concept's own names left out): the words a token search puts in front where it succeeds. On glyphs
             it writes other styles' words (*letter roman letter slanted the red letter q in serif*), which random
             tokens of the whole vocabulary seldom are. Empty: the whole vocabulary.
-        searches (`int`): Both methods; only with removals loaded. Token searches run, before training, against
-            the pipeline as it is, each for a forget prompt of an earlier removal drawn at random: the
-            `prefix_tokens` tokens in front that bring that removal's concept back closest to the untouched model
-            (the `token_search` attack's search, [`searched`]). Each prefixed prompt joins the forget set with the
-            earlier target behind the same tokens: later removals wear an earlier one's hardening, and this erases
-            again what the search finds of it. 0: none.
-        search_iterations (`int`): Iterations of each search (the attack's default: 40).
 
     Example:
         ```py
@@ -109,8 +100,6 @@ class HardenConfig:
     prefixes: int = 0
     prefix_tokens: int = 5
     prefix_words: tuple[str, ...] = ()
-    searches: int = 0
-    search_iterations: int = 40
 
     def __post_init__(self):
         if isinstance(self.prefix_words, str):
@@ -124,17 +113,15 @@ class HardenConfig:
             raise InvalidArgumentError(
                 f"rounds must be >= 0, ridge and weight > 0, got {self.rounds}, {self.ridge}, {self.weight}."
             )
-        if not (self.rounds or self.phrasings or self.prefixes or self.searches):
+        if not (self.rounds or self.phrasings or self.prefixes):
             raise InvalidArgumentError(
-                "rounds=0 derives no embeddings: give phrasings, prefixes or searches to harden with, or rounds >= 1."
+                "rounds=0 derives no embeddings: give phrasings or prefixes to harden with, or rounds >= 1."
             )
-        if self.phrasings < 0 or self.prefixes < 0 or self.searches < 0 or self.prefix_tokens < 1:
+        if self.phrasings < 0 or self.prefixes < 0 or self.prefix_tokens < 1:
             raise InvalidArgumentError(
-                f"phrasings, prefixes and searches must be >= 0 and prefix_tokens >= 1, got {self.phrasings}, "
-                f"{self.prefixes}, {self.searches}, {self.prefix_tokens}."
+                f"phrasings and prefixes must be >= 0 and prefix_tokens >= 1, got {self.phrasings}, "
+                f"{self.prefixes}, {self.prefix_tokens}."
             )
-        if self.search_iterations < 1:
-            raise InvalidArgumentError(f"search_iterations must be >= 1, got {self.search_iterations}.")
         if self.prompts < 1 or self.iterations < 1 or self.samples < 1 or not self.learning_rate > 0:
             raise InvalidArgumentError(
                 "prompts, iterations and samples must be >= 1 and learning_rate > 0, got "
@@ -256,82 +243,6 @@ def prefixed(
             if prefix and text not in taken:
                 taken.add(text)
                 out.append((text, f"{prefix} {target}"))
-    return out
-
-
-def searched(
-    pipe: DiffusionPipeline,
-    earlier: Sequence[Sequence[tuple[str, str]]],
-    names: Sequence[Sequence[str]],
-    count: int,
-    untouched: Callable[[], AbstractContextManager],
-    tokens: int = 5,
-    iterations: int = 40,
-    steps: int = 20,
-    seed: int = 0,
-) -> list[tuple[str, str]]:
-    """`count` token searches against `pipe` as it is, each for a forget prompt of an earlier removal (a removal
-    drawn at random, then one of its prompts; seeded), each paired with its target behind the prefix it found.
-
-    A search is the `token_search` attack's ([`~attacks.prompts.search_prefix`]): `tokens` vocabulary tokens (not
-    the removal's own `names`) in front of the prompt, chosen so that the pipeline's noise predictions on images
-    the untouched model draws for it (8, conditional only, `steps` DDIM steps) come closest to the untouched
-    model's. A removal trained on the pairs erases again what the search finds of the earlier removals, on the
-    chain as it is when it is made: hardened alone, a removal is worn by the later ones (glyphs: the search found
-    serif Q in none of its images right after its removal, in 12% on average ten removals later).
-
-    Args:
-        pipe (`DiffusionPipeline`): The pipeline with the earlier removals loaded (Stable Diffusion 1.x / 2.x).
-        earlier (`Sequence[Sequence[tuple[str, str]]]`): Per earlier removal, its (forget prompt, target) pairs;
-            a removal without any (redacted) is never drawn.
-        names (`Sequence[Sequence[str]]`): Per earlier removal, its concept's words, never searched.
-        count (`int`): Searches.
-        untouched (`Callable[[], AbstractContextManager]`): Within it the pipeline computes as the untouched model
-            (`removals_disabled(pipe)`).
-        tokens (`int`): Tokens of each prefix, fewer where the prompt or its target leaves less room.
-        iterations (`int`): Iterations of each search.
-        steps (`int`): Denoising steps of the untouched model's images.
-        seed (`int`): Seed of the draws, the images and the searches.
-
-    Returns:
-        `list[tuple[str, str]]`: (prefix + forget prompt, prefix + target) pairs, one per search.
-
-    Example:
-        ```py
-        >>> from diffusers_unlearn.constraints import names_of, targets_by_prompt
-        >>> from diffusers_unlearn.pipeline import loaded_adapters, removals_disabled
-        >>> removals = loaded_adapters(pipe)
-        >>> pairs = searched(pipe, [list(targets_by_prompt(a).items()) for a in removals],
-        ...                  [names_of(a) for a in removals], 2, lambda: removals_disabled(pipe))
-        ```
-    """
-    from ..attacks.base import AttackSettings, Reference, word_ids  # attacks imports methods: not at import time
-    from ..attacks.prompts import search_prefix
-
-    drawable = [i for i, pairs in enumerate(earlier) if pairs]
-    if not drawable or count < 1:
-        return []
-    tokenizer = pipe.tokenizer
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + 55_555)
-    out: list[tuple[str, str]] = []
-    for k in tqdm(range(count), desc="harden: searches", leave=False):
-        removal = drawable[int(torch.randint(len(drawable), (1,), generator=generator))]
-        forget, target = earlier[removal][int(torch.randint(len(earlier[removal]), (1,), generator=generator))]
-        longest = max(len(word_ids(pipe, forget)), len(word_ids(pipe, target)))
-        room = min(tokens, tokenizer.model_max_length - 2 - longest)
-        if room < 1:
-            continue
-        settings = AttackSettings(images=1, steps=steps, guidance_scale=1.0, seed=seed + k, progress=False)
-        with untouched():
-            reference = Reference(pipe, forget, 8, settings)
-        banned = [i for name in names[removal] for i in word_ids(pipe, name)]
-        found = search_prefix(pipe, forget, reference, tokens=room, iterations=iterations, banned=banned,
-                              seed=seed + k)  # fmt: skip
-        prefix = found.text(tokenizer)
-        pair = (f"{prefix} {forget}", f"{prefix} {target}")
-        if all(len(tokenizer(text, verbose=False).input_ids) <= tokenizer.model_max_length for text in pair):
-            out.append(pair)
-        logger.info("harden: searched %r (loss %.4g -> %.4g)", pair[0], found.trace[0], found.trace[-1])
     return out
 
 
