@@ -87,6 +87,18 @@ def test_token_search_returns_a_typable_prompt(world):
         attacks.token_search_attack(base, target, scorer, reference=base, tokens=base.tokenizer.model_max_length)
 
 
+def test_search_prefix_alone_puts_its_tokens_in_front_of_the_prompt(world):
+    base, _, _, target, _ = world
+    reference = attacks.Reference(base, target.prompt, 2, SETTINGS)
+    seven = base.tokenizer("seven", add_special_tokens=False).input_ids
+    found = attacks.search_prefix(base, target.prompt, reference, tokens=3, iterations=2, candidates=8, banned=seven)
+    prompt = base.tokenizer(target.prompt, add_special_tokens=False).input_ids
+    assert found.ids[1:4].tolist() == found.prefix.tolist() and found.ids[4 : 4 + len(prompt)].tolist() == prompt
+    assert not set(found.prefix.tolist()) & set(seven)
+    assert len(found.trace) == 3 and found.trace == sorted(found.trace, reverse=True)  # a swap is kept if it helps
+    assert len(found.text(base.tokenizer).split()) >= 3
+
+
 def test_revival_restores_the_pipeline(world):
     _, hardened, _, target, scorer = world
     before = {k: v.clone() for k, v in hardened.unet.state_dict().items()}
