@@ -130,6 +130,7 @@ def token_search_attack(
     started = time.perf_counter()
     tokenizer = pipe.tokenizer
     prompt_length = len(word_ids(pipe, target.prompt))
+    _require_room(pipe, target.prompt, tokens)  # before the reference images are made
     banned = [i for name in target.names for i in word_ids(pipe, name)] if not allow_concept_tokens else []
     reference_data = Reference(reference, target.prompt, samples, settings)
     found = search_prefix(
@@ -142,6 +143,16 @@ def token_search_attack(
     text = tokenizer.decode(found.ids[1 : 1 + tokens + prompt_length])
     details = {"prompt": text, "token_ids": found.prefix.tolist(), "loss": found.trace[-1], "loss_trace": found.trace}
     return result_of("token_search", [text], images, scorer, target.check, started, details)
+
+
+def _require_room(pipe: DiffusionPipeline, prompt: str, tokens: int) -> None:
+    """Raises `InvalidArgumentError` unless `tokens` more tokens fit in front of `prompt` in the tokenizer."""
+    limit = pipe.tokenizer.model_max_length
+    if len(word_ids(pipe, prompt)) + tokens + 2 > limit:
+        raise InvalidArgumentError(
+            f"{prompt!r} leaves no room for {tokens} adversarial tokens in {limit}: "
+            "pass fewer `tokens` or a shorter prompt."
+        )
 
 
 @dataclass
@@ -205,11 +216,7 @@ def search_prefix(
         ```
     """
     tokenizer = pipe.tokenizer
-    if len(word_ids(pipe, prompt)) + tokens + 2 > tokenizer.model_max_length:
-        raise InvalidArgumentError(
-            f"{prompt!r} leaves no room for {tokens} adversarial tokens in {tokenizer.model_max_length}: "
-            "pass fewer `tokens` or a shorter prompt."
-        )
+    _require_room(pipe, prompt, tokens)
     base_ids = token_ids(pipe, prompt)
     table = pipe.text_encoder.get_input_embeddings().weight.detach()
     allowed = torch.ones(table.shape[0], dtype=torch.bool)
