@@ -320,7 +320,7 @@ def erase_step(
     `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
     if any."""
     kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at, background=background)
-    kwargs |= ({"name": name} if name else {}) | ({"harden": harden} if harden else {})
+    kwargs |= ({"name": name} if name else {}) | {"harden": harden or False}
     gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
     fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
@@ -379,7 +379,7 @@ def run(args) -> dict:
                         concept, method, config, distill_options(args), erase_at=args.combination_at,
                         background=args.background,
                     )  # fmt: skip
-                    adapter = du.erase(bare or pipe, **kwargs, **({"harden": harden} if harden else {}))
+                    adapter = du.erase(bare or pipe, **kwargs, harden=harden or False)
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
                 adapter = None
