@@ -548,7 +548,7 @@ def check_parents(
     Raises:
         AdapterFormatError: Malformed parents, a stale parent, or a cycle.
     """
-    by_name = {adapter.name: adapter for adapter in [*held, *adapters]}
+    chain = [*held, *adapters]
     names = {adapter.name for adapter in adapters}
     graph: dict[str, list[str]] = {}
     for adapter in adapters:
@@ -556,9 +556,11 @@ def check_parents(
         if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in parents):
             raise AdapterFormatError(f"Removal {adapter.name!r} has malformed `parents` in its provenance.")
         for parent in parents:
-            present, recorded = by_name.get(parent["name"]), parent.get("adapter_id")
-            if present is adapter:  # made on top of an earlier removal of the same name, which is not here
-                present = None
+            recorded = parent.get("adapter_id")
+            # another removal of that name (a concept erased again on top of its first removal shares its name)
+            same = [other for other in chain if other is not adapter and other.name == parent["name"]]
+            present = next((other for other in same if other.metadata.get("adapter_id") == recorded), None)
+            present = present or (same[-1] if same else None)
             if present is None:
                 if warn_missing:
                     logger.warning(

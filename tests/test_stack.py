@@ -153,8 +153,10 @@ def test_parents_already_on_the_pipeline_count_as_held(chain, tmp_path, caplog):
     pipe.load_unlearning(folders[0])
     again = du.erase(pipe, "cat", neighbors=["dog", "tree"])
     assert again.name == "no-cat" and again.metadata["parents"][0]["name"] == "no-cat"
-    pipe.unload_unlearning()
     caplog.clear()
+    pipe.load_unlearning(again, adapter_name="no-cat-again")  # on the chain it was made on: nothing to say
+    assert "does not hold" not in caplog.text
+    pipe.unload_unlearning()
     pipe.load_unlearning(again)
     assert "made on top of 'no-cat', which this chain does not hold" in caplog.text
 
