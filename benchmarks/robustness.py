@@ -25,6 +25,8 @@ baselines `coarse target` and `no local protection`.
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1 --images 8 \
         --embedding-budgets 0.05 0.1 0.2 0.4                         # only the norm-bounded embedding attack
     python benchmarks/robustness.py --methods "distill, held" --stages 10 25 --images 8 --chain-dir runs
+    python benchmarks/robustness.py --methods "distill, background" --stages 1 10 25 --images 8 --erase-implicit \
+        --chain-dir runs-implicit                                    # erase(erase_implicit=True) on every removal
 
 `--chain-dir DIR` keeps each method's removals in `DIR/<method>/step-NN`: a removal found there is loaded instead of
 made (a chain saved by `continual.py --chain-dir` with the same options, linked or copied there, is attacked without
@@ -237,7 +239,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         else:
             try:
                 distill, harden = continual.distill_options(args, concept), continual.harden_config(args)
-                kwargs = erase_kwargs(concept, method, distill, harden)
+                kwargs = erase_kwargs(concept, method, distill, harden) | {"erase_implicit": args.erase_implicit}
                 adapter = du.erase(pipe, **kwargs)
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
                 skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
@@ -324,6 +326,7 @@ def _settings(args, world: World) -> dict:
         **{k: v for k, v in vars(args).items() if k.startswith("distill_") and v not in (None, 0, [])},  # those given
         **({"harden": changed} if (changed := _changed(continual.harden_config(args), du.HardenConfig())) else {}),
         "general_cells": args.general_cells,
+        **({"erase_implicit": True} if args.erase_implicit else {}),
     }
 
 
@@ -819,6 +822,10 @@ def main() -> None:
     continual.add_distill_arguments(parser)  # the continual benchmark's options, so its chains can be attacked
     continual.add_harden_arguments(parser)  # the hardened methods' HardenConfig
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
+    parser.add_argument(
+        "--erase-implicit", action="store_true",
+        help="erase(erase_implicit=True): the contexts the model draws as the concept are erased with it",
+    )  # fmt: skip
     parser.add_argument(
         "--chain-dir", type=Path, default=None,
         help="keep each method's removals in DIR/<method>/step-NN: load those found there, save those made",

@@ -53,7 +53,7 @@ from .methods.distill import DistillConfig, distill
 from .methods.harden import HardenConfig, harden_solve, prefixed, rephrased
 from .pipeline import base_fingerprints, loaded_adapters, removals_disabled, unlearning
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
-from .targets import Candidate, choose_targets, effect_meter, removal_effect, weakness
+from .targets import Candidate, choose_targets, effect_meter, implicit_prompts, removal_effect, weakness
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def erase(
     templates: Sequence[str] | None = None,
     mapping_candidates: Sequence[str] | None = None,
     map_to_context: bool = True,
+    erase_implicit: bool = False,
     category: str | None = None,
     anchor: str | None = None,
     neighbors: Sequence[str] | None = None,
@@ -117,6 +118,14 @@ def erase(
             Turn it off for an attribute whose absence leaves the choice to the model (a stroke, a size): the
             model draws "a green five" bold half the time, so mapping "a green five, bold" there keeps half
             of the bold fives; `mapping_candidates` (["thin"]) are then the only targets.
+        erase_implicit (`bool`, defaults to `False`): Also erase each context without the concept that the model
+            draws as the concept (by the target check's measure, in that context), instead of protecting it: it
+            joins the forget prompts with its context's target, and is listed in `metadata["implicit_prompts"]`
+            (where it is its context's only candidate, it stays the target and protected, and the log says so).
+            The digits model draws "a red" as a seven: protected, it kept drawing sevens after "seven" was erased,
+            and a token search found sevens along the chain through it; with it, none on five seeds after ten
+            removals (docs/method.md#implicit-prompts). Off by default until measured on the glyphs chain and for
+            its cost on large models on a CPU (four noise predictions per context).
         category (`str`, *optional*): A generic category ("a cartoon character"), also a candidate.
         anchor (`str`, *optional*): Map every forget prompt to this one prompt instead (the coarse target of
             ESD / UCE, e.g. `""`); turns fine-grained targets off. For comparisons, not recommended.
@@ -269,16 +278,31 @@ def erase(
         words = [*(mapping_candidates or ()), *([""] if map_to_context else []), *([category] if category else [])]
         candidates = [Candidate(word) for word in dict.fromkeys(words) if word.lower() not in lowered]
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
+    implicit = {}  # contexts without the concept that the model draws as it: erased too (targets.implicit_prompts)
+    if erase_implicit and anchor is None:
+        implicit = implicit_prompts(
+            bank, contexts, names, [n for n, _ in neighbor_ranking], erased=erased, min_separation=min_separation,
+            samples=distance_samples, seed=seed,
+        )  # fmt: skip
     choice = choose_targets(
         bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
         removed=removed, erased=erased, mapped_here=mapped_here(previous, names, contexts),
-        min_separation=min_separation, samples=distance_samples, seed=seed,
+        min_separation=min_separation, samples=distance_samples, seed=seed, avoid=set(implicit.values()),
     )  # fmt: skip
     targets = choice.targets
+    for context, prompt in list(implicit.items()):
+        if targets[context] == prompt:  # its context's only candidate: its target and protected, as before
+            logger.warning(
+                "%r is drawn as %r, but is the only mapping target of %r: mapped to and kept. Pass "
+                "`mapping_candidates` the model draws as other concepts.", prompt, concept, context.template,
+            )  # fmt: skip
+            del implicit[context]
+        else:  # mapped with the forget prompts of its context, not protected
+            forget_prompts[context] = [*forget_prompts[context], prompt]
     # Three groups (or more: one per `preserve` group), each weighing the same in the objective whatever its size:
     # a handful of `preserve` prompts must not be drowned by hundreds of neighbour prompts.
     groups = {
-        "anchors": [""] + list(targets.values()) + [c.fill("") for c in contexts],
+        "anchors": [""] + list(targets.values()) + [c.fill("") for c in contexts if c not in implicit],
         "neighbors": [context.fill(n) for n, _ in neighbor_ranking for context in contexts],
         **preserved,
     }
@@ -389,7 +413,7 @@ def erase(
 
     metadata = _metadata(
         pipe, family, concept, names, redact, name, method, config, edit_rank, choice, neighbor_ranking,
-        groups, previous, figures, distance, forget_prompts, composed,
+        groups, previous, figures, distance, forget_prompts, composed, implicit,
     )  # fmt: skip
     if harden is not None:
         metadata["hyperparameters"]["harden"] = dataclasses.asdict(harden)
@@ -438,7 +462,7 @@ def erase(
                     f"The removal {adapter.name!r} takes back {100 * share:.0f}% of {names[earlier]!r}'s effect on "
                     f"its forget prompts (noise predictions, above {100 * UNDONE_WARNING:.0f}%): that concept may be "
                     "generated again. Make this removal with `DistillConfig(lambda_earlier=10.0)` or "
-                    '`anchor="chain"`, or erase the earlier concept again on top; `stack.check(pipe)` adds these '
+                    '`anchor="chain"`, and measure the earlier concept (`evaluate`); `stack.check(pipe)` adds these '
                     "shares up along the chain."
                 ),
                 stacklevel=2,
@@ -497,7 +521,7 @@ def replayed_forget_prompts(adapter: UnlearningAdapter, hardened: bool = False) 
 
 def _metadata(
     pipe, family, concept, names, redact, name, method, config, rank, choice, neighbor_ranking,
-    groups, previous, figures, distance, forget_prompts, composed,
+    groups, previous, figures, distance, forget_prompts, composed, implicit,
 ) -> dict:  # fmt: skip
     salt = secrets.token_hex(8)
     concept_hash = concept_hash_of(salt, concept)
@@ -516,6 +540,7 @@ def _metadata(
         "forget_prompts": [] if redact else [p for ps in forget_prompts.values() for p in ps],
         "targets": choice.records,
         **({"composed_targets": composed} if composed and not redact else {}),
+        **({"implicit_prompts": list(implicit.values())} if implicit and not redact else {}),
         "target_candidates": [c.record() for c in choice.candidates],
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,

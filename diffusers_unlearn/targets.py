@@ -22,6 +22,15 @@ docs/benchmarks/continual_analysis.md, sessions 43 and 45). Only an earlier remo
 one's a word that all of them hold counts ("roman" in "cyan roman +" and "roman $"; not "serif #", after which
 "roman $" mapped to "#" is removed: session 46).
 
+*Implicit prompts*: a context without the concept can be drawn as the concept itself. The digits model draws
+every prompt without a digit ("a red", "the number", "a thin") as a seven. Protected, as the contexts without the
+concept are, "a red" kept drawing sevens once "seven" was erased; a later removal mapped there ("yellow eight" to
+"a yellow") drew its prompts as sevens; and a token search found sevens through them along the chain ("yellow
+yellow yellow , blue a red seven": 27.5% of its images after 10 removals on five seeds). [`implicit_prompts`]
+finds them, context by context, by rule 2's kind of measure, and `erase(erase_implicit=True)` (off by default)
+erases them with the concept, mapped to their context's target, which is the context itself only where it has no other
+candidate (then it is protected as before, and the log says so; docs/method.md#implicit-prompts).
+
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
 
@@ -135,6 +144,7 @@ def choose_targets(
     min_separation: float | None = None,
     samples: int = 16,
     seed: int = 0,
+    avoid: Collection[str] = (),
 ) -> TargetChoice:
     """Checks the candidates (module docstring), then gives each context its nearest candidate left.
 
@@ -154,6 +164,8 @@ def choose_targets(
             their prompts to this concept (`constraints.mapped_here`): not targets, mapped back the two would swap.
         min_separation (`float`, *optional*): Rule 2's threshold (default `MIN_SEPARATION`; 0: rule 2 off).
         samples (`int`), seed (`int`): Samples of the check's score distances.
+        avoid (`Collection[str]`): Prompts that are a context's target only where it has no other candidate left:
+            the [`implicit_prompts`], erased with the concept unless so chosen.
 
     Raises:
         InvalidConceptError: Every candidate of some context was rejected.
@@ -214,7 +226,7 @@ def choose_targets(
             pairs = [(f, p) for _, p in options for f in forget[context]]
             scores = distances(pairs).view(len(options), len(forget[context])).mean(dim=1).tolist()
             options = [(s, k, p) for s, (k, p) in zip(scores, options, strict=True)]
-        ranking[context] = sorted(options, key=lambda item: item[0])
+        ranking[context] = sorted(options, key=lambda item: (item[2] in avoid, item[0]))
     while True:
         chosen = {}
         for context, options in ranking.items():
@@ -344,3 +356,49 @@ def _applied(denoiser: torch.nn.Module, removal: UnlearningAdapter) -> Iterator[
     finally:
         for layer, weight in saved.items():
             base_linear(denoiser.get_submodule(layer)).weight.data.copy_(weight)
+
+
+def implicit_prompts(
+    bank: PromptBank,
+    contexts: Sequence[Context],
+    names: Sequence[str],
+    neighbors: Sequence[str],
+    *,
+    erased: Collection[str] = (),
+    min_separation: float | None = None,
+    samples: int = 16,
+    seed: int = 0,
+) -> dict[Context, str]:
+    """Per context, the context without the concept if the model draws it as the concept: nearer the concept than
+    `min_separation` times both its own distance and the concept's to the nearest protected neighbours (the first
+    two of `neighbors`, nearest first, not erased in that context), by the target check's noise predictions. Four
+    predictions a context at most; `erase` erases these prompts with the concept instead of protecting them, and
+    maps to them only where their context has no other candidate (module docstring).
+
+    Example:
+        ```py
+        >>> from diffusers_unlearn.distance import PromptBank
+        >>> from diffusers_unlearn.families import family_of
+        >>> bank = PromptBank(pipe, family_of(pipe))  # the digits model
+        >>> contexts = [Context("a red {}"), Context("a {} in blue"), Context("the number {}")]
+        >>> implicit_prompts(bank, contexts, ["seven"], ["four", "eight"])  # drawn as a seven
+        {Context(template='a red {}'): 'a red', Context(template='the number {}'): 'the number'}
+        ```
+    """
+    threshold = MIN_SEPARATION if min_separation is None else min_separation
+    lowered = {n.lower() for n in names}
+    found: dict[Context, str] = {}
+    if not threshold:
+        return found
+    for context in contexts:
+        empty, concept = context.fill(""), context.fill(names[0])
+        near = [context.fill(n) for n in neighbors if context.fill(n) not in erased][:2]
+        if not near or not empty.strip() or empty.lower() in lowered:
+            continue
+        predicted = _predict(bank, [empty, concept, *near], samples, seed)
+        to_concept = prediction_distance(predicted[empty], predicted[concept])
+        apart = min(prediction_distance(predicted[concept], predicted[n]) for n in near)  # concept to neighbours
+        to_other = min(prediction_distance(predicted[empty], predicted[n]) for n in near)  # context to neighbours
+        if to_concept < threshold * min(apart, to_other):
+            found[context] = empty
+    return found

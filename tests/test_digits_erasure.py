@@ -68,3 +68,38 @@ def test_demo_writes_grid_figures_and_removal(tmp_path):
     assert set(figures["after"]) == {"forget_accuracy", "related_retention", "general_retention"}
     assert (tmp_path / "before_after.png").stat().st_size > 1000
     assert du.UnlearningAdapter.from_pretrained(tmp_path / "no-seven").concept == "seven"
+
+
+def test_a_context_drawn_as_the_concept_is_erased_with_it(pipe, scorer):
+    """The digits model draws "a red" and "the number" as sevens. Protected (`erase_implicit=False`, the default) they
+    keep drawing sevens once "seven" is erased; with `erase_implicit=True` they are erased with it, and no target."""
+    kwargs = {
+        "templates": ["a red {}", "the number {}", "a {} in blue"], "mapping_candidates": ["four", "eight"],
+        "neighbors": ["four", "eight"],
+    }  # fmt: skip
+    implicit = [ConceptProbe(p, (p,), {"digit": 7}) for p in ("a red", "the number")]
+    assert evaluate(pipe, scorer, forget=implicit, **CALL).forget_accuracy >= 0.8  # the premise: sevens
+    drawn = {}
+    for erase_implicit in (False, True):
+        adapter = du.erase(pipe, "seven", erase_implicit=erase_implicit, **kwargs)
+        pipe.load_unlearning(adapter)
+        try:
+            drawn[erase_implicit] = evaluate(pipe, scorer, forget=implicit, **CALL).forget_accuracy
+        finally:
+            pipe.unload_unlearning()
+    assert adapter.metadata["implicit_prompts"] == ["a red", "the number"]
+    assert {"a red", "the number"} <= set(adapter.metadata["forget_prompts"])
+    assert not {"a red", "the number"} & set(adapter.metadata["protected_prompts"])
+    assert not {"a red", "the number"} & {r["target"] for r in adapter.metadata["targets"]}
+    assert drawn[False] >= 0.5 and drawn[True] <= 0.1, drawn
+
+
+def test_a_context_drawn_as_the_concept_with_no_other_candidate_stays_its_target_and_says_so(pipe, caplog):
+    """Where the context without the concept is its context's only candidate ("a red" here: "blue {}" and
+    "green {}" let it through the target check), it is mapped to and protected as before, and the log says so."""
+    kwargs = {"templates": ["a red {}", "blue {}", "green {}", "yellow {}"], "neighbors": ["four", "eight"]}
+    adapter = du.erase(pipe, "seven", erase_implicit=True, **kwargs)
+    assert "a red" in [r["target"] for r in adapter.metadata["targets"]]
+    assert "a red" not in adapter.metadata.get("implicit_prompts", [])
+    assert "a red" in adapter.metadata["protected_prompts"]
+    assert "'a red' is drawn as 'seven', but is the only mapping target of 'a red {}'" in caplog.text
