@@ -548,7 +548,9 @@ def check_parents(
     Raises:
         AdapterFormatError: Malformed parents, a stale parent, or a cycle.
     """
-    chain = [*held, *adapters]
+    by_name: dict[str, list[UnlearningAdapter]] = {}  # a concept erased again shares its first removal's name
+    for adapter in [*held, *adapters]:
+        by_name.setdefault(adapter.name, []).append(adapter)
     names = {adapter.name for adapter in adapters}
     graph: dict[str, list[str]] = {}
     for adapter in adapters:
@@ -557,8 +559,7 @@ def check_parents(
             raise AdapterFormatError(f"Removal {adapter.name!r} has malformed `parents` in its provenance.")
         for parent in parents:
             recorded = parent.get("adapter_id")
-            # another removal of that name (a concept erased again on top of its first removal shares its name)
-            same = [other for other in chain if other is not adapter and other.name == parent["name"]]
+            same = [other for other in by_name.get(parent["name"], []) if other is not adapter]
             present = next((other for other in same if other.metadata.get("adapter_id") == recorded), None)
             present = present or (same[-1] if same else None)
             if present is None:
