@@ -278,14 +278,15 @@ def erase(
         words = [*(mapping_candidates or ()), *([""] if map_to_context else []), *([category] if category else [])]
         candidates = [Candidate(word) for word in dict.fromkeys(words) if word.lower() not in lowered]
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
+    nearest = [n for n, _ in neighbor_ranking]
     implicit = {}  # contexts without the concept that the model draws as it: erased too (targets.implicit_prompts)
     if erase_implicit and anchor is None:
         implicit = implicit_prompts(
-            bank, contexts, names, [n for n, _ in neighbor_ranking], erased=erased, min_separation=min_separation,
-            samples=distance_samples, seed=seed,
+            bank, contexts, names, nearest, erased=erased, min_separation=min_separation, samples=distance_samples,
+            seed=seed,
         )  # fmt: skip
     choice = choose_targets(
-        bank, contexts, names, candidates, [n for n, _ in neighbor_ranking], distances,
+        bank, contexts, names, candidates, nearest, distances,
         removed=removed, erased=erased, mapped_here=mapped_here(previous, names, contexts),
         min_separation=min_separation, samples=distance_samples, seed=seed, avoid=set(implicit.values()),
     )  # fmt: skip
