@@ -498,7 +498,9 @@ def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
     metadata."""
     metadata = adapter.metadata
     contexts = [Context(record["context"]) for record in metadata["targets"]]
-    anchors = [""] + [record["target"] for record in metadata["targets"]] + [c.fill("") for c in contexts]
+    implicit = set(metadata.get("implicit_prompts", []))  # erased with the concept, not protected
+    emptied = [c.fill("") for c in contexts if c.fill("") not in implicit]
+    anchors = [""] + [record["target"] for record in metadata["targets"]] + emptied
     neighbors = [c.fill(record["neighbor"]) for record in metadata["protected_neighbors"] for c in contexts]
     if "preserve_groups" in metadata:  # `preserve` given as groups, in the order of their names: saving sorts the
         # keys, and a removal loaded from disk must replay as the same removal made in this process
@@ -509,6 +511,9 @@ def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
     else:  # made before `preserve` was recorded: what is neither an anchor nor a neighbour
         preserve = {"preserve": [p for p in metadata["protected_prompts"] if p not in set(anchors) | set(neighbors)]}
     groups = {"anchors": anchors, "neighbors": neighbors, **preserve}
+    if metadata.get("method") == "distill":  # as `erase` made them
+        kept = [p for prompts in preserve.values() for p in prompts]
+        groups[SIBLINGS] = one_word_apart(kept, metadata.get("forget_prompts", []), names_of(adapter))
     return {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
 
 
@@ -646,6 +651,11 @@ def _words(prompt: str) -> list[str]:
     return re.findall(r"[\w'-]+", prompt.lower())
 
 
+def _words_and_marks(prompt: str) -> tuple[str, ...]:
+    """The words of a prompt and its punctuation: "a six in, thin" is not one word from "a six in green"."""
+    return tuple(re.findall(r"[\w'-]+|[^\w\s]", prompt.lower()))
+
+
 @lru_cache(maxsize=1024)
 def _names_pattern(names: frozenset[str]) -> re.Pattern:  # built once per set of names: called per prompt
     by_length = sorted(names, key=lambda n: (-len(n), n))
@@ -662,6 +672,37 @@ def _names_hashed(prompt: str, salt: str, digest: str) -> bool:
 def concept_hash_of(salt: str, concept: str) -> str:
     """The salted hash a redacted removal records instead of its concept (see `erase(..., redact=True)`)."""
     return "sha256:" + hashlib.sha256((salt + concept.strip().lower()).encode()).hexdigest()
+
+
+SIBLINGS = "siblings"
+"""The protected group of the `preserve` prompts one word away from a forget prompt (`one_word_apart`)."""
+
+
+def one_word_apart(prompts: Sequence[str], forget: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The prompts of `prompts` that differ from a forget prompt in one word only, and not in the concept's.
+
+    Erasing "bold blue six" (names "six", "6") maps "a blue six, bold" away, and "a blue six, thin", which a user
+    keeps, shares every word with it but one: these are the kept prompts a removal moves most. Distillation
+    protects them again as a group of their own; after that removal the digits model drew "a blue six, thin" in 8
+    images of 8 with it, in 1 of 8 without (docs/method.md#siblings). The closed form cannot tell them apart.
+
+    Example:
+        ```py
+        >>> one_word_apart(["a blue six, thin", "a red six, thin", "a blue five, bold"], ["a blue six, bold"], ["six"])
+        ['a blue six, thin']
+        ```
+    """
+    concept_words = {w for name in names for w in _words_and_marks(name)}
+    erased = {_words_and_marks(f) for f in forget}
+    holes = {  # a prompt of one word shares nothing with another
+        f[:i] + ("",) + f[i + 1 :] for f in erased if len(f) > 1 for i, w in enumerate(f) if w not in concept_words
+    }
+    found = []
+    for prompt in prompts:
+        words = _words_and_marks(prompt)
+        if words not in erased and any(words[:i] + ("",) + words[i + 1 :] in holes for i in range(len(words))):
+            found.append(prompt)
+    return list(dict.fromkeys(found))
 
 
 PRESERVE_GROUP = "preserve/"

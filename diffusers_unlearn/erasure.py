@@ -18,6 +18,7 @@ from . import __version__
 from .adapter import FORMAT_VERSION, UnlearningAdapter, content_id, slugify
 from .constraints import (
     PRESERVE_GROUP,
+    SIBLINGS,
     Constraints,
     asks_for_concept,
     chain_map,
@@ -32,6 +33,7 @@ from .constraints import (
     mapped_here,
     names_of,
     names_pattern,
+    one_word_apart,
     preserve_groups,
     protect_groups,
     solve,
@@ -307,6 +309,9 @@ def erase(
         "neighbors": [context.fill(n) for n, _ in neighbor_ranking for context in contexts],
         **preserved,
     }
+    if method == "distill":  # the preserve prompts one word from a forget prompt, again as a group of their own
+        kept = [p for prompts in preserved.values() for p in prompts]
+        groups[SIBLINGS] = one_word_apart(kept, [p for prompts in forget_prompts.values() for p in prompts], names)
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
     protected = {p for prompts in groups.values() for p in prompts}
     # 4. the edit, on top of every removal already loaded.

@@ -9,6 +9,7 @@ import pytest
 
 import diffusers_unlearn as du
 from diffusers_unlearn import digits
+from diffusers_unlearn.constraints import protect_groups
 from diffusers_unlearn.digits.concepts import Concept, cell_probe
 from diffusers_unlearn.digits.data import COLOURS, prompt
 from diffusers_unlearn.digits.scorer import DigitsConceptScorer
@@ -90,6 +91,8 @@ def test_a_context_drawn_as_the_concept_is_erased_with_it(pipe, scorer):
     assert adapter.metadata["implicit_prompts"] == ["a red", "the number"]
     assert {"a red", "the number"} <= set(adapter.metadata["forget_prompts"])
     assert not {"a red", "the number"} & set(adapter.metadata["protected_prompts"])
+    rebuilt = protect_groups(adapter)  # a re-solve or a later removal's hold does not protect them again
+    assert "a in blue" in rebuilt["anchors"] and not {"a red", "the number"} & set(rebuilt["anchors"])
     assert not {"a red", "the number"} & {r["target"] for r in adapter.metadata["targets"]}
     assert drawn[False] >= 0.5 and drawn[True] <= 0.1, drawn
 

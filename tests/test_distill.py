@@ -15,7 +15,7 @@ from conftest import generate, kill_distill_at_batch, make_sd_pipeline, noise_pr
 
 import diffusers_unlearn as du
 from diffusers_unlearn import erasure, glyphs
-from diffusers_unlearn.constraints import protect_groups
+from diffusers_unlearn.constraints import one_word_apart, protect_groups
 from diffusers_unlearn.distance import PromptBank
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.glyphs.concepts import Concept as GlyphConcept
@@ -172,7 +172,8 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     with pytest.raises(RuntimeError, match="recorded"):
         du.erase(sd_pipe, "dog", prompts=["a blue dog"], method="distill",
                  preserve={"kept": ["a red dog"], "background": ["a tree", "a house", "a car"]})  # fmt: skip
-    assert seen["groups"][-2:] == [["a red dog"], ["a tree", "a house", "a car"]]
+    # ... and "a red dog", one word from "a blue dog", once more in a group of its own
+    assert seen["groups"][-3:] == [["a red dog"], ["a tree", "a house", "a car"], ["a red dog"]]
 
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
@@ -742,3 +743,32 @@ def test_repair_pulls_the_chains_drift_back_and_holds_the_removals():
     for bad in (dict(repair_steps=10), dict(repair_steps=-1, lambda_earlier=10.0), dict(repair_push=-0.1)):
         with pytest.raises(du.InvalidArgumentError, match="repair_steps"):
             du.DistillConfig(**bad)  # no hold of the removals' forget prompts; negative
+
+
+def test_preserve_prompts_one_word_from_a_forget_prompt_are_a_group_of_their_own(sd_pipe, tmp_path, monkeypatch):
+    """Distill protects "a blue cat", one word from the erased "a red cat" with the concept's word kept, again
+    as a group of its own (`constraints.one_word_apart`); "a red dog", one word away in the concept's word, is not
+    one; a removal loaded from disk rebuilds the same groups; the closed form has no such group."""
+    assert one_word_apart(["a blue cat", "a red dog", "a red cat", "a blue cat outside"], ["a red cat"], ["cat"]) == [
+        "a blue cat"
+    ]
+    assert one_word_apart(["the big red cat"], ["the small red cat"], ["red cat"]) == ["the big red cat"]
+    assert one_word_apart(["dog"], ["kitten"], ["cat"]) == []  # one word: nothing shared
+    assert one_word_apart(["a cat in green"], ["a cat in, thin"], ["cat"]) == []  # the comma counts
+    kwargs = dict(concept="cat", prompts=["a red cat", "a photo of cat"], preserve=["a blue cat", "a red dog"])
+    adapter = du.erase(sd_pipe, **kwargs, method="distill", config=du.DistillConfig(**FAST))
+    adapter.save_pretrained(tmp_path / "removal")
+    groups = protect_groups(du.UnlearningAdapter.from_pretrained(tmp_path / "removal"))
+    assert groups["siblings"] == ["a blue cat"] and groups["preserve"] == ["a blue cat", "a red dog"]
+    seen = {}
+
+    def record(pipe, family, bank, pairs, protected, config, **_):
+        seen["groups"] = [list(g) for g in protected]
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(erasure, "distill", record)
+    with pytest.raises(RuntimeError, match="recorded"):
+        du.erase(sd_pipe, **kwargs, method="distill", config=du.DistillConfig(**FAST))
+    assert seen["groups"] == list(groups.values())  # what it trained with is what a reload replays
+    closed = du.erase(sd_pipe, **kwargs)
+    assert "siblings" not in protect_groups(closed)
