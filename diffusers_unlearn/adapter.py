@@ -340,6 +340,7 @@ _OPTIONAL = {
     "protected_neighbors": list, "protected_prompts": list, "preserve": list, "forget_prompts": list,
     "hardened_prompts": list, "parents": list, "figures": dict, "hyperparameters": dict, "members": list,
     "adapter_id": str, "preserve_groups": dict, "base_fingerprint_bf16": str, "composed_targets": dict,
+    "implicit_prompts": list, "sibling_prompts": list,
 }  # fmt: skip
 
 

@@ -511,9 +511,8 @@ def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
     else:  # made before `preserve` was recorded: what is neither an anchor nor a neighbour
         preserve = {"preserve": [p for p in metadata["protected_prompts"] if p not in set(anchors) | set(neighbors)]}
     groups = {"anchors": anchors, "neighbors": neighbors, **preserve}
-    if metadata.get("method") == "distill":  # as `erase` made them
-        kept = [p for prompts in preserve.values() for p in prompts]
-        groups[SIBLINGS] = one_word_apart(kept, metadata.get("forget_prompts", []), names_of(adapter))
+    if metadata.get("sibling_prompts"):  # distilled: the preserve prompts one word from a forget prompt
+        groups[SIBLINGS] = list(metadata["sibling_prompts"])
     return {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
 
 
@@ -675,7 +674,8 @@ def concept_hash_of(salt: str, concept: str) -> str:
 
 
 SIBLINGS = "siblings"
-"""The protected group of the `preserve` prompts one word away from a forget prompt (`one_word_apart`)."""
+"""The protected group of a distilled removal's `preserve` prompts one word from a forget prompt (`one_word_apart`),
+less those one word from an earlier removal's; `metadata["sibling_prompts"]`."""
 
 
 def one_word_apart(prompts: Sequence[str], forget: Sequence[str], names: Sequence[str]) -> list[str]:

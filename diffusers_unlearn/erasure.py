@@ -309,9 +309,15 @@ def erase(
         "neighbors": [context.fill(n) for n, _ in neighbor_ranking for context in contexts],
         **preserved,
     }
-    if method == "distill":  # the preserve prompts one word from a forget prompt, again as a group of their own
+    if method == "distill":  # the preserve prompts one word from a forget prompt, again as a group of their own;
+        # not those that are an earlier removal's siblings too: held up, they drew its concept back
         kept = [p for prompts in preserved.values() for p in prompts]
-        groups[SIBLINGS] = one_word_apart(kept, [p for prompts in forget_prompts.values() for p in prompts], names)
+        siblings = one_word_apart(kept, [p for prompts in forget_prompts.values() for p in prompts], names)
+        for earlier in previous:
+            erased_there = earlier.metadata.get("forget_prompts", [])
+            theirs = set(one_word_apart(siblings, erased_there, names_of(earlier))) | set(erased_there)
+            siblings = [p for p in siblings if p not in theirs]
+        groups[SIBLINGS] = siblings
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
     protected = {p for prompts in groups.values() for p in prompts}
     # 4. the edit, on top of every removal already loaded.
@@ -547,6 +553,7 @@ def _metadata(
         "targets": choice.records,
         **({"composed_targets": composed} if composed and not redact else {}),
         **({"implicit_prompts": list(implicit.values())} if implicit and not redact else {}),
+        **({"sibling_prompts": groups[SIBLINGS]} if groups.get(SIBLINGS) and not redact else {}),
         "target_candidates": [c.record() for c in choice.candidates],
         "protected_neighbors": [{"neighbor": n, "distance": d} for n, d in neighbor_ranking],
         "protected_prompts": protected,

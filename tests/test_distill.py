@@ -772,3 +772,13 @@ def test_preserve_prompts_one_word_from_a_forget_prompt_are_a_group_of_their_own
     assert seen["groups"] == list(groups.values())  # what it trained with is what a reload replays
     closed = du.erase(sd_pipe, **kwargs)
     assert "siblings" not in protect_groups(closed)
+
+    # not an earlier removal's siblings: held up, "a yellow cat, thin" would draw its "a green cat, thin" back
+    sd_pipe.load_unlearning(du.erase(sd_pipe, "cat", prompts=["a green cat, thin"], preserve=["a cat"]))
+    kept = ["a yellow cat, thin", "a red cat, bold", "a green cat, bold"]
+    try:
+        with pytest.raises(RuntimeError, match="recorded"):
+            du.erase(sd_pipe, "cat", prompts=["a yellow cat, bold"], preserve=kept, method="distill")
+    finally:
+        sd_pipe.unload_unlearning()
+    assert seen["groups"][-1] == ["a red cat, bold"]
