@@ -309,7 +309,7 @@ def erase(
         "neighbors": [context.fill(n) for n, _ in neighbor_ranking for context in contexts],
         **preserved,
     }
-    if method == "distill":  # the preserve prompts one word from a forget prompt, again as a group of their own;
+    if method == "distill" and config.siblings:  # the preserve prompts one word from a forget prompt, once more;
         # not those that are an earlier removal's siblings too: held up, they drew its concept back
         kept = [p for prompts in preserved.values() for p in prompts]
         siblings = one_word_apart(kept, [p for prompts in forget_prompts.values() for p in prompts], names)

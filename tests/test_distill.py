@@ -172,8 +172,7 @@ def test_replay_groups_weigh_the_same_and_skip_what_names_the_new_concept(sd_pip
     with pytest.raises(RuntimeError, match="recorded"):
         du.erase(sd_pipe, "dog", prompts=["a blue dog"], method="distill",
                  preserve={"kept": ["a red dog"], "background": ["a tree", "a house", "a car"]})  # fmt: skip
-    # ... and "a red dog", one word from "a blue dog", once more in a group of its own
-    assert seen["groups"][-3:] == [["a red dog"], ["a tree", "a house", "a car"], ["a red dog"]]
+    assert seen["groups"][-2:] == [["a red dog"], ["a tree", "a house", "a car"]]
 
     groups = [["a"], ["b", "c", "d"], ["a", "e"]]
     weights = distill_module._group_weights(groups, ["a", "b", "c", "d", "e"])
@@ -745,10 +744,11 @@ def test_repair_pulls_the_chains_drift_back_and_holds_the_removals():
             du.DistillConfig(**bad)  # no hold of the removals' forget prompts; negative
 
 
-def test_preserve_prompts_one_word_from_a_forget_prompt_are_a_group_of_their_own(sd_pipe, tmp_path, monkeypatch):
-    """Distill protects "a blue cat", one word from the erased "a red cat" with the concept's word kept, again
-    as a group of its own (`constraints.one_word_apart`); "a red dog", one word away in the concept's word, is not
-    one; a removal loaded from disk rebuilds the same groups; the closed form has no such group."""
+def test_siblings_protects_the_preserve_prompts_one_word_from_a_forget_prompt(sd_pipe, tmp_path, monkeypatch):
+    """`DistillConfig(siblings=True)` protects "a blue cat", one word from the erased "a red cat" with the concept's
+    word kept, once more as a group of its own (`constraints.one_word_apart`); "a red dog", one word away in the
+    concept's word, is not one; a removal loaded from disk replays the same groups; not an earlier removal's
+    siblings; off by default, and the closed form has no such group."""
     assert one_word_apart(["a blue cat", "a red dog", "a red cat", "a blue cat outside"], ["a red cat"], ["cat"]) == [
         "a blue cat"
     ]
@@ -756,7 +756,9 @@ def test_preserve_prompts_one_word_from_a_forget_prompt_are_a_group_of_their_own
     assert one_word_apart(["dog"], ["kitten"], ["cat"]) == []  # one word: nothing shared
     assert one_word_apart(["a cat in green"], ["a cat in, thin"], ["cat"]) == []  # the comma counts
     kwargs = dict(concept="cat", prompts=["a red cat", "a photo of cat"], preserve=["a blue cat", "a red dog"])
-    adapter = du.erase(sd_pipe, **kwargs, method="distill", config=du.DistillConfig(**FAST))
+    config = du.DistillConfig(**FAST, siblings=True)
+    adapter = du.erase(sd_pipe, **kwargs, method="distill", config=config)
+    assert adapter.metadata["sibling_prompts"] == ["a blue cat"]
     adapter.save_pretrained(tmp_path / "removal")
     groups = protect_groups(du.UnlearningAdapter.from_pretrained(tmp_path / "removal"))
     assert groups["siblings"] == ["a blue cat"] and groups["preserve"] == ["a blue cat", "a red dog"]
@@ -768,8 +770,11 @@ def test_preserve_prompts_one_word_from_a_forget_prompt_are_a_group_of_their_own
 
     monkeypatch.setattr(erasure, "distill", record)
     with pytest.raises(RuntimeError, match="recorded"):
-        du.erase(sd_pipe, **kwargs, method="distill", config=du.DistillConfig(**FAST))
+        du.erase(sd_pipe, **kwargs, method="distill", config=config)
     assert seen["groups"] == list(groups.values())  # what it trained with is what a reload replays
+    with pytest.raises(RuntimeError, match="recorded"):
+        du.erase(sd_pipe, **kwargs, method="distill")
+    assert seen["groups"][-1] == ["a blue cat", "a red dog"]  # off by default: the preserve group last
     closed = du.erase(sd_pipe, **kwargs)
     assert "siblings" not in protect_groups(closed)
 
@@ -778,7 +783,7 @@ def test_preserve_prompts_one_word_from_a_forget_prompt_are_a_group_of_their_own
     kept = ["a yellow cat, thin", "a red cat, bold", "a green cat, bold"]
     try:
         with pytest.raises(RuntimeError, match="recorded"):
-            du.erase(sd_pipe, "cat", prompts=["a yellow cat, bold"], preserve=kept, method="distill")
+            du.erase(sd_pipe, "cat", prompts=["a yellow cat, bold"], preserve=kept, method="distill", config=config)
     finally:
         sd_pipe.unload_unlearning()
     assert seen["groups"][-1] == ["a red cat, bold"]
