@@ -674,8 +674,8 @@ def concept_hash_of(salt: str, concept: str) -> str:
 
 
 SIBLINGS = "siblings"
-"""The protected group of a distilled removal's `preserve` prompts one word from a forget prompt (`one_word_apart`),
-less those one word from an earlier removal's; `metadata["sibling_prompts"]`."""
+"""The protected group of a distilled removal's `preserve` prompts one word from a forget prompt (`one_word_apart`,
+`DistillConfig(siblings=True)`); `metadata["sibling_prompts"]`."""
 
 
 def one_word_apart(prompts: Sequence[str], forget: Sequence[str], names: Sequence[str]) -> list[str]:

@@ -309,15 +309,9 @@ def erase(
         "neighbors": [context.fill(n) for n, _ in neighbor_ranking for context in contexts],
         **preserved,
     }
-    if method == "distill" and config.siblings:  # the preserve prompts one word from a forget prompt, once more;
-        # not those that are an earlier removal's siblings too: held up, they drew its concept back
+    if method == "distill" and config.siblings:  # the preserve prompts one word from a forget prompt, once more
         kept = [p for prompts in preserved.values() for p in prompts]
-        siblings = one_word_apart(kept, [p for prompts in forget_prompts.values() for p in prompts], names)
-        for earlier in previous:
-            erased_there = earlier.metadata.get("forget_prompts", [])
-            theirs = set(one_word_apart(siblings, erased_there, names_of(earlier))) | set(erased_there)
-            siblings = [p for p in siblings if p not in theirs]
-        groups[SIBLINGS] = siblings
+        groups[SIBLINGS] = one_word_apart(kept, [p for prompts in forget_prompts.values() for p in prompts], names)
     groups = {name: list(dict.fromkeys(prompts)) for name, prompts in groups.items() if prompts}
     protected = {p for prompts in groups.values() for p in prompts}
     # 4. the edit, on top of every removal already loaded.

@@ -747,8 +747,8 @@ def test_repair_pulls_the_chains_drift_back_and_holds_the_removals():
 def test_siblings_protects_the_preserve_prompts_one_word_from_a_forget_prompt(sd_pipe, tmp_path, monkeypatch):
     """`DistillConfig(siblings=True)` protects "a blue cat", one word from the erased "a red cat" with the concept's
     word kept, once more as a group of its own (`constraints.one_word_apart`); "a red dog", one word away in the
-    concept's word, is not one; a removal loaded from disk replays the same groups; not an earlier removal's
-    siblings; off by default, and the closed form has no such group."""
+    concept's word, is not one; a removal loaded from disk replays the same groups; off by default, and the closed
+    form has no such group."""
     assert one_word_apart(["a blue cat", "a red dog", "a red cat", "a blue cat outside"], ["a red cat"], ["cat"]) == [
         "a blue cat"
     ]
@@ -777,13 +777,3 @@ def test_siblings_protects_the_preserve_prompts_one_word_from_a_forget_prompt(sd
     assert seen["groups"][-1] == ["a blue cat", "a red dog"]  # off by default: the preserve group last
     closed = du.erase(sd_pipe, **kwargs)
     assert "siblings" not in protect_groups(closed)
-
-    # not an earlier removal's siblings: held up, "a yellow cat, thin" would draw its "a green cat, thin" back
-    sd_pipe.load_unlearning(du.erase(sd_pipe, "cat", prompts=["a green cat, thin"], preserve=["a cat"]))
-    kept = ["a yellow cat, thin", "a red cat, bold", "a green cat, bold"]
-    try:
-        with pytest.raises(RuntimeError, match="recorded"):
-            du.erase(sd_pipe, "cat", prompts=["a yellow cat, bold"], preserve=kept, method="distill", config=config)
-    finally:
-        sd_pipe.unload_unlearning()
-    assert seen["groups"][-1] == ["a red cat, bold"]

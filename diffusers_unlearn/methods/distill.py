@@ -157,10 +157,10 @@ class DistillConfig:
             91-93% held, 94-97% not; on digits, holding the 660 prefixed prompts of "seven" left the next removal,
             "blue three", drawn in 44% of its images (9% without): off by default (docs/benchmarks/robustness.md).
         siblings (`bool`): Protect the `preserve` prompts one word from a forget prompt, not in the concept's
-            word ("a blue six, thin" while erasing "bold blue six"), once more as a group of their own (less an
-            earlier removal's siblings and forget prompts); `metadata["sibling_prompts"]`. Measured on the digits
-            chain of the continual benchmark: related retention 96.6-98% instead of 92.7-93% from step 8, but
-            earlier combinations back from step 13 instead of 19: off by default (docs/method.md#siblings).
+            word ("a blue six, thin" while erasing "bold blue six"), once more as a group of their own;
+            `metadata["sibling_prompts"]`. Measured on the digits chain of the continual benchmark: related
+            retention 96-99% at steps 1-19 (91-100% without), but an earlier removal more than 10 points above
+            chance from step 16 (19 without): off by default (docs/method.md#siblings).
         earlier_overlap (`float`): With `earlier_protection`, the share of that group's weight given out by how
             far this removal's change reaches each prompt (`edit_overlap`: the forget prompts' text-embedding
             moves, carried to the prompt's tokens by their similarity to the forget prompts' tokens) instead of
