@@ -682,9 +682,10 @@ def one_word_apart(prompts: Sequence[str], forget: Sequence[str], names: Sequenc
     """The prompts of `prompts` that differ from a forget prompt in one word only, and not in the concept's.
 
     Erasing "bold blue six" (names "six", "6") maps "a blue six, bold" away, and "a blue six, thin", which a user
-    keeps, shares every word with it but one: these are the kept prompts a removal moves most. Distillation
-    protects them again as a group of their own; after that removal the digits model drew "a blue six, thin" in 8
-    images of 8 with it, in 1 of 8 without (docs/method.md#siblings). The closed form cannot tell them apart.
+    keeps, shares every word with it but one: these are the kept prompts a removal moves most. With
+    `DistillConfig(siblings=True)` distillation protects them once more as a group of their own; after that removal
+    the digits model drew "a blue six, thin" in 8 images of 8 with it, in 1 of 8 without (docs/method.md#siblings).
+    The closed form cannot tell them apart.
 
     Example:
         ```py
