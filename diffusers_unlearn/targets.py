@@ -390,12 +390,15 @@ def implicit_prompts(
     found: dict[Context, str] = {}
     if not threshold:
         return found
+    checked = []  # (context, its emptied prompt, the concept in it, its nearest neighbours)
     for context in contexts:
         empty, concept = context.fill(""), context.fill(names[0])
         near = [context.fill(n) for n in neighbors if context.fill(n) not in erased][:2]
-        if not near or not empty.strip() or empty.lower() in lowered:
-            continue
-        predicted = _predict(bank, [empty, concept, *near], samples, seed)
+        if near and empty.strip() and empty.lower() not in lowered:
+            checked.append((context, empty, concept, near))
+    asked = [p for _, empty, concept, near in checked for p in (empty, concept, *near)]
+    predicted = _predict(bank, asked, samples, seed)  # one batched call for every context
+    for context, empty, concept, near in checked:
         to_concept = prediction_distance(predicted[empty], predicted[concept])
         apart = min(prediction_distance(predicted[concept], predicted[n]) for n in near)  # concept to neighbours
         to_other = min(prediction_distance(predicted[empty], predicted[n]) for n in near)  # context to neighbours
