@@ -499,7 +499,7 @@ def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
     metadata = adapter.metadata
     contexts = [Context(record["context"]) for record in metadata["targets"]]
     implicit = set(metadata.get("implicit_prompts", []))  # erased with the concept, not protected
-    emptied = [c.fill("") for c in contexts if c.fill("") not in implicit]
+    emptied = [empty for c in contexts if (empty := c.fill("")) not in implicit]
     anchors = [""] + [record["target"] for record in metadata["targets"]] + emptied
     neighbors = [c.fill(record["neighbor"]) for record in metadata["protected_neighbors"] for c in contexts]
     if "preserve_groups" in metadata:  # `preserve` given as groups, in the order of their names: saving sorts the
@@ -509,7 +509,8 @@ def protect_groups(adapter: UnlearningAdapter) -> dict[str, list[str]]:
     elif "preserve" in metadata:
         preserve = {"preserve": list(metadata["preserve"])}
     else:  # made before `preserve` was recorded: what is neither an anchor nor a neighbour
-        preserve = {"preserve": [p for p in metadata["protected_prompts"] if p not in set(anchors) | set(neighbors)]}
+        either = {*anchors, *neighbors}
+        preserve = {"preserve": [p for p in metadata["protected_prompts"] if p not in either]}
     groups = {"anchors": anchors, "neighbors": neighbors, **preserve}
     if metadata.get("sibling_prompts"):  # distilled: the preserve prompts one word from a forget prompt
         groups[SIBLINGS] = list(metadata["sibling_prompts"])
