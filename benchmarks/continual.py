@@ -313,14 +313,14 @@ def distill_options(args, concept=None, step: int | None = None) -> dict:
 def erase_step(
     pipe, concept: Concept, method: str, config: du.ClosedFormConfig, removed: list[Concept], digits_first=False,
     erase_at: str = "digit", distill: dict | None = None, name: str | None = None, background: int = 0,
-    harden: du.HardenConfig | None = None,
+    harden: du.HardenConfig | None = None, erase_implicit: bool = False,
 ):  # fmt: skip
     """One removal; when every mapping target is refused, the user's recourse the error names: the same request
     with other digits the chain has not removed as candidates ("a bold yellow six" for "a bold yellow nine").
     `digits_first`: a combination gets those candidates from the start. Returns the removal and the fallback used,
     if any."""
     kwargs = erase_kwargs(concept, method, config, distill, erase_at=erase_at, background=background)
-    kwargs |= ({"name": name} if name else {}) | {"harden": harden or False}
+    kwargs |= ({"name": name} if name else {}) | {"harden": harden or False, "erase_implicit": erase_implicit}
     gone = {c.digit for c in removed if c.kind == "digit"} | {concept.digit}
     fallback = [digits.DIGITS[d] for d in range(len(digits.DIGITS)) if d not in gone]
     if digits_first and concept.kind == "combination" and "anchor" not in kwargs:
@@ -373,13 +373,15 @@ def run(args) -> dict:
                     adapter, fallback = erase_step(
                         bare or pipe, concept, method, config, list(sequence[: step - 1]), args.combination_digits,
                         args.combination_at, distill_options(args), background=args.background, harden=harden,
+                        erase_implicit=args.erase_implicit,
                     )  # fmt: skip
                 else:
                     kwargs = erase_kwargs(
                         concept, method, config, distill_options(args), erase_at=args.combination_at,
                         background=args.background,
                     )  # fmt: skip
-                    adapter = du.erase(bare or pipe, **kwargs, harden=harden or False)
+                    implicit = args.erase_implicit
+                    adapter = du.erase(bare or pipe, **kwargs, harden=harden or False, erase_implicit=implicit)
             except du.InvalidConceptError as error:  # every mapping target rejected: this step removes nothing
                 print(f"{method:>20} step {step:2d} {concept.name:>18}: no removal made: {error}", flush=True)
                 adapter = None
@@ -773,6 +775,7 @@ def run_glyphs(args) -> dict:
                     if args.boundaries:
                         kwargs["preserve"]["boundaries"] = boundary_prompts(concept, args.boundaries)
                     kwargs["compose_targets"] = args.compose_targets
+                    kwargs["erase_implicit"] = args.erase_implicit
                     if hardening_asked(args):
                         kwargs["harden"] = harden_config(args, GLYPH_PREFIX_WORDS)
                     adapter = du.erase(bare or pipe, **kwargs)
@@ -1285,6 +1288,12 @@ def main() -> None:
     parser.add_argument("--remake-images", type=int, default=16, help="glyphs: images per prompt of the push check")
     parser.add_argument(
         "--remake-over", type=float, default=0.05, help="glyphs: the push check's excess over chance that remakes"
+    )
+    parser.add_argument(
+        "--erase-implicit",
+        action="store_true",
+        help="erase(erase_implicit=True) on every removal: the contexts the model draws as the concept without "
+        "naming it are erased with it",
     )
     parser.add_argument(
         "--compose-targets",
