@@ -286,6 +286,62 @@ def noise_predictions(
     return out
 
 
+@torch.no_grad()
+def final_latents(
+    bank: PromptBank,
+    prompts: Sequence[str],
+    *,
+    samples: int = 8,
+    seed: int = 0,
+    steps: int = 10,
+    guidance_scale: float = 7.5,
+    max_side: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Where sampling ends for each prompt: `samples` short DDIM trajectories (`steps`, classifier-free guidance at
+    `guidance_scale`; FLUX's own guidance) from the same starting latents for every prompt, drawn with `seed`. The
+    last latents `(samples, ...)`, float32 on the CPU. Two prompts' ends compared sample by sample say whether the
+    model draws them alike (same noise, same layout), where their mean noise predictions may not: a prompt the model
+    draws in a spread of colours has a mean prediction near one colour it seldom draws.
+
+    Example:
+        ```py
+        >>> ends = final_latents(bank, ["a five", "a red five", "a yellow five"])
+        >>> ends["a five"].shape
+        torch.Size([8, 4, 8, 8])
+        ```
+    """
+    pipe, family = bank.pipe, bank.family
+    denoiser = getattr(pipe, family.denoiser)
+    wanted = list(dict.fromkeys(prompts))
+    start = family.random_latents(pipe, samples, torch.Generator().manual_seed(seed))
+    if max_side is not None and start.dim() == 4:
+        start = start[..., :max_side, :max_side]
+    guided = guidance_scale != 1.0 and family.name != "flux"  # FLUX.1 is guidance-distilled
+    encoded = bank.add(wanted + ([""] if guided else []))
+    out = {}
+    per_call = max(1, _PREDICTION_BATCH // (samples * (2 if guided else 1)))
+    for begin in range(0, len(wanted), per_call):
+        group = wanted[begin : begin + per_call]
+        scheduler = family.sampling_scheduler(pipe, steps)  # a fresh one per batch: flow schedulers count steps
+        repeat = (len(group),) + (1,) * (start.dim() - 1)
+        latents = (start * getattr(scheduler, "init_noise_sigma", 1.0)).repeat(*repeat).to(pipe.device, denoiser.dtype)
+        rows = group + [""] * len(group) if guided else group
+        embeds = torch.cat([encoded[p][0].to(latents).expand(samples, -1, -1) for p in rows])
+        pooled = None
+        if encoded[rows[0]][1] is not None:
+            pooled = torch.cat([encoded[p][1].to(latents).expand(samples, -1) for p in rows])
+        for t in scheduler.timesteps:
+            both = torch.cat([latents, latents]) if guided else latents
+            predicted = family.denoise(pipe, denoiser, both, t.to(latents.device).expand(len(both)), embeds, pooled)
+            if guided:
+                conditioned, unconditioned = predicted.chunk(2)
+                predicted = unconditioned + guidance_scale * (conditioned - unconditioned)
+            latents = scheduler.step(predicted, t, latents).prev_sample
+        for prompt, end in zip(group, latents.float().cpu().split(samples), strict=True):
+            out[prompt] = end.clone()
+    return out
+
+
 def prediction_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """`E || a - b ||^2` over the samples of two prompts' noise predictions (see [`noise_predictions`])."""
     return float((a - b).square().flatten(1).sum(1).mean())

@@ -13,7 +13,11 @@ from diffusers_unlearn.constraints import protect_groups
 from diffusers_unlearn.digits.concepts import Concept, cell_probe
 from diffusers_unlearn.digits.data import COLOURS, prompt
 from diffusers_unlearn.digits.scorer import DigitsConceptScorer
+from diffusers_unlearn.distance import PromptBank
 from diffusers_unlearn.evaluation import ConceptProbe, evaluate
+from diffusers_unlearn.families import family_of
+from diffusers_unlearn.prompts import Context
+from diffusers_unlearn.targets import implicit_prompts
 
 CALL = {"images_per_prompt": 6, "num_inference_steps": 10, "progress": False}
 
@@ -95,6 +99,19 @@ def test_a_context_drawn_as_the_concept_is_erased_with_it(pipe, scorer):
     assert "a in blue" in rebuilt["anchors"] and not {"a red", "the number"} & set(rebuilt["anchors"])
     assert not {"a red", "the number"} & {r["target"] for r in adapter.metadata["targets"]}
     assert drawn[False] >= 0.5 and drawn[True] <= 0.1, drawn
+
+
+def test_a_context_drawn_in_a_spread_is_not_read_as_the_concept(pipe, scorer):
+    """The model draws "a five" in a spread of colours, seldom red, but its mean noise predictions lie nearest "a red
+    five": unconfirmed, the check reads it as red. Sampled from the same noise, it ends nearer a yellow or blue five
+    in most trajectories, and the confirmed check leaves it out; "a red" (drawn as a seven) stays in."""
+    bank = PromptBank(pipe, family_of(pipe))
+    five, red = Context("a {} five"), Context("a red {}")
+    assert implicit_prompts(bank, [five], ["red"], ["yellow", "blue"], confirm=0) == {five: "a five"}  # the misread
+    shown = evaluate(pipe, scorer, forget=[ConceptProbe("red five", ("a five",), {"colour": "red"})], **CALL)
+    assert shown.forget_accuracy <= 0.2  # the premise: seldom red
+    assert implicit_prompts(bank, [five], ["red"], ["yellow", "blue"]) == {}
+    assert implicit_prompts(bank, [red], ["seven"], ["eight", "five"]) == {red: "a red"}
 
 
 def test_a_context_drawn_as_the_concept_with_no_other_candidate_stays_its_target_and_says_so(pipe, caplog):

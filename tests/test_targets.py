@@ -9,11 +9,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_sd_pipeline
+from conftest import make_flux_pipeline, make_sd3_pipeline, make_sd_pipeline, make_sdxl_pipeline
 
 import diffusers_unlearn as du
 from diffusers_unlearn import targets
+from diffusers_unlearn.distance import PromptBank, final_latents
 from diffusers_unlearn.errors import InvalidArgumentError, InvalidConceptError, WeakRemovalWarning
+from diffusers_unlearn.families import family_of
 
 TEMPLATES = ["a photo of a {}", "a painting of a {}", "a drawing of a {}", "a {} on a hill"]
 NEIGHBORS = ["dog", "tiger", "horse"]
@@ -140,3 +142,18 @@ def test_map_to_context_false_keeps_the_emptied_context_out_of_the_targets(pipe)
 def test_map_to_context_false_without_candidates_is_refused(pipe):
     with pytest.raises(du.errors.InvalidArgumentError, match="no mapping target"):
         du.erase(pipe, "cat", templates=TEMPLATES, map_to_context=False)
+
+
+@pytest.mark.parametrize("make", ["sd", "sdxl", "sd3", "flux"])
+def test_final_latents_end_alike_only_for_alike_prompts(make):
+    """The confirmation of implicit prompts samples every prompt from the same noise: the same prompt ends in the
+    same place, another prompt elsewhere, on every family (FLUX's packed latents, flow schedulers, SDXL's pooled
+    text)."""
+    pipe = {"sd": make_sd_pipeline, "sdxl": make_sdxl_pipeline, "sd3": make_sd3_pipeline, "flux": make_flux_pipeline}
+    pipe = pipe[make]()
+    bank = PromptBank(pipe, family_of(pipe))
+    ends = final_latents(bank, ["a photo of a cat", "a drawing of a horse"], samples=2, steps=2)
+    again = final_latents(bank, ["a drawing of a horse", "a photo of a cat"], samples=2, steps=2)
+    assert ends["a photo of a cat"].shape[0] == 2 and torch.isfinite(ends["a photo of a cat"]).all()
+    torch.testing.assert_close(ends["a photo of a cat"], again["a photo of a cat"])
+    assert not torch.allclose(ends["a photo of a cat"], ends["a drawing of a horse"])
