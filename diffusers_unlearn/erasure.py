@@ -130,7 +130,7 @@ def erase(
             trajectories of its prompt, the concept's and its neighbours', from the same noise): the mean noise
             predictions read "a five", which the model draws in a spread of colours, as red. Off by default: it
             costs four noise predictions per context and the trajectories of the contexts found (digits: "red",
-            120 contexts found, 95 s on one thread, against 45 s for the removal itself).
+            120 contexts found, 95 s on one thread beside another run, against 45 s for the removal itself).
         category (`str`, *optional*): A generic category ("a cartoon character"), also a candidate.
         anchor (`str`, *optional*): Map every forget prompt to this one prompt instead (the coarse target of
             ESD / UCE, e.g. `""`); turns fine-grained targets off. For comparisons, not recommended.
