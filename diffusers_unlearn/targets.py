@@ -67,8 +67,10 @@ MIN_SEPARATION = 0.9
 """A candidate whose predictions are nearer the concept's than this share of their distance to the nearest other
 concept (a protected neighbour) is drawn as the concept, and rejected."""
 IMPLICIT_SAMPLES = 8
-"""Trajectories per prompt that confirm an implicit prompt ([`implicit_prompts`]): the context without the concept
-must end nearer the concept's end than its neighbours' in more than half of them."""
+"""Trajectories per prompt that confirm an implicit prompt ([`implicit_prompts`])."""
+IMPLICIT_SHARE = 0.5
+"""The context without the concept must end nearer the concept's end than its neighbours' in more than this share
+of them."""
 IMPLICIT_GUIDANCE = 7.5
 """Guidance of those trajectories (diffusers' default for Stable Diffusion)."""
 UNTRAINED_NORM_RATIO = 0.5
@@ -384,10 +386,10 @@ def implicit_prompts(
 
     Each context so found is confirmed by sampling (`confirm` trajectories a prompt, [`final_latents`]; 0: not
     confirmed): the context without the concept must end nearer the concept's end than its neighbours' in more than
-    half of them. The mean predictions misread a context the model draws in a spread: the digits model's noise
-    predictions put "a five" nearest "a red five", and it draws red in 8% of its images (yellow in 57%);
-    unconfirmed, the removal of "red" erased 108 such prompts, all mapped to yellow, which later removals of
-    yellow digits took with them (docs/method.md#implicit-prompts).
+    `IMPLICIT_SHARE` (half) of them. The mean predictions misread a context the model draws in a spread: the
+    digits model's noise predictions put "a five" nearest "a red five", and it draws red in 8% of its images
+    (yellow in 57%); unconfirmed, the removal of "red" erased 108 such prompts, all mapped to yellow, which later
+    removals of yellow digits took with them (docs/method.md#implicit-prompts).
 
     Example:
         ```py
@@ -429,6 +431,6 @@ def implicit_prompts(
         empty = ends[found[context]]
         to_concept = (empty - ends[concept]).flatten(1).square().sum(1)
         to_near = torch.stack([(empty - ends[n]).flatten(1).square().sum(1) for n in near]).min(0).values
-        if (to_concept < to_near).float().mean() <= 0.5:  # drawn as a neighbour at least as often
+        if (to_concept < to_near).float().mean() <= IMPLICIT_SHARE:  # drawn as a neighbour as often
             del found[context]
     return found
