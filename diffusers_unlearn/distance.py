@@ -267,11 +267,7 @@ def noise_predictions(
     per_call = max(1, _PREDICTION_BATCH // samples)  # several prompts per denoiser call: one batch of samples each
     for start in range(0, len(missing), per_call):
         group = missing[start : start + per_call]
-        encoded = bank.add(group)
-        embeds = torch.cat([encoded[p][0].to(latents).expand(samples, -1, -1) for p in group])
-        pooled = None
-        if encoded[group[0]][1] is not None:
-            pooled = torch.cat([encoded[p][1].to(latents).expand(samples, -1) for p in group])
+        embeds, pooled = _stacked(bank.add(group), group, samples, latents)
         repeat = (len(group),) + (1,) * (latents.dim() - 1)
         predicted = (
             family.denoise(pipe, denoiser, latents.repeat(*repeat), timesteps.repeat(len(group)), embeds, pooled)
@@ -325,11 +321,7 @@ def final_latents(
         scheduler = family.sampling_scheduler(pipe, steps)  # a fresh one per batch: flow schedulers count steps
         repeat = (len(group),) + (1,) * (start.dim() - 1)
         latents = (start * getattr(scheduler, "init_noise_sigma", 1.0)).repeat(*repeat).to(pipe.device, denoiser.dtype)
-        rows = group + [""] * len(group) if guided else group
-        embeds = torch.cat([encoded[p][0].to(latents).expand(samples, -1, -1) for p in rows])
-        pooled = None
-        if encoded[rows[0]][1] is not None:
-            pooled = torch.cat([encoded[p][1].to(latents).expand(samples, -1) for p in rows])
+        embeds, pooled = _stacked(encoded, group + [""] * len(group) if guided else group, samples, latents)
         for t in scheduler.timesteps:
             both = torch.cat([latents, latents]) if guided else latents
             predicted = family.denoise(pipe, denoiser, both, t.to(latents.device).expand(len(both)), embeds, pooled)
@@ -342,9 +334,26 @@ def final_latents(
     return out
 
 
+def _stacked(
+    encoded: dict, prompts: Sequence[str], samples: int, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The text embeddings (and pooled ones, where the family has them) of `prompts`, each repeated for its
+    `samples` rows of one denoiser call, in `like`'s device and dtype."""
+    embeds = torch.cat([encoded[p][0].to(like).expand(samples, -1, -1) for p in prompts])
+    pooled = None
+    if encoded[prompts[0]][1] is not None:
+        pooled = torch.cat([encoded[p][1].to(like).expand(samples, -1) for p in prompts])
+    return embeds, pooled
+
+
+def sample_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`|| a - b ||^2` per sample of two prompts' noise predictions or trajectory ends, `(samples,)`."""
+    return (a - b).square().flatten(1).sum(1)
+
+
 def prediction_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """`E || a - b ||^2` over the samples of two prompts' noise predictions (see [`noise_predictions`])."""
-    return float((a - b).square().flatten(1).sum(1).mean())
+    return float(sample_distances(a, b).mean())
 
 
 def score_distances(

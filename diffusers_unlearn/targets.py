@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapter import UnlearningAdapter
-from .distance import PromptBank, final_latents, noise_predictions, prediction_distance
+from .distance import PromptBank, final_latents, noise_predictions, prediction_distance, sample_distances
 from .errors import InvalidConceptError
 from .layers import base_linear
 from .prompts import Context
@@ -429,8 +429,8 @@ def implicit_prompts(
     )
     for context, (concept, near) in near_of.items():
         empty = ends[found[context]]
-        to_concept = (empty - ends[concept]).flatten(1).square().sum(1)
-        to_near = torch.stack([(empty - ends[n]).flatten(1).square().sum(1) for n in near]).min(0).values
+        to_concept = sample_distances(empty, ends[concept])
+        to_near = torch.stack([sample_distances(empty, ends[n]) for n in near]).min(0).values
         if (to_concept < to_near).float().mean() <= IMPLICIT_SHARE:  # drawn as a neighbour as often
             del found[context]
     return found
