@@ -334,8 +334,8 @@ def erase(
         pairs += phrasings
         more = prefixed(
             pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed, harden.prefix_words,
-            avoid=erased_earlier,  # no prefix that reopens an earlier removal
-        )  # fmt: skip
+            avoid=erased_earlier, asks=asks_for_concept(names, contexts, protected),
+        )  # fmt: skip  # no prefix that reopens an earlier removal, nor one whose target asks for this concept
         bank.add([p for pair in more for p in pair])
         pairs += more
         hardened = [prompt for prompt, _ in phrasings + more]

@@ -423,6 +423,22 @@ def test_prefixes_never_reopen_an_earlier_removal():
     assert not any("cat" in p.split() for p in after_cat)
 
 
+def test_prefixes_never_make_the_target_ask_for_the_concept():
+    """With `asks`, a prefix that makes the target ask for this removal's concept is drawn again: erasing serif Q
+    (by its style word, in the contexts of q), "q the red letter g in serif" would train toward a serif q."""
+    from transformers import CLIPTokenizer
+
+    from diffusers_unlearn import glyphs
+
+    tokenizer = CLIPTokenizer.from_pretrained(glyphs.MODEL_DIR / "tokenizer")
+    pairs = [("the red letter q in serif", "the red letter g in serif"), ("serif q", "serif g")]
+    words, asks = ("q", "seven", "a", "roman"), lambda prompt: {"q", "serif"} <= set(prompt.split())
+    free = prefixed(pairs, 8, tokenizer, ["serif"], tokens=2, seed=0, words=words)
+    kept = prefixed(pairs, 8, tokenizer, ["serif"], tokens=2, seed=0, words=words, asks=asks)
+    assert any(asks(target) for _, target in free)  # q drawn in front, without `asks`
+    assert not any(asks(target) for _, target in kept) and len(kept) >= len(free) - 2
+
+
 def test_figures_split_a_removals_time_between_encoders_and_denoiser():
     """The target check and the effect figures call the denoiser: their time is recorded apart from the encoding."""
     pipe = make_sd_pipeline()

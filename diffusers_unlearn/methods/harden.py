@@ -178,6 +178,7 @@ def prefixed(
     seed: int = 0,
     words: Sequence[str] = (),
     avoid: Callable[[str], bool] | None = None,
+    asks: Callable[[str], bool] | None = None,
 ) -> list[tuple[str, str]]:
     """`count` copies of each forget prompt with `tokens` random vocabulary tokens (or `words`) in front, each
     paired with its target behind the same tokens.
@@ -190,7 +191,9 @@ def prefixed(
     prefixed prompt that is a forget prompt already or in `exclude` (the protected prompts) is left out. With
     `avoid` (`erased_by` the earlier removals), a prefix that makes the prompt or its target ask for an earlier
     removal's concept is drawn again (up to 8 times): "blue thin a red three" -> "blue thin a green three", erasing
-    "red" after "blue three", would train the chain to draw blue threes again.
+    "red" after "blue three", would train the chain to draw blue threes again. With `asks` (`asks_for_concept` of
+    this removal), so is one that makes the target ask for the concept: "q the red letter r in serif", erasing
+    serif Q, would train toward a serif q.
 
     Example (the digits tokenizer, as in [`rephrased`]'s):
         ```py
@@ -228,12 +231,13 @@ def prefixed(
         return " ".join(pieces)
 
     def reopens(prefix: str, forget: str, target: str) -> bool:
-        return avoid is not None and (avoid(f"{prefix} {forget}") or avoid(f"{prefix} {target}"))
+        earlier = avoid is not None and (avoid(f"{prefix} {forget}") or avoid(f"{prefix} {target}"))
+        return earlier or (asks is not None and asks(f"{prefix} {target}"))
 
     out = []
     for forget, target in pairs:
         for _ in range(count):
-            for _ in range(9):  # a prefix that asks for an earlier removal's concept is drawn again, 8 times at most
+            for _ in range(9):  # a prefix that asks for an erased concept is drawn again, 8 times at most
                 prefix = draw(forget, target)
                 if not reopens(prefix, forget, target):
                     break
