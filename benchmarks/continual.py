@@ -292,8 +292,7 @@ def distill_options(args, concept=None, step: int | None = None) -> dict:
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push,
                "earlier_protection": args.distill_earlier_protection,
                "earlier_overlap": args.distill_earlier_overlap,
-               "earlier_hardened": args.distill_earlier_hardened,
-               "earlier_prefixes": args.distill_earlier_prefixes, "siblings": args.distill_siblings}  # fmt: skip
+               "earlier_hardened": args.distill_earlier_hardened, "siblings": args.distill_siblings}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     if args.distill_earlier_anchor != "chain":
         nonzero["earlier_anchor"] = args.distill_earlier_anchor
@@ -1179,10 +1178,6 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-earlier-hardened", action="store_true",
         help="distill's earlier_hardened: hold the earlier removals' hardened prompts too (with --harden-*)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-earlier-prefixes", type=int, default=0,
-        help="distill's earlier_prefixes: hold the earlier removals' forget prompts with random tokens in front too",
     )  # fmt: skip
     parser.add_argument(
         "--distill-siblings", action="store_true",

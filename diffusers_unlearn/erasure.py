@@ -370,15 +370,6 @@ def erase(
             [p for p in replayed_forget_prompts(a, config.earlier_hardened) if not asks(p) and p not in drawn_as_it]
             for a in previous
         ]
-        if config.earlier_prefixes:  # random tokens in front of them too, held the same way
-            earlier = [
-                [*prompts, *(p for p, _ in prefixed(
-                    [(q, q) for q in prompts], config.earlier_prefixes, pipe.tokenizer,
-                    [*names, *([a.metadata["concept"]] if a.metadata.get("concept") else [])], exclude=protected,
-                    seed=seed + index,
-                ) if not asks(p) and p not in drawn_as_it)]
-                for index, (a, prompts) in enumerate(zip(previous, earlier, strict=True))
-            ]  # fmt: skip
         replayed = [kept for prompts in groups.values() if (kept := [p for p in prompts if p not in drawn_as_it])]
         kept_earlier = []  # what the earlier removals protected, by removal and group, with earlier_protection
         if previous and config.earlier_protection > 0:

@@ -127,36 +127,6 @@ def test_later_distilled_removals_hold_an_earlier_removals_hardened_prompts(sd_p
     assert replayed == [[plain], [[*plain, *hardened]]]  # one earlier removal: its forget prompts, then both kinds
 
 
-@pytest.mark.random_targets
-@quiet
-def test_later_distilled_removals_hold_earlier_forget_prompts_behind_random_tokens(sd_pipe, monkeypatch):
-    """`DistillConfig(earlier_prefixes=k)`: a later removal holds each earlier forget prompt also behind random
-    vocabulary tokens, up to `k` copies, none of them carrying either removal's own tokens (a prefix "bird" would
-    hold a prompt that asks for this removal's concept)."""
-    from diffusers_unlearn import erasure
-
-    replayed = []
-    real = erasure.distill
-    monkeypatch.setattr(
-        erasure, "distill", lambda *a, earlier, **k: replayed.append(earlier) or real(*a, **k, earlier=earlier)
-    )
-    first = du.erase(sd_pipe, "cat", templates=["a photo of {}"], neighbors=["dog"])
-    sd_pipe.load_unlearning(first)
-    for prefixes in (0, 2):
-        config = du.DistillConfig(**TINY, earlier_prefixes=prefixes)
-        du.erase(sd_pipe, "bird", templates=["a photo of {}"], neighbors=["fish"], method="distill", config=config)
-    plain = first.metadata["forget_prompts"]
-    assert replayed[0] == [plain]
-    (held,) = replayed[1]
-    copies = held[len(plain) :]
-    assert held[: len(plain)] == plain and 0 < len(copies) <= 2 * len(plain) and len(set(copies)) == len(copies)
-    for copy in copies:
-        prefix = copy.removesuffix(" a photo of cat")
-        assert prefix != copy and prefix.strip() and not {"cat", "bird"} & set(prefix.split())
-    with pytest.raises(du.InvalidArgumentError, match="earlier_prefixes"):
-        du.DistillConfig(earlier_prefixes=-1)
-
-
 def test_a_hardened_combination_is_still_erased():
     """Prefixed copies of the forget prompts are averaged apart from the forget prompts (`plain_pairs`): drawn in
     with them, two prefixes a prompt left the forget prompts a third of the forget term, and this removal of the

@@ -156,10 +156,6 @@ class DistillConfig:
             brought serif Q back in 12.5% of images on average over five seeds held, 12% not, at general retention
             91-93% held, 94-97% not; on digits, holding the 660 prefixed prompts of "seven" left the next removal,
             "blue three", drawn in 44% of its images (9% without): off by default (docs/benchmarks/robustness.md).
-        earlier_prefixes (`int`): Hold each earlier removal's forget prompts also with random vocabulary tokens
-            in front, this many copies of each (`prefixed`, seeded, none of this removal's or that removal's own
-            tokens), held as the prompts they copy: what a token search writes in front of an erased prompt stays
-            as the chain drew it. 0 (the default): the forget prompts only.
         siblings (`bool`): Protect the `preserve` prompts one word from a forget prompt, not in the concept's
             word ("a blue six, thin" while erasing "bold blue six"), once more as a group of their own;
             `metadata["sibling_prompts"]`. Measured on the digits chain of the continual benchmark: related
@@ -222,7 +218,6 @@ class DistillConfig:
     earlier_overlap: float = 0.0
     earlier_anchor: Literal["chain", "own"] = "chain"
     earlier_hardened: bool = False
-    earlier_prefixes: int = 0
     siblings: bool = False
     repair_steps: int = 0
     repair_push: float = 0.1
@@ -270,8 +265,6 @@ class DistillConfig:
                 f"earlier_anchor must be 'chain' or 'own', and 'own' needs lambda_earlier (the hold it teaches), got "
                 f"{self.earlier_anchor!r} with lambda_earlier={self.lambda_earlier}."
             )
-        if self.earlier_prefixes < 0:
-            raise InvalidArgumentError(f"earlier_prefixes must be >= 0 (0: off), got {self.earlier_prefixes}.")
         if self.earlier_protection < 0:
             raise InvalidArgumentError(f"earlier_protection must be >= 0 (0: off), got {self.earlier_protection}.")
         if not 0.0 <= self.earlier_overlap <= 1.0 or (self.earlier_overlap and not self.earlier_protection):
