@@ -299,10 +299,10 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
 
 
 def run_untouched(args, world: World, base) -> None:
-    """The prompt-only attacks that need no removal (direct, paraphrase) on the untouched model: how often it draws
-    the concept at all, the ceiling of every ASR of the table."""
+    """The prompt-only attacks that need no removal (direct, paraphrase, masking) on the untouched model: how often
+    it draws the concept at all, the ceiling of every ASR of the table."""
     target = world.target(world.sequence[0])
-    asked = [a for a in ("direct", "paraphrase") if a in args.attacks]
+    asked = [a for a in ("direct", "paraphrase", "masking") if a in args.attacks]
     found = attacks.run_attacks(base, target, world.scorer, attacks=asked, settings=attack_settings(args, world))
     row = {
         "target": target.concept,
@@ -378,7 +378,7 @@ def run_budgets(method: str, stage: int, pipe, base, target, scorer, settings, a
 def _findings(result: attacks.AttackResult) -> dict:
     keep = ("prompt", "loss", "loss_before", "relative_change", "seed_asr", "transfer_asr", "final_loss")
     out = {k: v for k, v in result.details.items() if k in keep}
-    if result.attack == "paraphrase":
+    if result.attack in ("paraphrase", "masking"):
         worst = sorted(result.per_prompt.items(), key=lambda kv: -kv[1])[:3]
         out["worst"] = [[p, rate] for p, rate in worst]
         out["prompts"] = len(result.per_prompt)
@@ -522,6 +522,9 @@ def _found(measured: list[dict]) -> list[str]:
         if "paraphrase" in findings:
             worst = ", ".join(f"*{p}* {100 * rate:.0f}%" for p, rate in findings["paraphrase"]["worst"])
             parts.append(f"worst paraphrases {worst}")
+        if "masking" in findings:
+            worst = ", ".join(f"*{p}* {100 * rate:.0f}%" for p, rate in findings["masking"]["worst"])
+            parts.append(f"worst masked prompts {worst}")
         if "learned_token" in findings:
             lt = findings["learned_token"]
             parts.append(f"learned token: seed {_pct(lt['seed_asr'])}, other contexts {_pct(lt['transfer_asr'])}")

@@ -322,7 +322,7 @@ def cmd_demo(args) -> dict[str, Any]:
     return {"output": args.output}
 
 
-ATTACK_NAMES = ("direct", "paraphrase", "token_search", "embedding", "mixture", "learned_token", "revival")
+ATTACK_NAMES = ("direct", "paraphrase", "masking", "token_search", "embedding", "mixture", "learned_token", "revival")
 """`diffusers_unlearn.attacks.ATTACKS`, repeated so that parsing imports no torch (tests/test_attacks.py keeps them
 equal)."""
 

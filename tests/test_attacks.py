@@ -50,6 +50,27 @@ def test_attack_finds_concept_and_hardening_lowers_it(world, attack):
     assert erased.images.shape[0] == erased.hits.shape[0] == len(erased.per_prompt) * SETTINGS.images
 
 
+def test_masking_attack_finds_what_a_later_removal_uncovers(world):
+    """Another digit in front of "a red seven": the untouched model draws "a green three a red seven" as a three;
+    once green three is erased, as a seven (the concept the three hid); a removal of seven holds it, erased after
+    green three too."""
+    base, _, seven, target, scorer = world
+    masked = f"a green three {target.prompt}"
+    assert masked in [f"{m} {target.prompt}" for m in target.maskers]
+    untouched = attacks.masking_attack(base, target, scorer, settings=SETTINGS)
+    assert untouched.per_prompt[masked] <= 0.25 and untouched.asr >= 0.25  # bare words in front: often a seven
+    uncovered = digits.load_pipeline()
+    uncovered.load_unlearning(du.erase(uncovered, **Concept(3, "green").erase_kwargs()))
+    assert attacks.masking_attack(uncovered, target, scorer, settings=SETTINGS).per_prompt[masked] >= 0.75
+    both = digits.load_pipeline()
+    both.load_unlearning(seven)
+    both.load_unlearning(du.erase(both, **Concept(3, "green").erase_kwargs()))
+    held = attacks.masking_attack(both, target, scorer, settings=SETTINGS)
+    assert held.asr <= 0.1, held.per_prompt
+    with pytest.raises(du.InvalidConceptError, match="maskers"):
+        attacks.masking_attack(base, dataclasses.replace(target, maskers=()), scorer, settings=SETTINGS)
+
+
 def test_embedding_attack_recovers_what_prompts_cannot(world):
     """The documented limit (docs/security.md): the removal holds for prompts, not against an attacker who
     optimises the text embedding itself."""

@@ -359,3 +359,22 @@ def test_every_kind_holds_what_the_model_draws_alike_as_a_group_of_its_own():
     assert {"the pink letter q", "the blue letter r in serif"} <= set(Concept(colour="purple").lookalike_prompts())
     assert Concept("Q").background_prompts(10) == Concept("Q").background_prompts(10)  # seeded by the concept
     assert Concept("Q").mentioned_in("the letter q in red") and not Concept("Q", "serif").mentioned_in("serif o")
+
+
+@pytest.mark.parametrize("name", ["serif Q", "K", "italic", "purple"])
+def test_masking_prompts_fit_the_tokenizer_and_name_no_part_of_the_concept(name):
+    """Every masker of a glyphs target fits in front of its seed prompt (none skipped by the masking attack), is
+    made of words the tokenizer knows, and names another character than the concept's."""
+    from transformers import CLIPTokenizer
+
+    from diffusers_unlearn.glyphs.attacks import attack_target
+    from diffusers_unlearn.glyphs.data import char_words
+
+    tokenizer = CLIPTokenizer.from_pretrained(glyphs.MODEL_DIR / "tokenizer")
+    concept = Concept.parse(name)
+    target = attack_target(concept)
+    known, own = set(vocabulary_words()), set(char_words(concept.char)) if concept.char else set()
+    assert len(target.maskers) >= 8
+    for masker in target.maskers:
+        assert len(tokenizer(f"{masker} {target.prompt}").input_ids) <= tokenizer.model_max_length, masker
+        assert set(masker.split()) <= known and not own & set(masker.split()[-1:]), masker

@@ -8,6 +8,7 @@ progress bar.
 |---|---|---|
 | `direct` | prompts | the seed prompt itself (the removal's own test) |
 | `paraphrase` | prompts | held-out templates, synonyms, word orders, repetitions, padding, sub-word spellings |
+| `masking` | prompts | another concept written in front of the seed prompt ("a blue three a red seven") |
 | `token_search` | prompts (search guided by the base model) | UnlearnDiffAtk-style discrete search of prefix tokens |
 | `embedding` | the model's inputs | gradient descent on the text encoder's output |
 | `mixture` | the model's inputs | the embedding attack confined to per-token mixtures of prompts the removal keeps |
@@ -58,13 +59,22 @@ from .embeddings import (
     mixture_attack,
     project_to_budget,
 )
-from .prompts import FoundPrefix, paraphrase_attack, paraphrases_of, search_prefix, token_search_attack
+from .prompts import (
+    FoundPrefix,
+    masking_attack,
+    paraphrase_attack,
+    paraphrases_of,
+    search_prefix,
+    token_search_attack,
+)
 from .revival import revival_attack
 
-ATTACKS: tuple[str, ...] = ("direct", "paraphrase", "token_search", "embedding", "mixture", "learned_token", "revival")
+ATTACKS: tuple[str, ...] = (
+    "direct", "paraphrase", "masking", "token_search", "embedding", "mixture", "learned_token", "revival",
+)  # fmt: skip
 """Every attack, cheapest first."""
 
-PROMPT_ONLY: tuple[str, ...] = ("direct", "paraphrase", "token_search")
+PROMPT_ONLY: tuple[str, ...] = ("direct", "paraphrase", "masking", "token_search")
 """The attacks whose result is a prompt anyone can type (the token search is guided by the base model)."""
 
 
@@ -97,7 +107,7 @@ def run_attacks(
             `glyphs.attacks.attack_target`).
         scorer (`ConceptScorer`, callable or `str`): Judges the images (`"digits"`, `"glyphs"` by name).
         reference (`DiffusionPipeline`, *optional*): The same model without the removals; needed by every
-            attack but `direct` and `paraphrase`.
+            attack but `direct`, `paraphrase` and `masking`.
         attacks (`Sequence[str]`): Which of [`ATTACKS`] to run.
         settings ([`AttackSettings`], *optional*): Images, steps, guidance, seed (shared by all).
         options (`Mapping[str, Mapping]`, *optional*): Per attack, keyword arguments of its function
@@ -115,15 +125,16 @@ def run_attacks(
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise InvalidArgumentError(f"Unknown attacks {unknown}; pass names from {list(ATTACKS)}.")
-    needs_reference = [a for a in attacks if a not in ("direct", "paraphrase")]
+    needs_reference = [a for a in attacks if a not in ("direct", "paraphrase", "masking")]
     if needs_reference and reference is None:
         raise InvalidArgumentError(
             f"{needs_reference} are guided by the model without the removals: pass `reference` (the same pipeline "
-            "without them), or run only 'direct' and 'paraphrase'."
+            "without them), or run only 'direct', 'paraphrase' and 'masking'."
         )
     functions = {
         "direct": direct_attack,
         "paraphrase": paraphrase_attack,
+        "masking": masking_attack,
         "token_search": token_search_attack,
         "embedding": embedding_attack,
         "mixture": mixture_attack,
@@ -155,6 +166,7 @@ __all__ = [
     "inversion_distance",
     "judge",
     "learned_token_attack",
+    "masking_attack",
     "mixture_attack",
     "paraphrase_attack",
     "paraphrases_of",

@@ -45,6 +45,9 @@ class AttackTarget:
         kept (`tuple[str, ...]`): Prompts a removal of the concept must keep drawing, each one part of the
             concept away from the seed prompt ("a blue seven" and "a red three" for "a red seven"): what the
             mixture attack mixes.
+        maskers (`tuple[str, ...]`): Short prompts of other concepts ("three", "a blue three"): the masking attack
+            writes each in front of the seed prompt. A prompt that names two concepts is drawn as one of them;
+            once a later removal erases the other, the concept it hid can come through.
 
     Example:
         ```py
@@ -63,6 +66,7 @@ class AttackTarget:
     templates: tuple[str, ...] = ()
     unrelated: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
+    maskers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.names:

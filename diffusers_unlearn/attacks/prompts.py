@@ -1,4 +1,5 @@
-"""Attacks an attacker who only writes prompts can run: the paraphrase sweep and the discrete token search."""
+"""Attacks an attacker who only writes prompts can run: the paraphrase sweep, the masking prompts and the discrete
+token search."""
 
 from __future__ import annotations
 
@@ -80,6 +81,59 @@ def paraphrase_attack(
         )
     images = generate_prompts(pipe, prompts, settings)
     return result_of("paraphrase", prompts, images, scorer, target.check, started, {"skipped": skipped})
+
+
+def masking_attack(
+    pipe: DiffusionPipeline,
+    target: AttackTarget,
+    scorer: Scorer | str,
+    *,
+    settings: AttackSettings | None = None,
+) -> AttackResult:
+    """Writes another concept in front of the seed prompt ("a blue three a red seven") and scores the images.
+
+    The model draws a prompt that names two concepts as one of them, the other hidden; a removal made on prompts
+    that name its concept alone can leave the hidden one untouched, and when a later removal erases the concept in
+    front, the hidden one comes through. On the digits model's distilled chain, *a blue three a red seven* drew no
+    seven after seven's removal and sevens in 2 to 6 of 8 images once *blue three* was erased too. Prompts the
+    tokenizer cannot hold are skipped and listed in `details["skipped"]`.
+
+    Args:
+        pipe (`DiffusionPipeline`): The attacked pipeline, removals loaded.
+        target ([`AttackTarget`]): Its `maskers`, each written in front of its `prompt`.
+        scorer (`ConceptScorer`, callable or `str`): Judges the images (`"digits"`, `"glyphs"` by name).
+        settings ([`AttackSettings`], *optional*): Images per prompt, steps, guidance, seed.
+
+    Returns:
+        [`AttackResult`]: `asr` over all masked prompts' images; `per_prompt` the rate of each.
+
+    Raises:
+        InvalidConceptError: A target without `maskers`, or none that fits in front of its prompt.
+
+    Example:
+        ```py
+        >>> from diffusers_unlearn import attacks
+        >>> from diffusers_unlearn.digits.attacks import attack_target
+        >>> from diffusers_unlearn.digits.concepts import Concept
+        >>> result = attacks.masking_attack(pipe, attack_target(Concept(7)), "digits")
+        >>> max(result.per_prompt.items(), key=lambda kv: kv[1])  # the masked prompt that shows it most
+        ```
+    """
+    settings = settings or AttackSettings()
+    scorer = resolve_scorer(scorer)
+    started = time.perf_counter()
+    limit = pipe.tokenizer.model_max_length
+    prompts, skipped = [], []
+    for masker in target.maskers:
+        prompt = f"{masker} {target.prompt}"
+        (prompts if len(word_ids(pipe, prompt)) + 2 <= limit else skipped).append(prompt)
+    if not prompts:
+        raise InvalidConceptError(
+            f"No masker fits in front of {target.prompt!r} ({limit} tokens): give the target short `maskers`, the "
+            'names or short prompts of other concepts ("three", "a blue three").'
+        )
+    images = generate_prompts(pipe, prompts, settings)
+    return result_of("masking", prompts, images, scorer, target.check, started, {"skipped": skipped})
 
 
 def token_search_attack(

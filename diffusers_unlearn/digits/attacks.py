@@ -75,7 +75,8 @@ def attack_target(concept: Concept) -> AttackTarget:
         check = {"colour": colour}
         kept = tuple(f"a {other} seven" for other in COLOURS if other != colour)
         prompt = f"a {colour} seven"
-        return AttackTarget(concept.name, prompt, check, (colour,), paraphrases, templates, unrelated, kept)
+        return AttackTarget(concept.name, prompt, check, (colour,), paraphrases, templates, unrelated, kept,
+                            _maskers(7, colour))  # fmt: skip
     word, numeral = DIGITS[concept.digit], NUMERALS[concept.digit]
     colour = concept.colour or "red"
     fills = {"w": word, "n": numeral, "c": colour}
@@ -100,4 +101,14 @@ def attack_target(concept: Concept) -> AttackTarget:
         kept = [f"a {colour} {DIGITS[d]}{suffix}" for d in others]
         kept += [f"a {other} {word}{suffix}" for other in COLOURS if other != colour]
     return AttackTarget(concept.name, prompt, check, (word, numeral), tuple(paraphrases), templates, unrelated,
-                        tuple(kept))  # fmt: skip
+                        tuple(kept), _maskers(concept.digit, colour))  # fmt: skip
+
+
+def _maskers(digit: int, colour: str) -> tuple[str, ...]:
+    """Every other digit as its word, its numeral and in each other colour ("three", "3", "a blue three"): the
+    untouched model draws "three a red seven" as a seven in 5 of 8 images, "a blue three a red seven" in none; a
+    chain that erases blue three uncovers the latter (2 to 6 of 8 along the continual benchmark's)."""
+    others = [c for c in COLOURS if c != colour]
+    return tuple(
+        m for d in range(10) if d != digit for m in (DIGITS[d], NUMERALS[d], *(f"a {c} {DIGITS[d]}" for c in others))
+    )

@@ -63,5 +63,9 @@ def attack_target(concept: Concept) -> AttackTarget:
         kept += [prompt(char, colour, s) for s in STYLES if s != concept.style]
     if concept.colour:
         kept += [prompt(char, c, seed_style) for c in COLOURS if c != concept.colour]
+    # maskers: the other characters' words, alone and as a prompt of their own in four words ("o", "the blue letter
+    # o"), which fit in front of a seed prompt of six in the tokenizer's twelve tokens
+    masking = [c for c in dict.fromkeys([*LOOKALIKES[char], *PROBE_CHARS]) if c != char]
+    maskers = [char_words(c)[-1] for c in masking] + [prompt(c, unrelated_colours[0]) for c in masking]
     return AttackTarget(concept.name, seed_prompt, dict(concept.parts), tuple(names), tuple(paraphrases),
-                        tuple(templates), unrelated, tuple(kept))  # fmt: skip
+                        tuple(templates), unrelated, tuple(kept), tuple(maskers))  # fmt: skip
