@@ -80,7 +80,11 @@ class HardenConfig:
         prefix_words (`tuple[str, ...]`): Words the prefixes are drawn from instead of the whole vocabulary (the
             concept's own names left out): the words a token search puts in front where it succeeds. On glyphs
             it writes other styles' words (*letter roman letter slanted the red letter q in serif*), which random
-            tokens of the whole vocabulary seldom are. Empty: the whole vocabulary.
+            tokens of the whole vocabulary seldom are. Or the other concepts' names: a prompt naming two concepts
+            is drawn as one, and a later removal of that one uncovers the other ("a blue three a red seven"); on
+            digits, every removal of a chain hardened with the other digits' words and numerals, held by the
+            later ones (`DistillConfig(earlier_hardened=True)`), keeps the token search at 0-2.5% after 10 and 25
+            removals (docs/erasing.md#hardened-removals). Empty: the whole vocabulary.
 
     Example:
         ```py
