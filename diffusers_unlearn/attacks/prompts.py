@@ -68,19 +68,34 @@ def paraphrase_attack(
         >>> result.asr, max(result.per_prompt.items(), key=lambda kv: kv[1])  # the worst paraphrase
         ```
     """
+    return _score_prompts(
+        "paraphrase", pipe, paraphrases_of(target), target, scorer, settings,
+        "No paraphrase fits the tokenizer ({limit} tokens): give the target shorter `paraphrases` or `templates`.",
+    )  # fmt: skip
+
+
+def _score_prompts(
+    attack: str,
+    pipe: DiffusionPipeline,
+    prompts: Sequence[str],
+    target: AttackTarget,
+    scorer: Scorer | str,
+    settings: AttackSettings | None,
+    none_fit: str,
+) -> AttackResult:
+    """The images of every prompt the tokenizer can hold, scored for the target (the others listed in
+    `details["skipped"]`); `none_fit` (formatted with `limit`) is the error when none fits."""
     settings = settings or AttackSettings()
     scorer = resolve_scorer(scorer)
     started = time.perf_counter()
     limit = pipe.tokenizer.model_max_length
-    prompts, skipped = [], []
-    for prompt in paraphrases_of(target):
-        (prompts if len(word_ids(pipe, prompt)) + 2 <= limit else skipped).append(prompt)
-    if not prompts:
-        raise InvalidConceptError(
-            f"No paraphrase fits the tokenizer ({limit} tokens): give the target shorter `paraphrases` or `templates`."
-        )
-    images = generate_prompts(pipe, prompts, settings)
-    return result_of("paraphrase", prompts, images, scorer, target.check, started, {"skipped": skipped})
+    kept, skipped = [], []
+    for prompt in prompts:
+        (kept if len(word_ids(pipe, prompt)) + 2 <= limit else skipped).append(prompt)
+    if not kept:
+        raise InvalidConceptError(none_fit.format(limit=limit))
+    images = generate_prompts(pipe, kept, settings)
+    return result_of(attack, kept, images, scorer, target.check, started, {"skipped": skipped})
 
 
 def masking_attack(
@@ -119,21 +134,11 @@ def masking_attack(
         >>> max(result.per_prompt.items(), key=lambda kv: kv[1])  # the masked prompt that shows it most
         ```
     """
-    settings = settings or AttackSettings()
-    scorer = resolve_scorer(scorer)
-    started = time.perf_counter()
-    limit = pipe.tokenizer.model_max_length
-    prompts, skipped = [], []
-    for masker in target.maskers:
-        prompt = f"{masker} {target.prompt}"
-        (prompts if len(word_ids(pipe, prompt)) + 2 <= limit else skipped).append(prompt)
-    if not prompts:
-        raise InvalidConceptError(
-            f"No masker fits in front of {target.prompt!r} ({limit} tokens): give the target short `maskers`, the "
-            'names or short prompts of other concepts ("three", "a blue three").'
-        )
-    images = generate_prompts(pipe, prompts, settings)
-    return result_of("masking", prompts, images, scorer, target.check, started, {"skipped": skipped})
+    return _score_prompts(
+        "masking", pipe, [f"{masker} {target.prompt}" for masker in target.maskers], target, scorer, settings,
+        f"No masker fits in front of {target.prompt!r} ({{limit}} tokens): give the target short `maskers`, the "
+        'names or short prompts of other concepts ("three", "a blue three").',
+    )  # fmt: skip
 
 
 def token_search_attack(
