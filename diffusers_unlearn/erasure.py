@@ -324,6 +324,7 @@ def erase(
     pairs = [(prompt, composed.get(prompt, target)) for prompt, target in pairs]
     bank.add(list(composed.values()))
     erased_earlier = erased_by(previous)  # asks for what a loaded removal erased
+    asks = asks_for_concept(names, contexts, protected)  # asks for what this removal erases
     hardened: list[str] = []  # the forget prompts a hardening adds (saved: later removals may hold them too)
     plain_pairs = len(pairs)
     if harden is not None and (harden.phrasings or harden.prefixes):
@@ -334,7 +335,7 @@ def erase(
         pairs += phrasings
         more = prefixed(
             pairs, harden.prefixes, pipe.tokenizer, names, harden.prefix_tokens, protected, seed, harden.prefix_words,
-            avoid=erased_earlier, asks=asks_for_concept(names, contexts, protected),
+            avoid=erased_earlier, asks=asks,
         )  # fmt: skip  # no prefix that reopens an earlier removal, nor one whose target asks for this concept
         bank.add([p for pair in more for p in pair])
         pairs += more
@@ -364,7 +365,6 @@ def erase(
         # this concept ("a red seven" after "seven", when erasing "red"). Neither held nor protected: the prompts
         # an earlier removal draws as this concept ("a red nine, bold" as "a yellow nine, bold", when erasing
         # "bold yellow nine"); the later request wins
-        asks = asks_for_concept(names, contexts, protected)
         drawn_as_it = {p for a in previous for p, target in targets_by_prompt(a).items() if asks(target)}
         earlier = [
             [p for p in replayed_forget_prompts(a, config.earlier_hardened) if not asks(p) and p not in drawn_as_it]
