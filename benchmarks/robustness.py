@@ -519,12 +519,10 @@ def _found(measured: list[dict]) -> list[str]:
         parts = []
         if "token_search" in findings:
             parts.append(f"token search prompt *{findings['token_search'].get('prompt', '?')}*")
-        if "paraphrase" in findings:
-            worst = ", ".join(f"*{p}* {100 * rate:.0f}%" for p, rate in findings["paraphrase"]["worst"])
-            parts.append(f"worst paraphrases {worst}")
-        if "masking" in findings:
-            worst = ", ".join(f"*{p}* {100 * rate:.0f}%" for p, rate in findings["masking"]["worst"])
-            parts.append(f"worst masked prompts {worst}")
+        for attack, label in (("paraphrase", "paraphrases"), ("masking", "masked prompts")):
+            if attack in findings:
+                worst = ", ".join(f"*{p}* {100 * rate:.0f}%" for p, rate in findings[attack]["worst"])
+                parts.append(f"worst {label} {worst}")
         if "learned_token" in findings:
             lt = findings["learned_token"]
             parts.append(f"learned token: seed {_pct(lt['seed_asr'])}, other contexts {_pct(lt['transfer_asr'])}")
