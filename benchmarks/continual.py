@@ -1082,6 +1082,7 @@ def add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--harden-iterations", type=int, default=None, help="HardenConfig.iterations")
     parser.add_argument("--harden-weight", type=float, default=None, help="HardenConfig.weight")
     parser.add_argument("--harden-prompts", type=int, default=None, help="HardenConfig.prompts")
+    parser.add_argument("--harden-samples", type=int, default=None, help="HardenConfig.samples")
     parser.add_argument(
         "--harden-phrasings", type=int, default=0,
         help="HardenConfig.phrasings, other word orders of each forget prompt trained on",
@@ -1099,7 +1100,7 @@ def add_harden_arguments(parser: argparse.ArgumentParser) -> None:
 
 def hardening_asked(args) -> bool:
     """Whether any `--harden-*` option is given: `continual.py` then hardens every removal."""
-    given = (args.harden_rounds, args.harden_iterations, args.harden_weight, args.harden_prompts)
+    given = (args.harden_rounds, args.harden_iterations, args.harden_weight, args.harden_prompts, args.harden_samples)
     return any(value is not None for value in given) or bool(args.harden_phrasings or args.harden_prefixes)
 
 
@@ -1108,7 +1109,7 @@ def harden_config(args, prefix_words: Sequence[str] = ()) -> du.HardenConfig:
     `--harden-prefix-words` names others (and only with `--harden-prefixes`)."""
     given = {
         "rounds": args.harden_rounds, "iterations": args.harden_iterations, "weight": args.harden_weight,
-        "prompts": args.harden_prompts,
+        "prompts": args.harden_prompts, "samples": args.harden_samples,
     }  # fmt: skip
     words = tuple(args.harden_prefix_words) or (tuple(prefix_words) if args.harden_prefixes else ())
     return du.HardenConfig(
