@@ -152,13 +152,13 @@ class DistillConfig:
             request wins).
         earlier_hardened (`bool`): Hold an earlier hardened removal's phrasings and prefixed prompts
             (`metadata["hardened_prompts"]`) with its forget prompts, so that later removals do not wear its
-            hardening away. Measured, it does not: on glyphs, after ten hardened removals the token search
-            brought serif Q back in 12.5% of images on average over five seeds held, 12% not, at general retention
-            91-93% held, 94-97% not; on digits, holding the 660 prefixed prompts of "seven" left the next removal,
-            "blue three", drawn in 44% of its images (9% without): off by default (docs/benchmarks/robustness.md).
-            Hardened with the other digits' words in front instead, every removal of the digits chain, holding
-            them kept related retention at 90.8% after 25 removals (87.0% not held, 8 images a prompt), every
-            target of issue 17 met (docs/erasing.md#hardened-removals).
+            hardening away. What it buys depends on the hardening and the model: every removal of the digits
+            chain hardened with the other digits' words in front and held kept related retention at 90.8% after 25
+            removals (87.0% not held), every target of issue 17 met; the glyphs chain hardened with the other
+            characters' words in front and held let the token search bring serif Q back in 32.5% of images after
+            ten removals (7.5% not held); holding the whole-vocabulary prefixes of digits "seven" left the next
+            removal, "blue three", drawn in 44% of its images (9% not). Off by default
+            (docs/erasing.md#hardened-removals).
         siblings (`bool`): Protect the `preserve` prompts one word from a forget prompt, not in the concept's
             word ("a blue six, thin" while erasing "bold blue six"), once more as a group of their own;
             `metadata["sibling_prompts"]`. Measured on the digits chain of the continual benchmark: related
