@@ -1098,19 +1098,19 @@ def add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+_HARDEN_FIELDS = ("rounds", "iterations", "weight", "prompts", "samples")  # the --harden-* options defaulting to None
+
+
 def hardening_asked(args) -> bool:
     """Whether any `--harden-*` option is given: `continual.py` then hardens every removal."""
-    given = (args.harden_rounds, args.harden_iterations, args.harden_weight, args.harden_prompts, args.harden_samples)
+    given = [getattr(args, f"harden_{field}") for field in _HARDEN_FIELDS]
     return any(value is not None for value in given) or bool(args.harden_phrasings or args.harden_prefixes)
 
 
 def harden_config(args, prefix_words: Sequence[str] = ()) -> du.HardenConfig:
     """`HardenConfig`'s defaults with the fields the `--harden-*` options set; `prefix_words` unless
     `--harden-prefix-words` names others (and only with `--harden-prefixes`)."""
-    given = {
-        "rounds": args.harden_rounds, "iterations": args.harden_iterations, "weight": args.harden_weight,
-        "prompts": args.harden_prompts, "samples": args.harden_samples,
-    }  # fmt: skip
+    given = {field: getattr(args, f"harden_{field}") for field in _HARDEN_FIELDS}
     words = tuple(args.harden_prefix_words) or (tuple(prefix_words) if args.harden_prefixes else ())
     return du.HardenConfig(
         phrasings=args.harden_phrasings, prefixes=args.harden_prefixes, prefix_words=words,
