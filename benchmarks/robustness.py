@@ -50,6 +50,7 @@ parts add up and an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -211,7 +212,7 @@ def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | 
 
 def attack_settings(args, world: World) -> attacks.AttackSettings:
     return attacks.AttackSettings(
-        images=args.images, steps=args.steps, guidance_scale=world.guidance, seed=args.seed, progress=False
+        images=args.images, steps=args.steps, guidance_scale=world.guidance, seed=args.seed[0], progress=False
     )
 
 
@@ -257,22 +258,21 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         removed = [c for c in world.sequence[:step] if not any(s.startswith(c.name + ":") for s in skipped)]
         forget, related, general = world.probes_at(removed)
         retention = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
-        found = attacks.run_attacks(
-            pipe,
-            target,
-            scorer,
-            reference=base,
-            attacks=args.attacks,
-            settings=settings,
-            options=attack_options(pipe, target),
-        )
+        options = attack_options(pipe, target)
+        runs = [  # one run of every attack per seed: a search's yield spreads widely from seed to seed
+            attacks.run_attacks(pipe, target, scorer, reference=base, attacks=args.attacks,
+                                settings=dataclasses.replace(settings, seed=seed), options=options)
+            for seed in args.seed
+        ]  # fmt: skip
+        worst = {name: max(runs, key=lambda run: run[name].asr)[name] for name in runs[0]}  # findings: the best find
         row = {
             "method": method,
             "stage": step,
             "target": target.concept,
-            "asr": {name: r.asr for name, r in found.items()},
-            "attack_seconds": {name: round(r.seconds, 1) for name, r in found.items()},
-            "findings": {name: _findings(r) for name, r in found.items()},
+            "asr": {name: sum(run[name].asr for run in runs) / len(runs) for name in runs[0]},
+            **({"asr_seeds": {name: [run[name].asr for run in runs] for name in runs[0]}} if len(runs) > 1 else {}),
+            "attack_seconds": {name: round(sum(run[name].seconds for run in runs), 1) for name in runs[0]},
+            "findings": {name: _findings(r) for name, r in worst.items()},
             "forget_accuracy": retention.forget_accuracy,
             "related": continual.relative(retention.related, untouched),
             "general": continual.relative(retention.general, untouched),
@@ -434,9 +434,8 @@ def write_report(stored: dict, output: Path) -> None:
         "tokens searched in the vocabulary (40 iterations of greedy coordinate gradient, UnlearnDiffAtk-style); "
         "*embedding* 200 Adam steps on the text encoder's output; *learned token* 200 steps of textual inversion "
         "of one token, measured in the seed prompt and 8 other contexts; *revival* a rank-4 LoRA fine-tuned 100 "
-        "steps on three unrelated digits. 16 images per attack prompt, 20 DDIM steps, guidance 7.5, seed 0"
-        + _distill_steps(measured)
-        + ". "
+        "steps on three unrelated digits. 16 images per attack prompt, 20 DDIM steps, guidance 7.5, seed 0 (or "
+        "the mean over the seeds a row lists)" + _distill_steps(measured) + ". "
         "Related / general retention as in the continual benchmark (relative to the untouched model). *s / removal*: "
         "mean `erase` time over the removals so far, measured on a 2-core machine shared with other jobs (noisy). "
         "Removals `erase` refused (no mapping target it trusts) are listed below; the sequence went on without them.",
@@ -582,7 +581,8 @@ def _glyphs_section(glyph: dict, output: Path) -> list[str]:
         "model's `HELD_OUT_TEMPLATES` (phrasings never used in training) with each of its words; *learned token* "
         "measured in the seed prompt and those phrasings; *revival* fine-tuned on other characters in other styles "
         f"and colours. {values('images')} images per attack prompt, {values('steps')} DDIM steps, guidance "
-        f"{values('guidance_scale')} (`glyphs.GUIDANCE_SCALE`, for every image), seed 0{distill}. Related / general "
+        f"{values('guidance_scale')} (`glyphs.GUIDANCE_SCALE`, for every image), seed 0 (or the mean over the "
+        f"seeds a row lists){distill}. Related / general "
         "retention as in the glyphs continual "
         f"benchmark (the removed concepts' related cells; a fixed sample of {values('general_cells')} cells), "
         f"{values('retention_images')} images per prompt, relative to the untouched model. *s / removal*: mean "
@@ -808,8 +808,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--seed", type=int, default=0,
-        help="AttackSettings.seed: another seed gives each search another start and other images (its spread)",
+        "--seed", type=int, nargs="+", default=[0],
+        help="AttackSettings.seed: another seed gives each search another start and other images (its spread); "
+        "several: every attack runs once per seed, the row's ASR their mean (each seed's in `asr_seeds`)",
     )  # fmt: skip
     parser.add_argument(
         "--embedding-budgets",
