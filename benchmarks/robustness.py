@@ -283,7 +283,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             "skipped": list(skipped),
         }
         row["settings"] = _settings(args, world) | {  # the settings and command of this row (runs add up)
-            "token_search_tokens": attack_options(pipe, target)["token_search"]["tokens"]
+            "token_search_tokens": options["token_search"]["tokens"]
         }
         row["command"] = args.command
         if world.model is not None:  # glyphs: which model files
