@@ -15,8 +15,10 @@ into the page's "Glyphs" section (plot robustness_glyphs.png).
 Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=True)`), `distill`, `distill, hardened`
 (`erase(..., method="distill", harden=True)`: adversarial distillation), `distill, held` and `distill, held,
 hardened` (the configuration of session 18's longest digits chain, `HELD`, plain and hardened), `distill, background`
-and `distill, background, hardened` (digits only: session 20's chain, `BACKGROUND`), and the continual benchmark's
-baselines `coarse target` and `no local protection`.
+and `distill, background, hardened` (digits only: session 20's chain, `BACKGROUND`), `distill, siblings` and `distill,
+siblings, hardened` (digits only: `BACKGROUND` with siblings and implicit prompts, `SIBLINGS`, plain and with its own
+hardening, `SIBLINGS_HARDENING`: the chain that meets issue 17's targets), and the continual benchmark's baselines
+`coarse target` and `no local protection`.
 
     python benchmarks/robustness.py                                  # every method, stages 1 10 25
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1
@@ -27,6 +29,8 @@ baselines `coarse target` and `no local protection`.
     python benchmarks/robustness.py --methods "distill, held" --stages 10 25 --images 8 --chain-dir runs
     python benchmarks/robustness.py --methods "distill, background" --stages 1 10 25 --images 8 --erase-implicit \
         --chain-dir runs-implicit                                    # erase(erase_implicit=True) on every removal
+    python benchmarks/robustness.py --methods "distill, siblings" "distill, siblings, hardened" --images 8 \
+        --retention-images 32 --seed 0 1 2 3 4 --chain-dir runs      # five seeds of every attack
 
 `--chain-dir DIR` keeps each method's removals in `DIR/<method>/step-NN`: a removal found there is loaded instead of
 made (a chain saved by `continual.py --chain-dir` with the same options, linked or copied there, is attacked without
@@ -79,11 +83,12 @@ from diffusers_unlearn.evaluation import evaluate  # noqa: E402
 
 METHODS = (
     "closed form", "hardened", "distill", "distill, hardened", "distill, held", "distill, held, hardened",
-    "distill, background", "distill, background, hardened", "coarse target", "no local protection",
+    "distill, background", "distill, background, hardened", "distill, siblings", "distill, siblings, hardened",
+    "coarse target", "no local protection",
 )  # fmt: skip
 HARDENED = {
     "hardened": "closed form", "distill, hardened": "distill", "distill, held, hardened": "distill, held",
-    "distill, background, hardened": "distill, background",
+    "distill, background, hardened": "distill, background", "distill, siblings, hardened": "distill, siblings",
 }  # fmt: skip
 """Each hardened method and the plain method it hardens (compared against issue 17's targets)."""
 HELD = {
@@ -92,13 +97,26 @@ HELD = {
 """`distill, held`: the `DistillConfig` of the continual benchmark's longest digits chain (with `anchor="base"`): the
 LoRA on the cross-attention and the feed-forward output, the earlier removals' forget prompts held to the chain, the
 protected prompts held half-way back to the untouched model."""
-GLYPH_METHODS = tuple(m for m in METHODS if not m.startswith("distill, background"))
-"""The methods that apply to the glyphs world (`BACKGROUND` is the digits chain's)."""
+GLYPH_METHODS = tuple(m for m in METHODS if not m.startswith(("distill, background", "distill, siblings")))
+"""The methods that apply to the glyphs world (`BACKGROUND` and `SIBLINGS` are digits chains)."""
 BACKGROUND = (HELD | {"base_share": 0.3}, {"background": 64})
 """`distill, background` (digits): the continual benchmark's longest chain by the conjunction (session 20): `HELD` with
 the protected prompts held 0.3 of the way back and 64 `background_prompts()` of other cells preserved as a group of
 their own (the `DistillConfig` fields, and the concept's `erase_kwargs` options)."""
-DISTILL_CHAINS = {"distill, held": (HELD, {}), "distill, background": BACKGROUND}
+SIBLINGS = (BACKGROUND[0] | {"siblings": True}, BACKGROUND[1])
+"""`distill, siblings` (digits): `BACKGROUND` with the group of siblings (`DistillConfig(siblings=True)`) and
+`erase(erase_implicit=True)`: session 55's chain."""
+DIGIT_WORDS = (*digits.DIGITS, *digits.NUMERALS)
+SIBLINGS_HARDENING = {
+    "first": ({}, du.HardenConfig(iterations=200, samples=16, prefixes=2, prefix_words=DIGIT_WORDS)),
+    "later": ({}, du.HardenConfig(rounds=0, prefixes=2, prefix_words=DIGIT_WORDS)),
+}
+"""`distill, siblings, hardened` (digits, session 58): `SIBLINGS` with every removal trained against the other
+digits' words and numerals in front, those prompts held by the later removals (`earlier_hardened`); the first
+removal, the one attacked, also with the three default rounds of derived embeddings, each derivation 200
+iterations on 16 latents; the later ones with none (`rounds=0`). The `DistillConfig` fields and the `HardenConfig`
+of the first removal and of the later ones; the `--harden-*` options do not apply to it."""
+DISTILL_CHAINS = {"distill, held": (HELD, {}), "distill, background": BACKGROUND, "distill, siblings": SIBLINGS}
 """The continual benchmark's distilled chains attacked here (each plain, and hardened with `, hardened`)."""
 STAGES = (1, 10, 25)
 WORLDS = ("digits", "glyphs")
@@ -192,17 +210,21 @@ def model_version(folder: Path) -> dict:
     }
 
 
-def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | None = None) -> dict:
-    """`erase`'s arguments for one removal of `method`; `distill`: the `DistillConfig` fields the command line sets
-    (`continual.distill_options`), which win over a held chain's own."""
+def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | None = None, step: int = 1) -> dict:
+    """`erase`'s arguments for one removal of `method`, the `step`th of its chain; `distill`: the `DistillConfig`
+    fields the command line sets (`continual.distill_options`), which win over a held chain's own."""
     config = du.ClosedFormConfig()
     harden = harden or du.HardenConfig()
     for chain, (options, concept_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
+            if method == "distill, siblings, hardened":  # its own hardening, the first removal's apart
+                steps, harden = SIBLINGS_HARDENING["first" if step == 1 else "later"]
+                options, distill = options | {"earlier_hardened": True}, distill | steps
             kwargs = continual.erase_kwargs(
                 concept, "distill, base anchor", config, options | distill, **concept_options
             )  # what the command line sets (e.g. --distill-modules) wins over the chain's own options
-            return kwargs | ({"harden": harden} if method in HARDENED else {})
+            implicit = {"erase_implicit": True} if chain == "distill, siblings" else {}
+            return kwargs | implicit | ({"harden": harden} if method in HARDENED else {})
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
     if method == "distill, hardened":
@@ -240,7 +262,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         else:
             try:
                 distill, harden = continual.distill_options(args, concept), continual.harden_config(args)
-                kwargs = erase_kwargs(concept, method, distill, harden) | {"erase_implicit": args.erase_implicit}
+                kwargs = {"erase_implicit": args.erase_implicit} | erase_kwargs(concept, method, distill, harden, step)
                 adapter = du.erase(pipe, **kwargs)
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
                 skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
@@ -285,6 +307,9 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         row["settings"] = _settings(args, world) | {  # the settings and command of this row (runs add up)
             "token_search_tokens": options["token_search"]["tokens"]
         }
+        if method == "distill, siblings, hardened":  # its own hardening, not the command line's
+            fixed = SIBLINGS_HARDENING.items()
+            row["settings"]["harden"] = {part: steps | _changed(h, du.HardenConfig()) for part, (steps, h) in fixed}
         row["command"] = args.command
         if world.model is not None:  # glyphs: which model files
             row["model"] = world.model
@@ -657,7 +682,7 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
     lines = [
         "Targets for the hardened removals (issue 17): paraphrase and token-search ASR <= 5%, embedding ASR at most "
         "half the plain removal's (the closed form's for *hardened*, distill's for *distill, hardened*, *distill, "
-        "held*'s for *distill, held, hardened*) at the same stage, related / general retention >= 90% / 95%.",
+        "X*'s for *distill, X, hardened*) at the same stage, related / general retention >= 90% / 95%.",
         "",
         "| stage | method | paraphrase | token search | embedding (hardened / plain) | related | general |",
         "|---|---|---|---|---|---|---|",
@@ -836,7 +861,9 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
     args = parser.parse_args()
     if args.world == "glyphs" and not set(args.methods) <= set(GLYPH_METHODS):
-        parser.error("the `distill, background` methods are the digits chain's (its background prompts); drop them")
+        parser.error("the `distill, background` and `distill, siblings` methods are digits chains; drop them")
+    if "distill, siblings, hardened" in args.methods and continual.hardening_asked(args):
+        parser.error("`distill, siblings, hardened` has its own hardening (SIBLINGS_HARDENING): drop the --harden-*")
     args.json = args.output.with_suffix(".json")
     shown = [a for i, a in enumerate(sys.argv[1:]) if "--output" not in (a, sys.argv[i])]  # where it wrote: not shown
     args.command = "python benchmarks/robustness.py " + " ".join(f'"{a}"' if " " in a else a for a in shown)
