@@ -31,6 +31,8 @@ hardening, `SIBLINGS_HARDENING`: the chain that meets issue 17's targets), and t
         --chain-dir runs-implicit                                    # erase(erase_implicit=True) on every removal
     python benchmarks/robustness.py --methods "distill, siblings" "distill, siblings, hardened" --images 8 \
         --retention-images 32 --seed 0 1 2 3 4 --chain-dir runs      # five seeds of every attack
+    python benchmarks/robustness.py --methods "distill, siblings" --attack-removal 7 --stages 7 10 25 \
+        --chain-dir runs --output /tmp/four.md                       # the 7th removal's concept (four), same chain
 
 `--chain-dir DIR` keeps each method's removals in `DIR/<method>/step-NN`: a removal found there is loaded instead of
 made (a chain saved by `continual.py --chain-dir` with the same options, linked or copied there, is attacked without
@@ -247,7 +249,7 @@ def attack_options(pipe, target: attacks.AttackTarget) -> dict:
 
 def run_method(method: str, args, world: World, base, untouched: dict, results: dict) -> None:
     scorer = world.scorer
-    target = world.target(world.sequence[0])
+    target = world.target(world.sequence[args.attack_removal - 1])
     settings = attack_settings(args, world)
     call = {"images_per_prompt": args.retention_images, "num_inference_steps": args.steps, "progress": False,
             "guidance_scale": world.guidance}  # fmt: skip
@@ -438,6 +440,9 @@ def write_report(stored: dict, output: Path) -> None:
         "from converged) draws the concept tried (*Q*, seed prompt *the red letter q*) in 0% of direct and 2% of "
         "held-out-paraphrase images *before* any removal, so an ASR there would measure the model, not the removal."
     )
+    attacked = sorted({r["target"] for r in measured} - {"seven"})  # --attack-removal: another concept than seven
+    attacked_note = f"**The concept attacked on this page is {', '.join(attacked)}** (`--attack-removal`)"
+    instead = [attacked_note + ", where the text below says seven.", ""] if attacked else []
     commands = _distinct(r["command"] for r in measured if "command" in r)  # rows of later runs record theirs
     later = (
         [" The rows measured by later runs, merged into robustness.json, came from:", "", *_breaks(commands)]
@@ -451,6 +456,7 @@ def write_report(stored: dict, output: Path) -> None:
         + (later[0] if later else ""),
         *later[1:],
         "",
+        *instead,
         "The concept attacked is the first removal of the continual sequence, **seven** (seed prompt *a red "
         "seven*), after the 1st (single removal), 10th and 25th removal of that sequence (each removal fused on "
         "top of the previous ones). ASR is the share of the attack's images in which the digits classifier sees a "
@@ -511,7 +517,7 @@ def write_report(stored: dict, output: Path) -> None:
         lines += ["", *_glyphs_section(glyph, output)]
     lines.append("")
     output.write_text("\n".join(lines))
-    _plot(measured, names, output.with_suffix(".png"), "seven")
+    _plot(measured, names, output.with_suffix(".png"), ", ".join(attacked) or "seven")
 
 
 def _breaks(commands: list[str]) -> list[str]:
@@ -846,6 +852,11 @@ def main() -> None:
     )
     parser.add_argument("--world", choices=WORLDS, default="digits")
     parser.add_argument("--concept", default=None, help="glyphs: the attacked concept (default: the first removal)")
+    parser.add_argument(
+        "--attack-removal", type=int, default=1,
+        help="digits: attack the concept of this removal of the sequence (default 1: seven), the chain unchanged; "
+        "written to a page of its own (--output), at stages from this removal on",
+    )  # fmt: skip
     continual.add_distill_arguments(parser)  # the continual benchmark's options, so its chains can be attacked
     continual.add_harden_arguments(parser)  # the hardened methods' HardenConfig
     parser.add_argument("--general-cells", type=int, default=40, help="glyphs: size of the general sample")
@@ -864,6 +875,11 @@ def main() -> None:
         parser.error("the `distill, background` and `distill, siblings` methods are digits chains; drop them")
     if "distill, siblings, hardened" in args.methods and continual.hardening_asked(args):
         parser.error("`distill, siblings, hardened` has its own hardening (SIBLINGS_HARDENING): drop the --harden-*")
+    if args.attack_removal != 1:
+        if args.world != "digits" or args.output == parser.get_default("output"):
+            parser.error("--attack-removal is for digits scratch pages: give --output (glyphs: --concept)")
+        if min(args.stages) < args.attack_removal:
+            parser.error(f"--stages: the concept of removal {args.attack_removal} is not erased before that stage")
     args.json = args.output.with_suffix(".json")
     shown = [a for i, a in enumerate(sys.argv[1:]) if "--output" not in (a, sys.argv[i])]  # where it wrote: not shown
     args.command = "python benchmarks/robustness.py " + " ".join(f'"{a}"' if " " in a else a for a in shown)
