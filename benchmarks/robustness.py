@@ -110,14 +110,14 @@ SIBLINGS = (BACKGROUND[0] | {"siblings": True}, BACKGROUND[1])
 `erase(erase_implicit=True)`: session 55's chain."""
 DIGIT_WORDS = (*digits.DIGITS, *digits.NUMERALS)
 SIBLINGS_HARDENING = {
-    "first": ({}, du.HardenConfig(iterations=200, samples=16, prefixes=2, prefix_words=DIGIT_WORDS)),
-    "later": ({}, du.HardenConfig(rounds=0, prefixes=2, prefix_words=DIGIT_WORDS)),
+    "first": du.HardenConfig(iterations=200, samples=16, prefixes=2, prefix_words=DIGIT_WORDS),
+    "later": du.HardenConfig(rounds=0, prefixes=2, prefix_words=DIGIT_WORDS),
 }
 """`distill, siblings, hardened` (digits, session 58): `SIBLINGS` with every removal trained against the other
 digits' words and numerals in front, those prompts held by the later removals (`earlier_hardened`); the first
 removal, the one attacked, also with the three default rounds of derived embeddings, each derivation 200
-iterations on 16 latents; the later ones with none (`rounds=0`). The `DistillConfig` fields and the `HardenConfig`
-of the first removal and of the later ones; the `--harden-*` options do not apply to it."""
+iterations on 16 latents; the later ones with none (`rounds=0`). The `HardenConfig` of the first removal and of
+the later ones; the `--harden-*` options do not apply to it."""
 DISTILL_CHAINS = {"distill, held": (HELD, {}), "distill, background": BACKGROUND, "distill, siblings": SIBLINGS}
 """The continual benchmark's distilled chains attacked here (each plain, and hardened with `, hardened`)."""
 STAGES = (1, 10, 25)
@@ -220,8 +220,8 @@ def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | 
     for chain, (options, concept_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
             if method == "distill, siblings, hardened":  # its own hardening, the first removal's apart
-                steps, harden = SIBLINGS_HARDENING["first" if step == 1 else "later"]
-                options, distill = options | {"earlier_hardened": True}, distill | steps
+                harden = SIBLINGS_HARDENING["first" if step == 1 else "later"]
+                options = options | {"earlier_hardened": True}
             kwargs = continual.erase_kwargs(
                 concept, "distill, base anchor", config, options | distill, **concept_options
             )  # what the command line sets (e.g. --distill-modules) wins over the chain's own options
@@ -311,7 +311,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         }
         if method == "distill, siblings, hardened":  # its own hardening, not the command line's
             fixed = SIBLINGS_HARDENING.items()
-            row["settings"]["harden"] = {part: steps | _changed(h, du.HardenConfig()) for part, (steps, h) in fixed}
+            row["settings"]["harden"] = {part: _changed(config, du.HardenConfig()) for part, config in fixed}
         row["command"] = args.command
         if world.model is not None:  # glyphs: which model files
             row["model"] = world.model
