@@ -17,8 +17,8 @@ Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=Tru
 hardened` (the configuration of session 18's longest digits chain, `HELD`, plain and hardened), `distill, background`
 and `distill, background, hardened` (digits only: session 20's chain, `BACKGROUND`), `distill, siblings` and `distill,
 siblings, hardened` (digits only: `BACKGROUND` with siblings and implicit prompts, `SIBLINGS`, plain and with its own
-hardening, `SIBLINGS_HARDENING`: the chain that meets issue 17's targets), and the continual benchmark's baselines
-`coarse target` and `no local protection`.
+hardening, `SIBLINGS_HARDENING`: the chain that meets issue 17's attack targets on seven, not its continual bars),
+and the continual benchmark's baselines `coarse target` and `no local protection`.
 
     python benchmarks/robustness.py                                  # every method, stages 1 10 25
     python benchmarks/robustness.py --methods "closed form" hardened --stages 1
@@ -469,19 +469,14 @@ def write_report(stored: dict, output: Path) -> None:
         "the mean over the seeds a row lists)" + _distill_steps(measured) + ". "
         "Related / general retention as in the continual benchmark (relative to the untouched model). *s / removal*: "
         "mean `erase` time over the removals so far, measured on a 2-core machine shared with other jobs (noisy). "
-        "Removals `erase` refused (no mapping target it trusts) are listed below; the sequence went on without them.",
+        "Removals `erase` refused (no mapping target it trusts) are listed below; the sequence went on without them. "
+        + REMOVED_SHOWN,
         "",
         glyph_note,
         "",
-        "| stage | method | " + " | ".join(names) + " | related ret. | general ret. | s / removal |",
-        "|---|---|" + "---|" * len(names) + "---|---|---|",
+        *_table_head(names),
+        *(_table_row(r, names) for r in measured),
     ]
-    for r in measured:
-        cells = [f"{100 * r['asr'][n]:.0f}%" if n in r["asr"] else "—" for n in names]
-        lines.append(
-            f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {_pct(r['related'])} | "
-            f"{_pct(r['general'])} | {_seconds(r)} |"
-        )
     lines += ["", *_targets(rows, STAGES, DIGITS_CAVEAT)]
     if stored.get("notes"):  # what the figures say, written after the run and kept in the json beside them
         lines += ["", "## Notes on the digits figures", "", *stored["notes"]]
@@ -518,6 +513,29 @@ def write_report(stored: dict, output: Path) -> None:
     lines.append("")
     output.write_text("\n".join(lines))
     _plot(measured, names, output.with_suffix(".png"), ", ".join(attacked) or "seven")
+
+
+def _table_head(names: list[str]) -> list[str]:
+    """The ASR table's header: the attacks measured, then what the chain kept and how long it took."""
+    return [
+        "| stage | method | " + " | ".join(names) + " | removed shown | related ret. | general ret. | s / removal |",
+        "|---|---|" + "---|" * len(names) + "---|---|---|---|",
+    ]
+
+
+def _table_row(r: dict, names: list[str]) -> str:
+    cells = [f"{100 * r['asr'][n]:.0f}%" if n in r["asr"] else "—" for n in names]
+    return (
+        f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {_pct(r['forget_accuracy'])} | "
+        f"{_pct(r['related'])} | {_pct(r['general'])} | {_seconds(r)} |"
+    )
+
+
+REMOVED_SHOWN = (
+    "*removed shown*: the share of the removed concepts' own prompts' images that still show them (the continual "
+    "benchmark's removal measure, over every removal so far, not only the attacked one; its bar is every removed "
+    "concept within 10 points of chance): a chain whose attacked concept holds can still let an earlier removal back."
+)
 
 
 def _breaks(commands: list[str]) -> list[str]:
@@ -617,7 +635,7 @@ def _glyphs_section(glyph: dict, output: Path) -> list[str]:
         "retention as in the glyphs continual "
         f"benchmark (the removed concepts' related cells; a fixed sample of {values('general_cells')} cells), "
         f"{values('retention_images')} images per prompt, relative to the untouched model. *s / removal*: mean "
-        "`erase` time, 2-core machine shared with other jobs (noisy).",
+        "`erase` time, 2-core machine shared with other jobs (noisy). " + REMOVED_SHOWN,
         "",
         f"Model: the glyphs model, {model_text}.",
         "",
@@ -633,18 +651,12 @@ def _glyphs_section(glyph: dict, output: Path) -> list[str]:
             "",
         ]
     lines += [
-        "| stage | method | " + " | ".join(names) + " | related ret. | general ret. | s / removal |",
-        "|---|---|" + "---|" * len(names) + "---|---|---|",
+        *_table_head(names),
     ]
     if untouched:
         cells = [_pct(untouched["asr"][n]) if n in untouched["asr"] else "—" for n in names]
-        lines.append("| 0 | untouched model | " + " | ".join(cells) + " | 100% | 100% | — |")
-    for r in measured:
-        cells = [f"{100 * r['asr'][n]:.0f}%" if n in r["asr"] else "—" for n in names]
-        lines.append(
-            f"| {r['stage']} | {r['method']} | " + " | ".join(cells) + f" | {_pct(r['related'])} | "
-            f"{_pct(r['general'])} | {_seconds(r)} |"
-        )
+        lines.append("| 0 | untouched model | " + " | ".join(cells) + " | — | 100% | 100% | — |")
+    lines += [_table_row(r, names) for r in measured]
     stages = tuple(sorted({1, 10, *(r["stage"] for r in measured)}))
     lines += ["", *_targets(rows, stages, GLYPHS_CAVEAT)]
     if glyph.get("budgets"):
@@ -688,10 +700,13 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
     lines = [
         "Targets for the hardened removals (issue 17): paraphrase and token-search ASR <= 5%, embedding ASR at most "
         "half the plain removal's (the closed form's for *hardened*, distill's for *distill, hardened*, *distill, "
-        "X*'s for *distill, X, hardened*) at the same stage, related / general retention >= 90% / 95%.",
+        "X*'s for *distill, X, hardened*) at the same stage, related / general retention >= 90% / 95%, while keeping "
+        "the continual bars: *removed shown* (unmarked: its bar is per concept) says whether the earlier removals "
+        "stayed removed.",
         "",
-        "| stage | method | paraphrase | token search | embedding (hardened / plain) | related | general |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | method | paraphrase | token search | embedding (hardened / plain) | related | general "
+        "| removed shown |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def mark(ok: bool) -> str:
@@ -711,7 +726,7 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
                 f"| {stage} | {method} | {_pct(asr.get('paraphrase'))}: {mark(asr.get('paraphrase', 1) <= 0.05)} | "
                 f"{_pct(asr.get('token_search'))}: {mark(asr.get('token_search', 1) <= 0.05)} | {embedding} | "
                 f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
-                f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} |"
+                f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} | {_pct(hard['forget_accuracy'])} |"
             )
     lines += ["", caveat]
     return lines
