@@ -84,7 +84,8 @@ class HardenConfig:
             is drawn as one, and a later removal of that one uncovers the other ("a blue three a red seven"); on
             digits, every removal of a chain hardened with the other digits' words and numerals, held by the
             later ones (`DistillConfig(earlier_hardened=True)`), keeps the token search at 0-2.5% after 10 and 25
-            removals (docs/erasing.md#hardened-removals). Empty: the whole vocabulary.
+            removals, but lets the earlier "blue three" back (docs/erasing.md#hardened-removals). Empty: the whole
+            vocabulary.
 
     Example:
         ```py
