@@ -101,11 +101,11 @@ LoRA on the cross-attention and the feed-forward output, the earlier removals' f
 protected prompts held half-way back to the untouched model."""
 GLYPH_METHODS = tuple(m for m in METHODS if not m.startswith(("distill, background", "distill, siblings")))
 """The methods that apply to the glyphs world (`BACKGROUND` and `SIBLINGS` are digits chains)."""
-BACKGROUND = (HELD | {"base_share": 0.3}, {"background": 64})
+BACKGROUND = (HELD | {"base_share": 0.3}, {"background": 64}, {})
 """`distill, background` (digits): the continual benchmark's longest chain by the conjunction (session 20): `HELD` with
 the protected prompts held 0.3 of the way back and 64 `background_prompts()` of other cells preserved as a group of
-their own (the `DistillConfig` fields, and the concept's `erase_kwargs` options)."""
-SIBLINGS = (BACKGROUND[0] | {"siblings": True}, BACKGROUND[1])
+their own (the `DistillConfig` fields, the concept's `erase_kwargs` options, and `erase`'s own)."""
+SIBLINGS = (BACKGROUND[0] | {"siblings": True}, BACKGROUND[1], {"erase_implicit": True})
 """`distill, siblings` (digits): `BACKGROUND` with the group of siblings (`DistillConfig(siblings=True)`) and
 `erase(erase_implicit=True)`: session 55's chain."""
 DIGIT_WORDS = (*digits.DIGITS, *digits.NUMERALS)
@@ -118,7 +118,7 @@ digits' words and numerals in front, those prompts held by the later removals (`
 removal, the one attacked, also with the three default rounds of derived embeddings, each derivation 200
 iterations on 16 latents; the later ones with none (`rounds=0`). The `HardenConfig` of the first removal and of
 the later ones; the `--harden-*` options do not apply to it."""
-DISTILL_CHAINS = {"distill, held": (HELD, {}), "distill, background": BACKGROUND, "distill, siblings": SIBLINGS}
+DISTILL_CHAINS = {"distill, held": (HELD, {}, {}), "distill, background": BACKGROUND, "distill, siblings": SIBLINGS}
 """The continual benchmark's distilled chains attacked here (each plain, and hardened with `, hardened`)."""
 STAGES = (1, 10, 25)
 WORLDS = ("digits", "glyphs")
@@ -217,7 +217,7 @@ def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | 
     fields the command line sets (`continual.distill_options`), which win over a held chain's own."""
     config = du.ClosedFormConfig()
     harden = harden or du.HardenConfig()
-    for chain, (options, concept_options) in DISTILL_CHAINS.items():
+    for chain, (options, concept_options, erase_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
             if method == "distill, siblings, hardened":  # its own hardening, the first removal's apart
                 harden = SIBLINGS_HARDENING["first" if step == 1 else "later"]
@@ -225,8 +225,7 @@ def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | 
             kwargs = continual.erase_kwargs(
                 concept, "distill, base anchor", config, options | distill, **concept_options
             )  # what the command line sets (e.g. --distill-modules) wins over the chain's own options
-            implicit = {"erase_implicit": True} if chain == "distill, siblings" else {}
-            return kwargs | implicit | ({"harden": harden} if method in HARDENED else {})
+            return kwargs | erase_options | ({"harden": harden} if method in HARDENED else {})
     if method == "hardened":
         return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
     if method == "distill, hardened":
@@ -650,9 +649,7 @@ def _glyphs_section(glyph: dict, output: Path) -> list[str]:
             + "): the ceiling of the ASRs below (first row).",
             "",
         ]
-    lines += [
-        *_table_head(names),
-    ]
+    lines += _table_head(names)
     if untouched:
         cells = [_pct(untouched["asr"][n]) if n in untouched["asr"] else "—" for n in names]
         lines.append("| 0 | untouched model | " + " | ".join(cells) + " | — | 100% | 100% | — |")
