@@ -367,7 +367,11 @@ def erase(
         # "bold yellow nine"); the later request wins
         drawn_as_it = {p for a in previous for p, target in targets_by_prompt(a).items() if asks(target)}
         earlier = [
-            [p for p in replayed_forget_prompts(a, config.earlier_hardened) if not asks(p) and p not in drawn_as_it]
+            [
+                p
+                for p in replayed_forget_prompts(a, config.earlier_hardened, names)
+                if not asks(p) and p not in drawn_as_it
+            ]
             for a in previous
         ]
         replayed = [kept for prompts in groups.values() if (kept := [p for p in prompts if p not in drawn_as_it])]
@@ -518,14 +522,24 @@ def _mine_vocabulary(pipe, names: list[str], exclude: list[str], count: int) -> 
     return [words[i] for i in top]
 
 
-def replayed_forget_prompts(adapter: UnlearningAdapter, hardened: bool = False) -> list[str]:
+def replayed_forget_prompts(
+    adapter: UnlearningAdapter, hardened: bool = False, names: Sequence[str] = ()
+) -> list[str]:
     """What a later distilled removal holds removed for an earlier one: its forget prompts, and with `hardened`
     (`DistillConfig.earlier_hardened`) those its hardening added (`hardened_prompts`: other word orders, words in
-    front)."""
-    return [
-        *adapter.metadata.get("forget_prompts", []),
-        *(adapter.metadata.get("hardened_prompts", []) if hardened else []),
-    ]
+    front).
+
+    With `names` (the later removal's concept and aliases), a hardened prompt that names the later concept where the
+    earlier removal's own names do not is left out: its words in front ask for it ("6 4 3 3 0 a blue 7", from
+    seven's hardening, is drawn as a blue three), and held to the chain it would keep the later concept drawn. On
+    the digits chain holding them let blue three back in 18% of its forget prompts' images right after its removal
+    (0% without them and the removal's own prefixes; docs/erasing.md).
+    """
+    extra = adapter.metadata.get("hardened_prompts", []) if hardened else []
+    if names and not set(names) & set(names_of(adapter)):
+        later = names_pattern(names)
+        extra = [p for p in extra if not later.search(p)]
+    return [*adapter.metadata.get("forget_prompts", []), *extra]
 
 
 def _metadata(

@@ -126,6 +126,13 @@ def test_later_distilled_removals_hold_an_earlier_removals_hardened_prompts(sd_p
     plain = first.metadata["forget_prompts"]
     assert replayed == [[plain], [[*plain, *hardened]]]  # one earlier removal: its forget prompts, then both kinds
 
+    # a later combination named by a hardened prompt's words in front ("old", erased in red only): not held there
+    config = du.DistillConfig(**TINY, earlier_hardened=True)
+    du.erase(sd_pipe, "old", templates=["a red {}"], neighbors=["new"], preserve=["a blue old"], method="distill",
+             config=config)  # fmt: skip
+    naming = [p for p in hardened if "old" in p.split()]
+    assert naming and replayed[-1] == [[*plain, *(p for p in hardened if p not in naming)]]
+
 
 def test_a_hardened_combination_is_still_erased():
     """Prefixed copies of the forget prompts are averaged apart from the forget prompts (`plain_pairs`): drawn in

@@ -152,12 +152,13 @@ class DistillConfig:
             request wins).
         earlier_hardened (`bool`): Hold an earlier hardened removal's phrasings and prefixed prompts
             (`metadata["hardened_prompts"]`) with its forget prompts, so that later removals do not wear its
-            hardening away. What it buys depends on the hardening and the model: every removal of the digits
-            chain hardened with the other digits' words in front and held kept related retention at 90.8% after 25
-            removals (87.0% not held), the token search at 0%, but let "blue three" back; the glyphs chain
-            hardened with the other characters' words in front and held let the token search bring serif Q back in
-            32.5% of images after ten removals (7.5% not held); holding the whole-vocabulary prefixes of digits
-            "seven" left the next removal, "blue three", drawn in 44% of its images (9% not). Off by default
+            hardening away. A held prompt whose words in front name the later removal's concept is left to it
+            ("6 4 3 3 0 a blue 7", from seven's, is drawn as a blue three: held to the chain, it kept "blue three"
+            in 18% of its forget images right after its removal, 6% left out). What it buys depends on the
+            hardening and the model: every removal of the digits chain hardened with the other digits' words in
+            front and held kept related retention at 90.8% after 25 removals (87.0% not held) and the token search
+            at 0%; the glyphs chain hardened with the other characters' words in front and held let the token
+            search bring serif Q back in 32.5% of images after ten removals (7.5% not held). Off by default
             (docs/erasing.md#hardened-removals).
         siblings (`bool`): Protect the `preserve` prompts one word from a forget prompt, not in the concept's
             word ("a blue six, thin" while erasing "bold blue six"), once more as a group of their own;
