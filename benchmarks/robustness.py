@@ -17,7 +17,7 @@ Methods: `closed form` (the default `erase`), `hardened` (`erase(..., harden=Tru
 hardened` (the configuration of session 18's longest digits chain, `HELD`, plain and hardened), `distill, background`
 and `distill, background, hardened` (digits only: session 20's chain, `BACKGROUND`), `distill, siblings` and `distill,
 siblings, hardened` (digits only: `BACKGROUND` with siblings and implicit prompts, `SIBLINGS`, plain and with its own
-hardening, `SIBLINGS_HARDENING`: the chain that meets issue 17's attack targets on seven, not its continual bars),
+hardening, `SIBLINGS_HARDENING`: the chain that meets issue 17's attack targets on seven),
 and the continual benchmark's baselines `coarse target` and `no local protection`.
 
     python benchmarks/robustness.py                                  # every method, stages 1 10 25
@@ -111,13 +111,14 @@ SIBLINGS = (BACKGROUND[0] | {"siblings": True}, BACKGROUND[1], {"erase_implicit"
 DIGIT_WORDS = (*digits.DIGITS, *digits.NUMERALS)
 SIBLINGS_HARDENING = {
     "first": du.HardenConfig(iterations=200, samples=16, prefixes=2, prefix_words=DIGIT_WORDS),
-    "later": du.HardenConfig(rounds=0, prefixes=2, prefix_words=DIGIT_WORDS),
+    "later": du.HardenConfig(rounds=0, prefixes=1, prefix_words=DIGIT_WORDS),
 }
-"""`distill, siblings, hardened` (digits, session 58): `SIBLINGS` with every removal trained against the other
+"""`distill, siblings, hardened` (digits, sessions 58-59): `SIBLINGS` with every removal trained against the other
 digits' words and numerals in front, those prompts held by the later removals (`earlier_hardened`); the first
-removal, the one attacked, also with the three default rounds of derived embeddings, each derivation 200
-iterations on 16 latents; the later ones with none (`rounds=0`). The `HardenConfig` of the first removal and of
-the later ones; the `--harden-*` options do not apply to it."""
+removal, the one attacked, with two copies of each forget prompt behind them and the three default rounds of derived
+embeddings, each derivation 200 iterations on 16 latents; the later ones with one copy and none (`rounds=0`): two
+let *blue three* back. The `HardenConfig` of the first removal and of the later ones; the `--harden-*` options do
+not apply to it."""
 DISTILL_CHAINS = {"distill, held": (HELD, {}, {}), "distill, background": BACKGROUND, "distill, siblings": SIBLINGS}
 """The continual benchmark's distilled chains attacked here (each plain, and hardened with `, hardened`)."""
 STAGES = (1, 10, 25)

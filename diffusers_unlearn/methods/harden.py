@@ -84,8 +84,9 @@ class HardenConfig:
             is drawn as one, and a later removal of that one uncovers the other ("a blue three a red seven"); on
             digits, every removal of a chain hardened with the other digits' words and numerals, held by the
             later ones (`DistillConfig(earlier_hardened=True)`), keeps the token search at 0-2.5% after 10 and 25
-            removals, but lets the earlier "blue three" back (docs/erasing.md#hardened-removals). Empty: the whole
-            vocabulary.
+            removals; with two copies of each prompt (`prefixes=2`) on every removal it let the earlier "blue
+            three" back, with one on the later removals it does not (docs/erasing.md#hardened-removals). Empty: the
+            whole vocabulary.
 
     Example:
         ```py
