@@ -531,9 +531,9 @@ def replayed_forget_prompts(
 
     With `names` (the later removal's concept and aliases), a hardened prompt that names the later concept where the
     earlier removal's own names do not is left out: its words in front ask for it ("6 4 3 3 0 a blue 7", from
-    seven's hardening, is drawn as a blue three), and held to the chain it would keep the later concept drawn. On
-    the digits chain holding them let blue three back in 18% of its forget prompts' images right after its removal
-    (0% without them and the removal's own prefixes; docs/erasing.md).
+    seven's hardening, is drawn as a blue three), and held to the chain it would keep the later concept drawn: on
+    the digits chain 18% of blue three's forget images still showed it right after its removal, 6% with them left
+    out (docs/erasing.md#hardened-removals).
     """
     extra = adapter.metadata.get("hardened_prompts", []) if hardened else []
     if names and not set(names) & set(names_of(adapter)):

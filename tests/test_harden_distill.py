@@ -103,7 +103,8 @@ def test_bad_hardening_input_raises(sd_pipe):
 def test_later_distilled_removals_hold_an_earlier_removals_hardened_prompts(sd_pipe, monkeypatch):
     """A hardened removal saves the forget prompts its hardening added (`hardened_prompts`, none when redacted); a
     later distilled removal holds them with the plain ones with `DistillConfig(earlier_hardened=True)`, so that it
-    does not wear the hardening away. With `rounds=0` the hardening is these prompts alone: no embedding derived."""
+    does not wear the hardening away, but not those whose words in front name its own concept. With `rounds=0` the
+    hardening is these prompts alone: no embedding derived."""
     from diffusers_unlearn import erasure
 
     harden = du.HardenConfig(rounds=0, prefixes=2, prefix_words=("big", "small", "old"))
