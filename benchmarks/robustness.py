@@ -119,6 +119,9 @@ removal, the one attacked, with two copies of each forget prompt behind them and
 embeddings, each derivation 200 iterations on 16 latents; the later ones with one copy and none (`rounds=0`): two
 let *blue three* back. The `HardenConfig` of the first removal and of the later ones; the `--harden-*` options do
 not apply to it."""
+OWN_HARDENING = {"distill, siblings, hardened": SIBLINGS_HARDENING}
+"""The hardened methods that carry their own hardening (the first removal's and the later ones'), held by the later
+removals (`earlier_hardened`); the `--harden-*` options are refused with them."""
 DISTILL_CHAINS = {"distill, held": (HELD, {}, {}), "distill, background": BACKGROUND, "distill, siblings": SIBLINGS}
 """The continual benchmark's distilled chains attacked here (each plain, and hardened with `, hardened`)."""
 STAGES = (1, 10, 25)
@@ -220,8 +223,8 @@ def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | 
     harden = harden or du.HardenConfig()
     for chain, (options, concept_options, erase_options) in DISTILL_CHAINS.items():
         if method.startswith(chain):
-            if method == "distill, siblings, hardened":  # its own hardening, the first removal's apart
-                harden = SIBLINGS_HARDENING["first" if step == 1 else "later"]
+            if method in OWN_HARDENING:  # its own hardening, the first removal's apart
+                harden = OWN_HARDENING[method]["first" if step == 1 else "later"]
                 options = options | {"earlier_hardened": True}
             kwargs = continual.erase_kwargs(
                 concept, "distill, base anchor", config, options | distill, **concept_options
@@ -309,8 +312,8 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         row["settings"] = _settings(args, world) | {  # the settings and command of this row (runs add up)
             "token_search_tokens": options["token_search"]["tokens"]
         }
-        if method == "distill, siblings, hardened":  # its own hardening, not the command line's
-            fixed = SIBLINGS_HARDENING.items()
+        if method in OWN_HARDENING:  # its own hardening, not the command line's
+            fixed = OWN_HARDENING[method].items()
             row["settings"]["harden"] = {part: _changed(config, du.HardenConfig()) for part, config in fixed}
         row["command"] = args.command
         if world.model is not None:  # glyphs: which model files
@@ -886,8 +889,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.world == "glyphs" and not set(args.methods) <= set(GLYPH_METHODS):
         parser.error("the `distill, background` and `distill, siblings` methods are digits chains; drop them")
-    if "distill, siblings, hardened" in args.methods and continual.hardening_asked(args):
-        parser.error("`distill, siblings, hardened` has its own hardening (SIBLINGS_HARDENING): drop the --harden-*")
+    if (own := set(args.methods) & set(OWN_HARDENING)) and continual.hardening_asked(args):
+        parser.error(f"{sorted(own)} have their own hardening (OWN_HARDENING): drop the --harden-* options")
     if args.attack_removal != 1:
         if args.world != "digits" or args.output == parser.get_default("output"):
             parser.error("--attack-removal is for digits scratch pages: give --output (glyphs: --concept)")
