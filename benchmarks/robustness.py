@@ -29,6 +29,8 @@ and the continual benchmark's baselines `coarse target` and `no local protection
     python benchmarks/robustness.py --methods "distill, held" --stages 10 25 --images 8 --chain-dir runs
     python benchmarks/robustness.py --methods "distill, background" --stages 1 10 25 --images 8 --erase-implicit \
         --chain-dir runs-implicit                                    # erase(erase_implicit=True) on every removal
+    python benchmarks/robustness.py --methods "distill, siblings" --stages 10 25 --attacks direct --images 8 \
+        --fallback --chain-dir runs-fallback --output /tmp/fallback.md   # Concept.erase_kwargs(fallback=True)
     python benchmarks/robustness.py --methods "distill, siblings" "distill, siblings, hardened" --images 8 \
         --retention-images 32 --seed 0 1 2 3 4 --chain-dir runs      # five seeds of every attack
     python benchmarks/robustness.py --methods "distill, siblings" --attack-removal 7 --stages 7 10 25 \
@@ -216,9 +218,13 @@ def model_version(folder: Path) -> dict:
     }
 
 
-def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | None = None, step: int = 1) -> dict:
+def erase_kwargs(
+    concept, method: str, distill: dict, harden: du.HardenConfig | None = None, step: int = 1, fallback: bool = False
+) -> dict:
     """`erase`'s arguments for one removal of `method`, the `step`th of its chain; `distill`: the `DistillConfig`
-    fields the command line sets (`continual.distill_options`), which win over a held chain's own."""
+    fields the command line sets (`continual.distill_options`), which win over a held chain's own; `fallback`:
+    digits, `Concept.erase_kwargs(fallback=True)` (`--fallback`)."""
+    more = {"fallback": True} if fallback else {}
     config = du.ClosedFormConfig()
     harden = harden or du.HardenConfig()
     for chain, (options, concept_options, erase_options) in DISTILL_CHAINS.items():
@@ -227,14 +233,14 @@ def erase_kwargs(concept, method: str, distill: dict, harden: du.HardenConfig | 
                 harden = OWN_HARDENING[method]["first" if step == 1 else "later"]
                 options = options | {"earlier_hardened": True}
             kwargs = continual.erase_kwargs(
-                concept, "distill, base anchor", config, options | distill, **concept_options
+                concept, "distill, base anchor", config, options | distill, **concept_options, **more
             )  # what the command line sets (e.g. --distill-modules) wins over the chain's own options
             return kwargs | erase_options | ({"harden": harden} if method in HARDENED else {})
     if method == "hardened":
-        return continual.erase_kwargs(concept, "ours", config, distill) | {"harden": harden}
+        return continual.erase_kwargs(concept, "ours", config, distill, **more) | {"harden": harden}
     if method == "distill, hardened":
-        return continual.erase_kwargs(concept, "distill", config, distill) | {"harden": harden}
-    return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill)
+        return continual.erase_kwargs(concept, "distill", config, distill, **more) | {"harden": harden}
+    return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill, **more)
 
 
 def attack_settings(args, world: World) -> attacks.AttackSettings:
@@ -267,7 +273,8 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         else:
             try:
                 distill, harden = continual.distill_options(args, concept), continual.harden_config(args)
-                kwargs = {"erase_implicit": args.erase_implicit} | erase_kwargs(concept, method, distill, harden, step)
+                kwargs = {"erase_implicit": args.erase_implicit}
+                kwargs |= erase_kwargs(concept, method, distill, harden, step, args.fallback)
                 adapter = du.erase(pipe, **kwargs)
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
                 skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
@@ -357,6 +364,7 @@ def _settings(args, world: World) -> dict:
         **({"harden": changed} if (changed := _changed(continual.harden_config(args), du.HardenConfig())) else {}),
         "general_cells": args.general_cells,
         **({"erase_implicit": True} if args.erase_implicit else {}),
+        **({"fallback": True} if args.fallback else {}),
     }
 
 
@@ -881,12 +889,19 @@ def main() -> None:
         help="erase(erase_implicit=True): the contexts the model draws as the concept are erased with it",
     )  # fmt: skip
     parser.add_argument(
+        "--fallback", action="store_true",
+        help="digits: Concept.erase_kwargs(fallback=True): the context without the concept checked by sampling, "
+        "the other digits a combination's fallback targets",
+    )  # fmt: skip
+    parser.add_argument(
         "--chain-dir", type=Path, default=None,
         help="keep each method's removals in DIR/<method>/step-NN: load those found there, save those made",
     )  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
     args = parser.parse_args()
+    if args.world == "glyphs" and args.fallback:
+        parser.error("--fallback is for the digits world")
     if args.world == "glyphs" and not set(args.methods) <= set(GLYPH_METHODS):
         parser.error("the `distill, background` and `distill, siblings` methods are digits chains; drop them")
     if (own := set(args.methods) & set(OWN_HARDENING)) and continual.hardening_asked(args):

@@ -55,7 +55,15 @@ from .methods.distill import DistillConfig, distill
 from .methods.harden import HardenConfig, harden_solve, prefixed, rephrased
 from .pipeline import base_fingerprints, loaded_adapters, removals_disabled, unlearning
 from .prompts import Context, check_names, contexts_from_prompts, default_templates
-from .targets import Candidate, choose_targets, effect_meter, implicit_prompts, removal_effect, weakness
+from .targets import (
+    IMPLICIT_SAMPLES,
+    Candidate,
+    choose_targets,
+    effect_meter,
+    implicit_prompts,
+    removal_effect,
+    weakness,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ def erase(
     templates: Sequence[str] | None = None,
     mapping_candidates: Sequence[str] | None = None,
     map_to_context: bool = True,
+    fallback_candidates: Sequence[str] = (),
     erase_implicit: bool = False,
     category: str | None = None,
     anchor: str | None = None,
@@ -86,6 +95,7 @@ def erase(
     distance: DistanceKind | None = None,
     distance_samples: int = 16,
     min_separation: float | None = None,
+    target_check: Literal["mean", "sampled"] = "mean",
     config: ClosedFormConfig | DistillConfig | None = None,
     harden: HardenConfig | bool = False,
     compose_targets: bool = True,
@@ -120,6 +130,12 @@ def erase(
             Turn it off for an attribute whose absence leaves the choice to the model (a stroke, a size): the
             model draws "a green five" bold half the time, so mapping "a green five, bold" there keeps half
             of the bold fives; `mapping_candidates` (["thin"]) are then the only targets.
+        fallback_candidates (`Sequence[str]`): Candidates taken only in a context whose other candidates are all
+            rejected by the target check, and not where a loaded removal erased them (their prompt there is its
+            forget prompt, drawn as its target). Erasing a combination ("bold green eight") is best mapped to its
+            context without the concept ("a bold green"); where a chain has made that context draw the concept
+            (the digits chain, by its 17th removal), another digit ("a bold green nine") still removes it. Given
+            as `mapping_candidates`, they would be taken wherever nearer.
         erase_implicit (`bool`, defaults to `False`): Also erase each context without the concept that the model
             draws as the concept (by the target check's measure, in that context), instead of protecting it: it
             joins the forget prompts with its context's target, and is listed in `metadata["implicit_prompts"]`
@@ -154,6 +170,12 @@ def erase(
             context the model draws in a spread of values ("the letter a", in any of eight colours) sits amid
             them, nearest the most central one, though it draws that one no more than the others (glyphs:
             "purple" at 0.8, in at most 6 of 48 images).
+        target_check (`str`, defaults to `"mean"`): `"sampled"` checks the context without the concept again
+            where the mean predictions pass it: 8 short trajectories a checked context, from the same noise as
+            the concept's and its two nearest neighbours'; ending nearer the concept's in more than half of them,
+            it is rejected. The mean misses a context a chain has drawn as the concept when the neighbours'
+            predictions lie near it too: "bold green eight" was mapped to "a bold green", a green eight by then,
+            and stayed in 99% of its images (docs/erasing.md). Costs those trajectories for that candidate.
         config ([`ClosedFormConfig`] or [`DistillConfig`], *optional*): The method's settings (solve weights;
             training steps, target modules, accelerate options, checkpoints), and the one place to set the LoRA
             rank: `ClosedFormConfig(rank=4)` (default: the smallest keeping 99% of the edit, at most 12) or
@@ -216,6 +238,8 @@ def erase(
     preserved = preserve_groups(preserve)
     if min_separation is not None and not 0 <= min_separation <= 1:
         raise InvalidArgumentError(f"min_separation must be in [0, 1] (0: no check), got {min_separation}.")
+    if target_check not in ("mean", "sampled"):
+        raise InvalidArgumentError(f"Unknown target_check {target_check!r}; use 'mean' or 'sampled'.")
     if not map_to_context and anchor is None and not mapping_candidates and not category:
         raise InvalidArgumentError(
             "map_to_context=False leaves no mapping target: pass `mapping_candidates` (or `category`), or drop it."
@@ -282,6 +306,11 @@ def erase(
     else:
         words = [*(mapping_candidates or ()), *([""] if map_to_context else []), *([category] if category else [])]
         candidates = [Candidate(word) for word in dict.fromkeys(words) if word.lower() not in lowered]
+        candidates += [
+            Candidate(word, fallback=True)
+            for word in dict.fromkeys(fallback_candidates)
+            if word.lower() not in lowered and word not in words
+        ]
     bank.add([p for c in contexts for p in dict.fromkeys(k.fill(c) for k in candidates)])  # one batched encoding
     nearest = [n for n, _ in neighbor_ranking]
     implicit = {}  # contexts without the concept that the model draws as it: erased too (targets.implicit_prompts)
@@ -294,6 +323,7 @@ def erase(
         bank, contexts, names, candidates, nearest, distances,
         removed=removed, erased=erased, mapped_here=mapped_here(previous, names, contexts),
         min_separation=min_separation, samples=distance_samples, seed=seed, avoid=set(implicit.values()),
+        confirm=IMPLICIT_SAMPLES if target_check == "sampled" else 0,
     )  # fmt: skip
     targets = choice.targets
     for context, prompt in list(implicit.items()):

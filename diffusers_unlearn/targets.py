@@ -34,6 +34,10 @@ candidate (then it is protected as before, and the log says so; docs/method.md#i
 
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
+With `confirm` (`erase(target_check="sampled")`), the context without the concept is checked again by sampling
+where the mean passes it ([`drawn_share`]): a chain can make it draw the concept while pulling the neighbours'
+predictions near it too (the digits chain's "a bold green", a green eight by its 17th removal). *Fallback*
+candidates (`erase(fallback_candidates=...)`) come after every other, and not where a loaded removal erased them.
 
 After the solve, [`removal_effect`] measures how far the removal moved the forget prompts' noise predictions
 (the removal applied for a moment; no image is generated) relative to the concept-target distance and to the
@@ -91,17 +95,23 @@ class Candidate:
     Attributes:
         label (`str`): The word, or the anchor prompt.
         fixed (`bool`): The same prompt in every context (an anchor).
+        fallback (`bool`): Taken only where every other candidate of a context is rejected, and not in a context
+            where a loaded removal erased it (`erase(fallback_candidates=...)`).
         separation (`float | None`): Mean distance of the candidate to the forget prompts over the checked
             contexts, relative to the nearest neighbour's (`None`: no neighbour to compare with, or not checked).
         rejected (`str | None`): Why it cannot be a target, or `None`.
         checked (`bool`): Whether the model-behaviour check ran (only candidates that would be chosen are checked).
+        drawn_share (`float | None`): With a sampled check (`choose_targets(confirm=...)`), the share of its
+            trajectories that end nearer the concept's than its neighbours' (`None`: not sampled).
     """
 
     label: str
     fixed: bool = False
+    fallback: bool = False
     separation: float | None = None
     rejected: str | None = None
     checked: bool = False
+    drawn_share: float | None = None
 
     def fill(self, context: Context) -> str:
         return self.label if self.fixed else context.fill(self.label)
@@ -112,6 +122,8 @@ class Candidate:
             "checked": self.checked,
             "separation": self.separation,
             "rejected": self.rejected,
+            **({"fallback": True} if self.fallback else {}),
+            **({"drawn_share": self.drawn_share} if self.drawn_share is not None else {}),
         }
 
 
@@ -153,6 +165,7 @@ def choose_targets(
     samples: int = 16,
     seed: int = 0,
     avoid: Collection[str] = (),
+    confirm: int = 0,
 ) -> TargetChoice:
     """Checks the candidates (module docstring), then gives each context its nearest candidate left.
 
@@ -168,12 +181,20 @@ def choose_targets(
         erased (`Collection[str]`): Forget prompts of the loaded removals. A neighbour erased in a checked context
             is not "another concept" of rule 2: the model now draws it as its removal's target, which may be the
             very candidate checked ("a yellow eight, bold" after "yellow eight" -> "a yellow", for "a yellow, bold").
+            Nor is a fallback candidate's prompt among them a target in its context.
         mapped_here (`Collection[str]`): Concepts and aliases, lower-case, of the loaded removals that map some of
             their prompts to this concept (`constraints.mapped_here`): not targets, mapped back the two would swap.
         min_separation (`float`, *optional*): Rule 2's threshold (default `MIN_SEPARATION`; 0: rule 2 off).
         samples (`int`), seed (`int`): Samples of the check's score distances.
         avoid (`Collection[str]`): Prompts that are a context's target only where it has no other candidate left:
             the [`implicit_prompts`], erased with the concept unless so chosen.
+        confirm (`int`): Trajectories a prompt of a second check of the context without the concept (candidate
+            `""`), where the mean predictions pass it (0: none): it is rejected if it ends nearer the concept's end
+            than its two nearest neighbours' in more than `IMPLICIT_SHARE` of them, over the checked contexts. The
+            mean misses a context drawn as the concept ("a bold green", drawn as a green eight along the digits
+            chain; "a", drawn as a seven) where the neighbours' predictions lie near it too. Other
+            candidates are concepts of their own, whose ends a latent distance compares by shape ("a zero" ends
+            nearer "a four" than "a one" or "a nine" in 75% of trajectories): the mean check alone is theirs.
 
     Raises:
         InvalidConceptError: Every candidate of some context was rejected.
@@ -220,6 +241,14 @@ def choose_targets(
                 f"drawn as the concept: {candidate.separation:.2f}x as far from it as from the nearest other "
                 f"concept, below {threshold}"
             )
+        elif confirm and candidate.label == "" and not candidate.fixed:  # the context without the concept, sampled
+            concepts, nearest = [c.fill(names[0]) for c in checked], [[c.fill(n) for n in near[:2]] for c in checked]
+            candidate.drawn_share = drawn_share(bank, prompts, concepts, nearest, confirm, seed)
+            if candidate.drawn_share > IMPLICIT_SHARE:
+                candidate.rejected = (
+                    f"drawn as the concept: its trajectories end nearer the concept's than its neighbours' in "
+                    f"{candidate.drawn_share:.0%} of them, above {IMPLICIT_SHARE:.0%}"
+                )
         if candidate.rejected:
             logger.info("Mapping candidate %r rejected: %s", candidate.label, candidate.rejected)
 
@@ -229,12 +258,14 @@ def choose_targets(
     ranking: dict[Context, list[tuple[float, Candidate, str]]] = {}
     for context in contexts:
         options = [(k, k.fill(context)) for k in candidates if k.rejected is None]
-        options = [(k, p) for k, p in options if p not in forget[context]]
+        # nor a fallback a loaded removal erased in this context ("a bold green two" after "green two": drawn as
+        # that removal's target, a green eight by then, when erasing "bold green eight")
+        options = [(k, p) for k, p in options if p not in forget[context] and not (k.fallback and p in erased)]
         if options:
             pairs = [(f, p) for _, p in options for f in forget[context]]
             scores = distances(pairs).view(len(options), len(forget[context])).mean(dim=1).tolist()
             options = [(s, k, p) for s, (k, p) in zip(scores, options, strict=True)]
-        ranking[context] = sorted(options, key=lambda item: (item[2] in avoid, item[0]))
+        ranking[context] = sorted(options, key=lambda item: (item[2] in avoid, item[1].fallback, item[0]))
     while True:
         chosen = {}
         for context, options in ranking.items():
@@ -366,6 +397,37 @@ def _applied(denoiser: torch.nn.Module, removal: UnlearningAdapter) -> Iterator[
             base_linear(denoiser.get_submodule(layer)).weight.data.copy_(weight)
 
 
+def drawn_share(
+    bank: PromptBank,
+    prompts: Sequence[str],
+    concepts: Sequence[str],
+    neighbors: Sequence[Sequence[str]],
+    samples: int = IMPLICIT_SAMPLES,
+    seed: int = 0,
+) -> float:
+    """Share of trajectories, over the prompts, that end nearer the concept's end (in the same context) than every
+    neighbour's: `samples` short trajectories a prompt from the same noise ([`final_latents`]).
+
+    Example:
+        ```py
+        >>> drawn_share(bank, ["a"], ["a seven"], [["a eight", "a five"]])  # the digits model draws "a" as a seven
+        0.75
+        ```
+    """
+    asked = [*prompts, *concepts, *(n for group in neighbors for n in group)]
+    ends = final_latents(
+        bank, asked, samples=samples, seed=seed, guidance_scale=IMPLICIT_GUIDANCE, max_side=CHECK_LATENT_SIDE
+    )
+    nearer = [_ends_nearer(ends, *asked) for asked in zip(prompts, concepts, neighbors, strict=True)]
+    return round(float(torch.cat(nearer).float().mean()), 3)
+
+
+def _ends_nearer(ends: dict[str, torch.Tensor], prompt: str, concept: str, near: Sequence[str]) -> torch.Tensor:
+    """Per trajectory, whether `prompt`'s end is nearer `concept`'s than every one of `near`'s (bool, `(samples,)`)."""
+    to_near = torch.stack([sample_distances(ends[prompt], ends[n]) for n in near]).min(0).values
+    return sample_distances(ends[prompt], ends[concept]) < to_near
+
+
 def implicit_prompts(
     bank: PromptBank,
     contexts: Sequence[Context],
@@ -428,9 +490,6 @@ def implicit_prompts(
         bank, asked, samples=confirm, seed=seed, guidance_scale=IMPLICIT_GUIDANCE, max_side=CHECK_LATENT_SIDE
     )
     for context, (concept, near) in near_of.items():
-        empty = ends[found[context]]
-        to_concept = sample_distances(empty, ends[concept])
-        to_near = torch.stack([sample_distances(empty, ends[n]) for n in near]).min(0).values
-        if (to_concept < to_near).float().mean() <= IMPLICIT_SHARE:  # drawn as a neighbour as often
+        if _ends_nearer(ends, found[context], concept, near).float().mean() <= IMPLICIT_SHARE:  # a neighbour as often
             del found[context]
     return found

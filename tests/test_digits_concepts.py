@@ -47,6 +47,15 @@ def test_erase_kwargs():
     assert all("bold" in p for p in triple["prompts"]) and "a blue three, thin" in triple["preserve"]
 
 
+def test_erase_kwargs_with_fallback_samples_the_emptied_context_and_gives_a_combination_the_other_digits():
+    combo, plain = Concept(8, "green", "bold").erase_kwargs(fallback=True), Concept(8, "green", "bold").erase_kwargs()
+    assert combo["target_check"] == "sampled" and "target_check" not in plain and "fallback_candidates" not in plain
+    assert combo["fallback_candidates"] == [w for w in DIGITS if w != "eight"]
+    assert combo == plain | {"target_check": "sampled", "fallback_candidates": combo["fallback_candidates"]}
+    seven = Concept(7).erase_kwargs(fallback=True)  # a whole digit has the other digits as candidates already
+    assert seven["target_check"] == "sampled" and "fallback_candidates" not in seven
+
+
 @pytest.mark.parametrize(
     "concept", [Concept(7), Concept(colour="red"), Concept(0, "blue", "thin"), Concept(9, "blue")]
 )

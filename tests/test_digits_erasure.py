@@ -13,11 +13,11 @@ from diffusers_unlearn.constraints import protect_groups
 from diffusers_unlearn.digits.concepts import Concept, cell_probe
 from diffusers_unlearn.digits.data import COLOURS, prompt
 from diffusers_unlearn.digits.scorer import DigitsConceptScorer
-from diffusers_unlearn.distance import PromptBank
+from diffusers_unlearn.distance import PromptBank, score_distances
 from diffusers_unlearn.evaluation import ConceptProbe, evaluate
 from diffusers_unlearn.families import family_of
 from diffusers_unlearn.prompts import Context
-from diffusers_unlearn.targets import implicit_prompts
+from diffusers_unlearn.targets import IMPLICIT_SAMPLES, IMPLICIT_SHARE, Candidate, choose_targets, implicit_prompts
 
 CALL = {"images_per_prompt": 6, "num_inference_steps": 10, "progress": False}
 
@@ -123,3 +123,27 @@ def test_a_context_drawn_as_the_concept_with_no_other_candidate_stays_its_target
     assert "a red" not in adapter.metadata.get("implicit_prompts", [])
     assert "a red" in adapter.metadata["protected_prompts"]
     assert "'a red' is drawn as 'seven', but is the only mapping target of 'a red {}'" in caplog.text
+
+
+def test_the_sampled_target_check_rejects_an_emptied_context_drawn_as_the_concept(pipe, scorer):
+    """Erasing "seven" from "a {}": the mean check passes the emptied context "a" (0.94x, the threshold 0.9),
+    which the digits model draws as a seven; sampled, it ends nearer the sevens than the neighbours in most
+    trajectories and is rejected, and the fallback "one" takes its place."""
+    bank = PromptBank(pipe, family_of(pipe))
+    contexts = [Context("a {}")]
+
+    def choose(confirm):
+        found = [Candidate(""), Candidate("one", fallback=True)]
+        choice = choose_targets(
+            bank, contexts, ["seven"], found, ["eight", "five"], lambda pairs: score_distances(bank, pairs),
+            confirm=confirm,
+        )  # fmt: skip
+        return choice.targets, found
+
+    chosen, (emptied, _) = choose(confirm=0)
+    assert chosen == {c: c.fill("") for c in contexts} and emptied.drawn_share is None  # the premise: passed
+    shown = evaluate(pipe, scorer, forget=[ConceptProbe("seven", ("a",), {"digit": 7})], **CALL)
+    assert shown.forget_accuracy >= 0.8  # the premise: "a" is drawn as a seven
+    chosen, (emptied, one) = choose(confirm=IMPLICIT_SAMPLES)
+    assert emptied.rejected and emptied.drawn_share > IMPLICIT_SHARE, emptied
+    assert chosen == {c: c.fill("one") for c in contexts} and one.rejected is None

@@ -144,6 +144,52 @@ def test_map_to_context_false_without_candidates_is_refused(pipe):
         du.erase(pipe, "cat", templates=TEMPLATES, map_to_context=False)
 
 
+def test_a_fallback_candidate_is_taken_only_where_every_other_candidate_is_rejected(pipe):
+    """ "car" (the concept's twin) is rejected: the fallback "bird" takes its place; beside "rabbit", which passes,
+    "bird" is never taken, even where it is nearer (made so by lengthening "rabbit")."""
+    kwargs = {"templates": TEMPLATES, "neighbors": NEIGHBORS, "map_to_context": False}
+    adapter = du.erase(pipe, "cat", mapping_candidates=["car"], fallback_candidates=["bird"], **kwargs)
+    assert {r["target"] for r in adapter.metadata["targets"]} == {t.format("bird") for t in TEMPLATES}
+    found = candidates(adapter)
+    assert found["car"]["rejected"].startswith("drawn as the concept") and found["bird"]["fallback"], found
+    rabbit = embedding(pipe, "rabbit")
+    set_embedding(pipe, "rabbit", 40 * rabbit)  # "rabbit" far from "cat": "bird" is nearer
+    try:
+        as_candidate = du.erase(pipe, "cat", mapping_candidates=["rabbit", "bird"], **kwargs)
+        as_fallback = du.erase(pipe, "cat", mapping_candidates=["rabbit"], fallback_candidates=["bird"], **kwargs)
+    finally:
+        set_embedding(pipe, "rabbit", rabbit)
+    assert all("bird" in r["target"] for r in as_candidate.metadata["targets"])  # the premise: bird is nearer
+    assert all("rabbit" in r["target"] for r in as_fallback.metadata["targets"])
+
+
+def test_a_fallback_a_loaded_removal_erased_in_a_context_is_not_taken_there(pipe):
+    """Where a loaded removal erased the fallback "bird" (its prompt in one context is that removal's forget
+    prompt, drawn as its target), "bird" is passed over there for "rabbit", and still taken in the others."""
+    from diffusers_unlearn.distance import score_distances
+    from diffusers_unlearn.prompts import Context
+
+    bank = PromptBank(pipe, family_of(pipe))
+    contexts = [Context(t) for t in TEMPLATES]
+
+    def choose(erased):
+        found = [targets.Candidate("car"), targets.Candidate("bird", fallback=True)]
+        found.append(targets.Candidate("rabbit", fallback=True))
+        return targets.choose_targets(
+            bank, contexts, ["cat"], found, NEIGHBORS, lambda pairs: score_distances(bank, pairs), erased=erased
+        ).targets
+
+    nearest = choose(erased=())
+    (context, bird), *_ = [(c, t) for c, t in nearest.items() if "bird" in t]  # the premise: some are "bird"
+    chosen = choose(erased={bird})
+    assert chosen == {**nearest, context: context.fill("rabbit")}, chosen
+
+
+def test_an_unknown_target_check_is_refused(pipe):
+    with pytest.raises(InvalidArgumentError, match="target_check"):
+        du.erase(pipe, "cat", templates=TEMPLATES, mapping_candidates=["rabbit"], target_check="median")
+
+
 @pytest.mark.parametrize("make", ["sd", "sdxl", "sd3", "flux"])
 def test_final_latents_end_alike_only_for_alike_prompts(make):
     """The confirmation of implicit prompts samples every prompt from the same noise: the same prompt ends in the

@@ -119,13 +119,18 @@ class Concept:
                 prompts.append(template.format(digit=digit, colour=colour, stroke=stroke))
         return list(dict.fromkeys(prompts))
 
-    def erase_kwargs(self, erase_at: str = "digit", background: int = 0) -> dict:
+    def erase_kwargs(self, erase_at: str = "digit", background: int = 0, fallback: bool = False) -> dict:
         """Arguments of `diffusers_unlearn.erase` for this concept on the digits model.
 
         `erase_at="attribute"` erases a combination at its stroke (or colour) word instead of its digit: the digit
         stays, drawn in another stroke (colour); see `_attribute_kwargs` and docs/benchmarks/continual_analysis.md.
         `background`: that many `background_prompts()` are preserved too, as a group of their own
         (`preserve={"related": [...], "background": [...]}`), so that they do not outweigh the related prompts.
+        `fallback=True` is for chains: the context without the concept is also checked by sampling
+        (`target_check="sampled"`), and a combination falls back to the other digits where it is rejected
+        (`fallback_candidates`). Along the digits chain "a bold green" is drawn as a green eight by the 17th
+        removal, "bold green eight", which was mapped there and stayed in 99% of its images; with it, mapped to
+        "a bold green nine", it is removed (docs/erasing.md#erase, *Along a chain, check the emptied context*).
 
         The erased word is the digit (for a digit or a combination) or the colour; the other words of each
         prompt are its context. Mapping candidates: the context without the word and the generic word "digit"
@@ -139,6 +144,10 @@ class Concept:
         is protected too; for a colour, every digit asked without colour.
         """
         kwargs = self._kwargs(erase_at)
+        if fallback:
+            kwargs["target_check"] = "sampled"
+            if self.kind == "combination" and erase_at == "digit":
+                kwargs["fallback_candidates"] = [w for w in DIGITS if w != kwargs["concept"]]
         if background:
             kwargs["preserve"] = {
                 "related": kwargs.get("preserve", []),
