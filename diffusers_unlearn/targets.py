@@ -194,7 +194,8 @@ def choose_targets(
             mean misses a context drawn as the concept ("a bold green", drawn as a green eight along the digits
             chain; "a", drawn as a seven) where the neighbours' predictions lie near it too. Other
             candidates are concepts of their own, whose ends a latent distance compares by shape ("a zero" ends
-            nearer "a four" than "a one" or "a nine" in 75% of trajectories): the mean check alone is theirs.
+            nearer "a four" than "a one", its nearest neighbour, in 75% of trajectories): the mean check alone is
+            theirs.
 
     Raises:
         InvalidConceptError: Every candidate of some context was rejected.
