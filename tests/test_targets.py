@@ -13,9 +13,10 @@ from conftest import make_flux_pipeline, make_sd3_pipeline, make_sd_pipeline, ma
 
 import diffusers_unlearn as du
 from diffusers_unlearn import targets
-from diffusers_unlearn.distance import PromptBank, final_latents
+from diffusers_unlearn.distance import PromptBank, final_latents, score_distances
 from diffusers_unlearn.errors import InvalidArgumentError, InvalidConceptError, WeakRemovalWarning
 from diffusers_unlearn.families import family_of
+from diffusers_unlearn.prompts import Context
 
 TEMPLATES = ["a photo of a {}", "a painting of a {}", "a drawing of a {}", "a {} on a hill"]
 NEIGHBORS = ["dog", "tiger", "horse"]
@@ -145,7 +146,7 @@ def test_map_to_context_false_without_candidates_is_refused(pipe):
 
 
 def test_a_fallback_candidate_is_taken_only_where_every_other_candidate_is_rejected(pipe):
-    """ "car" (the concept's twin) is rejected: the fallback "bird" takes its place; beside "rabbit", which passes,
+    """The concept's twin "car" is rejected: the fallback "bird" takes its place; beside "rabbit", which passes,
     "bird" is never taken, even where it is nearer (made so by lengthening "rabbit")."""
     kwargs = {"templates": TEMPLATES, "neighbors": NEIGHBORS, "map_to_context": False}
     adapter = du.erase(pipe, "cat", mapping_candidates=["car"], fallback_candidates=["bird"], **kwargs)
@@ -166,9 +167,6 @@ def test_a_fallback_candidate_is_taken_only_where_every_other_candidate_is_rejec
 def test_a_fallback_a_loaded_removal_erased_in_a_context_is_not_taken_there(pipe):
     """Where a loaded removal erased the fallback "bird" (its prompt in one context is that removal's forget
     prompt, drawn as its target), "bird" is passed over there for "rabbit", and still taken in the others."""
-    from diffusers_unlearn.distance import score_distances
-    from diffusers_unlearn.prompts import Context
-
     bank = PromptBank(pipe, family_of(pipe))
     contexts = [Context(t) for t in TEMPLATES]
 
