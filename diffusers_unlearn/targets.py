@@ -35,7 +35,7 @@ candidate (then it is protected as before, and the log says so; docs/method.md#i
 Each context takes the nearest candidate by the removal's own distance that passes both rules (rule 2 runs only
 on candidates that would be chosen). When none is left, `erase` raises and says which were rejected and why.
 With `confirm` (`erase(target_check="sampled")`), the context without the concept is checked again by sampling
-where the mean passes it ([`drawn_share`]): a chain can make it draw the concept while pulling the neighbours'
+where the mean passes it ([`drawn_shares`]): a chain can make it draw the concept while pulling the neighbours'
 predictions near it too (the digits chain's "a bold green", a green eight by its 17th removal). *Fallback*
 candidates (`erase(fallback_candidates=...)`) come after every other, and not where a loaded removal erased them.
 
@@ -244,7 +244,8 @@ def choose_targets(
             )
         elif confirm and candidate.label == "" and not candidate.fixed:  # the context without the concept, sampled
             concepts, nearest = [c.fill(names[0]) for c in checked], [[c.fill(n) for n in near[:2]] for c in checked]
-            candidate.drawn_share = drawn_share(bank, prompts, concepts, nearest, confirm, seed)
+            shares = drawn_shares(bank, prompts, concepts, nearest, confirm, seed)
+            candidate.drawn_share = round(sum(shares) / len(shares), 3)  # over the checked contexts
             if candidate.drawn_share > IMPLICIT_SHARE:
                 candidate.rejected = (
                     f"drawn as the concept: its trajectories end nearer the concept's than its neighbours' in "
@@ -398,35 +399,34 @@ def _applied(denoiser: torch.nn.Module, removal: UnlearningAdapter) -> Iterator[
             base_linear(denoiser.get_submodule(layer)).weight.data.copy_(weight)
 
 
-def drawn_share(
+def drawn_shares(
     bank: PromptBank,
     prompts: Sequence[str],
     concepts: Sequence[str],
     neighbors: Sequence[Sequence[str]],
     samples: int = IMPLICIT_SAMPLES,
     seed: int = 0,
-) -> float:
-    """Share of trajectories, over the prompts, that end nearer the concept's end (in the same context) than every
-    neighbour's: `samples` short trajectories a prompt from the same noise ([`final_latents`]).
+) -> list[float]:
+    """Per prompt, the share of its trajectories that end nearer its concept's end (in the same context) than every
+    one of its neighbours': `samples` short trajectories a prompt from the same noise ([`final_latents`]), all in
+    one batch.
 
     Example:
         ```py
-        >>> drawn_share(bank, ["a"], ["a seven"], [["a eight", "a five"]])  # the digits model draws "a" as a seven
-        0.75
+        >>> drawn_shares(bank, ["a"], ["a seven"], [["a eight", "a five"]])  # the digits model draws "a" as a seven
+        [0.75]
         ```
     """
-    asked = [*prompts, *concepts, *(n for group in neighbors for n in group)]
+    items = list(zip(prompts, concepts, neighbors, strict=True))
+    asked = [p for prompt, concept, near in items for p in (prompt, concept, *near)]
     ends = final_latents(
         bank, asked, samples=samples, seed=seed, guidance_scale=IMPLICIT_GUIDANCE, max_side=CHECK_LATENT_SIDE
     )
-    nearer = [_ends_nearer(ends, *asked) for asked in zip(prompts, concepts, neighbors, strict=True)]
-    return round(float(torch.cat(nearer).float().mean()), 3)
-
-
-def _ends_nearer(ends: dict[str, torch.Tensor], prompt: str, concept: str, near: Sequence[str]) -> torch.Tensor:
-    """Per trajectory, whether `prompt`'s end is nearer `concept`'s than every one of `near`'s (bool, `(samples,)`)."""
-    to_near = torch.stack([sample_distances(ends[prompt], ends[n]) for n in near]).min(0).values
-    return sample_distances(ends[prompt], ends[concept]) < to_near
+    shares = []
+    for prompt, concept, near in items:
+        to_near = torch.stack([sample_distances(ends[prompt], ends[n]) for n in near]).min(0).values
+        shares.append(float((sample_distances(ends[prompt], ends[concept]) < to_near).float().mean()))
+    return shares
 
 
 def implicit_prompts(
@@ -485,12 +485,10 @@ def implicit_prompts(
             found[context] = empty
     if not found or not confirm:
         return found
-    near_of = {context: (concept, near) for context, _, concept, near in checked if context in found}
-    asked = [p for context, (concept, near) in near_of.items() for p in (found[context], concept, *near)]
-    ends = final_latents(
-        bank, asked, samples=confirm, seed=seed, guidance_scale=IMPLICIT_GUIDANCE, max_side=CHECK_LATENT_SIDE
-    )
-    for context, (concept, near) in near_of.items():
-        if _ends_nearer(ends, found[context], concept, near).float().mean() <= IMPLICIT_SHARE:  # a neighbour as often
+    confirmed = [(context, concept, near) for context, _, concept, near in checked if context in found]
+    shares = drawn_shares(bank, [found[c] for c, _, _ in confirmed], [concept for _, concept, _ in confirmed],
+                          [near for _, _, near in confirmed], confirm, seed)  # fmt: skip
+    for (context, _, _), share in zip(confirmed, shares, strict=True):
+        if share <= IMPLICIT_SHARE:  # drawn as a neighbour as often
             del found[context]
     return found
