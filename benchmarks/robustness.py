@@ -4,7 +4,8 @@ Every method removes the concepts of the continual benchmark's sequence (`benchm
 copied) one after the other, each fused after it is made; after the 1st (a single removal), 10th and 25th removal
 the first removed concept ("seven") is attacked with every attack of `diffusers_unlearn.attacks`, guided by the
 untouched model, and the related / general retention of that stage is measured as in the continual benchmark
-(relative to the untouched model on the same prompts and seeds).
+(relative to the untouched model on the same prompts and seeds), with the continual bar of every concept removed so
+far: a row's `over_bar` lists those more than `BAR` (10 points) over chance, read on the retention images.
 
 `--world glyphs` does the same on the glyphs model with the glyphs sequence (`continual.GLYPH_SEQUENCE`), its erase
 arguments and probes, at the model's guidance (`glyphs.GUIDANCE_SCALE`): the attacked concept is the sequence's first
@@ -127,6 +128,8 @@ removals (`earlier_hardened`); the `--harden-*` options are refused with them.""
 DISTILL_CHAINS = {"distill, held": (HELD, {}, {}), "distill, background": BACKGROUND, "distill, siblings": SIBLINGS}
 """The continual benchmark's distilled chains attacked here (each plain, and hardened with `, hardened`)."""
 STAGES = (1, 10, 25)
+BAR = 0.10
+"""The continual bar: every removed concept within this of chance (DESIGN section 7); `over_bar` lists the others."""
 WORLDS = ("digits", "glyphs")
 ATTACK_OPTIONS = {
     "token_search": {"iterations": 40},
@@ -156,6 +159,7 @@ class World:
     target: Callable  # concept -> attacks.AttackTarget
     probes_at: Callable  # removed concepts -> (forget, related, general) probes
     untouched_probes: Callable  # stages -> the general probes measured once on the untouched model
+    excess: Callable  # (removed concepts, evaluation) -> each one's excess over chance, as the continual bar reads it
     model: dict | None = None  # glyphs: which model files the figures come from
 
 
@@ -170,7 +174,20 @@ def digits_world(args) -> World:
         target=attack_target,
         probes_at=continual.probes_at,
         untouched_probes=lambda _stages: every,
+        excess=digits_excess,
     )
+
+
+def digits_excess(removed: list, result) -> dict[str, float]:
+    """Each removed concept's excess over chance: a combination's the larger of its digit's and its conjunction's
+    (every part shown), the two bars of the continual benchmark."""
+    excess = {}
+    for c in removed:
+        excess[c.name] = result.forget[c.name] - c.chance
+        if c.kind == "combination":
+            conjunction = result.forget[c.name + continual.CONJUNCTION] - continual.conjunction_chance(c)
+            excess[c.name] = max(excess[c.name], conjunction)
+    return excess
 
 
 def glyphs_world(args) -> World:
@@ -197,6 +214,7 @@ def glyphs_world(args) -> World:
         target=glyph_target,
         probes_at=lambda removed: continual.glyph_probes_at(list(removed), sample),
         untouched_probes=untouched_probes,
+        excess=lambda removed, result: {c.name: result.forget[c.name] - c.chance for c in removed},
         model=model_version(glyphs.MODEL_DIR),
     )
 
@@ -308,6 +326,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             "attack_seconds": {name: round(sum(run[name].seconds for run in runs), 1) for name in runs[0]},
             "findings": {name: _findings(r) for name, r in worst.items()},
             "forget_accuracy": retention.forget_accuracy,
+            "over_bar": {name: x for name, x in world.excess(removed, retention).items() if x > BAR},
             "related": continual.relative(retention.related, untouched),
             "general": continual.relative(retention.general, untouched),
             "erase_seconds_mean": sum(erase_seconds) / len(erase_seconds) if erase_seconds else None,
@@ -710,12 +729,13 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
         "Targets for the hardened removals (issue 17): paraphrase and token-search ASR <= 5%, embedding ASR at most "
         "half the plain removal's (the closed form's for *hardened*, distill's for *distill, hardened*, *distill, "
         "X*'s for *distill, X, hardened*) at the same stage, related / general retention >= 90% / 95%, while keeping "
-        "the continual bars: *removed shown* (unmarked: its bar is per concept) says whether the earlier removals "
-        "stayed removed.",
+        "the continual bars: *removed shown* says how much of the earlier removals came back, *over bar* which "
+        "removed concepts are more than 10 points over chance (a combination by its digit or by all its parts, the "
+        "continual benchmark's two bars; at the row's retention images; n/a: measured before rows recorded it).",
         "",
         "| stage | method | paraphrase | token search | embedding (hardened / plain) | related | general "
-        "| removed shown |",
-        "|---|---|---|---|---|---|---|---|",
+        "| removed shown | over bar |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def mark(ok: bool) -> str:
@@ -735,10 +755,21 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
                 f"| {stage} | {method} | {_pct(asr.get('paraphrase'))}: {mark(asr.get('paraphrase', 1) <= 0.05)} | "
                 f"{_pct(asr.get('token_search'))}: {mark(asr.get('token_search', 1) <= 0.05)} | {embedding} | "
                 f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
-                f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} | {_pct(hard['forget_accuracy'])} |"
+                f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} | {_pct(hard['forget_accuracy'])} | "
+                f"{_over_bar(hard)} |"
             )
     lines += ["", caveat]
     return lines
+
+
+def _over_bar(row: dict) -> str:
+    """The removed concepts over the continual bar, worst first, with their excess in points ("none": within it)."""
+    if "over_bar" not in row:
+        return "n/a"
+    over = sorted(row["over_bar"].items(), key=lambda item: -item[1])
+    if not over:
+        return "none: met"
+    return f"{len(over)}: **not met** (" + ", ".join(f"{name} +{100 * x:.0f}" for name, x in over) + ")"
 
 
 def _budgets(budgets: dict, concept: str = "seven", world: str = "", heading: str = "##") -> list[str]:
