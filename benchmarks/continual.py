@@ -162,6 +162,15 @@ def conjunction_probe(concept: Concept) -> ConceptProbe:
     return ConceptProbe(concept.name + CONJUNCTION, probe.prompts, check)
 
 
+def excess_over_chance(concept: Concept, result) -> tuple[float, float]:
+    """How far over chance a removed concept's images show it: by its digit (or colour), and by all its parts (a
+    combination's conjunction probe; the same figure for the others). The bar is 10 points on either."""
+    shown = result.forget[concept.name] - concept.chance
+    if concept.kind != "combination":
+        return shown, shown
+    return shown, result.forget[concept.name + CONJUNCTION] - conjunction_chance(concept)
+
+
 def conjunction_chance(concept: Concept) -> float:
     """One in ten digits, times one in four colours, times one in two strokes if the concept has one."""
     return 1 / len(digits.DIGITS) / len(digits.COLOURS) / (len(digits.STROKES) if concept.stroke else 1)
@@ -422,12 +431,9 @@ def run(args) -> dict:
             removed = list(sequence[:step])
             forget, related, general = probes_at(removed)
             result = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
-            excess = max(result.forget[c.name] - c.chance for c in removed)
+            excesses = [excess_over_chance(c, result) for c in removed]  # by digit, by every part
+            excess, conjunction_excess = max(e[0] for e in excesses), max(e[1] for e in excesses)
             combos = [c for c in removed if c.kind == "combination"]
-            conjunction_excess = max(  # combinations by conjunction, the rest as above
-                (result.forget[c.name + CONJUNCTION] - conjunction_chance(c)) if c.kind == "combination"
-                else (result.forget[c.name] - c.chance) for c in removed
-            )  # fmt: skip
             row = {
                 "step": step,
                 "concept": concept.name,

@@ -180,14 +180,8 @@ def digits_world(args) -> World:
 
 def digits_excess(removed: list, result) -> dict[str, float]:
     """Each removed concept's excess over chance: a combination's the larger of its digit's and its conjunction's
-    (every part shown), the two bars of the continual benchmark."""
-    excess = {}
-    for c in removed:
-        excess[c.name] = result.forget[c.name] - c.chance
-        if c.kind == "combination":
-            conjunction = result.forget[c.name + continual.CONJUNCTION] - continual.conjunction_chance(c)
-            excess[c.name] = max(excess[c.name], conjunction)
-    return excess
+    (every part shown), the two bars of the continual benchmark (`continual.excess_over_chance`)."""
+    return {c.name: max(continual.excess_over_chance(c, result)) for c in removed}
 
 
 def glyphs_world(args) -> World:
@@ -763,7 +757,8 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
 
 
 def _over_bar(row: dict) -> str:
-    """The removed concepts over the continual bar, worst first, with their excess in points ("none": within it)."""
+    """The removed concepts over the continual bar, worst first, with their excess in points ("none: met": every one
+    within it)."""
     if "over_bar" not in row:
         return "n/a"
     over = sorted(row["over_bar"].items(), key=lambda item: -item[1])
