@@ -162,7 +162,7 @@ def conjunction_probe(concept: Concept) -> ConceptProbe:
     return ConceptProbe(concept.name + CONJUNCTION, probe.prompts, check)
 
 
-def excess_over_chance(concept: Concept, result) -> tuple[float, float]:
+def excess_over_chance(concept: Concept, result: EvaluationResult) -> tuple[float, float]:
     """How far over chance a removed concept's images show it: by its digit (or colour), and by all its parts (a
     combination's conjunction probe; the same figure for the others). The bar is 10 points on either."""
     shown = result.forget[concept.name] - concept.chance

@@ -84,7 +84,7 @@ from diffusers_unlearn.attacks.base import empty_embeds, encode_ids, generate_em
 from diffusers_unlearn.digits import DigitsConceptScorer  # noqa: E402
 from diffusers_unlearn.digits.attacks import attack_target  # noqa: E402
 from diffusers_unlearn.digits.concepts import ALL_CELLS, cell_probe  # noqa: E402
-from diffusers_unlearn.evaluation import evaluate  # noqa: E402
+from diffusers_unlearn.evaluation import EvaluationResult, evaluate  # noqa: E402
 
 METHODS = (
     "closed form", "hardened", "distill", "distill, hardened", "distill, held", "distill, held, hardened",
@@ -178,7 +178,7 @@ def digits_world(args) -> World:
     )
 
 
-def digits_excess(removed: list, result) -> dict[str, float]:
+def digits_excess(removed: list, result: EvaluationResult) -> dict[str, float]:
     """Each removed concept's excess over chance: a combination's the larger of its digit's and its conjunction's
     (every part shown), the two bars of the continual benchmark (`continual.excess_over_chance`)."""
     return {c.name: max(continual.excess_over_chance(c, result)) for c in removed}
