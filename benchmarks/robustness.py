@@ -724,8 +724,9 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
         "half the plain removal's (the closed form's for *hardened*, distill's for *distill, hardened*, *distill, "
         "X*'s for *distill, X, hardened*) at the same stage, related / general retention >= 90% / 95%, while keeping "
         "the continual bars: *removed shown* says how much of the earlier removals came back, *over bar* which "
-        "removed concepts are more than 10 points over chance (a combination by its digit or by all its parts, the "
-        "continual benchmark's two bars; at the row's retention images; n/a: measured before rows recorded it).",
+        f"removed concepts are more than {100 * BAR:.0f} points over chance (a combination by its digit or by all its "
+        "parts, the continual benchmark's two bars; at the row's retention images; n/a: measured before rows "
+        "recorded it).",
         "",
         "| stage | method | paraphrase | token search | embedding (hardened / plain) | related | general "
         "| removed shown | over bar |",
