@@ -5,7 +5,9 @@ copied) one after the other, each fused after it is made; after the 1st (a singl
 the first removed concept ("seven") is attacked with every attack of `diffusers_unlearn.attacks`, guided by the
 untouched model, and the related / general retention of that stage is measured as in the continual benchmark
 (relative to the untouched model on the same prompts and seeds), with the continual bar of every concept removed so
-far: a row's `over_bar` lists those more than `BAR` (10 points) over chance, read on the retention images.
+far: a row's `over_bar` lists those more than `BAR` (10 points) over chance, read on the retention images. With
+`--bars-every-step` the bars (retention too) are read after every removal, and a row records how many removals from
+the first kept them (`steps_at_bars`, the continual benchmark's measure) and each step's read (`bars`).
 
 `--world glyphs` does the same on the glyphs model with the glyphs sequence (`continual.GLYPH_SEQUENCE`), its erase
 arguments and probes, at the model's guidance (`glyphs.GUIDANCE_SCALE`): the attacked concept is the sequence's first
@@ -36,6 +38,8 @@ and the continual benchmark's baselines `coarse target` and `no local protection
         --retention-images 32 --seed 0 1 2 3 4 --chain-dir runs      # five seeds of every attack
     python benchmarks/robustness.py --methods "distill, siblings" --attack-removal 7 --stages 7 10 25 \
         --chain-dir runs --output /tmp/four.md                       # the 7th removal's concept (four), same chain
+    python benchmarks/robustness.py --methods "distill, siblings" --attacks direct --retention-images 32 \
+        --bars-every-step --chain-dir runs                           # and the continual bars after every removal
 
 `--chain-dir DIR` keeps each method's removals in `DIR/<method>/step-NN`: a removal found there is loaded instead of
 made (a chain saved by `continual.py --chain-dir` with the same options, linked or copied there, is attacked without
@@ -255,6 +259,23 @@ def erase_kwargs(
     return continual.erase_kwargs(concept, "ours" if method == "closed form" else method, config, distill, **more)
 
 
+def bar_read(step: int, excess: dict[str, float], retention: EvaluationResult, untouched: dict) -> dict:
+    """The continual bars after one removal (`--bars-every-step`): every removed concept within `BAR` of chance,
+    related retention >= 90% and general >= 95% of the untouched model (DESIGN section 7)."""
+    related = continual.relative(retention.related, untouched)
+    general = continual.relative(retention.general, untouched)
+    over = {name: x for name, x in excess.items() if x > BAR}
+    at_bars = not over and (math.isnan(related) or related >= 0.9) and general >= 0.95
+    return {"step": step, "at_bars": at_bars, "over": over, "related": related, "general": general}
+
+
+def steps_at_bars(bars: list[dict], refused_aside: bool = False) -> int:
+    """How many removals, from the first, keep the continual bars: a refused removal ends the count, as in the
+    continual benchmark, unless `refused_aside` (then it is passed over and counted)."""
+    off = (i for i, read in enumerate(bars) if not (read["at_bars"] or (refused_aside and "refused" in read)))
+    return next(off, len(bars))
+
+
 def attack_settings(args, world: World) -> attacks.AttackSettings:
     return attacks.AttackSettings(
         images=args.images, steps=args.steps, guidance_scale=world.guidance, seed=args.seed[0], progress=False
@@ -275,7 +296,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
     call = {"images_per_prompt": args.retention_images, "num_inference_steps": args.steps, "progress": False,
             "guidance_scale": world.guidance}  # fmt: skip
     pipe = world.load()
-    erase_seconds, skipped, loaded = [], [], 0
+    erase_seconds, skipped, loaded, bars = [], [], 0, []
     for step, concept in enumerate(world.sequence[: max(args.stages)], 1):
         started = time.perf_counter()
         saved = continual.chain_step(args.chain_dir, method, step)
@@ -291,19 +312,24 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             except du.UnlearningError as error:  # erase refuses (e.g. no mapping target it trusts): recorded
                 skipped.append(f"{concept.name}: {str(error).split(':')[0]}")
                 print(f"{method}: step {step} ({concept.name}) skipped: {error}", flush=True)
+                bars.append({"step": step, "at_bars": False, "refused": concept.name})
                 continue
             erase_seconds.append(time.perf_counter() - started)
             if saved is not None:
                 adapter.save_pretrained(saved)
         pipe.load_unlearning(adapter, mode="fused")
-        if step not in args.stages:
-            continue
-        if args.embedding_budgets:
+        if args.embedding_budgets and step in args.stages:
             run_budgets(method, step, pipe, base, target, scorer, settings, args, world)
+            continue
+        if step not in args.stages and not args.bars_every_step:
             continue
         removed = [c for c in world.sequence[:step] if not any(s.startswith(c.name + ":") for s in skipped)]
         forget, related, general = world.probes_at(removed)
         retention = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
+        if args.bars_every_step:
+            bars.append(bar_read(step, world.excess(removed, retention), retention, untouched))
+        if step not in args.stages:
+            continue
         options = attack_options(pipe, target)
         runs = [  # one run of every attack per seed: a search's yield spreads widely from seed to seed
             attacks.run_attacks(pipe, target, scorer, reference=base, attacks=args.attacks,
@@ -328,6 +354,7 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             "harden_seconds": adapter.metadata["figures"].get("harden_seconds"),
             "harden_leak": adapter.metadata["figures"].get("harden_leak"),
             "skipped": list(skipped),
+            **({"bars": list(bars), "steps_at_bars": steps_at_bars(bars)} if args.bars_every_step else {}),
         }
         row["settings"] = _settings(args, world) | {  # the settings and command of this row (runs add up)
             "token_search_tokens": options["token_search"]["tokens"]
@@ -726,7 +753,9 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
         "the continual bars: *removed shown* says how much of the earlier removals came back, *over bar* which "
         f"removed concepts are more than {100 * BAR:.0f} points over chance (a combination by its digit or by all its "
         "parts, the continual benchmark's two bars; at the row's retention images; n/a: measured before rows "
-        "recorded it).",
+        "recorded it), and, where the chain was read after every removal (`--bars-every-step`), for how many "
+        "removals from the first it kept every continual bar (retention too; a refused removal ends the count, as "
+        "in the continual benchmark) and what ended it).",
         "",
         "| stage | method | paraphrase | token search | embedding (hardened / plain) | related | general "
         "| removed shown | over bar |",
@@ -751,7 +780,7 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
                 f"{_pct(asr.get('token_search'))}: {mark(asr.get('token_search', 1) <= 0.05)} | {embedding} | "
                 f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
                 f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} | {_pct(hard['forget_accuracy'])} | "
-                f"{_over_bar(hard)} |"
+                f"{_over_bar(hard)}{_plain_steps(plain)} |"
             )
     lines += ["", caveat]
     return lines
@@ -763,9 +792,42 @@ def _over_bar(row: dict) -> str:
     if "over_bar" not in row:
         return "n/a"
     over = sorted(row["over_bar"].items(), key=lambda item: -item[1])
-    if not over:
-        return "none: met"
-    return f"{len(over)}: **not met** (" + ", ".join(f"{name} +{100 * x:.0f}" for name, x in over) + ")"
+    text = (
+        "none: met"
+        if not over
+        else f"{len(over)}: **not met** (" + ", ".join(f"{name} +{100 * x:.0f}" for name, x in over) + ")"
+    )
+    return text + _steps_at_bars_text(row)
+
+
+def _plain_steps(plain: dict | None) -> str:
+    """The plain chain's steps at the bars beside the hardened one's, where it was read after every removal."""
+    if plain is None or "steps_at_bars" not in plain:
+        return ""
+    count, aside = plain["steps_at_bars"], steps_at_bars(plain["bars"], refused_aside=True)
+    return f"; the plain chain: {count}" + (f" ({aside} with refused removals passed over)" if aside != count else "")
+
+
+def _steps_at_bars_text(row: dict) -> str:
+    """With `--bars-every-step`: how many removals from the first kept the continual bars, and what ended it (where a
+    refused removal did, the count with refused removals passed over too)."""
+    if "steps_at_bars" not in row:
+        return ""
+    bars = row["bars"]
+
+    def ended(count: int) -> str:
+        if count == len(bars):
+            return ""
+        off = bars[count]
+        if "refused" in off:
+            return f" (step {off['step']}: {off['refused']} refused)"
+        why = [f"{name} +{100 * x:.0f}" for name, x in sorted(off["over"].items(), key=lambda item: -item[1])]
+        why += [f"{part} {_pct(off[part])}" for part, bar in (("related", 0.9), ("general", 0.95)) if off[part] < bar]
+        return f" (step {off['step']}: " + ", ".join(why) + ")"
+
+    count, aside = row["steps_at_bars"], steps_at_bars(bars, refused_aside=True)
+    text = f"; at the bars for {count} of {len(bars)} step{'s' if len(bars) > 1 else ''}" + ended(count)
+    return text + (f", {aside} with refused removals passed over" + ended(aside) if aside != count else "")
 
 
 def _budgets(budgets: dict, concept: str = "seven", world: str = "", heading: str = "##") -> list[str]:
@@ -924,6 +986,11 @@ def main() -> None:
         "--chain-dir", type=Path, default=None,
         help="keep each method's removals in DIR/<method>/step-NN: load those found there, save those made",
     )  # fmt: skip
+    parser.add_argument(
+        "--bars-every-step", action="store_true",
+        help="read the continual bars after every removal, not only at --stages (retention images each): a row "
+        "records its chain's steps at the bars",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "robustness.md")
     parser.add_argument("--render", action="store_true", help="rewrite the report from robustness.json, run nothing")
     args = parser.parse_args()
@@ -933,6 +1000,8 @@ def main() -> None:
         parser.error("the `distill, background` and `distill, siblings` methods are digits chains; drop them")
     if (own := set(args.methods) & set(OWN_HARDENING)) and continual.hardening_asked(args):
         parser.error(f"{sorted(own)} have their own hardening (OWN_HARDENING): drop the --harden-* options")
+    if args.bars_every_step and args.embedding_budgets:
+        parser.error("--bars-every-step reads retention, which --embedding-budgets does not measure: run them apart")
     if args.attack_removal != 1:
         if args.world != "digits" or args.output == parser.get_default("output"):
             parser.error("--attack-removal is for digits scratch pages: give --output (glyphs: --concept)")
