@@ -792,12 +792,8 @@ def _over_bar(row: dict) -> str:
     if "over_bar" not in row:
         return "n/a"
     over = sorted(row["over_bar"].items(), key=lambda item: -item[1])
-    text = (
-        "none: met"
-        if not over
-        else f"{len(over)}: **not met** (" + ", ".join(f"{name} +{100 * x:.0f}" for name, x in over) + ")"
-    )
-    return text + _steps_at_bars_text(row)
+    listed = ", ".join(f"{name} +{100 * x:.0f}" for name, x in over)
+    return (f"{len(over)}: **not met** ({listed})" if over else "none: met") + _steps_at_bars_text(row)
 
 
 def _plain_steps(plain: dict | None) -> str:
