@@ -134,6 +134,8 @@ DISTILL_CHAINS = {"distill, held": (HELD, {}, {}), "distill, background": BACKGR
 STAGES = (1, 10, 25)
 BAR = 0.10
 """The continual bar: every removed concept within this of chance (DESIGN section 7); `over_bar` lists the others."""
+RETENTION_BARS = {"related": 0.9, "general": 0.95}
+"""The continual bars on retention, relative to the untouched model (DESIGN section 7)."""
 WORLDS = ("digits", "glyphs")
 ATTACK_OPTIONS = {
     "token_search": {"iterations": 40},
@@ -260,13 +262,13 @@ def erase_kwargs(
 
 
 def bar_read(step: int, excess: dict[str, float], retention: EvaluationResult, untouched: dict) -> dict:
-    """The continual bars after one removal (`--bars-every-step`): every removed concept within `BAR` of chance,
-    related retention >= 90% and general >= 95% of the untouched model (DESIGN section 7)."""
-    related = continual.relative(retention.related, untouched)
-    general = continual.relative(retention.general, untouched)
+    """The continual bars after one removal: every removed concept within `BAR` of chance (`over`: the others),
+    related and general retention at `RETENTION_BARS` of the untouched model (a world without related cells: NaN,
+    passed)."""
+    read = {part: continual.relative(getattr(retention, part), untouched) for part in RETENTION_BARS}
     over = {name: x for name, x in excess.items() if x > BAR}
-    at_bars = not over and (math.isnan(related) or related >= 0.9) and general >= 0.95
-    return {"step": step, "at_bars": at_bars, "over": over, "related": related, "general": general}
+    kept = all(math.isnan(read[part]) or read[part] >= bar for part, bar in RETENTION_BARS.items())
+    return {"step": step, "at_bars": not over and kept, "over": over, **read}
 
 
 def steps_at_bars(bars: list[dict], refused_aside: bool = False) -> int:
@@ -326,8 +328,9 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
         removed = [c for c in world.sequence[:step] if not any(s.startswith(c.name + ":") for s in skipped)]
         forget, related, general = world.probes_at(removed)
         retention = evaluate(pipe, scorer, forget=forget, related=related, general=general, **call)
+        read = bar_read(step, world.excess(removed, retention), retention, untouched)
         if args.bars_every_step:
-            bars.append(bar_read(step, world.excess(removed, retention), retention, untouched))
+            bars.append(read)
         if step not in args.stages:
             continue
         options = attack_options(pipe, target)
@@ -346,9 +349,9 @@ def run_method(method: str, args, world: World, base, untouched: dict, results: 
             "attack_seconds": {name: round(sum(run[name].seconds for run in runs), 1) for name in runs[0]},
             "findings": {name: _findings(r) for name, r in worst.items()},
             "forget_accuracy": retention.forget_accuracy,
-            "over_bar": {name: x for name, x in world.excess(removed, retention).items() if x > BAR},
-            "related": continual.relative(retention.related, untouched),
-            "general": continual.relative(retention.general, untouched),
+            "over_bar": read["over"],
+            "related": read["related"],
+            "general": read["general"],
             "erase_seconds_mean": sum(erase_seconds) / len(erase_seconds) if erase_seconds else None,
             "removals_loaded": loaded,
             "harden_seconds": adapter.metadata["figures"].get("harden_seconds"),
@@ -775,12 +778,11 @@ def _targets(rows: dict, stages: tuple[int, ...], caveat: str) -> list[str]:
             if plain is not None and "embedding" in asr:
                 ratio = f"{_pct(asr['embedding'])} / {_pct(plain['asr']['embedding'])}"
                 embedding = f"{ratio}: {mark(asr['embedding'] <= plain['asr']['embedding'] / 2)}"
+            retention = " | ".join(f"{_pct(hard[k])}: {mark(hard[k] >= bar)}" for k, bar in RETENTION_BARS.items())
             lines.append(
                 f"| {stage} | {method} | {_pct(asr.get('paraphrase'))}: {mark(asr.get('paraphrase', 1) <= 0.05)} | "
                 f"{_pct(asr.get('token_search'))}: {mark(asr.get('token_search', 1) <= 0.05)} | {embedding} | "
-                f"{_pct(hard['related'])}: {mark(hard['related'] >= 0.9)} | "
-                f"{_pct(hard['general'])}: {mark(hard['general'] >= 0.95)} | {_pct(hard['forget_accuracy'])} | "
-                f"{_over_bar(hard)}{_plain_steps(plain)} |"
+                f"{retention} | {_pct(hard['forget_accuracy'])} | {_over_bar(hard)}{_plain_steps(plain)} |"
             )
     lines += ["", caveat]
     return lines
@@ -818,7 +820,7 @@ def _steps_at_bars_text(row: dict) -> str:
         if "refused" in off:
             return f" (step {off['step']}: {off['refused']} refused)"
         why = [f"{name} +{100 * x:.0f}" for name, x in sorted(off["over"].items(), key=lambda item: -item[1])]
-        why += [f"{part} {_pct(off[part])}" for part, bar in (("related", 0.9), ("general", 0.95)) if off[part] < bar]
+        why += [f"{part} {_pct(off[part])}" for part, bar in RETENTION_BARS.items() if off[part] < bar]
         return f" (step {off['step']}: " + ", ".join(why) + ")"
 
     count, aside = row["steps_at_bars"], steps_at_bars(bars, refused_aside=True)
