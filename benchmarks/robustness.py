@@ -793,9 +793,13 @@ def _over_bar(row: dict) -> str:
     within it)."""
     if "over_bar" not in row:
         return "n/a"
-    over = sorted(row["over_bar"].items(), key=lambda item: -item[1])
-    listed = ", ".join(f"{name} +{100 * x:.0f}" for name, x in over)
-    return (f"{len(over)}: **not met** ({listed})" if over else "none: met") + _steps_at_bars_text(row)
+    over = _over_listed(row["over_bar"])
+    return (f"{len(over)}: **not met** ({', '.join(over)})" if over else "none: met") + _steps_at_bars_text(row)
+
+
+def _over_listed(over: dict[str, float]) -> list[str]:
+    """The concepts over the bar, worst first, each with its points over chance ("bold green eight +99")."""
+    return [f"{name} +{100 * x:.0f}" for name, x in sorted(over.items(), key=lambda item: -item[1])]
 
 
 def _plain_steps(plain: dict | None) -> str:
@@ -819,8 +823,9 @@ def _steps_at_bars_text(row: dict) -> str:
         off = bars[count]
         if "refused" in off:
             return f" (step {off['step']}: {off['refused']} refused)"
-        why = [f"{name} +{100 * x:.0f}" for name, x in sorted(off["over"].items(), key=lambda item: -item[1])]
-        why += [f"{part} {_pct(off[part])}" for part, bar in RETENTION_BARS.items() if off[part] < bar]
+        why = _over_listed(off["over"]) + [
+            f"{part} {_pct(off[part])}" for part, bar in RETENTION_BARS.items() if off[part] < bar
+        ]
         return f" (step {off['step']}: " + ", ".join(why) + ")"
 
     count, aside = row["steps_at_bars"], steps_at_bars(bars, refused_aside=True)
