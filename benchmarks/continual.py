@@ -1090,6 +1090,10 @@ def add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--harden-prompts", type=int, default=None, help="HardenConfig.prompts")
     parser.add_argument("--harden-samples", type=int, default=None, help="HardenConfig.samples")
     parser.add_argument(
+        "--harden-derive", choices=("embedding", "prefix"), default=None,
+        help="HardenConfig.derive: each round derives whole embeddings, or input vectors in front of the prompt",
+    )  # fmt: skip
+    parser.add_argument(
         "--harden-phrasings", type=int, default=0,
         help="HardenConfig.phrasings, other word orders of each forget prompt trained on",
     )  # fmt: skip
@@ -1104,7 +1108,8 @@ def add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-_HARDEN_FIELDS = ("rounds", "iterations", "weight", "prompts", "samples")  # the --harden-* options defaulting to None
+# the --harden-* options defaulting to None
+_HARDEN_FIELDS = ("rounds", "iterations", "weight", "prompts", "samples", "derive")
 
 
 def hardening_asked(args) -> bool:

@@ -45,10 +45,11 @@ from .errors import (
     InvalidConceptError,
     InvalidTypeError,
     RemovalUndoneWarning,
+    UnsupportedPipelineError,
     VerificationError,
     WeakRemovalWarning,
 )
-from .families import family_of
+from .families import STABLE_DIFFUSION, family_of
 from .layers import current_weight, edited_layers
 from .methods.closed_form import ClosedFormConfig
 from .methods.distill import DistillConfig, distill
@@ -246,6 +247,17 @@ def erase(
         )
 
     family = family_of(pipe)
+    if harden is not None and harden.derive == "prefix" and harden.rounds:
+        if method != "distill":
+            raise InvalidArgumentError(
+                "HardenConfig(derive='prefix') is distill's: the closed form derives whole embeddings in closed "
+                "form. Use method='distill', or leave derive at 'embedding'."
+            )
+        if family is not STABLE_DIFFUSION:
+            raise UnsupportedPipelineError(
+                f"HardenConfig(derive='prefix') reads a prefix through one CLIP text encoder (Stable Diffusion "
+                f"1.x / 2.x); this is a {family.name} pipeline: leave derive at 'embedding'."
+            )
     denoiser = getattr(pipe, family.denoiser)
     layers = edited_layers(denoiser, family)
     names = check_names(pipe.tokenizer, concept, aliases)

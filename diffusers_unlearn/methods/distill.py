@@ -821,13 +821,58 @@ def _derive_round(
 
     with torch.no_grad(), _student_off(wrapped):
         goal = predict(start)
-    derived, leak = _derive_by_gradient(predict, start, goal, harden)
+    encode: Callable[[torch.Tensor], torch.Tensor] = torch.nn.Identity()  # "embedding": every token vector free
+    if harden.derive == "prefix":  # only a prefix's input vectors are free: the token search's space
+        start, encode = _prefix_inputs(pipe, prompts, harden.prefix_tokens, generator, device)
+    derived, leak = _derive_by_gradient(lambda variable: predict(encode(variable)), start, goal, harden)
+    with torch.no_grad():
+        derived = encode(derived.to(device)).float()
     if store:
         adversarial.embeds += list(derived.cpu())
         adversarial.sources += sources
         adversarial.leaks.append(leak)
     adversarial.seconds += time.perf_counter() - started
     return leak
+
+
+def _prefix_inputs(
+    pipe, prompts: Sequence[str], tokens: int, generator: torch.Generator, device
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The token search's space made continuous (`HardenConfig(derive="prefix")`): each prompt with `tokens`
+    random vocabulary tokens in front (as many as its tokenizer has room for), as the text encoder's input vectors.
+
+    Returns:
+        `(start, encode)`: the input vectors `(n, L, d_in)` float32, and the text encoder's output `(n, L, d)` for
+        input vectors, of which only the prefix's are read (the prompt's own tokens stay as they are).
+    """
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    layer = encoder.get_input_embeddings()
+    limit = tokenizer.model_max_length
+    special = set(tokenizer.all_special_ids)
+    vocabulary = torch.tensor([i for i in range(layer.num_embeddings) if i not in special])
+    rows, free = [], []
+    for prompt in prompts:
+        ids = tokenizer(prompt, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+        ids = ids.input_ids[0]
+        room = max(0, min(tokens, limit - 2 - len(tokenizer(prompt, add_special_tokens=False).input_ids)))
+        prefix = vocabulary[torch.randint(len(vocabulary), (tokens,), generator=generator)][:room]
+        rows.append(torch.cat([ids[:1], prefix, ids[1 : limit - room]]))  # the padding makes room for it
+        free.append((torch.arange(limit) >= 1) & (torch.arange(limit) <= room))
+    ids, free = torch.stack(rows).to(device), torch.stack(free)[..., None].to(device)
+    with torch.no_grad():
+        start = layer(ids).float()
+
+    def encode(inputs: torch.Tensor) -> torch.Tensor:
+        def read(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+            return torch.where(free, inputs.to(output.dtype), output)
+
+        handle = layer.register_forward_hook(read)
+        try:
+            return encoder(ids)[0].float()
+        finally:
+            handle.remove()
+
+    return start, encode
 
 
 def _derive_by_gradient(
@@ -839,19 +884,20 @@ def _derive_by_gradient(
     """Text embeddings that still bring the concept back under a trained edit, by gradient descent (distill's
     hardening; the embedding attack's objective with the teacher as the guide).
 
-    Starting from the forget prompts' embeddings, `harden.iterations` Adam steps move every token vector so that
-    the edited model's noise predictions come close to `goal`, the unedited model's predictions for the forget
-    prompts on the same noisy latents.
+    Starting from the forget prompts' embeddings (or, with `derive="prefix"`, from their input vectors behind a
+    random prefix), `harden.iterations` Adam steps move every free vector so that the edited model's noise
+    predictions come close to `goal`, the unedited model's predictions for the forget prompts on the same noisy
+    latents.
 
     Args:
-        predict (`Callable`): `(n, L, d)` embeddings -> `(n, k, ...)` the edited model's predictions on `k` noisy
-            latents, differentiable with respect to the embeddings.
-        start (`torch.Tensor`): `(n, L, d)` the forget prompts' embeddings.
+        predict (`Callable`): `(n, L, d)` variable -> `(n, k, ...)` the edited model's predictions on `k` noisy
+            latents, differentiable with respect to the variable.
+        start (`torch.Tensor`): `(n, L, d)` where the variable starts.
         goal (`torch.Tensor`): `(n, k, ...)` the unedited model's predictions for the forget prompts.
         harden ([`HardenConfig`]): `iterations` and `learning_rate` (relative to the RMS of `start`).
 
     Returns:
-        `(embeddings, leak)`: the derived `(n, L, d)` float32 embeddings, and `sqrt(loss after / loss at start)`:
+        `(variable, leak)`: the derived `(n, L, d)` float32 variable, and `sqrt(loss after / loss at start)`:
         how far from the concept's predictions the derived embeddings still are, relative to how far the edit moved
         the forget prompts (1: no embedding near them does better than the prompts themselves; 0: the concept is
         fully recovered).
