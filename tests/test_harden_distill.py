@@ -24,6 +24,17 @@ TINY_HARDEN = du.HardenConfig(rounds=2, prompts=2, iterations=3, samples=2)
 quiet = pytest.mark.filterwarnings("ignore::diffusers_unlearn.WeakRemovalWarning")
 
 
+def seven_distilled(harden: du.HardenConfig | bool) -> tuple:
+    """A digits pipeline with "seven" distilled away (`DIGITS`), hardened as given, and the removal."""
+    pipe = digits.load_pipeline()
+    removal = du.erase(
+        pipe, **Concept(7).erase_kwargs(), method="distill", distance="proxy", config=du.DistillConfig(**DIGITS),
+        harden=harden,
+    )  # fmt: skip
+    pipe.load_unlearning(removal)
+    return pipe, removal
+
+
 @pytest.mark.long
 def test_hardened_distillation_lowers_what_the_embedding_attack_recovers():
     torch.manual_seed(0)
@@ -32,12 +43,7 @@ def test_hardened_distillation_lowers_what_the_embedding_attack_recovers():
     scorer = DigitsConceptScorer()
     found = {}
     for name, harden in (("plain", False), ("hardened", HARDEN)):
-        pipe = digits.load_pipeline()
-        removal = du.erase(
-            pipe, **Concept(7).erase_kwargs(), method="distill", distance="proxy", config=du.DistillConfig(**DIGITS),
-            harden=harden,
-        )  # fmt: skip
-        pipe.load_unlearning(removal)
+        pipe, removal = seven_distilled(harden)
         direct = attacks.direct_attack(pipe, target, scorer, settings=SETTINGS)
         embedding = attacks.embedding_attack(
             pipe, target, scorer, reference=base, settings=SETTINGS, iterations=40, samples=4
@@ -66,12 +72,7 @@ def test_derived_prefixes_leave_the_token_search_further_from_the_concept():
     reference = attacks.Reference(base, target.prompt, 8, SETTINGS)
     best = {}
     for name, harden in (("plain", False), ("prefix", du.HardenConfig(rounds=2, iterations=30, derive="prefix"))):
-        pipe = digits.load_pipeline()
-        removal = du.erase(
-            pipe, **Concept(7).erase_kwargs(), method="distill", distance="proxy", config=du.DistillConfig(**DIGITS),
-            harden=harden,
-        )  # fmt: skip
-        pipe.load_unlearning(removal)
+        pipe, _ = seven_distilled(harden)
         searches = [
             attacks.search_prefix(pipe, target.prompt, reference, iterations=10, candidates=32, banned=banned, seed=s)
             for s in range(4)
