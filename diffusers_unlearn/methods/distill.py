@@ -58,6 +58,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..adapter import atomic_write
+from ..attacks.base import encode_ids, input_embeddings, token_ids, word_ids
 from ..distance import PromptBank
 from ..errors import InvalidArgumentError, ResolveError
 from ..families import ModelFamily
@@ -845,16 +846,15 @@ def _prefix_inputs(
         `(start, encode)`: the input vectors `(n, L, d_in)` float32, and the text encoder's output `(n, L, d)` for
         input vectors, of which only the prefix's are read (the prompt's own tokens stay as they are).
     """
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    layer = encoder.get_input_embeddings()
+    tokenizer = pipe.tokenizer
+    layer = pipe.text_encoder.get_input_embeddings()
     limit = tokenizer.model_max_length
     special = set(tokenizer.all_special_ids)
     vocabulary = torch.tensor([i for i in range(layer.num_embeddings) if i not in special])
     rows, free = [], []
     for prompt in prompts:
-        ids = tokenizer(prompt, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
-        ids = ids.input_ids[0]
-        room = max(0, min(tokens, limit - 2 - len(tokenizer(prompt, add_special_tokens=False).input_ids)))
+        ids = token_ids(pipe, prompt)
+        room = max(0, min(tokens, limit - 2 - len(word_ids(pipe, prompt))))
         prefix = vocabulary[torch.randint(len(vocabulary), (tokens,), generator=generator)][:room]
         rows.append(torch.cat([ids[:1], prefix, ids[1 : limit - room]]))  # the padding makes room for it
         free.append((torch.arange(limit) >= 1) & (torch.arange(limit) <= room))
@@ -863,14 +863,8 @@ def _prefix_inputs(
         start = layer(ids).float()
 
     def encode(inputs: torch.Tensor) -> torch.Tensor:
-        def read(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
-            return torch.where(free, inputs.to(output.dtype), output)
-
-        handle = layer.register_forward_hook(read)
-        try:
-            return encoder(ids)[0].float()
-        finally:
-            handle.remove()
+        with input_embeddings(pipe, lambda output: torch.where(free, inputs.to(output.dtype), output)):
+            return encode_ids(pipe, ids).float()
 
     return start, encode
 
