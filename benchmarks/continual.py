@@ -301,7 +301,8 @@ def distill_options(args, concept=None, step: int | None = None) -> dict:
                "replay_pool": args.distill_replay_pool, "earlier_push": args.distill_earlier_push,
                "earlier_protection": args.distill_earlier_protection,
                "earlier_overlap": args.distill_earlier_overlap,
-               "earlier_hardened": args.distill_earlier_hardened, "siblings": args.distill_siblings}  # fmt: skip
+               "earlier_hardened": args.distill_earlier_hardened, "earlier_derived": args.distill_earlier_derived,
+               "siblings": args.distill_siblings}  # fmt: skip
     modules = {"target_modules": tuple(args.distill_modules)} if args.distill_modules else {}
     if args.distill_earlier_anchor != "chain":
         nonzero["earlier_anchor"] = args.distill_earlier_anchor
@@ -1190,6 +1191,11 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-earlier-hardened", action="store_true",
         help="distill's earlier_hardened: hold the earlier removals' hardened prompts too (with --harden-*)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-earlier-derived", type=float, default=0.0, metavar="SHARE",
+        help="distill's earlier_derived: hold the earlier removals' derived embeddings (with --harden-rounds), with "
+        "this share of the hold's weight (default 0: off)",
     )  # fmt: skip
     parser.add_argument(
         "--distill-siblings", action="store_true",

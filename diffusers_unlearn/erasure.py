@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -383,6 +383,7 @@ def erase(
         pairs += more
         hardened = [prompt for prompt, _ in phrasings + more]
     derive = harden if harden is not None and harden.rounds else None  # rounds=0: the prompts above only
+    derived_prompts: list[str] = []  # distill with `derive`: the prompts its derived embeddings started from
     if method == "closed_form":
         solve_kwargs = {
             "protect_factors": [a.probes["forget_moment"] for a in previous if "forget_moment" in a.probes],
@@ -436,6 +437,7 @@ def erase(
                 for prompts in every
                 if (kept := [p for p in prompts if p not in held_back and not asks(p) and not erased_earlier(p)])
             ]
+        derived = earlier_derived(previous, asks, drawn_as_it) if config.earlier_derived else None
         # with min_reach: the predictions before, measured now; the effect of the LoRA as it trains, later
         effect = effect_meter(bank, choice, concept) if config.min_reach is not None else None
         owned = config.earlier_anchor == "own" or config.repair_anchor == "own"
@@ -445,7 +447,7 @@ def erase(
             untouched=untouched, untouched_model=lambda: removals_disabled(pipe), earlier_owner=owner,
             earlier_combination=[is_combination(a) for a in previous],
             chain_at=lambda n: removals_disabled(pipe, keep_first=n), harden=derive, effect=effect, repair=repair,
-            plain_pairs=plain_pairs if hardened else None, seed=seed,
+            plain_pairs=plain_pairs if hardened else None, earlier_derived=derived, seed=seed,
         )  # fmt: skip
         lora, figures = result.lora, result.figures
         edit_rank = config.rank * (2 if config.repair_steps else 1)  # the repair's rows follow the removal's
@@ -456,6 +458,8 @@ def erase(
                 if v is not None
             }
         probes = embedding_probes(bank, pairs, groups)
+        if result.derived is not None and not redact:  # for later removals to hold (`earlier_derived`)
+            probes[HARDENED_EMBEDDINGS], derived_prompts = result.derived[0].half(), result.derived[1]
     figures = {
         **figures,
         "forget_pairs": len(pairs),  # with a hardening's phrasings and prefixes
@@ -473,6 +477,8 @@ def erase(
     if harden is not None:
         metadata["hyperparameters"]["harden"] = dataclasses.asdict(harden)
         metadata["hardened_prompts"] = [] if redact else hardened
+    if derived_prompts:
+        metadata["hardened_embedding_prompts"] = derived_prompts
     adapter = UnlearningAdapter(lora_weights=lora, metadata=metadata, probes=probes)
     adapter.metadata["adapter_id"] = content_id(lora)
     logger.info(
@@ -582,6 +588,28 @@ def replayed_forget_prompts(
         later = names_pattern(names)
         extra = [p for p in extra if not later.search(p)]
     return [*adapter.metadata.get("forget_prompts", []), *extra]
+
+
+HARDENED_EMBEDDINGS = "hardened_embeddings"
+"""The probe of a distilled removal hardened in rounds: its derived embeddings `(m, L, d)` float16, one per prompt of
+`metadata["hardened_embedding_prompts"]` (the forget prompt each was derived from)."""
+
+
+def earlier_derived(
+    previous: Sequence[UnlearningAdapter], asks: Callable[[str], bool], drawn_as_it: Collection[str] = ()
+) -> tuple[torch.Tensor, list[str]] | None:
+    """The loaded removals' derived embeddings (`DistillConfig.earlier_derived`) and the forget prompt of each, less
+    those derived from a prompt that `asks` for the later concept or that an earlier removal draws as it (as
+    `replayed_forget_prompts` leaves them out); `None` if there are none."""
+    embeds, prompts = [], []
+    for adapter in previous:
+        if HARDENED_EMBEDDINGS not in adapter.probes:
+            continue
+        sources = adapter.metadata.get("hardened_embedding_prompts", [])
+        keep = [i for i, p in enumerate(sources) if not asks(p) and p not in drawn_as_it]
+        embeds.append(adapter.probes[HARDENED_EMBEDDINGS][keep].float())
+        prompts += [sources[i] for i in keep]
+    return (torch.cat(embeds), prompts) if prompts else None
 
 
 def _metadata(
