@@ -216,7 +216,8 @@ def test_a_hardened_combination_is_still_erased():
 def test_a_removal_hardened_in_rounds_keeps_its_derived_embeddings(sd_pipe, tmp_path):
     """A distilled removal hardened in rounds keeps its derived embeddings for later removals to hold
     (`probes["hardened_embeddings"]`, one per prompt of `metadata["hardened_embedding_prompts"]`), saved and loaded
-    with it; none when redacted (they would show the concept); `earlier_derived` needs the hold's weight."""
+    with it; none when redacted (derived to bring the concept back, they may show it); `earlier_derived` needs the
+    hold's weight."""
     from diffusers_unlearn.erasure import HARDENED_EMBEDDINGS
 
     first = du.erase(sd_pipe, "cat", method="distill", config=du.DistillConfig(**TINY), harden=TINY_HARDEN)
