@@ -956,9 +956,7 @@ def _adversarial_loss(
 ) -> torch.Tensor:  # fmt: skip
     """The hardening's forget term on one batch: derived embeddings drawn at random, on the batch's forget latents,
     each held to the goal of the forget prompt it started from."""
-    count = config.batch_size * accelerator.num_processes
-    mine = slice(config.batch_size * accelerator.process_index, config.batch_size * (accelerator.process_index + 1))
-    picks = torch.randint(0, len(adversarial.sources), (count,), generator=generator)[mine].tolist()
+    picks = _picks(len(adversarial.sources), config.batch_size, generator, accelerator).tolist()
     sources = [adversarial.sources[i] for i in picks]
     with torch.no_grad(), _student_off(wrapped):
         goal = _goal(denoiser, pipe, family, bank, pairs, sources, latents, timesteps, size, device,
@@ -969,6 +967,13 @@ def _adversarial_loss(
         pooled = torch.stack([bank.pooled(pairs[i][0]) for i in sources]).to(device)
     student = family.denoise(pipe, model, latents, timesteps, embeds, pooled)
     return (student.float() - goal.float()).square().mean()
+
+
+def _picks(total: int, batch_size: int, generator: torch.Generator, accelerator) -> torch.Tensor:
+    """`batch_size` indices in `range(total)` drawn at random for this process: one draw for every process from the
+    shared generator, this process's slice of it."""
+    draws = torch.randint(0, total, (batch_size * accelerator.num_processes,), generator=generator)
+    return draws[batch_size * accelerator.process_index : batch_size * (accelerator.process_index + 1)]
 
 
 def _derived_inputs(
@@ -992,9 +997,7 @@ def _derived_hold_loss(
 ) -> torch.Tensor:  # fmt: skip
     """`DistillConfig.earlier_derived` on one batch: derived embeddings drawn at random, one per sample, the
     student's predictions held to the teacher's (the pipeline as loaded) on the same noisy latents."""
-    count = latents.shape[0]
-    mine = slice(count * accelerator.process_index, count * (accelerator.process_index + 1))
-    picks = torch.randint(0, derived[0].shape[0], (count * accelerator.num_processes,), generator=generator)[mine]
+    picks = _picks(derived[0].shape[0], latents.shape[0], generator, accelerator)
     embeds = derived[0][picks].to(latents.device)
     pooled = None if derived[1] is None else derived[1][picks].to(latents.device)
     with torch.no_grad(), _student_off(wrapped, name):
