@@ -168,8 +168,9 @@ class DistillConfig:
             closed while later removals train. Needs `lambda_earlier`. Measured on the glyphs chain made on from a
             first removal hardened with three rounds of derived prefixes, share 1: the token search found serif Q
             in 5% of images after 10 removals on twenty seeds (7.5% not held) and *purple* stayed removed, but
-            general retention fell to 92.3% (95.9% not held); share 0.25: 15% on ten seeds, *purple* back, 93.1%.
-            0 (the default): off
+            general retention fell to 92.3% (95.9% not held); share 0.25: 15% on ten seeds, *purple* back, 93.1%;
+            share 1 with twice the replay's weight, the replay anchored to the untouched model or a repair twice as
+            long: 91.8-92.8%. 0 (the default): off
             (docs/erasing.md#hardened-removals).
         siblings (`bool`): Protect the `preserve` prompts one word from a forget prompt, not in the concept's
             word ("a blue six, thin" while erasing "bold blue six"), once more as a group of their own;
